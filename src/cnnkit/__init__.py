@@ -1,0 +1,3 @@
+"""cnnkit: from labelled images to a trained, understood, deployable CNN."""
+
+__version__ = "0.1.0"

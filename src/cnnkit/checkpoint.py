@@ -1,0 +1,148 @@
+"""Run directories and self-describing, atomic, safe checkpoints.
+
+A checkpoint is one safetensors file: the weights, plus a JSON document in the file's
+header metadata (key ``cnnkit``) holding the architecture, class names, preprocessing,
+training config and library versions. Nothing in it can run code when loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import nn
+
+from cnnkit.data.preprocess import Preprocessing
+from cnnkit.errors import CnnkitError
+from cnnkit.models.registry import ModelSpec, build
+
+FORMAT = "cnnkit.checkpoint/1"
+METADATA_KEY = "cnnkit"
+BEST, LAST = "best.safetensors", "last.safetensors"
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint says about itself."""
+
+    model: ModelSpec
+    classes: list[str]
+    preprocessing: Preprocessing
+    extra: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "model": self.model.to_dict(), "classes": self.classes,
+                "preprocessing": self.preprocessing.to_dict(), **self.extra}
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    from cnnkit import __version__
+
+    return {"cnnkit": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__}
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write through a temporary file, fsync and rename: a crash leaves the old file or the new one."""
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(temporary, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def save_checkpoint(path: Path, model: nn.Module, info: CheckpointInfo) -> None:
+    """Save weights and metadata atomically as one safetensors file."""
+    tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
+    write_atomic(path, safetensors.torch.save(tensors, metadata={METADATA_KEY: json.dumps(info.to_dict())}))
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Accept a checkpoint file or a run directory (its best checkpoint, else its last)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for name in (BEST, LAST):
+            if (path / name).is_file():
+                return path / name
+        raise CnnkitError(f"{path} holds no checkpoint ({BEST} or {LAST}); give a run directory from `cnnkit train`")
+    if not path.exists():
+        raise CnnkitError(f"checkpoint not found: {path}; give a run directory or a .safetensors file")
+    return path
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], CheckpointInfo]:
+    """Read weights and metadata, refusing anything that is not a cnnkit checkpoint."""
+    path = resolve_checkpoint(path)
+    not_ours = f"{path} is not a cnnkit checkpoint; give a run directory or a .safetensors file written by cnnkit"
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as stream:
+            header = stream.metadata() or {}
+            tensors = {name: stream.get_tensor(name) for name in stream.keys()}  # noqa: SIM118
+    except Exception as error:  # safetensors raises its own error types for every malformed file
+        raise CnnkitError(f"{not_ours} ({type(error).__name__}: {str(error).splitlines()[0]})") from None
+    try:
+        values = json.loads(header[METADATA_KEY])
+        if values.get("format") != FORMAT:
+            raise ValueError(f"format {values.get('format')!r}")
+        info = CheckpointInfo(
+            model=ModelSpec.from_dict(values.pop("model")),
+            classes=[str(name) for name in values.pop("classes")],
+            preprocessing=Preprocessing.from_dict(values.pop("preprocessing")),
+            extra={key: value for key, value in values.items() if key != "format"},
+        )
+    except (KeyError, ValueError, TypeError) as error:
+        raise CnnkitError(f"{not_ours} (metadata: {error})") from None
+    return tensors, info
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, CheckpointInfo]:
+    """Rebuild the model a checkpoint describes and load its weights, in eval mode."""
+    tensors, info = read_checkpoint(path)
+    model = build(info.model)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as error:
+        raise CnnkitError(
+            f"{resolve_checkpoint(path)}: weights do not fit {info.model.name} ({str(error).splitlines()[1:2]})"
+        ) from None
+    return model.to(device).eval(), info
+
+
+def new_run_dir(out: str | Path, name: str | None, prefix: str) -> Path:
+    """Create ``out/name``; without a name, the first free of ``prefix``, ``prefix2``, ``prefix3``, ...
+
+    A named directory that already holds files is refused, so no earlier run is overwritten.
+    """
+    out = Path(out).expanduser()
+    if name is not None:
+        run_dir = out / name
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise CnnkitError(f"run directory {run_dir} already exists; pick another --name or remove it")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    taken = {int(m.group(1) or 1) for p in out.iterdir() if (m := re.fullmatch(rf"{re.escape(prefix)}(\d*)", p.name))}
+    number = 1
+    while number in taken:
+        number += 1
+    run_dir = out / (prefix if number == 1 else f"{prefix}{number}")
+    run_dir.mkdir()
+    return run_dir

@@ -1,0 +1,87 @@
+"""Typed training defaults: one key means one thing in YAML, on the command line and in Python."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cnnkit.errors import CnnkitError
+
+
+def _option(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run, with its default. Saved as ``config.yaml`` in each run."""
+
+    data: str = _option("digits", "folder with one subfolder per class, or a built-in: digits, mnist, "
+                                  "fashion-mnist, cifar10")
+    data_dir: str | None = _option(None, "folder holding a built-in dataset's files (default: $CNNKIT_DATA_DIR, "
+                                         "system locations, then the download cache)")
+    model: str = _option("convnet", "architecture name (see `cnnkit models`)")
+    epochs: int = _option(20, "passes over the training images")
+    batch_size: int = _option(64, "images per training step")
+    lr: float = _option(3e-3, "peak learning rate of the one-cycle schedule (AdamW)")
+    weight_decay: float = _option(5e-4, "AdamW weight decay")
+    label_smoothing: float = _option(0.0, "cross-entropy label smoothing")
+    img_size: int | None = _option(None, "side of the square model input (default: the dataset's own, 64 for folders)")
+    channels: int | None = _option(None, "1 or 3 input channels (default: 1 when every image is grayscale)")
+    resize: str = _option("crop", "resize rule: crop (shorter side, centre crop), squash, or pad")
+    val_split: float = _option(0.1, "share of training images held out for validation when no val/ folder exists")
+    test_split: float = _option(0.2, "share held out for testing when the data has no test split")
+    seed: int = _option(0, "random seed for weights and data order")
+    device: str = _option("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    workers: int | None = _option(None, "threads that decode images (default: all cores)")
+    out: str = _option("runs", "folder that holds run directories")
+    name: str | None = _option(None, "run directory name under --out (default: train, train2, ...)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise CnnkitError(f"{source}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise CnnkitError(f"cannot read config {path}: {error}") from None
+        if not isinstance(values, dict):
+            raise CnnkitError(f"{path} must hold a mapping of config keys to values")
+        return cls.from_dict(values, str(path))
+
+    def check(self) -> None:
+        """Reject impossible values before any work is done."""
+        problems = []
+        if self.epochs < 1:
+            problems.append("epochs must be at least 1")
+        if self.batch_size < 1:
+            problems.append("batch_size must be at least 1")
+        if self.lr <= 0:
+            problems.append("lr must be positive")
+        if self.img_size is not None and self.img_size < 4:
+            problems.append("img_size must be at least 4")
+        if self.channels not in (None, 1, 3):
+            problems.append("channels must be 1 or 3")
+        if self.resize not in ("crop", "squash", "pad"):
+            problems.append("resize must be crop, squash or pad")
+        if not (0 <= self.val_split < 1 and 0 <= self.test_split < 1 and self.val_split + self.test_split < 1):
+            problems.append("val_split and test_split must be in [0, 1) and sum to less than 1")
+        if problems:
+            raise CnnkitError("; ".join(problems))

@@ -1,0 +1,57 @@
+"""Where tensors are born: image folders and built-in datasets, decoded one way."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cnnkit.data.builtin import BUILTINS, load_builtin
+from cnnkit.data.decode import decode_image, load_image
+from cnnkit.data.folder import load_folder
+from cnnkit.data.imageset import DataSplits, ImageSet, SkippedFile
+from cnnkit.data.preprocess import Preprocessing
+
+__all__ = [
+    "BUILTINS",
+    "DataSplits",
+    "ImageSet",
+    "Preprocessing",
+    "SkippedFile",
+    "decode_image",
+    "load_data",
+    "load_image",
+]
+
+
+def load_data(
+    data: str,
+    img_size: int | None = None,
+    channels: int | None = None,
+    resize: str = "crop",
+    val_split: float = 0.1,
+    test_split: float = 0.2,
+    data_dir: str | None = None,
+    workers: int | None = None,
+) -> DataSplits:
+    """Load a built-in dataset by name, or an image folder by path, as train/val/test splits.
+
+    Args:
+        data: ``digits``, ``mnist``, ``fashion-mnist``, ``cifar10`` or a folder with one
+            subfolder per class (optionally inside ``train/``, ``val/``, ``test/``).
+        img_size: Side of the square images; defaults to the dataset's own size (64 for folders).
+        channels: 1 or 3; defaults to the dataset's own (folders: 1 when every image is grayscale).
+        resize: ``crop``, ``squash`` or ``pad``. Defaults to ``crop``.
+        val_split: Share of training images held out for validation when no split is given.
+        test_split: Share held out for testing when the data has no test split.
+        data_dir: Folder holding a built-in dataset's files.
+        workers: Decoding threads; defaults to the number of cores.
+
+    Example:
+        >>> splits = load_data("digits")
+        >>> splits.train.images.shape[1:]
+        torch.Size([1, 8, 8])
+    """
+    if data in BUILTINS:
+        return load_builtin(data, data_dir, img_size, channels, resize, val_split, test_split)
+    return load_folder(Path(data).expanduser(), img_size, channels, resize, val_split, test_split,
+                       workers or os.cpu_count() or 1)

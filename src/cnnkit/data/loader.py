@@ -1,0 +1,31 @@
+"""Batches from an in-memory :class:`ImageSet`: no worker processes, no per-sample Python."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from cnnkit.data.imageset import ImageSet
+
+
+def iterate_batches(
+    images: ImageSet, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (uint8 images (B, C, H, W), labels (B,)) batches; shuffled with ``generator`` when asked."""
+    count = len(images)
+    order = torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
+    for start in range(0, count, batch_size):
+        index = order[start : start + batch_size]
+        yield images.images[index], images.labels[index]
+
+
+def num_batches(images: ImageSet, batch_size: int) -> int:
+    return -(-len(images) // batch_size)
+
+
+def channel_stats(images: ImageSet) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of pixels scaled to [0, 1]."""
+    pixels = images.images.transpose(0, 1).reshape(images.images.shape[1], -1).double() / 255.0  # (C, N*H*W)
+    std = pixels.std(dim=1).clamp(min=1e-3)
+    return tuple(pixels.mean(dim=1).tolist()), tuple(std.tolist())
