@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny image folders made in tmp_path, and a trained digits run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+torch.set_num_threads(2)
+
+SHAPES = ("circle", "square", "triangle")
+
+
+def draw_shape(shape: str, size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
+    """A light shape on a dark background, at a random position and colour."""
+    width, height = size
+    image = Image.new("RGB", size, tuple(int(v) for v in rng.integers(0, 60, 3)))
+    draw = ImageDraw.Draw(image)
+    side = min(width, height)
+    radius = side * rng.uniform(0.25, 0.4)
+    cx = width / 2 + rng.uniform(-0.1, 0.1) * side
+    cy = height / 2 + rng.uniform(-0.1, 0.1) * side
+    colour = tuple(int(v) for v in rng.integers(150, 256, 3))
+    if shape == "circle":
+        draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=colour)
+    elif shape == "square":
+        draw.rectangle((cx - radius, cy - radius, cx + radius, cy + radius), fill=colour)
+    else:
+        draw.polygon([(cx, cy - radius), (cx - radius, cy + radius), (cx + radius, cy + radius)], fill=colour)
+    return image
+
+
+def make_shapes_folder(root: Path, per_class: int = 12, seed: int = 0, sizes=((40, 40), (48, 36), (36, 52))) -> Path:
+    """One subfolder per shape, mixed sizes, JPEG and PNG files."""
+    rng = np.random.default_rng(seed)
+    for shape in SHAPES:
+        (root / shape).mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            image = draw_shape(shape, sizes[index % len(sizes)], rng)
+            suffix = ".png" if index % 2 else ".jpg"
+            image.save(root / shape / f"{shape}_{index:03d}{suffix}")
+    return root
+
+
+@pytest.fixture
+def shapes_folder(tmp_path: Path) -> Path:
+    return make_shapes_folder(tmp_path / "shapes")
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory trained on the built-in digits for a few epochs (shared by read-only tests)."""
+    import cnnkit
+
+    out = tmp_path_factory.mktemp("runs")
+    run = cnnkit.train(data="digits", epochs=4, out=str(out), name="digits", verbose=False)
+    return run.dir
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the real ``cnnkit`` command in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "cnnkit", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
