@@ -64,5 +64,4 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the real ``cnnkit`` command in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "cnnkit", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-m", "cnnkit", *args], capture_output=True, text=True, cwd=cwd, timeout=300)

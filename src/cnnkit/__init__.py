@@ -20,15 +20,15 @@ _EXPORTS = {
     "Classifier": "cnnkit.predict",
     "CnnkitError": "cnnkit.errors",
     "Prediction": "cnnkit.predict",
-    "Run": "cnnkit.train",
+    "Run": "cnnkit.training",
     "TrainConfig": "cnnkit.config",
     "create_model": "cnnkit.models",
-    "evaluate": "cnnkit.train",
+    "evaluate": "cnnkit.training",
     "list_models": "cnnkit.models",
     "load": "cnnkit.predict",
     "load_data": "cnnkit.data",
     "register_model": "cnnkit.models",
-    "train": "cnnkit.train",
+    "train": "cnnkit.training",
 }
 __all__ = ["__version__", *sorted(_EXPORTS)]
 

@@ -38,8 +38,13 @@ class CheckpointInfo:
     extra: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "model": self.model.to_dict(), "classes": self.classes,
-                "preprocessing": self.preprocessing.to_dict(), **self.extra}
+        return {
+            "format": FORMAT,
+            "model": self.model.to_dict(),
+            "classes": self.classes,
+            "preprocessing": self.preprocessing.to_dict(),
+            **self.extra,
+        }
 
 
 def versions() -> dict[str, str]:

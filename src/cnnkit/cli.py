@@ -26,8 +26,13 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for spec in dataclasses.fields(TrainConfig):
         kind = int if "int" in str(spec.type) else float if "float" in str(spec.type) else str
         default = spec.default
-        parser.add_argument(f"--{spec.name.replace('_', '-')}", dest=spec.name, type=kind, default=argparse.SUPPRESS,
-                            help=f"{spec.metadata['help']} (default: {default})")
+        parser.add_argument(
+            f"--{spec.name.replace('_', '-')}",
+            dest=spec.name,
+            type=kind,
+            default=argparse.SUPPRESS,
+            help=f"{spec.metadata['help']} (default: {default})",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,22 +40,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cnnkit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = commands.add_parser("train", help="train a model (default: the built-in digits)",
-                                description="Train a model and write a run directory under --out.")
+    train = commands.add_parser(
+        "train",
+        help="train a model (default: the built-in digits)",
+        description="Train a model and write a run directory under --out.",
+    )
     train.add_argument("--config", type=Path, help="YAML file of config keys; flags override it")
     _add_config_flags(train)
 
-    evaluate = commands.add_parser("evaluate", help="accuracy, per-class report and confusion matrix",
-                                   description="Evaluate a trained model on labelled data.")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="accuracy, per-class report and confusion matrix",
+        description="Evaluate a trained model on labelled data.",
+    )
     evaluate.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
     evaluate.add_argument("--data", help="dataset name or folder (default: the data the model was trained on)")
-    evaluate.add_argument("--split", default="test", choices=("train", "val", "test"),
-                          help="split to evaluate (default: test)")
+    evaluate.add_argument(
+        "--split", default="test", choices=("train", "val", "test"), help="split to evaluate (default: test)"
+    )
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    predict = commands.add_parser("predict", help="top-k labels for images or folders of images",
-                                  description="Predict labels; a folder writes predictions.csv under --out.")
+    predict = commands.add_parser(
+        "predict",
+        help="top-k labels for images or folders of images",
+        description="Predict labels; a folder writes predictions.csv under --out.",
+    )
     predict.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
     predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     predict.add_argument("--top-k", type=int, default=3, help="labels to show per image (default: 3)")
@@ -64,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from cnnkit.train import fit
+    from cnnkit.training import fit
 
     options = {key: value for key, value in vars(args).items() if key not in ("command", "config")}
     config = TrainConfig.load(args.config) if args.config else TrainConfig()
@@ -94,8 +109,13 @@ def _expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], bool]:
         path = Path(item).expanduser()
         if path.is_dir():
             saw_folder = True
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
             if not found:
                 raise CnnkitError(f"no images found in folder {path}")
             paths += found
@@ -115,10 +135,12 @@ def run_predict(args: argparse.Namespace) -> int:
     classifier = load(args.checkpoint, device=args.device)
     paths, saw_folder = _expand_inputs(args.inputs)
     predictions, failures = classifier.predict_files(paths, args.top_k)
+    if len(paths) == 1 and failures:
+        raise CnnkitError(failures[0][1])
     for path, reason in failures:
         print(f"warning: skipped {path}: {reason}", file=sys.stderr)
     if not predictions:
-        raise CnnkitError(f"none of the {len(paths)} image(s) could be read; first: {failures[0][1]}")
+        raise CnnkitError(f"none of the {len(paths)} images could be read; see the warnings above")
     if args.json:
         for prediction in predictions:
             print(json.dumps(prediction.to_dict()))
@@ -133,11 +155,20 @@ def run_predict(args: argparse.Namespace) -> int:
         with open(csv_path, "w", newline="") as stream:
             writer = csv.writer(stream)
             k = len(predictions[0].labels)
-            writer.writerow(["path", *[f"{column}_{rank}" for rank in range(1, k + 1)
-                                       for column in ("label", "probability")]])
+            writer.writerow(
+                ["path", *[f"{column}_{rank}" for rank in range(1, k + 1) for column in ("label", "probability")]]
+            )
             for prediction in predictions:
-                writer.writerow([prediction.source, *[value for pair in zip(prediction.labels,
-                                 (f"{p:.6f}" for p in prediction.probabilities)) for value in pair]])
+                writer.writerow(
+                    [
+                        prediction.source,
+                        *[
+                            value
+                            for pair in zip(prediction.labels, (f"{p:.6f}" for p in prediction.probabilities))
+                            for value in pair
+                        ],
+                    ]
+                )
         print(f"{len(predictions)} predictions written to {csv_path}", file=sys.stderr if args.json else sys.stdout)
     return 0
 

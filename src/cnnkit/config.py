@@ -20,10 +20,14 @@ def _option(default: Any, help: str) -> Any:
 class TrainConfig:
     """Every setting of a training run, with its default. Saved as ``config.yaml`` in each run."""
 
-    data: str = _option("digits", "folder with one subfolder per class, or a built-in: digits, mnist, "
-                                  "fashion-mnist, cifar10")
-    data_dir: str | None = _option(None, "folder holding a built-in dataset's files (default: $CNNKIT_DATA_DIR, "
-                                         "system locations, then the download cache)")
+    data: str = _option(
+        "digits", "folder with one subfolder per class, or a built-in: digits, mnist, fashion-mnist, cifar10"
+    )
+    data_dir: str | None = _option(
+        None,
+        "folder holding a built-in dataset's files (default: $CNNKIT_DATA_DIR, "
+        "system locations, then the download cache)",
+    )
     model: str = _option("convnet", "architecture name (see `cnnkit models`)")
     epochs: int = _option(20, "passes over the training images")
     batch_size: int = _option(64, "images per training step")

@@ -43,8 +43,15 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, t
     if len(classes) <= 30:
         for i, row in enumerate(confusion):
             for j, count in enumerate(row):
-                axes.text(j, i, str(count), ha="center", va="center", fontsize=8,
-                          color="white" if shares[i][j] > 0.5 else "black")
+                axes.text(
+                    j,
+                    i,
+                    str(count),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if shares[i][j] > 0.5 else "black",
+                )
         axes.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
         axes.set_yticks(range(len(classes)), classes)
     axes.set(xlabel="predicted", ylabel="true", title=title)

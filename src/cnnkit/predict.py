@@ -15,7 +15,7 @@ from cnnkit.data.decode import ImageDecodeError, ImageSource
 from cnnkit.data.folder import has_split_folders, read_folder
 from cnnkit.errors import CnnkitError
 from cnnkit.metrics import EvalResult
-from cnnkit.train import evaluate, predict_logits, select_device
+from cnnkit.training import evaluate, predict_logits, select_device
 
 
 @dataclass
@@ -67,8 +67,9 @@ class Classifier:
     def preprocess(self, images: Sequence[ImageSource]) -> torch.Tensor:
         """Decode images exactly as in training: uint8 (N, C, H, W)."""
         prep = self.preprocessing
-        return torch.from_numpy(np.stack([decode_image(image, prep.img_size, prep.channels, prep.resize)
-                                          for image in images]))
+        return torch.from_numpy(
+            np.stack([decode_image(image, prep.img_size, prep.channels, prep.resize) for image in images])
+        )
 
     def predict_proba(self, images: ImageSource | Sequence[ImageSource]) -> np.ndarray:
         """Class probabilities (N, K) for one image or a list of images."""
@@ -103,8 +104,10 @@ class Classifier:
     def _rank(self, probabilities: np.ndarray, names: list[str], top_k: int) -> list[Prediction]:
         k = max(1, min(top_k, len(self.classes)))
         ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-        return [Prediction(name, [self.classes[j] for j in order], [float(p) for p in row[order]])
-                for name, order, row in zip(names, ranked, probabilities)]
+        return [
+            Prediction(name, [self.classes[j] for j in order], [float(p) for p in row[order]])
+            for name, order, row in zip(names, ranked, probabilities)
+        ]
 
     def evaluate(self, data: str | None = None, split: str = "test") -> tuple[EvalResult, list[SkippedFile]]:
         """Evaluate on labelled data; returns the result and any images that could not be read.
@@ -127,14 +130,26 @@ class Classifier:
         if data is None:
             raise CnnkitError("this checkpoint does not record its training data; pass --data")
         prep = self.preprocessing
-        same_folder = trained_on not in BUILTINS and trained_on is not None and data not in BUILTINS and \
-            Path(data).expanduser().resolve() == Path(trained_on).expanduser().resolve()
+        same_folder = (
+            trained_on not in BUILTINS
+            and trained_on is not None
+            and data not in BUILTINS
+            and Path(data).expanduser().resolve() == Path(trained_on).expanduser().resolve()
+        )
         if data in BUILTINS or same_folder or has_split_folders(Path(data).expanduser()):
-            splits = load_data(data, prep.img_size, prep.channels, prep.resize, config.get("val_split", 0.1),
-                               config.get("test_split", 0.2), config.get("data_dir") if data == trained_on else None)
+            splits = load_data(
+                data,
+                prep.img_size,
+                prep.channels,
+                prep.resize,
+                config.get("val_split", 0.1),
+                config.get("test_split", 0.2),
+                config.get("data_dir") if data == trained_on else None,
+            )
             return self._relabel(getattr(splits, split), data), splits.skipped
-        return read_folder(Path(data).expanduser(), prep.img_size, prep.channels, prep.resize, workers=8,
-                           classes=self.classes)
+        return read_folder(
+            Path(data).expanduser(), prep.img_size, prep.channels, prep.resize, workers=8, classes=self.classes
+        )
 
     def _relabel(self, images: ImageSet, data: str) -> ImageSet:
         """Map the dataset's class indices onto the model's, by name."""

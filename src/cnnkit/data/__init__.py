@@ -53,5 +53,6 @@ def load_data(
     """
     if data in BUILTINS:
         return load_builtin(data, data_dir, img_size, channels, resize, val_split, test_split)
-    return load_folder(Path(data).expanduser(), img_size, channels, resize, val_split, test_split,
-                       workers or os.cpu_count() or 1)
+    return load_folder(
+        Path(data).expanduser(), img_size, channels, resize, val_split, test_split, workers or os.cpu_count() or 1
+    )

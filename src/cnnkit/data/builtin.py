@@ -27,8 +27,18 @@ from cnnkit.data.decode import resize_image, to_array
 from cnnkit.data.imageset import DataSplits, ImageSet, stratified_split
 from cnnkit.errors import CnnkitError
 
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                   "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -116,17 +126,33 @@ def read_digits(_: Path) -> Arrays:
 BUILTINS = {
     "digits": BuiltinDataset("digits", 8, 1, [str(d) for d in range(10)], (), (), read_digits),
     "fashion-mnist": BuiltinDataset(
-        "fashion-mnist", 28, 1, FASHION_CLASSES, tuple(f for pair in IDX_FILES.values() for f in pair),
-        ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",), read_idx_dataset,
+        "fashion-mnist",
+        28,
+        1,
+        FASHION_CLASSES,
+        tuple(f for pair in IDX_FILES.values() for f in pair),
+        ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        read_idx_dataset,
         ("/usr/share/datasets/fashion-mnist",),
     ),
     "mnist": BuiltinDataset(
-        "mnist", 28, 1, [str(d) for d in range(10)], tuple(f for pair in IDX_FILES.values() for f in pair),
-        ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"), read_idx_dataset,
+        "mnist",
+        28,
+        1,
+        [str(d) for d in range(10)],
+        tuple(f for pair in IDX_FILES.values() for f in pair),
+        ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+        read_idx_dataset,
         ("/usr/share/datasets/mnist",),
     ),
     "cifar10": BuiltinDataset(
-        "cifar10", 32, 3, CIFAR10_CLASSES, (CIFAR10_ARCHIVE,), ("https://www.cs.toronto.edu/~kriz/",), read_cifar10,
+        "cifar10",
+        32,
+        3,
+        CIFAR10_CLASSES,
+        (CIFAR10_ARCHIVE,),
+        ("https://www.cs.toronto.edu/~kriz/",),
+        read_cifar10,
     ),
 }
 
@@ -189,21 +215,36 @@ def _resize_all(images: np.ndarray, img_size: int, channels: int, resize: str) -
     if images.shape[1] == channels and images.shape[2] == images.shape[3] == img_size:
         return images
     mode = "L" if images.shape[1] == 1 else "RGB"
-    return np.stack([
-        to_array(resize_image(Image.fromarray(img[0] if mode == "L" else img.transpose(1, 2, 0), mode), img_size,
-                              resize), channels)
-        for img in images
-    ])
+    return np.stack(
+        [
+            to_array(
+                resize_image(
+                    Image.fromarray(img[0] if mode == "L" else img.transpose(1, 2, 0), mode), img_size, resize
+                ),
+                channels,
+            )
+            for img in images
+        ]
+    )
 
 
 def _image_set(name: str, split: str, images: np.ndarray, labels: np.ndarray, classes: list[str]) -> ImageSet:
-    return ImageSet(torch.from_numpy(np.require(images, requirements=["C", "W"])), torch.from_numpy(labels), classes,
-                    [f"{name}/{split}[{i}]" for i in range(len(labels))])
+    return ImageSet(
+        torch.from_numpy(np.require(images, requirements=["C", "W"])),
+        torch.from_numpy(labels),
+        classes,
+        [f"{name}/{split}[{i}]" for i in range(len(labels))],
+    )
 
 
 def load_builtin(
-    name: str, data_dir: str | Path | None, img_size: int | None, channels: int | None, resize: str,
-    val_split: float, test_split: float,
+    name: str,
+    data_dir: str | Path | None,
+    img_size: int | None,
+    channels: int | None,
+    resize: str,
+    val_split: float,
+    test_split: float,
 ) -> DataSplits:
     """Load a built-in dataset as train/val/test splits.
 
@@ -214,8 +255,10 @@ def load_builtin(
     folder = locate(dataset, data_dir) if dataset.files else Path()
     arrays = dataset.reader(folder)
     img_size, channels = img_size or dataset.img_size, channels or dataset.channels
-    sets = {split: _image_set(name, split, _resize_all(images, img_size, channels, resize), labels, dataset.classes)
-            for split, (images, labels) in arrays.items()}
+    sets = {
+        split: _image_set(name, split, _resize_all(images, img_size, channels, resize), labels, dataset.classes)
+        for split, (images, labels) in arrays.items()
+    }
     if "all" in sets:
         whole = sets["all"]
         test_idx, val_idx, train_idx = stratified_split(whole.labels, whole.sources, [test_split, val_split])

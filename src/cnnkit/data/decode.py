@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -26,7 +25,7 @@ TRANSPARENCY_BACKGROUND = (255, 255, 255)
 # (decompression bombs), without touching Pillow's process-wide limit.
 MAX_PIXELS = 89_478_485
 
-ImageSource = Union[str, Path, bytes, Image.Image, np.ndarray]
+ImageSource = str | Path | bytes | Image.Image | np.ndarray
 
 
 class ImageDecodeError(CnnkitError):
@@ -143,8 +142,10 @@ def resize_image(image: Image.Image, img_size: int, resize: str = "crop") -> Ima
         scale = img_size / max(width, height)
         new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
         canvas = Image.new(image.mode, (img_size, img_size))
-        canvas.paste(image.resize(new_size, Image.Resampling.BILINEAR), ((img_size - new_size[0]) // 2,
-                                                                         (img_size - new_size[1]) // 2))
+        canvas.paste(
+            image.resize(new_size, Image.Resampling.BILINEAR),
+            ((img_size - new_size[0]) // 2, (img_size - new_size[1]) // 2),
+        )
         return canvas
     raise CnnkitError(f"unknown resize rule {resize!r}; use crop, squash or pad")
 

@@ -54,7 +54,12 @@ def _decode_file(path: Path, img_size: int, resize: str) -> tuple[np.ndarray, bo
 
 
 def read_images(
-    root: Path, files: list[tuple[str, int]], classes: list[str], img_size: int, channels: int | None, resize: str,
+    root: Path,
+    files: list[tuple[str, int]],
+    classes: list[str],
+    img_size: int,
+    channels: int | None,
+    resize: str,
     workers: int,
 ) -> tuple[ImageSet, list[SkippedFile]]:
     """Decode files in parallel into an :class:`ImageSet`; unreadable files are skipped and returned.
@@ -88,6 +93,11 @@ def _split_dir(root: Path, split: str) -> Path | None:
     return None
 
 
+def _no_images(folder: Path) -> CnnkitError:
+    extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
+    return CnnkitError(f"no images found in {folder}; expected one subfolder per class holding images ({extensions})")
+
+
 def has_split_folders(root: Path) -> bool:
     return _split_dir(root, "train") is not None
 
@@ -105,14 +115,17 @@ def read_folder(
         raise CnnkitError(f"{root} has class folders the model does not know: {', '.join(unknown)}")
     files, _ = list_images(root, classes)
     if not files:
-        raise CnnkitError(
-            f"no images found in {root}; expected one subfolder per class holding images ({', '.join(sorted(IMAGE_EXTENSIONS))})"
-        )
+        raise _no_images(root)
     return read_images(root, files, classes, img_size, channels, resize, workers)
 
 
 def load_folder(
-    root: Path, img_size: int | None, channels: int | None, resize: str, val_split: float, test_split: float,
+    root: Path,
+    img_size: int | None,
+    channels: int | None,
+    resize: str,
+    val_split: float,
+    test_split: float,
     workers: int,
 ) -> DataSplits:
     """Read an image folder and split it.
@@ -138,10 +151,7 @@ def load_folder(
     if ignored:
         warnings.append(f"{ignored} file(s) without an image extension ignored under {train_dir}")
     if not files:
-        raise CnnkitError(
-            f"no images found in {train_dir}; expected one subfolder per class holding images "
-            f"({', '.join(sorted(IMAGE_EXTENSIONS))})"
-        )
+        raise _no_images(train_dir)
     if len(classes) < 2:
         raise CnnkitError(
             f"{train_dir} has only one class ({classes[0]}); a classifier needs at least two class subfolders"
@@ -166,8 +176,12 @@ def load_folder(
 
     fractions = [test_split if "test" not in given else 0.0, val_split if "val" not in given else 0.0]
     test_idx, val_idx, train_idx = stratified_split(train.labels, train.sources, fractions)
-    rule = "given folders" if not fractions[0] and not fractions[1] else (
-        f"stratified by file-name hash: test {fractions[0]:.0%}, val {fractions[1]:.0%} of {prefix or 'the folder'}"
+    rule = (
+        "given folders"
+        if not fractions[0] and not fractions[1]
+        else (
+            f"stratified by file-name hash: test {fractions[0]:.0%}, val {fractions[1]:.0%} of {prefix or 'the folder'}"
+        )
     )
     return DataSplits(
         name=str(root),

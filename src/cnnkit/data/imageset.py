@@ -63,9 +63,7 @@ def _stable_order(source: str) -> str:
     return hashlib.sha1(source.encode("utf-8")).hexdigest()
 
 
-def stratified_split(
-    labels: torch.Tensor, sources: Sequence[str], fractions: Sequence[float]
-) -> list[list[int]]:
+def stratified_split(labels: torch.Tensor, sources: Sequence[str], fractions: Sequence[float]) -> list[list[int]]:
     """Split indices per class into parts of the given fractions; the remainder is the last part.
 
     The order within a class comes from a hash of each image's source, so the split

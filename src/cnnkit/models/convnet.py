@@ -34,8 +34,9 @@ class ConvNet(nn.Module):
         dropout: Dropout before the classifier. Defaults to 0.1.
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 3, img_size: int = 32, width: int = 32,
-                 dropout: float = 0.1) -> None:
+    def __init__(
+        self, num_classes: int, in_channels: int = 3, img_size: int = 32, width: int = 32, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         stem: list[nn.Module] = [conv_bn_relu(in_channels, width)]
         size = img_size
@@ -53,8 +54,9 @@ class ConvNet(nn.Module):
             channels = out_channels
         self.features = nn.Sequential(*stem, *stages)
         self.num_features = channels
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                                  nn.Linear(channels, num_classes))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes)
+        )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)  # (B, C, H', W')

@@ -46,8 +46,13 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelSpec:
-        return cls(values["name"], int(values["num_classes"]), int(values["in_channels"]), int(values["img_size"]),
-                   dict(values.get("kwargs", {})))
+        return cls(
+            values["name"],
+            int(values["num_classes"]),
+            int(values["in_channels"]),
+            int(values["img_size"]),
+            dict(values.get("kwargs", {})),
+        )
 
 
 def create_model(name: str, num_classes: int, in_channels: int = 3, img_size: int = 224, **kwargs: Any) -> nn.Module:

@@ -26,7 +26,7 @@ from cnnkit.data import DataSplits, ImageSet, Preprocessing, load_data
 from cnnkit.data.loader import channel_stats, iterate_batches, num_batches
 from cnnkit.errors import CnnkitError
 from cnnkit.metrics import EvalResult, confusion_matrix, per_class_report
-from cnnkit.models import ModelSpec, build
+from cnnkit.models import ModelSpec, build, list_models
 
 
 @dataclass
@@ -75,9 +75,16 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 def train_one_epoch(
-    model: nn.Module, data: ImageSet, preprocessing: Preprocessing, optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler, loss_fn: nn.Module, device: torch.device, batch_size: int,
-    generator: torch.Generator, progress: tqdm,
+    model: nn.Module,
+    data: ImageSet,
+    preprocessing: Preprocessing,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loss_fn: nn.Module,
+    device: torch.device,
+    batch_size: int,
+    generator: torch.Generator,
+    progress: tqdm,
 ) -> tuple[float, float]:
     """One pass over ``data`` in shuffled batches; returns (mean loss, accuracy)."""
     model.train()
@@ -104,7 +111,11 @@ def train_one_epoch(
 
 @torch.no_grad()
 def recompute_batch_norm(
-    model: nn.Module, data: ImageSet, preprocessing: Preprocessing, device: torch.device, batch_size: int,
+    model: nn.Module,
+    data: ImageSet,
+    preprocessing: Preprocessing,
+    device: torch.device,
+    batch_size: int,
     max_batches: int = 20,
 ) -> None:
     """Set batch-norm running statistics to exact averages over up to ``max_batches`` training batches.
@@ -136,8 +147,10 @@ def predict_logits(
 ) -> torch.Tensor:
     """Logits (N, K) on the CPU for uint8 images (N, C, H, W)."""
     model.eval()
-    outputs = [model(preprocessing.normalize(images[i : i + batch_size].to(device))).float().cpu()
-               for i in range(0, len(images), batch_size)]
+    outputs = [
+        model(preprocessing.normalize(images[i : i + batch_size].to(device))).float().cpu()
+        for i in range(0, len(images), batch_size)
+    ]
     return torch.cat(outputs) if outputs else torch.zeros(0, 0)
 
 
@@ -159,13 +172,19 @@ def evaluate(
 
 def _describe(splits: DataSplits) -> str:
     _, channels, height, width = splits.train.images.shape
-    return (f"{splits.name}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images, "
-            f"{len(splits.classes)} classes, {channels}x{height}x{width}")
+    return (
+        f"{splits.name}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images, "
+        f"{len(splits.classes)} classes, {channels}x{height}x{width}"
+    )
 
 
 def _write_data_records(run_dir: Path, splits: DataSplits) -> None:
-    split = {"data": splits.name, "rule": splits.split_rule, "classes": splits.classes,
-             **{name: getattr(splits, name).sources for name in ("train", "val", "test")}}
+    split = {
+        "data": splits.name,
+        "rule": splits.split_rule,
+        "classes": splits.classes,
+        **{name: getattr(splits, name).sources for name in ("train", "val", "test")},
+    }
     (run_dir / "split.json").write_text(json.dumps(split))
     if splits.skipped:
         with open(run_dir / "skipped.csv", "w", newline="") as stream:
@@ -181,8 +200,9 @@ def _emit(callbacks: Iterable[Any], event: str, **kwargs: Any) -> None:
             method(**kwargs)
 
 
-def fit(config: TrainConfig | None = None, callbacks: Iterable[Any] = (), verbose: bool = True,
-        **overrides: Any) -> Run:
+def fit(
+    config: TrainConfig | None = None, callbacks: Iterable[Any] = (), verbose: bool = True, **overrides: Any
+) -> Run:
     """Train a model end to end and write its run directory.
 
     The run directory holds ``config.yaml``, ``split.json``, ``metrics.csv``,
@@ -206,13 +226,25 @@ def fit(config: TrainConfig | None = None, callbacks: Iterable[Any] = (), verbos
     say = print if verbose else (lambda *_: None)
     started = time.perf_counter()
     device = select_device(config.device)
-    splits = load_data(config.data, config.img_size, config.channels, config.resize, config.val_split,
-                       config.test_split, config.data_dir, config.workers)
+    if config.model not in list_models():
+        raise CnnkitError(f"unknown model {config.model!r}; choose one of: {', '.join(list_models())}")
+    splits = load_data(
+        config.data,
+        config.img_size,
+        config.channels,
+        config.resize,
+        config.val_split,
+        config.test_split,
+        config.data_dir,
+        config.workers,
+    )
     for warning in splits.warnings:
         say(f"warning: {warning}")
     if splits.skipped:
-        say(f"warning: skipped {len(splits.skipped)} unreadable image(s); first: {splits.skipped[0].path} "
-            f"({splits.skipped[0].reason}); full list in skipped.csv")
+        say(
+            f"warning: skipped {len(splits.skipped)} unreadable image(s); first: {splits.skipped[0].path} "
+            f"({splits.skipped[0].reason}); full list in skipped.csv"
+        )
     if len(splits.train) == 0:
         raise CnnkitError(f"{splits.name}: no readable training images")
     _, channels, img_size, _ = splits.train.images.shape
@@ -229,14 +261,21 @@ def fit(config: TrainConfig | None = None, callbacks: Iterable[Any] = (), verbos
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = num_batches(splits.train, config.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr,
-                                                    total_steps=config.epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch
+    )
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     generator = torch.Generator().manual_seed(config.seed)
 
     def info(epoch: int, row: dict[str, float]) -> CheckpointInfo:
-        extra = {"config": config.to_dict(), "data": {"name": splits.name, "split_rule": splits.split_rule},
-                 "epoch": epoch, "metrics": row, "versions": versions(), "device": str(device)}
+        extra = {
+            "config": config.to_dict(),
+            "data": {"name": splits.name, "split_rule": splits.split_rule},
+            "epoch": epoch,
+            "metrics": row,
+            "versions": versions(),
+            "device": str(device),
+        }
         return CheckpointInfo(spec, splits.classes, preprocessing, extra)
 
     history: list[dict[str, float]] = []
@@ -246,15 +285,36 @@ def fit(config: TrainConfig | None = None, callbacks: Iterable[Any] = (), verbos
     try:
         for epoch in range(1, config.epochs + 1):
             epoch_start = time.perf_counter()
-            with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", leave=False,
-                      disable=None if verbose else True, dynamic_ncols=True) as progress:
-                train_loss, train_acc = train_one_epoch(model, splits.train, preprocessing, optimizer, scheduler,
-                                                        loss_fn, device, config.batch_size, generator, progress)
+            with tqdm(
+                total=steps_per_epoch,
+                desc=f"epoch {epoch}/{config.epochs}",
+                leave=False,
+                disable=None if verbose else True,
+                dynamic_ncols=True,
+            ) as progress:
+                train_loss, train_acc = train_one_epoch(
+                    model,
+                    splits.train,
+                    preprocessing,
+                    optimizer,
+                    scheduler,
+                    loss_fn,
+                    device,
+                    config.batch_size,
+                    generator,
+                    progress,
+                )
             recompute_batch_norm(model, splits.train, preprocessing, device, config.batch_size)
             val = evaluate(model, splits.val, preprocessing, device)
-            row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val.loss,
-                   "val_acc": val.accuracy, "lr": optimizer.param_groups[0]["lr"],
-                   "seconds": time.perf_counter() - epoch_start}
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "train_acc": train_acc,
+                "val_loss": val.loss,
+                "val_acc": val.accuracy,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - epoch_start,
+            }
             history.append(row)
             with open(metrics_file, "a", newline="") as stream:
                 writer = csv.DictWriter(stream, fieldnames=list(row))
@@ -267,8 +327,10 @@ def fit(config: TrainConfig | None = None, callbacks: Iterable[Any] = (), verbos
                 best_score, best_epoch = score, epoch
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 save_checkpoint(run_dir / BEST, model, info(epoch, row))
-            say(f"epoch {epoch:>{len(str(config.epochs))}}/{config.epochs}  train loss {train_loss:.4f} "
-                f"acc {train_acc:.2%}  val loss {val.loss:.4f} acc {val.accuracy:.2%}  {row['seconds']:.1f}s")
+            say(
+                f"epoch {epoch:>{len(str(config.epochs))}}/{config.epochs}  train loss {train_loss:.4f} "
+                f"acc {train_acc:.2%}  val loss {val.loss:.4f} acc {val.accuracy:.2%}  {row['seconds']:.1f}s"
+            )
             _emit(callbacks, "on_epoch_end", run_dir=run_dir, row=row)
     except KeyboardInterrupt:
         interrupted = True
@@ -283,15 +345,27 @@ def fit(config: TrainConfig | None = None, callbacks: Iterable[Any] = (), verbos
         from cnnkit.plots import plot_confusion, plot_curves
 
         plot_curves(history, run_dir / "curves.png")
-        plot_confusion(final.confusion, final.classes, run_dir / "confusion_matrix.png",
-                       "test confusion matrix" if test else "validation confusion matrix")
-        results = {"best_epoch": best_epoch, "seconds": time.perf_counter() - started,
-                   "test": test.to_dict() if test else None, "val": history[best_epoch - 1]}
+        plot_confusion(
+            final.confusion,
+            final.classes,
+            run_dir / "confusion_matrix.png",
+            "test confusion matrix" if test else "validation confusion matrix",
+        )
+        results = {
+            "best_epoch": best_epoch,
+            "seconds": time.perf_counter() - started,
+            "test": test.to_dict() if test else None,
+            "val": history[best_epoch - 1],
+        }
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     seconds = time.perf_counter() - started
     if test is not None:
-        say(f"test accuracy {test.accuracy:.2%} on {test.count} images (best epoch {best_epoch}) "
-            f"in {seconds:.1f}s; run saved to {run_dir}")
+        say(
+            f"test accuracy {test.accuracy:.2%} on {test.count} images (best epoch {best_epoch}) "
+            f"in {seconds:.1f}s; run saved to {run_dir}"
+        )
+    elif best_score is None and not interrupted:
+        raise CnnkitError(f"training diverged: every epoch ended with a NaN loss; lower --lr (now {config.lr})")
     elif not interrupted:
-        say(f"no test images; best val accuracy {-1 if best_score is None else best_score[0]:.2%}; run saved to {run_dir}")
+        say(f"no test images; best val accuracy {best_score[0]:.2%}; run saved to {run_dir}")
     return Run(run_dir, config, splits.classes, history, test, best_epoch, seconds, interrupted)

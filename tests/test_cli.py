@@ -1,0 +1,101 @@
+"""The real ``cnnkit`` command in a subprocess, as a user runs it."""
+
+import csv
+import json
+
+import pytest
+from conftest import run_cli
+
+
+def assert_clean_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cnnkit: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_train_evaluate_predict_on_an_image_folder(shapes_folder, tmp_path):
+    out = tmp_path / "runs"
+    train = run_cli(
+        "train",
+        "--data",
+        str(shapes_folder),
+        "--epochs",
+        "2",
+        "--img-size",
+        "16",
+        "--out",
+        str(out),
+        "--name",
+        "shapes",
+    )
+    assert train.returncode == 0, train.stderr
+    assert "test accuracy" in train.stdout
+    run = out / "shapes"
+
+    evaluate = run_cli("evaluate", str(run), "--json")
+    assert evaluate.returncode == 0, evaluate.stderr
+    report = json.loads(evaluate.stdout)
+    assert report["split"] == "test" and report["classes"] == ["circle", "square", "triangle"]
+    assert len(report["confusion"]) == 3 and 0 <= report["accuracy"] <= 1
+
+    text = run_cli("evaluate", str(run), "--data", str(shapes_folder), "--split", "val")
+    assert text.returncode == 0 and "precision" in text.stdout and "confusion matrix" in text.stdout
+
+    image = next((shapes_folder / "square").glob("*.png"))
+    single = run_cli("predict", str(run), str(image), "--top-k", "2", "--json")
+    records = [json.loads(line) for line in single.stdout.splitlines()]
+    assert len(records) == 1 and records[0]["path"] == str(image) and len(records[0]["labels"]) == 2
+
+    folder = run_cli("predict", str(run / "best.safetensors"), str(shapes_folder), "--out", str(out))
+    assert folder.returncode == 0, folder.stderr
+    with open(out / "predict" / "predictions.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert len(rows) == 36 and {"path", "label_1", "probability_1"} <= set(rows[0])
+
+
+def test_predict_skips_bad_files_among_many(digits_run, tmp_path):
+    from PIL import Image
+
+    Image.new("L", (8, 8), 200).save(tmp_path / "ok.png")
+    (tmp_path / "bad.jpg").write_text("<html>")
+    result = run_cli("predict", str(digits_run), str(tmp_path / "ok.png"), str(tmp_path / "bad.jpg"))
+    assert result.returncode == 0
+    assert "ok.png" in result.stdout and "skipped" in result.stderr and "bad.jpg" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["train", "--data", "{tmp}/missing"], ["data not found", "missing"]),
+        (["train", "--epochs", "0"], ["epochs must be at least 1"]),
+        (["train", "--model", "nonsense"], ["unknown model 'nonsense'"]),
+        (["evaluate", "{tmp}/missing"], ["checkpoint not found"]),
+        (["evaluate", "{tmp}/fake.safetensors"], ["not a cnnkit checkpoint", "fake.safetensors"]),
+        (["predict", "{run}", "{tmp}/fake.safetensors"], ["fake.safetensors"]),
+        (["predict", "{run}", "{tmp}/nothing.png"], ["image not found"]),
+    ],
+)
+def test_user_mistakes_give_one_line_and_exit_2(args, fragments, tmp_path, digits_run):
+    (tmp_path / "fake.safetensors").write_text("not weights")
+    result = run_cli(*[arg.format(tmp=tmp_path, run=digits_run) for arg in args])
+    assert_clean_error(result, *fragments)
+
+
+def test_help_and_models():
+    assert run_cli("--help").returncode == 0
+    models = run_cli("models")
+    assert models.returncode == 0 and "convnet" in models.stdout
+
+
+@pytest.mark.slow
+def test_default_train_reaches_97_percent_on_digits(tmp_path):
+    """The README's main job: `cnnkit train` with no arguments."""
+    result = run_cli("train", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("test accuracy"))
+    accuracy = float(line.split()[2].rstrip("%"))
+    assert accuracy >= 97.0, line
+    assert (tmp_path / "runs" / "train" / "best.safetensors").is_file()

@@ -1,0 +1,178 @@
+import gzip
+import shutil
+import struct
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_shapes_folder
+from PIL import Image
+
+from cnnkit.data import builtin, load_data
+from cnnkit.data.imageset import stratified_split
+from cnnkit.errors import CnnkitError
+
+
+def test_folder_split_is_deterministic_and_stratified(shapes_folder):
+    first = load_data(str(shapes_folder), img_size=16, val_split=0.25, test_split=0.25)
+    second = load_data(str(shapes_folder), img_size=16, val_split=0.25, test_split=0.25)
+    for name in ("train", "val", "test"):
+        assert getattr(first, name).sources == getattr(second, name).sources
+        assert torch.equal(getattr(first, name).images, getattr(second, name).images)
+    assert torch.bincount(first.test.labels).tolist() == [3, 3, 3]
+    assert not set(first.train.sources) & set(first.test.sources)
+    assert first.classes == ["circle", "square", "triangle"]
+
+
+def test_adding_an_image_moves_no_other_image_between_splits():
+    sources = [f"c/{i}.png" for i in range(40)]
+    before = stratified_split(torch.zeros(40, dtype=torch.long), sources, [0.2])
+    after = stratified_split(torch.zeros(41, dtype=torch.long), [*sources, "c/new.png"], [0.2])
+    moved = {sources[i] for i in before[0]} ^ {([*sources, "c/new.png"])[i] for i in after[0]}
+    assert len(moved) <= 2  # at most the new file and the one it displaced at the boundary
+
+
+def test_split_folders_are_honoured(tmp_path):
+    make_shapes_folder(tmp_path / "data" / "train", per_class=6)
+    make_shapes_folder(tmp_path / "data" / "test", per_class=2, seed=1)
+    splits = load_data(str(tmp_path / "data"), img_size=16, val_split=0.0)
+    assert len(splits.test) == 6 and len(splits.train) == 18 and len(splits.val) == 0
+    assert all(source.startswith("test/") for source in splits.test.sources)
+
+
+def test_grayscale_folders_get_one_channel(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.new("L", (10, 10), 40 * i).save(tmp_path / name / f"{i}.png")
+    assert load_data(str(tmp_path), img_size=8).train.images.shape[1] == 1
+
+
+def test_bad_images_are_skipped_and_reported(shapes_folder):
+    (shapes_folder / "circle" / "broken.jpg").write_bytes(b"not a jpeg")
+    (shapes_folder / "square" / "notes.txt").write_text("ignored")
+    (shapes_folder / "square" / ".DS_Store").write_bytes(b"\0")
+    (shapes_folder / "empty_class").mkdir()
+    splits = load_data(str(shapes_folder), img_size=16)
+    assert [item.path for item in splits.skipped] == ["circle/broken.jpg"]
+    assert sum(map(len, (splits.train, splits.val, splits.test))) == 36
+    assert splits.classes == ["circle", "square", "triangle"]
+    assert any("empty_class" in warning for warning in splits.warnings)
+    assert any("1 file(s) without an image extension" in warning for warning in splits.warnings)
+    assert (shapes_folder / "circle" / "broken.jpg").read_bytes() == b"not a jpeg"  # user data untouched
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"), [("missing", "data not found"), ("empty", "no images found"), ("single", "only one class")]
+)
+def test_folder_mistakes_raise_clear_errors(tmp_path, layout, message):
+    if layout == "empty":
+        (tmp_path / "missing").mkdir()
+    if layout == "single":
+        (tmp_path / "missing" / "cats").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "missing" / "cats" / "a.png")
+    with pytest.raises(CnnkitError, match=message):
+        load_data(str(tmp_path / "missing"))
+
+
+def test_digits_builtin_has_real_images_and_fixed_split():
+    splits = load_data("digits")
+    assert splits.train.images.shape[1:] == (1, 8, 8) and splits.train.images.dtype == torch.uint8
+    assert sum(map(len, (splits.train, splits.val, splits.test))) == 1797
+    assert len(splits.test) == 359 and splits.test.sources == load_data("digits").test.sources
+    assert load_data("digits", img_size=16, channels=3).train.images.shape[1:] == (3, 16, 16)
+
+
+def write_idx(path, array: np.ndarray) -> None:
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as stream:
+        stream.write(header + array.astype(np.uint8).tobytes())
+
+
+def make_idx_dataset(folder, train=40, test=20):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for (images_name, labels_name), count in zip(builtin.IDX_FILES.values(), (train, test)):
+        write_idx(folder / images_name, rng.integers(0, 256, (count, 28, 28)))
+        write_idx(folder / labels_name, np.arange(count) % 10)
+    return folder
+
+
+def test_idx_dataset_is_read_from_data_dir(tmp_path):
+    folder = make_idx_dataset(tmp_path / "fm")
+    splits = load_data("fashion-mnist", data_dir=str(folder), val_split=0.25)
+    assert len(splits.test) == 20 and len(splits.train) + len(splits.val) == 40
+    assert splits.classes[0] == "T-shirt/top" and splits.train.images.shape[1:] == (1, 28, 28)
+
+
+def test_builtin_found_through_environment_variable(tmp_path, monkeypatch):
+    make_idx_dataset(tmp_path / "datasets" / "mnist")
+    monkeypatch.setenv("CNNKIT_DATA_DIR", str(tmp_path / "datasets"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert len(load_data("mnist").test) == 20
+
+
+def test_download_fetches_into_cache_from_mirror(tmp_path, monkeypatch):
+    source = make_idx_dataset(tmp_path / "server")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("CNNKIT_DATA_DIR", raising=False)
+    dataset = builtin.BUILTINS["mnist"]
+    monkeypatch.setitem(
+        builtin.BUILTINS,
+        "mnist",
+        builtin.BuiltinDataset(
+            dataset.name,
+            28,
+            1,
+            dataset.classes,
+            dataset.files,
+            ("file:///nonexistent/", source.as_uri() + "/"),
+            dataset.reader,
+        ),
+    )
+    assert len(load_data("mnist").train) + len(load_data("mnist").val) == 40
+    assert sorted(p.name for p in (tmp_path / "cache" / "cnnkit" / "datasets" / "mnist").iterdir()) == sorted(
+        dataset.files
+    )
+
+
+def test_offline_download_gives_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("CNNKIT_DATA_DIR", raising=False)
+    dataset = builtin.BUILTINS["cifar10"]
+    monkeypatch.setitem(
+        builtin.BUILTINS,
+        "cifar10",
+        builtin.BuiltinDataset(
+            dataset.name, 32, 3, dataset.classes, dataset.files, ("file:///nonexistent/",), dataset.reader
+        ),
+    )
+    with pytest.raises(CnnkitError, match=r"could not be downloaded.*--data-dir"):
+        load_data("cifar10")
+    assert not any((tmp_path / "cache" / "cnnkit" / "datasets" / "cifar10").glob("*"))  # no partial file left
+
+
+def test_cifar10_binary_archive_is_read_without_unpickling(tmp_path):
+    import tarfile
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar"
+    (folder / "cifar-10-batches-bin").mkdir(parents=True)
+    for name, count in [(f"data_batch_{i}.bin", 4) for i in range(1, 6)] + [("test_batch.bin", 6)]:
+        rows = np.concatenate([np.arange(count)[:, None] % 10, rng.integers(0, 256, (count, 3072))], axis=1)
+        (folder / "cifar-10-batches-bin" / name).write_bytes(rows.astype(np.uint8).tobytes())
+    with tarfile.open(folder / builtin.CIFAR10_ARCHIVE, "w:gz") as archive:
+        archive.add(folder / "cifar-10-batches-bin", arcname="cifar-10-batches-bin")
+    shutil.rmtree(folder / "cifar-10-batches-bin")
+    splits = load_data("cifar10", data_dir=str(folder), val_split=0.0)
+    assert len(splits.train) == 20 and len(splits.test) == 6 and splits.train.images.shape[1:] == (3, 32, 32)
+    assert splits.classes[1] == "automobile"
+
+
+@pytest.mark.skipif(
+    not (builtin.Path("/usr/share/datasets/fashion-mnist")).is_dir(),
+    reason="Debian's dataset-fashion-mnist package is not installed",
+)
+def test_fashion_mnist_from_debian_package():
+    splits = load_data("fashion-mnist")
+    assert len(splits.test) == 10_000 and len(splits.train) + len(splits.val) == 60_000

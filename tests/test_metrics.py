@@ -1,0 +1,21 @@
+import torch
+from sklearn.metrics import confusion_matrix as sk_confusion
+from sklearn.metrics import precision_recall_fscore_support
+
+from cnnkit.metrics import confusion_matrix, per_class_report
+
+
+def test_confusion_and_report_match_scikit_learn():
+    generator = torch.Generator().manual_seed(0)
+    targets = torch.randint(0, 4, (200,), generator=generator)
+    predictions = torch.where(torch.rand(200, generator=generator) < 0.7, targets, torch.randint(0, 4, (200,)))
+    predictions[predictions == 3] = 2  # class 3 is never predicted: precision undefined -> 0
+    confusion = confusion_matrix(predictions, targets, 4)
+    assert confusion.tolist() == sk_confusion(targets, predictions, labels=range(4)).tolist()
+    precision, recall, f1, support = precision_recall_fscore_support(
+        targets, predictions, labels=range(4), zero_division=0
+    )
+    report = per_class_report(confusion, ["a", "b", "c", "d"])
+    for row, p, r, f, s in zip(report, precision, recall, f1, support):
+        assert abs(row.precision - p) < 1e-9 and abs(row.recall - r) < 1e-9 and abs(row.f1 - f) < 1e-9
+        assert row.support == s
