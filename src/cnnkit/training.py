@@ -74,6 +74,15 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
+def build_optimizer(
+    model: nn.Module, config: TrainConfig, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW with a one-cycle schedule peaking at ``config.lr``: fast, and forgiving of the peak chosen."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps)
+    return optimizer, scheduler
+
+
 def train_one_epoch(
     model: nn.Module,
     data: ImageSet,
@@ -259,11 +268,8 @@ def fit(
     parameters = sum(p.numel() for p in model.parameters())
     say(f"{_describe(splits)}\n{config.model}: {parameters / 1e6:.2f}M parameters on {device}; writing {run_dir}")
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = num_batches(splits.train, config.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch
-    )
+    optimizer, scheduler = build_optimizer(model, config, config.epochs * steps_per_epoch)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     generator = torch.Generator().manual_seed(config.seed)
 

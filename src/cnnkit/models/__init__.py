@@ -1,6 +1,7 @@
 """Where tensors are transformed: the model registry and its architectures."""
 
 from cnnkit.models import convnet as _convnet  # noqa: F401  (registers the builder)
+from cnnkit.models import mlp as _mlp  # noqa: F401
 from cnnkit.models.registry import ModelSpec, build, create_model, list_models, register_model
 
 __all__ = ["ModelSpec", "build", "create_model", "list_models", "register_model"]

@@ -1,0 +1,63 @@
+"""The plain fully connected network (multilayer perceptron) that CNNs are compared with.
+
+It flattens the image and learns one weight per pixel per hidden unit: no weight sharing
+and no notion of neighbouring pixels, which is exactly what ``cnnkit compare`` measures
+against convolution.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cnnkit.models.registry import register_model
+
+
+class MLP(nn.Module):
+    """Flatten, then ``Linear-ReLU-Dropout`` per hidden layer, then a linear classifier.
+
+    Args:
+        num_classes: Output classes.
+        in_channels: Input channels. Defaults to 3.
+        img_size: Input side; the first layer has ``in_channels * img_size**2`` inputs. Defaults to 32.
+        hidden: Width of each hidden layer. Defaults to (512, 256).
+        dropout: Dropout after each hidden layer. Defaults to 0.1.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        img_size: int = 32,
+        hidden: tuple[int, ...] = (512, 256),
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_channels * img_size * img_size
+        for units in hidden:
+            layers += [nn.Linear(width, units), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            width = units
+        self.features = nn.Sequential(*layers)
+        self.num_features = width
+        self.head = nn.Linear(width, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)  # (B, num_features)
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)  # (B, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.head = nn.Linear(self.num_features, num_classes)
+
+
+@register_model
+def mlp(num_classes: int, in_channels: int = 3, img_size: int = 32, **kwargs) -> MLP:
+    """A two-hidden-layer perceptron (512 and 256 units) on the flattened image."""
+    if "hidden" in kwargs:
+        kwargs["hidden"] = tuple(kwargs["hidden"])  # JSON metadata stores tuples as lists
+    return MLP(num_classes, in_channels, img_size, **kwargs)
