@@ -99,3 +99,27 @@ def test_default_train_reaches_97_percent_on_digits(tmp_path):
     accuracy = float(line.split()[2].rstrip("%"))
     assert accuracy >= 97.0, line
     assert (tmp_path / "runs" / "train" / "best.safetensors").is_file()
+
+
+def test_ctrl_c_exits_130_and_keeps_last(tmp_path):
+    """A real SIGINT in the middle of training, as a user pressing Ctrl-C."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cnnkit", "train", "--epochs", "200", "--out", str(tmp_path), "--name", "stop"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    last = tmp_path / "stop" / "last.safetensors"
+    deadline = time.monotonic() + 120
+    while not last.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stdout
+    assert last.is_file()
