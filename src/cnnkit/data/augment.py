@@ -1,0 +1,135 @@
+"""Augmentation of whole batches on tensors: one vectorised call per batch instead of per-sample PIL.
+
+Every operation draws its random numbers from one ``torch.Generator`` so a seeded run is
+repeatable, and runs on whatever device the batch is on, so CPU and GPU give the same
+results up to floating-point rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Which augmentations to apply, and how strongly.
+
+    Args:
+        crop_padding: Pad by this many pixels (edge-replicated), then crop back at a random offset. Defaults to 0.
+        hflip: Flip half of the images left to right. Defaults to False (wrong for digits and text).
+        rotate: Maximum rotation in degrees, drawn uniformly in [-rotate, rotate]. Defaults to 0.
+        scale: Maximum relative zoom, drawn in [1 - scale, 1 + scale]. Defaults to 0.
+        translate: Maximum shift as a share of the image side. Defaults to 0.
+        brightness: Maximum relative brightness change. Defaults to 0.
+        contrast: Maximum relative contrast change. Defaults to 0.
+        saturation: Maximum relative saturation change (RGB only). Defaults to 0.
+        erasing: Probability of blanking one random rectangle per image (random erasing). Defaults to 0.
+    """
+
+    crop_padding: int = 0
+    hflip: bool = False
+    rotate: float = 0.0
+    scale: float = 0.0
+    translate: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    erasing: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Augment a batch of images (B, C, H, W) with pixel values in [0, 255]; returns float32."""
+        x = images.float()
+        if self.crop_padding:
+            x = random_crop(x, self.crop_padding, generator)
+        if self.hflip:
+            x = random_hflip(x, generator)
+        if self.rotate or self.scale or self.translate:
+            x = random_affine(x, self.rotate, self.scale, self.translate, generator)
+        if self.brightness or self.contrast or self.saturation:
+            x = colour_jitter(x, self.brightness, self.contrast, self.saturation, generator)
+        if self.erasing:
+            x = random_erasing(x, self.erasing, generator)
+        return x
+
+
+def _uniform(count: int, low: float, high: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.rand(count, generator=generator, device=generator.device).to(device) * (high - low) + low
+
+
+def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Pad every image and cut a same-sized window at a per-image random offset."""
+    batch, _, height, width = x.shape
+    padded = F.pad(x, (padding,) * 4, mode="replicate")  # (B, C, H+2p, W+2p)
+    top = torch.randint(0, 2 * padding + 1, (batch,), generator=generator, device=generator.device).to(x.device)
+    left = torch.randint(0, 2 * padding + 1, (batch,), generator=generator, device=generator.device).to(x.device)
+    rows = (top[:, None] + torch.arange(height, device=x.device))[:, :, None]  # (B, H, 1)
+    cols = (left[:, None] + torch.arange(width, device=x.device))[:, None, :]  # (B, 1, W)
+    batch_index = torch.arange(batch, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch_index, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+
+def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(len(x), generator=generator, device=generator.device).to(x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def random_affine(
+    x: torch.Tensor, rotate: float, scale: float, translate: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Rotate, zoom and shift each image by its own random amount (bilinear, edges replicated)."""
+    batch = len(x)
+    degrees = _uniform(batch, -rotate, rotate, generator, x.device)
+    zoom = _uniform(batch, 1 - scale, 1 + scale, generator, x.device)
+    shift = _uniform(2 * batch, -translate, translate, generator, x.device).view(batch, 2)
+    return affine(x, degrees, zoom, shift)
+
+
+def affine(x: torch.Tensor, degrees: torch.Tensor, zoom: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate each image (B,) degrees counter-clockwise about its centre, zoom (B,), shift (B, 2) by image sides."""
+    angle = degrees * (math.pi / 180)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    # theta maps output to input coordinates in [-1, 1] grid units: the inverse of the wanted transform.
+    row_x = torch.stack([cos, -sin, -2 * shift[:, 0]], 1)
+    row_y = torch.stack([sin, cos, -2 * shift[:, 1]], 1)
+    grid = F.affine_grid(torch.stack([row_x, row_y], 1), list(x.shape), align_corners=False)  # (B, H, W, 2)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def colour_jitter(
+    x: torch.Tensor, brightness: float, contrast: float, saturation: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Scale brightness, contrast (around each image's mean) and saturation (around its grayscale)."""
+    batch = len(x)
+    factor = _uniform(3 * batch, -1, 1, generator, x.device).view(3, batch, 1, 1, 1)
+    x = x * (1 + brightness * factor[0])
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * (1 + contrast * factor[1]) + mean
+    if saturation and x.shape[1] == 3:
+        gray = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        x = (x - gray) * (1 + saturation * factor[2]) + gray
+    return x.clamp(0, 255)
+
+
+def random_erasing(x: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
+    """Blank one rectangle (2-25% of the area, aspect 0.3-3.3) per chosen image with its mean value."""
+    batch, _, height, width = x.shape
+    area = _uniform(batch, 0.02, 0.25, generator, x.device) * height * width
+    aspect = torch.exp(_uniform(batch, math.log(0.3), math.log(3.3), generator, x.device))
+    box_h = (area * aspect).sqrt().clamp(1, height)
+    box_w = (area / aspect).sqrt().clamp(1, width)
+    top = _uniform(batch, 0, 1, generator, x.device) * (height - box_h)
+    left = _uniform(batch, 0, 1, generator, x.device) * (width - box_w)
+    chosen = _uniform(batch, 0, 1, generator, x.device) < probability
+    rows = torch.arange(height, device=x.device).view(1, height, 1)
+    cols = torch.arange(width, device=x.device).view(1, 1, width)
+    inside = (rows >= top.view(-1, 1, 1)) & (rows < (top + box_h).view(-1, 1, 1))
+    inside = inside & (cols >= left.view(-1, 1, 1)) & (cols < (left + box_w).view(-1, 1, 1))
+    mask = (inside & chosen.view(-1, 1, 1))[:, None]  # (B, 1, H, W)
+    return torch.where(mask, x.mean(dim=(2, 3), keepdim=True), x)
