@@ -241,7 +241,12 @@ def resume_config(state: SavedState, overrides: dict[str, Any]) -> TrainConfig:
 
 
 def truncate_logs(run_dir: Path, progress: Progress) -> None:
-    """Drop log rows written after the state was saved, so a resumed run appends exactly where it stopped."""
+    """Drop log rows written after the state was saved, so a resumed run appends exactly where it stopped.
+
+    Temporary files left by a save that was killed half-way are removed too.
+    """
+    for leftover in run_dir.glob(".*.safetensors.tmp*"):
+        leftover.unlink()
     for name, column, last in (("metrics.csv", "epoch", progress.epoch), (STEPS, "step", progress.step)):
         path = run_dir / name
         if not path.exists():
