@@ -108,3 +108,23 @@ def test_step_log_round_trips_losses_exactly(tmp_path):
     log.write(1, 1, 0.1 + 0.2, False)
     log.close()
     assert float((tmp_path / "steps.csv").read_text().splitlines()[1].split(",")[2]) == 0.1 + 0.2
+
+
+def test_best_is_never_a_nan_score(tmp_path, monkeypatch):
+    from cnnkit import training
+    from cnnkit.checkpoint import read_checkpoint
+
+    real_evaluate, calls = training.evaluate, []
+
+    def evaluate_nan_in_epoch_two(*args, **kwargs):
+        result = real_evaluate(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:  # the validation pass of epoch 2
+            result.loss = result.accuracy = math.nan
+        return result
+
+    monkeypatch.setattr(training, "evaluate", evaluate_nan_in_epoch_two)
+    run = cnnkit.train(out=str(tmp_path), **{**SETTINGS, "epochs": 2})
+    assert math.isnan(run.history[1]["val_acc"]) and run.best_epoch == 1
+    assert read_checkpoint(run.best_checkpoint)[1].extra["epoch"] == 1
+    assert read_state(run.dir).progress.best_epoch == 1

@@ -183,3 +183,14 @@ def test_resume_refuses_changed_settings_other_class_counts_and_truncated_state(
 
     with pytest.raises(CnnkitError, match=r"holds no resumable state"):
         cnnkit.train(resume=tmp_path, verbose=False)
+
+
+def test_a_save_that_reads_back_wrong_never_replaces_the_previous_file(tmp_path, monkeypatch):
+    target = tmp_path / "last.safetensors"
+    target.write_bytes(b"previous")
+    monkeypatch.setattr(checkpoint.Path, "read_bytes", lambda self: b"what the disk returned")
+    with pytest.raises(checkpoint.CheckpointWriteError, match=r"reads back different bytes.*previous .* is intact"):
+        checkpoint.write_atomic(target, b"new checkpoint")
+    monkeypatch.undo()
+    assert target.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]

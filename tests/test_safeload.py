@@ -115,7 +115,7 @@ def test_old_torch_with_weights_only_bypass_is_refused():
 
 def test_unknown_extension_and_missing_file(tmp_path):
     (tmp_path / "w.bin").write_bytes(b"x")
-    with pytest.raises(CnnkitError, match="must be a .safetensors, .pt or .pth"):
+    with pytest.raises(CnnkitError, match=r"must be a \.safetensors, \.pt or \.pth"):
         load_tensors(tmp_path / "w.bin")
     with pytest.raises(CnnkitError, match="not found"):
         load_tensors(tmp_path / "missing.pt")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.torch
 import torch
 from torch import nn
 
@@ -119,14 +120,8 @@ def save_state(
         "grad_scaler": None,  # the loop trains in float32; a mixed-precision loop stores its scaler here
         "rng": rng_values,
     }
-    data = safetensors_bytes(tensors | rng_tensors, {"cnnkit.state": json.dumps(metadata)})
+    data = safetensors.torch.save(tensors | rng_tensors, metadata={"cnnkit.state": json.dumps(metadata)})
     write_atomic(run_dir / STATE, data)
-
-
-def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
-    import safetensors.torch
-
-    return safetensors.torch.save(tensors, metadata=metadata)
 
 
 @dataclass

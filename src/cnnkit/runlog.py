@@ -121,7 +121,10 @@ class StepLog:
 
 
 def write_environment(run_dir: Path, config: TrainConfig, device: torch.device) -> None:
-    """``environment.json``: library versions, device, threads and settings, to tell runs apart later."""
+    """``environment.json``: library versions, device, threads and settings, to tell runs apart later.
+
+    A resumed run adds its own record under ``resumed``: bitwise resume needs the same versions.
+    """
     import numpy
     import PIL
     import safetensors
@@ -147,7 +150,11 @@ def write_environment(run_dir: Path, config: TrainConfig, device: torch.device) 
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "config": config.to_dict(),
     }
-    (run_dir / "environment.json").write_text(json.dumps(environment, indent=2))
+    path = run_dir / "environment.json"
+    if path.exists():  # a resumed run: keep the first session's record and add this one
+        first = json.loads(path.read_text())
+        environment = {**first, "resumed": [*first.get("resumed", []), environment]}
+    path.write_text(json.dumps(environment, indent=2))
 
 
 def write_results(
