@@ -31,16 +31,15 @@ BAD = {
 
 
 # The bomb is expected: Pillow warns about it, then cnnkit refuses it.
-pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 @pytest.fixture(autouse=True)
-def private_cache_one_thread(tmp_path, monkeypatch):
+def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # on a shared 2-core machine torch's thread pool spins and runs 10x slower
-    yield
-    torch.set_num_threads(threads)
 
 
 def encoded(image: Image.Image, format: str, **kwargs) -> bytes:

@@ -19,14 +19,6 @@ from cnnkit.training import train_one_epoch
 SETTINGS = {"data": "digits", "epochs": 1, "batch_size": 128, "seed": 4, "verbose": False}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class PoisonedLoss(nn.CrossEntropyLoss):
     """Cross-entropy that returns NaN on chosen calls, as a diverging model would."""
 
@@ -40,6 +32,9 @@ class PoisonedLoss(nn.CrossEntropyLoss):
         self.calls += 1
         loss = super().forward(logits, labels)
         return loss * math.nan if self.calls in self.poisoned else loss
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_state(tmp_path, monkeypatch):

@@ -26,12 +26,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TRAIN = ("--data", "digits", "--epochs", "2", "--batch-size", "64", "--save-every", "3", "--seed", "1")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cnnkit_process(*args: str) -> subprocess.Popen:
