@@ -52,6 +52,15 @@ def shapes_folder(tmp_path: Path) -> Path:
     return make_shapes_folder(tmp_path / "shapes")
 
 
+@pytest.fixture
+def one_thread():
+    """Train on one thread: on a loaded 2-core machine torch's thread pool spins and runs ~10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory trained on the built-in digits for a few epochs (shared by read-only tests)."""

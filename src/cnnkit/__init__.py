@@ -20,7 +20,7 @@ _EXPORTS = {
     "Classifier": "cnnkit.predict",
     "CnnkitError": "cnnkit.errors",
     "Prediction": "cnnkit.predict",
-    "Run": "cnnkit.training",
+    "Run": "cnnkit.runlog",
     "TrainConfig": "cnnkit.config",
     "create_model": "cnnkit.models",
     "evaluate": "cnnkit.training",

@@ -7,6 +7,7 @@ training config and library versions. Nothing in it can run code when loaded.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import safetensors
 import safetensors.torch
 import torch
 from torch import nn
@@ -22,6 +22,7 @@ from torch import nn
 from cnnkit.data.preprocess import Preprocessing
 from cnnkit.errors import CnnkitError
 from cnnkit.models.registry import ModelSpec, build
+from cnnkit.safeload import load_tensors, read_header
 
 FORMAT = "cnnkit.checkpoint/1"
 METADATA_KEY = "cnnkit"
@@ -55,15 +56,29 @@ def versions() -> dict[str, str]:
     return {"cnnkit": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__}
 
 
+class CheckpointWriteError(CnnkitError):
+    """A checkpoint could not be written (full disk, I/O error); the previous file is intact."""
+
+
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write through a temporary file, fsync and rename: a crash leaves the old file or the new one."""
+    """Write through a temporary file, fsync, read back and compare, then rename.
+
+    A crash or a full disk leaves the old file or the new one, never a mix; the old file
+    is replaced only once the new one has been read back from disk byte for byte.
+    """
     temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(temporary, "wb") as stream:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
+        if temporary.read_bytes() != data:
+            raise OSError(errno.EIO, "written file reads back different bytes", str(temporary))
         os.replace(temporary, path)
+    except OSError as error:
+        raise CheckpointWriteError(
+            f"could not write {path}: {error.strerror or error}; the previous {path.name} is intact"
+        ) from None
     finally:
         if temporary.exists():
             temporary.unlink()
@@ -97,12 +112,13 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], Checkpoi
     """Read weights and metadata, refusing anything that is not a cnnkit checkpoint."""
     path = resolve_checkpoint(path)
     not_ours = f"{path} is not a cnnkit checkpoint; give a run directory or a .safetensors file written by cnnkit"
+    if path.suffix.lower() != ".safetensors":
+        raise CnnkitError(not_ours)
     try:
-        with safetensors.safe_open(str(path), framework="pt") as stream:
-            header = stream.metadata() or {}
-            tensors = {name: stream.get_tensor(name) for name in stream.keys()}  # noqa: SIM118
-    except Exception as error:  # safetensors raises its own error types for every malformed file
-        raise CnnkitError(f"{not_ours} ({type(error).__name__}: {str(error).splitlines()[0]})") from None
+        _, header = read_header(path)
+        tensors = load_tensors(path)
+    except CnnkitError as error:
+        raise CnnkitError(f"{not_ours} ({error})") from None
     try:
         values = json.loads(header[METADATA_KEY])
         if values.get("format") != FORMAT:

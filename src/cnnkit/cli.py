@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a model and write a run directory under --out.",
     )
     train.add_argument("--config", type=Path, help="YAML file of config keys; flags override it")
+    train.add_argument(
+        "--resume", metavar="RUN", help="continue RUN exactly where it stopped; --epochs N extends a finished run"
+    )
     _add_config_flags(train)
 
     evaluate = commands.add_parser(
@@ -74,6 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", default="runs", help="folder for the CSV of a folder's predictions (default: runs)")
     predict.add_argument("--name", help="run directory name under --out (default: predict, predict2, ...)")
 
+    check = commands.add_parser(
+        "check",
+        help="scan an image folder for unreadable, misnamed, duplicate or unsafe files",
+        description="Scan an image folder the way training does and report every problem; files are only read.",
+    )
+    check.add_argument("data", metavar="DATA")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument(
+        "--max-bad-share", type=float, default=0.01, help="exit 1 when more than this share is bad (default: 0.01)"
+    )
+    check.add_argument("--no-cache", action="store_true", help="rescan even if the files did not change")
+
     commands.add_parser("models", help="list the available architectures")
     return parser
 
@@ -81,9 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
 def run_train(args: argparse.Namespace) -> int:
     from cnnkit.training import fit
 
-    options = {key: value for key, value in vars(args).items() if key not in ("command", "config")}
-    config = TrainConfig.load(args.config) if args.config else TrainConfig()
-    run = fit(config, **options)
+    options = {key: value for key, value in vars(args).items() if key not in ("command", "config", "resume")}
+    config = TrainConfig.load(args.config) if args.config else None
+    run = fit(config, resume=args.resume, **options)
     return 130 if run.interrupted else 0
 
 
@@ -173,6 +188,22 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_check(args: argparse.Namespace) -> int:
+    from cnnkit.data.check import scan_folder
+
+    report = scan_folder(args.data, use_cache=not args.no_cache)
+    share = len(report.bad) / max(1, report.files)
+    if args.json:
+        print(json.dumps({**report.to_dict(), "digests": len(report.digests)}))
+    else:
+        print(report.summary())
+        for item in report.bad:
+            print(f"bad: {item.path}: {item.reason}")
+        for warning in report.warnings:
+            print(f"warning: {warning}")
+    return 1 if share > args.max_bad_share else 0
+
+
 def run_models(_: argparse.Namespace) -> int:
     from cnnkit.models import create_model, list_models
 
@@ -183,7 +214,13 @@ def run_models(_: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict, "models": run_models}
+COMMANDS = {
+    "train": run_train,
+    "evaluate": run_evaluate,
+    "predict": run_predict,
+    "check": run_check,
+    "models": run_models,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,6 +44,12 @@ class TrainConfig:
     workers: int | None = _option(None, "threads that decode images (default: all cores)")
     out: str = _option("runs", "folder that holds run directories")
     name: str | None = _option(None, "run directory name under --out (default: train, train2, ...)")
+    save_every: int = _option(0, "also save the resumable state every N steps (0: at the end of each epoch only)")
+    nonfinite: str = _option("stop", "on a NaN/infinite loss or gradient: stop (keep the last good state) or skip")
+    clip_grad_norm: float | None = _option(None, "clip the gradient norm to this value (default: no clipping)")
+    class_weights: str = _option("none", "none, or balanced: weight the loss by inverse class frequency")
+    sampler: str = _option("shuffle", "shuffle (each image once per epoch) or balanced (classes drawn equally)")
+    max_bad_share: float = _option(0.01, "abort when more than this share of the image files cannot be read")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -87,5 +93,17 @@ class TrainConfig:
             problems.append("resize must be crop, squash or pad")
         if not (0 <= self.val_split < 1 and 0 <= self.test_split < 1 and self.val_split + self.test_split < 1):
             problems.append("val_split and test_split must be in [0, 1) and sum to less than 1")
+        if self.save_every < 0:
+            problems.append("save_every must be 0 or more")
+        if self.nonfinite not in ("stop", "skip"):
+            problems.append("nonfinite must be stop or skip")
+        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
+            problems.append("clip_grad_norm must be positive")
+        if self.class_weights not in ("none", "balanced"):
+            problems.append("class_weights must be none or balanced")
+        if self.sampler not in ("shuffle", "balanced"):
+            problems.append("sampler must be shuffle or balanced")
+        if not 0 <= self.max_bad_share <= 1:
+            problems.append("max_bad_share must be in [0, 1]")
         if problems:
             raise CnnkitError("; ".join(problems))

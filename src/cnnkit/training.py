@@ -7,12 +7,9 @@ metrics row.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,41 +17,27 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from cnnkit.checkpoint import BEST, LAST, CheckpointInfo, new_run_dir, save_checkpoint, versions
+from cnnkit import runlog
+from cnnkit.checkpoint import BEST, LAST, CheckpointInfo, CheckpointWriteError, new_run_dir, save_checkpoint, versions
 from cnnkit.config import TrainConfig
-from cnnkit.data import DataSplits, ImageSet, Preprocessing, load_data
+from cnnkit.data import ImageSet, Preprocessing
+from cnnkit.data.check import check_bad_share, class_weights, prepare_data, sampling_weights
 from cnnkit.data.loader import channel_stats, iterate_batches, num_batches
 from cnnkit.errors import CnnkitError
 from cnnkit.metrics import EvalResult, confusion_matrix, per_class_report
 from cnnkit.models import ModelSpec, build, list_models
-
-
-@dataclass
-class Run:
-    """The result of :func:`fit`: where it was written and what it measured."""
-
-    dir: Path
-    config: TrainConfig
-    classes: list[str]
-    history: list[dict[str, float]]
-    test: EvalResult | None
-    best_epoch: int | None
-    seconds: float
-    interrupted: bool = False
-
-    @property
-    def best_checkpoint(self) -> Path:
-        return self.dir / BEST
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.dir / LAST
-
-    def load(self, device: str = "auto"):
-        """The best model as a :class:`cnnkit.predict.Classifier`."""
-        from cnnkit.predict import load
-
-        return load(self.dir, device=device)
+from cnnkit.resume import (
+    STATE,
+    STEPS,
+    EpochTally,
+    Progress,
+    carry_moments,
+    read_state,
+    resume_config,
+    save_state,
+    truncate_logs,
+)
+from cnnkit.runlog import Run, StepLog
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -83,6 +66,10 @@ def build_optimizer(
     return optimizer, scheduler
 
 
+class NonFiniteStep(CnnkitError):
+    """A training step whose loss or gradient is NaN or infinite."""
+
+
 def train_one_epoch(
     model: nn.Module,
     data: ImageSet,
@@ -94,12 +81,26 @@ def train_one_epoch(
     batch_size: int,
     generator: torch.Generator,
     progress: tqdm,
+    tally: EpochTally | None = None,
+    on_step: Callable[[float, bool], None] | None = None,
+    clip_grad_norm: float | None = None,
+    skip_nonfinite: bool = False,
+    sample_weights: torch.Tensor | None = None,
 ) -> tuple[float, float]:
-    """One pass over ``data`` in shuffled batches; returns (mean loss, accuracy)."""
+    """One pass over ``data`` in shuffled batches; returns (mean loss, accuracy).
+
+    ``tally`` continues an epoch stopped part-way: its first ``tally.batches`` batches are
+    skipped. ``on_step(loss, skipped)`` runs after every optimizer step. A NaN or infinite
+    loss or gradient raises :class:`NonFiniteStep` before the weights change, or with
+    ``skip_nonfinite`` leaves the weights alone for that step and reports it as skipped.
+    """
+    tally = tally or EpochTally()
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
-    for step, (images, labels) in enumerate(iterate_batches(data, batch_size, shuffle=True, generator=generator)):
+    progress.update(tally.batches)
+    batches = iterate_batches(data, batch_size, True, generator, start=tally.batches, weights=sample_weights)
+    for images, labels in batches:
         if len(labels) < 2:  # batch norm cannot train on a single image
+            tally.batches += 1
             continue
         inputs = preprocessing.normalize(images.to(device, non_blocking=True))  # (B, C, H, W) float
         labels = labels.to(device, non_blocking=True)
@@ -107,15 +108,25 @@ def train_one_epoch(
         loss = loss_fn(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        # With no limit this only measures the norm (the scale factor is exactly 1).
+        norm = nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm or math.inf)
+        value = loss.item()
+        finite = math.isfinite(value) and bool(torch.isfinite(norm))
+        if not finite and not skip_nonfinite:
+            raise NonFiniteStep(f"loss {value}, gradient norm {norm.item()}")
+        if finite:
+            optimizer.step()
+            tally.total_loss += value * len(labels)
+            tally.correct += (logits.argmax(1) == labels).sum().item()
+            tally.seen += len(labels)
         scheduler.step()
-        total_loss += loss.item() * len(labels)
-        correct += (logits.argmax(1) == labels).sum().item()
-        seen += len(labels)
+        tally.batches += 1
         progress.update()
-        if step % 10 == 0:
-            progress.set_postfix_str(f"loss {total_loss / seen:.4f} acc {correct / seen:.2%}")
-    return total_loss / max(1, seen), correct / max(1, seen)
+        if on_step is not None:
+            on_step(value, not finite)
+        if tally.batches % 10 == 0 and tally.seen:
+            progress.set_postfix_str(f"loss {tally.total_loss / tally.seen:.4f} acc {tally.correct / tally.seen:.2%}")
+    return tally.total_loss / max(1, tally.seen), tally.correct / max(1, tally.seen)
 
 
 @torch.no_grad()
@@ -179,29 +190,6 @@ def evaluate(
     return EvalResult(loss, accuracy, confusion.tolist(), per_class_report(confusion, data.classes), data.classes)
 
 
-def _describe(splits: DataSplits) -> str:
-    _, channels, height, width = splits.train.images.shape
-    return (
-        f"{splits.name}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images, "
-        f"{len(splits.classes)} classes, {channels}x{height}x{width}"
-    )
-
-
-def _write_data_records(run_dir: Path, splits: DataSplits) -> None:
-    split = {
-        "data": splits.name,
-        "rule": splits.split_rule,
-        "classes": splits.classes,
-        **{name: getattr(splits, name).sources for name in ("train", "val", "test")},
-    }
-    (run_dir / "split.json").write_text(json.dumps(split))
-    if splits.skipped:
-        with open(run_dir / "skipped.csv", "w", newline="") as stream:
-            writer = csv.writer(stream)
-            writer.writerow(["path", "reason"])
-            writer.writerows((item.path, item.reason) for item in splits.skipped)
-
-
 def _emit(callbacks: Iterable[Any], event: str, **kwargs: Any) -> None:
     for callback in callbacks:
         method = getattr(callback, event, None)
@@ -210,19 +198,26 @@ def _emit(callbacks: Iterable[Any], event: str, **kwargs: Any) -> None:
 
 
 def fit(
-    config: TrainConfig | None = None, callbacks: Iterable[Any] = (), verbose: bool = True, **overrides: Any
+    config: TrainConfig | None = None,
+    callbacks: Iterable[Any] = (),
+    verbose: bool = True,
+    resume: str | Path | None = None,
+    **overrides: Any,
 ) -> Run:
     """Train a model end to end and write its run directory.
 
-    The run directory holds ``config.yaml``, ``split.json``, ``metrics.csv``,
-    ``best.safetensors``, ``last.safetensors``, ``curves.png``, ``confusion_matrix.png``
-    and ``results.json`` (plus ``skipped.csv`` when some images could not be read).
-    Ctrl-C stops after saving ``last.safetensors``.
+    The run directory holds ``config.yaml``, ``split.json``, ``metrics.csv``, ``steps.csv``
+    (the loss of every step), ``best.safetensors``, ``last.safetensors``,
+    ``state.safetensors`` (everything needed to resume exactly), ``environment.json``,
+    ``curves.png``, ``confusion_matrix.png`` and ``results.json`` (plus ``skipped.csv``
+    when some files could not be read). Ctrl-C stops after saving ``last.safetensors``.
 
     Args:
         config: Settings; defaults to :class:`TrainConfig` defaults.
         callbacks: Objects with an optional ``on_epoch_end(run_dir, row)`` method.
         verbose: Print progress and a summary. Defaults to True.
+        resume: A run directory to continue from its ``state.safetensors``, mid-epoch
+            included; ``epochs`` may grow to extend a finished run. Defaults to None.
         **overrides: Config keys to change, e.g. ``epochs=5``.
 
     Example:
@@ -230,48 +225,59 @@ def fit(
         >>> run.test.accuracy > 0.9
         True
     """
-    config = TrainConfig.from_dict({**(config or TrainConfig()).to_dict(), **overrides}, "train arguments")
+    saved = read_state(resume) if resume is not None else None
+    if saved is not None:
+        config = resume_config(saved, {**(config.to_dict() if config else {}), **overrides})
+    else:
+        config = TrainConfig.from_dict({**(config or TrainConfig()).to_dict(), **overrides}, "train arguments")
     config.check()
     say = print if verbose else (lambda *_: None)
     started = time.perf_counter()
     device = select_device(config.device)
     if config.model not in list_models():
         raise CnnkitError(f"unknown model {config.model!r}; choose one of: {', '.join(list_models())}")
-    splits = load_data(
-        config.data,
-        config.img_size,
-        config.channels,
-        config.resize,
-        config.val_split,
-        config.test_split,
-        config.data_dir,
-        config.workers,
-    )
-    for warning in splits.warnings:
-        say(f"warning: {warning}")
-    if splits.skipped:
-        say(
-            f"warning: skipped {len(splits.skipped)} unreadable image(s); first: {splits.skipped[0].path} "
-            f"({splits.skipped[0].reason}); full list in skipped.csv"
-        )
-    if len(splits.train) == 0:
-        raise CnnkitError(f"{splits.name}: no readable training images")
+    splits = prepare_data(config, say)
     _, channels, img_size, _ = splits.train.images.shape
     mean, std = channel_stats(splits.train)
     preprocessing = Preprocessing(img_size, channels, mean, std, config.resize)
     spec = ModelSpec(config.model, len(splits.classes), channels, img_size)
     torch.manual_seed(config.seed)
     model = build(spec).to(device)
-    run_dir = new_run_dir(config.out, config.name, "train")
+    if saved is None:
+        run_dir = new_run_dir(config.out, config.name, "train")
+        runlog.write_data_records(run_dir, splits)
+    else:
+        run_dir = Path(resume).expanduser()
+        saved.check_spec(spec, splits.classes, runlog.check_same_split(run_dir, splits))
     config.save(run_dir / "config.yaml")
-    _write_data_records(run_dir, splits)
+    runlog.write_environment(run_dir, config, device)
+    check_bad_share(splits, config.max_bad_share, run_dir)
     parameters = sum(p.numel() for p in model.parameters())
-    say(f"{_describe(splits)}\n{config.model}: {parameters / 1e6:.2f}M parameters on {device}; writing {run_dir}")
+    say(f"{runlog.describe(splits)}\n{config.model}: {parameters / 1e6:.2f}M parameters on {device}; writing {run_dir}")
 
     steps_per_epoch = num_batches(splits.train, config.batch_size)
-    optimizer, scheduler = build_optimizer(model, config, config.epochs * steps_per_epoch)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    progress = saved.progress if saved is not None else Progress(cycles=[[1, config.epochs]])
+    if progress.cycles[-1][1] < config.epochs:  # a resumed run extended with more epochs: one more cycle
+        progress.cycles.append([progress.cycles[-1][1] + 1, config.epochs])
+
+    def schedule(epoch: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        first, last = progress.cycle(epoch)
+        return build_optimizer(model, config, (last - first + 1) * steps_per_epoch)
+
+    def starts_cycle(epoch: int) -> bool:
+        return epoch > 1 and progress.cycle(epoch)[0] == epoch and progress.tally.batches == 0
+
+    first_epoch = min(progress.epoch + 1, config.epochs)
+    optimizer, scheduler = schedule(first_epoch)
+    weights = class_weights(splits.train.labels, len(splits.classes), config.class_weights, device)
+    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
+    sample_weights = sampling_weights(splits.train.labels, config.sampler)
     generator = torch.Generator().manual_seed(config.seed)
+    best_state = None
+    if saved is not None:
+        best_state = saved.restore(model, optimizer, None if starts_cycle(first_epoch) else scheduler, generator)
+        truncate_logs(run_dir, progress)
+        say(f"resuming {run_dir} at epoch {progress.epoch + 1}, step {progress.step}")
 
     def info(epoch: int, row: dict[str, float]) -> CheckpointInfo:
         extra = {
@@ -284,12 +290,26 @@ def fit(
         }
         return CheckpointInfo(spec, splits.classes, preprocessing, extra)
 
-    history: list[dict[str, float]] = []
-    best_score, best_epoch, best_state = None, None, None
-    metrics_file = run_dir / "metrics.csv"
+    def save(order_state: torch.Tensor) -> None:
+        save_state(run_dir, model, best_state, optimizer, scheduler, order_state, progress, spec, config)
+
+    history = progress.history
+    steps = StepLog(run_dir / STEPS)
     interrupted = False
     try:
-        for epoch in range(1, config.epochs + 1):
+        for epoch in range(progress.epoch + 1, config.epochs + 1):
+            if epoch > first_epoch and starts_cycle(epoch):
+                new_optimizer, scheduler = schedule(epoch)
+                optimizer = carry_moments(optimizer, new_optimizer)
+            order_state = generator.get_state()
+
+            def on_step(loss: float, skipped: bool, epoch: int = epoch, order_state=order_state) -> None:
+                progress.step += 1
+                progress.skipped_steps += skipped
+                steps.write(progress.step, epoch, loss, skipped)
+                if config.save_every and progress.step % config.save_every == 0:
+                    save(order_state)
+
             epoch_start = time.perf_counter()
             with tqdm(
                 total=steps_per_epoch,
@@ -297,7 +317,7 @@ def fit(
                 leave=False,
                 disable=None if verbose else True,
                 dynamic_ncols=True,
-            ) as progress:
+            ) as bar:
                 train_loss, train_acc = train_one_epoch(
                     model,
                     splits.train,
@@ -308,7 +328,12 @@ def fit(
                     device,
                     config.batch_size,
                     generator,
-                    progress,
+                    bar,
+                    progress.tally,
+                    on_step,
+                    config.clip_grad_norm,
+                    config.nonfinite == "skip",
+                    sample_weights,
                 )
             recompute_batch_norm(model, splits.train, preprocessing, device, config.batch_size)
             val = evaluate(model, splits.val, preprocessing, device)
@@ -322,17 +347,15 @@ def fit(
                 "seconds": time.perf_counter() - epoch_start,
             }
             history.append(row)
-            with open(metrics_file, "a", newline="") as stream:
-                writer = csv.DictWriter(stream, fieldnames=list(row))
-                if epoch == 1:
-                    writer.writeheader()
-                writer.writerow(row)
+            runlog.append_row(run_dir / "metrics.csv", row)
             save_checkpoint(run_dir / LAST, model, info(epoch, row))
-            score = (val.accuracy, -val.loss) if len(splits.val) else (train_acc, -train_loss)
-            if not any(math.isnan(s) for s in score) and (best_score is None or score > best_score):
-                best_score, best_epoch = score, epoch
+            score = [val.accuracy, -val.loss] if len(splits.val) else [train_acc, -train_loss]
+            if not any(math.isnan(s) for s in score) and (progress.best_score is None or score > progress.best_score):
+                progress.best_score, progress.best_epoch = score, epoch
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 save_checkpoint(run_dir / BEST, model, info(epoch, row))
+            progress.epoch, progress.tally = epoch, EpochTally()
+            save(generator.get_state())
             say(
                 f"epoch {epoch:>{len(str(config.epochs))}}/{config.epochs}  train loss {train_loss:.4f} "
                 f"acc {train_acc:.2%}  val loss {val.loss:.4f} acc {val.accuracy:.2%}  {row['seconds']:.1f}s"
@@ -341,37 +364,37 @@ def fit(
     except KeyboardInterrupt:
         interrupted = True
         save_checkpoint(run_dir / LAST, model, info(len(history), history[-1] if history else {}))
-        say(f"\ninterrupted: last checkpoint kept at {run_dir / LAST}")
+        say(f"\ninterrupted: last checkpoint kept at {run_dir / LAST}; continue with --resume {run_dir}")
+    except NonFiniteStep as error:
+        raise CnnkitError(
+            f"training stopped at step {progress.step + 1} (epoch {progress.epoch + 1}): {error}; "
+            f"the last good state is kept in {run_dir / STATE}. Lower --lr (now {config.lr}), "
+            "add --clip-grad-norm 1.0, or pass --nonfinite skip to skip such steps"
+        ) from None
+    except CheckpointWriteError as error:
+        raise CnnkitError(f"{error}; free some space and continue with --resume {run_dir}") from None
+    finally:
+        steps.close()
+    if progress.skipped_steps:
+        say(f"warning: skipped {progress.skipped_steps} step(s) with a NaN or infinite loss or gradient (steps.csv)")
 
+    best_epoch = progress.best_epoch
     test = None
     if best_state is not None and not interrupted:
         model.load_state_dict(best_state)
         test = evaluate(model, splits.test, preprocessing, device) if len(splits.test) else None
         final = test or evaluate(model, splits.val, preprocessing, device)
-        from cnnkit.plots import plot_confusion, plot_curves
-
-        plot_curves(history, run_dir / "curves.png")
-        plot_confusion(
-            final.confusion,
-            final.classes,
-            run_dir / "confusion_matrix.png",
-            "test confusion matrix" if test else "validation confusion matrix",
+        runlog.write_results(
+            run_dir, history, test, final, best_epoch, time.perf_counter() - started, progress.skipped_steps
         )
-        results = {
-            "best_epoch": best_epoch,
-            "seconds": time.perf_counter() - started,
-            "test": test.to_dict() if test else None,
-            "val": history[best_epoch - 1],
-        }
-        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     seconds = time.perf_counter() - started
     if test is not None:
         say(
             f"test accuracy {test.accuracy:.2%} on {test.count} images (best epoch {best_epoch}) "
             f"in {seconds:.1f}s; run saved to {run_dir}"
         )
-    elif best_score is None and not interrupted:
+    elif progress.best_score is None and not interrupted:
         raise CnnkitError(f"training diverged: every epoch ended with a NaN loss; lower --lr (now {config.lr})")
     elif not interrupted:
-        say(f"no test images; best val accuracy {best_score[0]:.2%}; run saved to {run_dir}")
+        say(f"no test images; best val accuracy {progress.best_score[0]:.2%}; run saved to {run_dir}")
     return Run(run_dir, config, splits.classes, history, test, best_epoch, seconds, interrupted)

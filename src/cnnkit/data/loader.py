@@ -10,13 +10,25 @@ from cnnkit.data.imageset import ImageSet
 
 
 def iterate_batches(
-    images: ImageSet, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+    images: ImageSet,
+    batch_size: int,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    start: int = 0,
+    weights: torch.Tensor | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (uint8 images (B, C, H, W), labels (B,)) batches; shuffled with ``generator`` when asked."""
+    """Yield (uint8 images (B, C, H, W), labels (B,)) batches; shuffled with ``generator`` when asked.
+
+    ``start`` skips that many batches of the same order (a resumed epoch); ``weights`` (N,)
+    draws the epoch's images with replacement in proportion to them (balanced sampling).
+    """
     count = len(images)
-    order = torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
-    for start in range(0, count, batch_size):
-        index = order[start : start + batch_size]
+    if weights is not None:
+        order = torch.multinomial(weights, count, replacement=True, generator=generator)
+    else:
+        order = torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
+    for first in range(start * batch_size, count, batch_size):
+        index = order[first : first + batch_size]
         yield images.images[index], images.labels[index]
 
 

@@ -1,0 +1,338 @@
+"""Scan a dataset for files that would crash, corrupt or mislead training, and report them.
+
+``cnnkit check DATA`` and every training run use the same scan: each file under an image
+folder is classified (decoded with the one decoding path, symlinks resolved, content
+sniffed) and each bad one is listed with its reason. The result is cached, keyed by the
+file list with sizes and modification times, so an unchanged folder is scanned once.
+Files are only ever read: nothing is modified, moved or deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from cnnkit.config import TrainConfig
+from cnnkit.data import load_data
+from cnnkit.data.builtin import BUILTINS, cache_dir
+from cnnkit.data.decode import IMAGE_EXTENSIONS, MAX_PIXELS, ImageDecodeError, load_image
+from cnnkit.data.folder import SPLIT_FOLDERS
+from cnnkit.data.imageset import DataSplits, SkippedFile
+from cnnkit.errors import CnnkitError
+
+# A class with this many times fewer training images than the largest gets a warning.
+IMBALANCE_RATIO = 10
+
+SCAN_VERSION = 1
+
+# What a file's first bytes say it is, for files whose name says otherwise.
+SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF8", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+EXTENSION_FORMATS = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".png": "PNG",
+    ".gif": "GIF",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
+
+
+@dataclass
+class ScanReport:
+    """What a scan found: every image file's verdict, plus warnings about the dataset as a whole."""
+
+    root: str
+    files: int = 0
+    bad: list[SkippedFile] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    hidden: int = 0
+    others: int = 0
+    digests: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ScanReport:
+        values = dict(values)
+        values["bad"] = [SkippedFile(**item) for item in values["bad"]]
+        return cls(**values)
+
+    def summary(self) -> str:
+        return (
+            f"{self.root}: {self.files} image file(s), {len(self.bad)} bad, {len(self.warnings)} warning(s); "
+            f"{self.hidden} hidden and {self.others} non-image file(s) ignored"
+        )
+
+
+def _sniff(head: bytes) -> str | None:
+    for signature, name in SIGNATURES:
+        if head.startswith(signature):
+            return name
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head.lstrip()[:1] == b"<":
+        return "HTML/XML text"
+    return None
+
+
+def _check_file(root: Path, rel: str) -> tuple[str | None, str | None, str | None]:
+    """Return (reason it is bad, warning, digest of its bytes) for one file under ``root``."""
+    path = root / rel
+    if path.is_symlink():
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return "broken symlink or symlink loop", None, None
+        if not target.is_relative_to(root.resolve()):
+            return f"symlink leaves the dataset root (points to {target})", None, None
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        return f"cannot read: {error.strerror or error}", None, None
+    if not data:
+        return "empty file (0 bytes)", None, None
+    found = _sniff(data[:16])
+    if found == "HTML/XML text":
+        return "not an image: the file holds HTML/XML text", None, None
+    try:
+        load_image(data)
+    except ImageDecodeError as error:
+        return str(error).replace("<bytes>", "file"), None, None
+    expected = EXTENSION_FORMATS.get(Path(rel).suffix.lower())
+    warning = None
+    if found and expected and found != expected:
+        warning = f"{rel}: {found} content named {Path(rel).suffix}; read by its content"
+    return None, warning, hashlib.sha256(data).hexdigest()
+
+
+def _list_files(root: Path) -> tuple[list[str], int, int, list[str]]:
+    """Image files (relative, sorted), hidden and other files counted, and folder links not followed."""
+    images, hidden, others, links = [], 0, 0, []
+    for folder, subfolders, names in os.walk(root):
+        hidden += sum(1 for name in subfolders if name.startswith(".") or name == "__MACOSX")
+        links += [os.path.relpath(os.path.join(folder, d), root) for d in subfolders if os.path.islink(Path(folder, d))]
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith(".") and d != "__MACOSX")
+        for name in sorted(names):
+            if name.startswith("."):
+                hidden += 1
+            elif Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                images.append(os.path.relpath(os.path.join(folder, name), root))
+            else:
+                others += 1
+    return images, hidden, others, sorted(links)
+
+
+def _cache_key(root: Path, images: list[str]) -> str:
+    digest = hashlib.sha256(f"{SCAN_VERSION}:{MAX_PIXELS}:{root.resolve()}".encode())
+    for rel in images:
+        try:
+            status = (root / rel).lstat()
+            digest.update(f"\0{rel}\0{status.st_size}\0{status.st_mtime_ns}".encode("utf-8", "surrogateescape"))
+        except OSError:
+            digest.update(f"\0{rel}\0missing".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def _split_and_class(rel: str) -> tuple[str, str]:
+    parts = Path(rel).parts
+    for split, names in SPLIT_FOLDERS.items():
+        if parts[0] in names and len(parts) > 2:
+            return split, parts[1]
+    return "all", parts[0] if len(parts) > 1 else ""
+
+
+def _dataset_warnings(root: Path, report: ScanReport, images: list[str]) -> list[str]:
+    warnings = []
+    bad = {item.path for item in report.bad}
+    counts: Counter = Counter()
+    by_digest: dict[str, list[str]] = {}
+    for rel in images:
+        split, name = _split_and_class(rel)
+        if rel not in bad and name:
+            counts[split, name] += 1
+        if rel in report.digests:
+            by_digest.setdefault(report.digests[rel], []).append(rel)
+    for split in {split for split, _ in counts} | ({"all"} if not counts else set()):
+        base = root / (split if split != "all" else "")
+        for folder in sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []:
+            hidden = folder.name.startswith(".") or folder.name in sum(SPLIT_FOLDERS.values(), ())
+            if not hidden and not counts[split, folder.name]:
+                warnings.append(f"empty class folder (no readable images): {folder.relative_to(root)}")
+    train_counts = {name: n for (split, name), n in counts.items() if split in ("train", "all")}
+    if train_counts and max(train_counts.values()) >= IMBALANCE_RATIO * min(train_counts.values()):
+        warnings.append(imbalance_warning(train_counts))
+    for paths in by_digest.values():
+        splits = {_split_and_class(p)[0] for p in paths}
+        if len(paths) > 1:
+            where = "across splits (leakage: test scores will be optimistic)" if len(splits) > 1 else "duplicates"
+            warnings.append(f"identical files {where}: {', '.join(paths)}")
+    return warnings
+
+
+def imbalance_warning(counts: dict[str, int]) -> str:
+    largest, smallest = max(counts, key=counts.get), min(counts, key=counts.get)
+    return (
+        f"heavy class imbalance: {largest} has {counts[largest]} training images, {smallest} only "
+        f"{counts[smallest]}; consider --class-weights balanced or --sampler balanced"
+    )
+
+
+def scan_folder(root: str | Path, use_cache: bool = True, workers: int | None = None) -> ScanReport:
+    """Scan an image folder (one subfolder per class, optionally in train/val/test) and report every problem.
+
+    Args:
+        root: The dataset folder.
+        use_cache: Reuse the result of an earlier scan of the same files (same names,
+            sizes and modification times). Defaults to True.
+        workers: Threads that decode files; defaults to the number of cores.
+
+    Returns:
+        The report: bad files with reasons, dataset warnings (extension mismatches,
+        empty classes, duplicates and train/test leakage, class imbalance), counts.
+
+    Example:
+        >>> report = scan_folder("photos")
+        >>> [(item.path, item.reason) for item in report.bad]
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise CnnkitError(f"data folder not found: {root}; give a folder with one subfolder per class")
+    images, hidden, others, links = _list_files(root)
+    cache = cache_dir().parent / "scans" / f"{_cache_key(root, images)}.json"
+    if use_cache and cache.is_file():
+        try:
+            return ScanReport.from_dict(json.loads(cache.read_text()))
+        except (ValueError, TypeError, KeyError):
+            pass  # an unreadable cache entry is rescanned and rewritten below
+    report = ScanReport(str(root), len(images), hidden=hidden, others=others)
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        verdicts = list(pool.map(lambda rel: _check_file(root, rel), images))
+    for rel, (reason, warning, digest) in zip(images, verdicts):
+        if reason:
+            report.bad.append(SkippedFile(rel, reason))
+        if warning:
+            report.warnings.append(warning)
+        if digest:
+            report.digests[rel] = digest
+    report.warnings += [f"symlinked folder not followed: {link}" for link in links]
+    report.warnings += _dataset_warnings(root, report, images)
+    if use_cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(report.to_dict()))
+    return report
+
+
+def review_splits(splits: DataSplits, scan: ScanReport | None) -> DataSplits:
+    """Drop what the scan found bad, list it as skipped, and warn about leakage and imbalance."""
+    if scan is not None:
+        bad = {item.path: item for item in scan.bad}
+        for name in ("train", "val", "test"):
+            images = getattr(splits, name)
+            setattr(splits, name, images.subset([i for i, s in enumerate(images.sources) if s not in bad]))
+        known = {item.path for item in splits.skipped}
+        splits.skipped += [item for path, item in bad.items() if path not in known]
+        splits.warnings += [w for w in scan.warnings if w not in splits.warnings]
+    splits.warnings += find_leaks(splits)
+    counts = torch.bincount(splits.train.labels, minlength=len(splits.classes)).tolist()
+    if counts and min(counts) * IMBALANCE_RATIO <= max(counts):
+        warning = imbalance_warning(dict(zip(splits.classes, counts)))
+        if warning not in splits.warnings:
+            splits.warnings.append(warning)
+    return splits
+
+
+def find_leaks(splits: DataSplits) -> list[str]:
+    """Warn when the same decoded image is in the training split and in val or test."""
+    train = {hashlib.sha1(image.numpy().tobytes()).digest(): i for i, image in enumerate(splits.train.images)}
+    warnings = []
+    for name in ("val", "test"):
+        images = getattr(splits, name)
+        leaks = [
+            (images.sources[i], splits.train.sources[train[key]])
+            for i, image in enumerate(images.images)
+            if (key := hashlib.sha1(image.numpy().tobytes()).digest()) in train
+        ]
+        if leaks:
+            warnings.append(
+                f"{len(leaks)} {name} image(s) also in train (same pixels), e.g. {leaks[0][0]} = {leaks[0][1]}; "
+                f"{name} scores will be optimistic: remove the duplicates"
+            )
+    return warnings
+
+
+def check_bad_share(splits: DataSplits, max_bad_share: float, run_dir: Path) -> None:
+    """Abort with a summary when more than ``max_bad_share`` of the files could not be used."""
+    total = len(splits.skipped) + len(splits.train) + len(splits.val) + len(splits.test)
+    if not total or len(splits.skipped) / total <= max_bad_share:
+        return
+    reasons = Counter(item.reason.split(":")[0] for item in splits.skipped).most_common(3)
+    raise CnnkitError(
+        f"{len(splits.skipped)} of {total} files ({len(splits.skipped) / total:.1%}) in {splits.name} cannot be used, "
+        f"over the --max-bad-share limit of {max_bad_share:.1%}; most common: "
+        + "; ".join(f"{reason} ({count})" for reason, count in reasons)
+        + f". Full list: {run_dir / 'skipped.csv'}. Fix or remove them, or raise --max-bad-share"
+    )
+
+
+def class_weights(
+    labels: torch.Tensor, num_classes: int, rule: str = "balanced", device: torch.device | str = "cpu"
+) -> torch.Tensor | None:
+    """Loss weights (K,) inversely proportional to class frequency (averaging 1 per image); None for ``none``."""
+    if rule == "none":
+        return None
+    counts = torch.bincount(labels, minlength=num_classes).clamp(min=1).float()
+    return (len(labels) / (num_classes * counts)).to(device)
+
+
+def sampling_weights(labels: torch.Tensor, sampler: str = "balanced") -> torch.Tensor | None:
+    """Per-image weights (N,) that draw every class equally often; None for the plain ``shuffle``."""
+    if sampler == "shuffle":
+        return None
+    return 1.0 / torch.bincount(labels).double()[labels]
+
+
+def prepare_data(config: TrainConfig, say: Callable[[str], None]) -> DataSplits:
+    """Scan an image folder (cached), load the data, then review the splits; print what was found."""
+    data = config.data
+    scan = scan_folder(data, workers=config.workers) if data not in BUILTINS and Path(data).is_dir() else None
+    splits = load_data(
+        data,
+        config.img_size,
+        config.channels,
+        config.resize,
+        config.val_split,
+        config.test_split,
+        config.data_dir,
+        config.workers,
+    )
+    splits = review_splits(splits, scan)
+    if scan is not None:
+        say(f"checked {scan.files} image files: {len(scan.bad)} bad, {len(scan.warnings)} warning(s)")
+    for warning in splits.warnings:
+        say(f"warning: {warning}")
+    if splits.skipped:
+        say(
+            f"warning: skipped {len(splits.skipped)} unreadable file(s); first: {splits.skipped[0].path} "
+            f"({splits.skipped[0].reason}); full list in skipped.csv"
+        )
+    if len(splits.train) == 0:
+        raise CnnkitError(f"{splits.name}: no readable training images")
+    return splits

@@ -1,0 +1,196 @@
+"""Dirty data: every bad file is found, named and skipped; odd but valid files are read; user files never change."""
+
+import csv
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import draw_shape, run_cli
+from PIL import Image
+
+import cnnkit
+from cnnkit.data import check
+from cnnkit.data.check import class_weights, sampling_weights, scan_folder
+from cnnkit.errors import CnnkitError
+
+BAD = {
+    "train/circle/zero.jpg": "empty file (0 bytes)",
+    "train/circle/cut.jpg": "truncated",
+    "train/circle/cut.png": "cannot decode",
+    "train/circle/page.jpg": "HTML/XML text",
+    "train/circle/bomb.png": "decompression bomb",
+    "train/square/outside.png": "symlink leaves the dataset root",
+    "train/square/loop.jpg": "broken symlink or symlink loop",
+    "train/square/loop2.jpg": "broken symlink or symlink loop",
+}
+
+
+# The bomb is expected: Pillow warns about it, then cnnkit refuses it.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning"),
+    pytest.mark.usefixtures("one_thread"),
+]
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def encoded(image: Image.Image, format: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def dirty_folder(tmp_path) -> Path:
+    """train/ and test/ with two real classes plus every kind of file the issue lists."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "dirty"
+    for split, count in (("train", 40), ("test", 6)):
+        for shape in ("circle", "square"):
+            (root / split / shape).mkdir(parents=True)
+            for index in range(count):
+                draw_shape(shape, (24, 24), rng).save(root / split / shape / f"{shape}{index}.png")
+    circle, square = root / "train" / "circle", root / "train" / "square"
+    photo = encoded(draw_shape("circle", (64, 64), rng), "JPEG", quality=90)
+    (circle / "zero.jpg").write_bytes(b"")
+    (circle / "cut.jpg").write_bytes(photo[: len(photo) // 2])
+    whole_png = encoded(draw_shape("circle", (64, 64), rng), "PNG")
+    (circle / "cut.png").write_bytes(whole_png[: len(whole_png) // 2])
+    (circle / "page.jpg").write_text("<!DOCTYPE html><html><body>404 not found</body></html>")
+    Image.new("1", (10_000, 10_000)).save(circle / "bomb.png")  # 100 Mpx in a few kB
+    (circle / "png named.jpeg").write_bytes((circle / "circle1.png").read_bytes())
+    base = draw_shape("circle", (30, 20), rng)
+    base.convert("CMYK").save(circle / "cmyk.jpg")
+    base.convert("P").save(circle / "palette.png")
+    base.convert("1").save(circle / "one-bit.png")
+    base.convert("LA").save(circle / "gray-alpha.png")
+    base.convert("RGBA").save(circle / "rgba.png")
+    Image.fromarray(np.full((20, 20), 40000, np.uint16)).save(circle / "deep16.png")
+    exif = base.getexif()
+    exif[0x0112] = 6
+    base.save(circle / "rotated.jpg", exif=exif)
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(square / "tiny.png")
+    Image.new("RGB", (1, 10_000), (10, 200, 10)).save(square / "tall.png")
+    draw_shape("square", (24, 24), rng).save(square / "ünïcödé 名前 'odd' #1;,.png")
+    (square / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (square / "._square0.png").write_bytes(b"\0\5\26\7 AppleDouble")
+    outside = tmp_path / "outside.png"
+    draw_shape("square", (24, 24), rng).save(outside)
+    (square / "outside.png").symlink_to(outside)
+    (square / "loop.jpg").symlink_to(square / "loop2.jpg")
+    (square / "loop2.jpg").symlink_to(square / "loop.jpg")
+    (square / "back").symlink_to(root, target_is_directory=True)  # a folder loop
+    (root / "train" / "triangle").mkdir()  # an empty class
+    (root / "test" / "square" / "leaked.png").write_bytes((square / "square3.png").read_bytes())
+    return root
+
+
+def tree_fingerprint(root: Path) -> dict[str, str]:
+    """Every entry's type and content (links by target), so any change, move or deletion shows."""
+    prints = {}
+    for folder, subfolders, names in os.walk(root):
+        for name in subfolders + names:
+            path = Path(folder, name)
+            status = path.lstat()
+            if path.is_symlink():
+                prints[str(path)] = f"link:{os.readlink(path)}"
+            elif path.is_file():
+                prints[str(path)] = f"{status.st_mtime_ns}:{hashlib.sha256(path.read_bytes()).hexdigest()}"
+            else:
+                prints[str(path)] = "dir"
+    return prints
+
+
+def test_scan_finds_every_bad_file_with_its_reason_and_reads_the_odd_ones(dirty_folder):
+    limit = Image.MAX_IMAGE_PIXELS
+    report = scan_folder(dirty_folder)
+    found = {item.path: item.reason for item in report.bad}
+    assert set(found) == set(BAD)
+    for path, reason in BAD.items():
+        assert reason in found[path], (path, found[path])
+    assert limit == Image.MAX_IMAGE_PIXELS  # the bomb was refused without touching Pillow's global limit
+    assert report.hidden == 2 and report.files == 2 * 46 + 1 + 19
+    warnings = "\n".join(report.warnings)
+    assert "train/circle/png named.jpeg: PNG content named .jpeg; read by its content" in warnings
+    assert "empty class folder (no readable images): train/triangle" in warnings
+    assert "symlinked folder not followed: train/square/back" in warnings
+    assert "across splits (leakage" in warnings and "test/square/leaked.png" in warnings
+
+
+def test_training_skips_and_lists_bad_files_and_leaves_user_files_untouched(dirty_folder, tmp_path, capsys):
+    before = tree_fingerprint(dirty_folder)
+    run = cnnkit.train(
+        data=str(dirty_folder), img_size=16, epochs=1, batch_size=32, max_bad_share=0.1, out=str(tmp_path / "runs")
+    )
+    printed = capsys.readouterr().out
+    with open(run.dir / "skipped.csv", newline="", encoding="utf-8") as stream:
+        listed = {row["path"]: row["reason"] for row in csv.DictReader(stream)}
+    assert set(listed) == set(BAD)
+    assert f"skipped {len(BAD)} unreadable file(s)" in printed
+    assert "test image(s) also in train (same pixels)" in printed
+    sources = json.loads((run.dir / "split.json").read_text())
+    everything = sources["train"] + sources["val"] + sources["test"]
+    assert not set(BAD) & set(everything)
+    assert "train/square/ünïcödé 名前 'odd' #1;,.png" in everything
+    assert "train/circle/deep16.png" in everything and "train/square/tall.png" in everything
+    assert tree_fingerprint(dirty_folder) == before
+
+
+def test_too_many_bad_files_abort_with_a_summary(dirty_folder, tmp_path):
+    before = tree_fingerprint(dirty_folder)
+    with pytest.raises(CnnkitError, match=r"8 of \d+ files \(\d+\.\d%\).*over the --max-bad-share limit of 1\.0%"):
+        cnnkit.train(data=str(dirty_folder), img_size=16, epochs=1, out=str(tmp_path / "runs"), verbose=False)
+    assert (tmp_path / "runs" / "train" / "skipped.csv").exists()
+    assert tree_fingerprint(dirty_folder) == before
+
+
+def test_check_command_reports_and_sets_the_exit_code(dirty_folder):
+    result = run_cli("check", str(dirty_folder))
+    assert result.returncode == 1, result.stderr
+    assert "8 bad" in result.stdout and "bad: train/circle/page.jpg: not an image" in result.stdout
+    assert run_cli("check", str(dirty_folder), "--max-bad-share", "0.5").returncode == 0
+
+
+def test_scan_is_cached_by_file_list_sizes_and_times(dirty_folder, monkeypatch):
+    first = scan_folder(dirty_folder)
+    monkeypatch.setattr(check, "_check_file", lambda root, rel: pytest.fail("rescanned an unchanged folder"))
+    assert scan_folder(dirty_folder).bad == first.bad
+    (dirty_folder / "train" / "circle" / "zero.jpg").write_bytes(
+        (dirty_folder / "train/circle/circle0.png").read_bytes()
+    )
+    calls = []
+    monkeypatch.setattr(check, "_check_file", lambda root, rel: calls.append(rel) or (None, None, None))
+    scan_folder(dirty_folder)
+    assert calls  # a changed file means a new scan
+
+
+def test_heavy_imbalance_warns_and_balanced_options_even_it_out(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    for shape, count in (("circle", 40), ("square", 3)):
+        (tmp_path / "data" / shape).mkdir(parents=True)
+        for index in range(count):
+            draw_shape(shape, (16, 16), rng).save(tmp_path / "data" / shape / f"{index}.png")
+    run = cnnkit.train(
+        data=str(tmp_path / "data"),
+        img_size=16,
+        epochs=1,
+        batch_size=8,
+        class_weights="balanced",
+        sampler="balanced",
+        out=str(tmp_path / "runs"),
+    )
+    assert "heavy class imbalance" in capsys.readouterr().out and run.history
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    assert class_weights(labels, 2).tolist() == pytest.approx([100 / 180, 100 / 20])
+    draws = torch.multinomial(
+        sampling_weights(labels), 10_000, replacement=True, generator=torch.Generator().manual_seed(0)
+    )
+    assert 0.45 < (labels[draws] == 1).double().mean().item() < 0.55
