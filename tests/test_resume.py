@@ -133,7 +133,12 @@ def test_failed_save_keeps_the_previous_state_which_resume_then_uses(tmp_path, m
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs")
-    return cnnkit.train(data="digits", epochs=1, batch_size=128, out=str(out), name="short", verbose=False).dir
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module scope: the one_thread fixture does not reach here
+    try:
+        return cnnkit.train(data="digits", epochs=1, batch_size=128, out=str(out), name="short", verbose=False).dir
+    finally:
+        torch.set_num_threads(threads)
 
 
 def copy_run(run_dir: Path, target: Path) -> Path:
