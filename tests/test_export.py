@@ -82,6 +82,7 @@ def exif_rotated(tmp_path):
     return tmp_path / "upright.png", tmp_path / "rotated.png"
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # starlette's TestClient suggests httpx2
 def test_exif_rotated_photo_gives_the_same_answer_everywhere(digits_run, digits_export, tmp_path):
     from fastapi.testclient import TestClient
 
