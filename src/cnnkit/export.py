@@ -22,7 +22,7 @@ from cnnkit.checkpoint import CheckpointInfo, new_run_dir, versions, write_atomi
 from cnnkit.data import ImageSet, Preprocessing
 from cnnkit.errors import CnnkitError
 from cnnkit.predict import Classifier, load
-from cnnkit.runtime import FORMAT, INPUT_NAME, OUTPUT_NAME, OnnxClassifier
+from cnnkit.runtime import FORMAT, INPUT_NAME, OUTPUT_NAME, OnnxClassifier, require
 
 # fp32 ONNX Runtime and PyTorch differ by float rounding (fused Conv+BN, other summation
 # orders): about 1e-6 on logits of order 10. 1e-3 leaves room for deeper models while
@@ -57,6 +57,7 @@ def metadata(info: CheckpointInfo) -> dict[str, str]:
 
 def write_onnx(model: nn.Module, info: CheckpointInfo, path: Path) -> None:
     """Export ``model`` with its normalisation and metadata to ``path`` (dynamic batch axis, atomic write)."""
+    require("onnx", "onnxscript", "onnxruntime")
     import onnx
 
     wrapped = NormalizedModel(model.cpu().eval(), info.preprocessing).eval()

@@ -27,6 +27,15 @@ FORMAT = "cnnkit.onnx/1"
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
 
+def require(*modules: str) -> None:
+    """Fail with the install command when an optional ``deploy`` dependency is missing."""
+    import importlib.util
+
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise CnnkitError(f"{', '.join(missing)} not installed; install the deploy extra: pip install 'cnnkit[deploy]'")
+
+
 def read_metadata(session) -> CheckpointInfo:
     """The checkpoint description an exported model carries in its metadata_props."""
     props = session.get_modelmeta().custom_metadata_map
@@ -43,13 +52,19 @@ def read_metadata(session) -> CheckpointInfo:
 
 
 def create_session(path: str | Path, threads: int | None = None):
-    """An ONNX Runtime CPU session with every graph optimisation on; ``threads`` caps intra-op threads."""
+    """An ONNX Runtime CPU session with every graph optimisation on.
+
+    ``threads`` caps intra-op threads; a server that runs one request per thread passes 1,
+    which also stops idle pool threads spin-waiting on cores the other requests need.
+    """
+    require("onnxruntime")
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0" if threads == 1 else "1")
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -70,6 +85,7 @@ class OnnxClassifier(Classifier):
         path = Path(path).expanduser()
         if not path.is_file():
             raise CnnkitError(f"ONNX model not found: {path}; give a .onnx file written by `cnnkit export`")
+        require("onnxruntime")
         try:
             self.session = create_session(path, threads)
             info = read_metadata(self.session)

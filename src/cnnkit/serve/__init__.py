@@ -27,6 +27,9 @@ def serve(
         max_queue: Requests waiting for a worker before new ones get 503. Defaults to 64.
         timeout: Seconds per request (408 while uploading, 504 while predicting). Defaults to 10.
     """
+    from cnnkit.runtime import require
+
+    require("fastapi", "uvicorn", "multipart")
     import uvicorn
 
     from cnnkit.predict import load
@@ -36,7 +39,12 @@ def serve(
         raise CnnkitError(
             "--max-upload-mb and --timeout must be positive, --max-concurrency at least 1, --max-queue >= 0"
         )
-    classifier = load(checkpoint, device="cpu")
+    if Path(checkpoint).suffix.lower() == ".onnx":
+        from cnnkit.runtime import OnnxClassifier
+
+        classifier = OnnxClassifier(checkpoint, threads=1)  # requests run in parallel, each on one core
+    else:
+        classifier = load(checkpoint, device="cpu")
     app = create_app(classifier, int(max_upload_mb * 2**20), max_concurrency, max_queue, timeout)
     print(f"serving {checkpoint} on http://{host}:{port}/ (API schema at /docs); Ctrl-C stops")
     uvicorn.run(app, host=host, port=port, timeout_keep_alive=5, log_level="warning")
