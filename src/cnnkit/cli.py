@@ -103,6 +103,7 @@ def _add_deploy_commands(commands: argparse._SubParsersAction) -> None:
     )
     benchmark.add_argument("target", metavar="RUN_OR_MODEL")
     benchmark.add_argument("--seconds", type=float, default=2.0, help="time per measurement (default: 2)")
+    benchmark.add_argument("--threads", type=int, help="intra-op threads for every runtime (default: all cores)")
     benchmark.add_argument("--json", action="store_true", help="print the rows as JSON")
 
     serve = commands.add_parser(
@@ -234,7 +235,7 @@ def run_export(args: argparse.Namespace) -> int:
 def run_benchmark(args: argparse.Namespace) -> int:
     from cnnkit.benchmark import benchmark, format_table
 
-    rows = benchmark(args.target, args.seconds)
+    rows = benchmark(args.target, args.seconds, threads=args.threads)
     print(json.dumps(rows) if args.json else format_table(rows))
     return 0
 
