@@ -10,7 +10,6 @@ reason an exported model disagrees with the trained one, cannot happen.
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -164,7 +163,7 @@ def export_onnx(
         >>> report["parity"]["top1_agreement"]
         1.0
     """
-    say = print if verbose else (lambda *args, **kwargs: None)
+    say = print if verbose else (lambda *args: None)
     reference = load(checkpoint, device="cpu")
     images = validation_images(reference)
     export_dir = new_run_dir(out, name, "export")
@@ -191,5 +190,5 @@ def export_onnx(
                 f"{quantization['accuracy_drop']:.2f} points (more than --max-accuracy-drop {max_accuracy_drop}); "
                 "the fp32 model.onnx is fine to use",
             )
-    say(f"report written to {export_dir / 'export.json'}", file=sys.stdout)
+    say(f"report written to {export_dir / 'export.json'}")
     return report
