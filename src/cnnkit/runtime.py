@@ -57,7 +57,6 @@ def create_session(path: str | Path, threads: int | None = None):
     ``threads`` caps intra-op threads; a server that runs one request per thread passes 1,
     which also stops idle pool threads spin-waiting on cores the other requests need.
     """
-    require("onnxruntime")
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
