@@ -74,3 +74,14 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the real ``cnnkit`` command in a subprocess."""
     return subprocess.run([sys.executable, "-m", "cnnkit", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def digits_export(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``cnnkit export --int8`` of the digits run: a folder with model.onnx, model.int8.onnx and export.json."""
+    pytest.importorskip("onnxruntime", reason="the deploy extra (pip install -e '.[test]') provides onnxruntime")
+    from cnnkit.export import export_onnx
+
+    out = tmp_path_factory.mktemp("exports")
+    export_onnx(digits_run, out=out, name="digits", int8=True, verbose=False)
+    return out / "digits"

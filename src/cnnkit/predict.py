@@ -74,8 +74,11 @@ class Classifier:
     def predict_proba(self, images: ImageSource | Sequence[ImageSource]) -> np.ndarray:
         """Class probabilities (N, K) for one image or a list of images."""
         images = [images] if not isinstance(images, (list, tuple)) else images
-        logits = predict_logits(self.model, self.preprocess(images), self.preprocessing, self.device)
-        return logits.softmax(1).numpy()
+        return self.logits(self.preprocess(images)).softmax(1).numpy()
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (N, K) on the CPU for uint8 images (N, C, H, W)."""
+        return predict_logits(self.model, images, self.preprocessing, self.device)
 
     def predict(self, images: ImageSource | Sequence[ImageSource], top_k: int = 5) -> list[Prediction]:
         """Top-k labels and probabilities for one image or a list of images (file paths, bytes, PIL, arrays)."""
@@ -97,7 +100,7 @@ class Classifier:
                 except ImageDecodeError as error:
                     failures.append((str(path), str(error)))
             if arrays:
-                logits = predict_logits(self.model, torch.from_numpy(np.stack(arrays)), prep, self.device)
+                logits = self.logits(torch.from_numpy(np.stack(arrays)))
                 predictions += self._rank(logits.softmax(1).numpy(), names, top_k)
         return predictions, failures
 
@@ -118,10 +121,11 @@ class Classifier:
                 model's own training folder (split as in training) use this split; any other folder is
                 evaluated whole. Defaults to ``test``.
         """
-        images, skipped = self._labelled_images(data, split)
+        images, skipped = self.labelled_images(data, split)
         return evaluate(self.model, images, self.preprocessing, self.device), skipped
 
-    def _labelled_images(self, data: str | None, split: str) -> tuple[ImageSet, list[SkippedFile]]:
+    def labelled_images(self, data: str | None, split: str) -> tuple[ImageSet, list[SkippedFile]]:
+        """The images and labels :meth:`evaluate` scores, with class indices mapped onto the model's."""
         if split not in ("train", "val", "test"):
             raise CnnkitError(f"unknown split {split!r}; use train, val or test")
         config = self.info.extra.get("config", {})
@@ -166,9 +170,14 @@ def load(path: str | Path, device: str = "auto") -> Classifier:
     """Load a run directory or checkpoint file as a :class:`Classifier`.
 
     Args:
-        path: A run directory from ``cnnkit train`` (its best checkpoint) or a ``.safetensors`` checkpoint.
+        path: A run directory from ``cnnkit train`` (its best checkpoint), a ``.safetensors`` checkpoint, or a
+            ``.onnx`` model from ``cnnkit export`` (run by ONNX Runtime on the CPU; ``device`` is ignored).
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``. Defaults to ``auto``.
     """
+    if Path(path).suffix.lower() == ".onnx":
+        from cnnkit.runtime import OnnxClassifier
+
+        return OnnxClassifier(path)
     target = select_device(device)
     model, info = load_model(resolve_checkpoint(path), target)
     return Classifier(model, info, target)

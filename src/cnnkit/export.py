@@ -1,0 +1,194 @@
+"""ONNX export that proves itself: the exported graph is run by ONNX Runtime on the run's
+validation images and compared with PyTorch before the export is called a success.
+
+The graph takes uint8 images (N, C, H, W) with a dynamic batch axis and applies the
+checkpoint's mean/std inside, so a deployment only decodes and resizes (the
+preprocessing record in the metadata says how); a mean/std mismatch, the most common
+reason an exported model disagrees with the trained one, cannot happen.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cnnkit.checkpoint import CheckpointInfo, new_run_dir, versions, write_atomic
+from cnnkit.data import ImageSet, Preprocessing
+from cnnkit.errors import CnnkitError
+from cnnkit.predict import Classifier, load
+from cnnkit.runtime import FORMAT, INPUT_NAME, OUTPUT_NAME, OnnxClassifier, require
+
+# fp32 ONNX Runtime and PyTorch differ by float rounding (fused Conv+BN, other summation
+# orders): about 1e-6 on logits of order 10. 1e-3 leaves room for deeper models while
+# catching any real difference (a wrong mean, a missing layer), which shows as > 0.1.
+DEFAULT_ATOL = 1e-3
+
+
+class NormalizedModel(nn.Module):
+    """The model with the checkpoint's normalisation in front: uint8 (B, C, H, W) -> logits (B, K)."""
+
+    def __init__(self, model: nn.Module, preprocessing: Preprocessing) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, -1, 1, 1) * 255.0)
+        self.register_buffer("inv_std", 1.0 / (torch.tensor(preprocessing.std).view(1, -1, 1, 1) * 255.0))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model((images.float() - self.mean) * self.inv_std)
+
+
+def metadata(info: CheckpointInfo) -> dict[str, str]:
+    """The metadata_props of an export: the checkpoint's own description plus what the graph expects."""
+    preprocessing = {
+        **info.preprocessing.to_dict(),
+        "input": f"{INPUT_NAME}: uint8 (N, C, H, W), 0-255, decoded and resized by the rule above; "
+        "mean and std are applied inside the graph",
+    }
+    values = {**info.extra, "model": info.model.to_dict(), "classes": info.classes, "preprocessing": preprocessing}
+    values["versions"] = {**info.extra.get("versions", {}), **versions(), "exported_by": "cnnkit export"}
+    return {"format": FORMAT, **{key: json.dumps(value) for key, value in values.items()}}
+
+
+def write_onnx(model: nn.Module, info: CheckpointInfo, path: Path) -> None:
+    """Export ``model`` with its normalisation and metadata to ``path`` (dynamic batch axis, atomic write)."""
+    require("onnx", "onnxscript", "onnxruntime")
+    import onnx
+
+    wrapped = NormalizedModel(model.cpu().eval(), info.preprocessing).eval()
+    prep = info.preprocessing
+    example = torch.zeros(2, prep.channels, prep.img_size, prep.img_size, dtype=torch.uint8)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's progress notes and deprecations are not the user's problem
+        program = torch.onnx.export(
+            wrapped,
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    proto = program.model_proto
+    for key, value in metadata(info).items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(proto)
+    write_atomic(path, proto.SerializeToString())
+
+
+@dataclass
+class Parity:
+    """How closely ONNX Runtime reproduces PyTorch on the same images."""
+
+    images: int
+    max_abs_diff: float
+    top1_agreement: float
+    atol: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= self.atol
+
+    def format(self) -> str:
+        return (
+            f"parity on {self.images} validation images: max |logit difference| {self.max_abs_diff:.2e} "
+            f"(tolerance {self.atol:.0e}), top-1 agreement {self.top1_agreement:.2%}"
+        )
+
+
+def check_parity(reference: Classifier, exported: Classifier, images: ImageSet, atol: float = DEFAULT_ATOL) -> Parity:
+    """Compare the logits of two classifiers on the same uint8 images."""
+    expected, actual = reference.logits(images.images), exported.logits(images.images)
+    return Parity(
+        images=len(images),
+        max_abs_diff=float((expected - actual).abs().max()),
+        top1_agreement=float((expected.argmax(1) == actual.argmax(1)).double().mean()),
+        atol=atol,
+    )
+
+
+def validation_images(classifier: Classifier) -> ImageSet:
+    """The run's validation split (its test split when it has no validation images), read as in training."""
+    images, _ = classifier.labelled_images(None, "val")
+    if len(images) == 0:
+        images, _ = classifier.labelled_images(None, "test")
+    if len(images) == 0:
+        raise CnnkitError("the run has no validation or test images to verify the export on")
+    return images
+
+
+def _reject(path: Path, message: str) -> CnnkitError:
+    path.unlink(missing_ok=True)
+    return CnnkitError(f"{message}; {path.name} was removed so it cannot be deployed by mistake")
+
+
+def export_onnx(
+    checkpoint: str | Path,
+    out: str | Path = "runs",
+    name: str | None = None,
+    int8: bool = False,
+    atol: float = DEFAULT_ATOL,
+    max_accuracy_drop: float = 0.5,
+    verbose: bool = True,
+) -> dict:
+    """Export a run to ONNX, verify it against PyTorch and optionally quantize it to int8.
+
+    Writes ``model.onnx`` (and ``model.int8.onnx``) and ``export.json`` (the measurements)
+    to a new directory under ``out``.
+
+    Args:
+        checkpoint: A run directory or ``.safetensors`` checkpoint.
+        out: Folder for the export directory. Defaults to ``runs``.
+        name: Export directory name under ``out``. Defaults to ``export``, ``export2``, ...
+        int8: Also write a statically quantized (QDQ, per-channel) int8 model. Defaults to False.
+        atol: Largest allowed absolute logit difference between ONNX Runtime and PyTorch. Defaults to 1e-3.
+        max_accuracy_drop: Largest allowed validation-accuracy drop of the int8 model, in percentage
+            points. Defaults to 0.5.
+        verbose: Print each step. Defaults to True.
+
+    Returns:
+        The report also written to ``export.json``.
+
+    Raises:
+        CnnkitError: the fp32 model is not faithful (parity above ``atol``) or the int8 model loses more
+            than ``max_accuracy_drop`` points; the failing model file is removed.
+
+    Example:
+        >>> report = export_onnx("runs/train", int8=True)
+        >>> report["parity"]["top1_agreement"]
+        1.0
+    """
+    say = print if verbose else (lambda *args: None)
+    reference = load(checkpoint, device="cpu")
+    images = validation_images(reference)
+    export_dir = new_run_dir(out, name, "export")
+    path = export_dir / "model.onnx"
+    write_onnx(reference.model, reference.info, path)
+    parity = check_parity(reference, OnnxClassifier(path), images, atol)
+    report: dict = {"model": str(path), "parity": {**asdict(parity), "passed": parity.passed}}
+    write_atomic(export_dir / "export.json", json.dumps(report, indent=2).encode())
+    say(f"wrote {path}\n{parity.format()}")
+    if not parity.passed:
+        raise _reject(path, f"ONNX Runtime disagrees with PyTorch: {parity.format()}")
+    if int8:
+        from cnnkit.quantize import quantize_run
+
+        int8_path = export_dir / "model.int8.onnx"
+        quantization = quantize_run(path, int8_path, reference, images, say)
+        report["int8"] = {**quantization, "max_accuracy_drop": max_accuracy_drop}
+        report["int8"]["passed"] = quantization["accuracy_drop"] <= max_accuracy_drop
+        write_atomic(export_dir / "export.json", json.dumps(report, indent=2).encode())
+        if not report["int8"]["passed"]:
+            raise _reject(
+                int8_path,
+                f"int8 quantization is not a success: validation accuracy fell by "
+                f"{quantization['accuracy_drop']:.2f} points (more than --max-accuracy-drop {max_accuracy_drop}); "
+                "the fp32 model.onnx is fine to use",
+            )
+    say(f"report written to {export_dir / 'export.json'}")
+    return report

@@ -1,0 +1,124 @@
+"""Running an exported ``.onnx`` model with ONNX Runtime, behind the same interface as a checkpoint.
+
+The exported graph takes uint8 images (N, C, H, W) and applies the mean/std
+normalisation itself, so the only preprocessing outside it is the shared decoding path
+(:func:`cnnkit.data.decode_image`): a file gives the same tensor here as in training.
+Inference never touches PyTorch; the ``torch`` tensors this class returns are views of
+ONNX Runtime's numpy outputs, so callers written for :class:`cnnkit.predict.Classifier`
+work unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnkit.checkpoint import CheckpointInfo
+from cnnkit.data import ImageSet, Preprocessing, SkippedFile
+from cnnkit.errors import CnnkitError
+from cnnkit.metrics import EvalResult, confusion_matrix, per_class_report
+from cnnkit.models.registry import ModelSpec
+from cnnkit.predict import Classifier
+
+FORMAT = "cnnkit.onnx/1"
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+
+
+def require(*modules: str) -> None:
+    """Fail with the install command when an optional ``deploy`` dependency is missing."""
+    import importlib.util
+
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise CnnkitError(f"{', '.join(missing)} not installed; install the deploy extra: pip install 'cnnkit[deploy]'")
+
+
+def read_metadata(session) -> CheckpointInfo:
+    """The checkpoint description an exported model carries in its metadata_props."""
+    props = session.get_modelmeta().custom_metadata_map
+    if props.get("format") != FORMAT:
+        raise ValueError(f"metadata format {props.get('format')!r}, expected {FORMAT!r}")
+    # Other tools add dotted keys (onnxruntime's quantizer writes "onnx.quant.pre_process"); cnnkit's have no dots.
+    values = {key: json.loads(value) for key, value in props.items() if key != "format" and "." not in key}
+    return CheckpointInfo(
+        model=ModelSpec.from_dict(values.pop("model")),
+        classes=[str(name) for name in values.pop("classes")],
+        preprocessing=Preprocessing.from_dict(values.pop("preprocessing")),
+        extra=values,
+    )
+
+
+def create_session(path: str | Path, threads: int | None = None):
+    """An ONNX Runtime CPU session with every graph optimisation on.
+
+    ``threads`` caps intra-op threads; a server that runs one request per thread passes 1,
+    which also stops idle pool threads spin-waiting on cores the other requests need.
+    """
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0" if threads == 1 else "1")
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxClassifier(Classifier):
+    """An exported model run by ONNX Runtime, with the class names and preprocessing from its metadata.
+
+    Args:
+        path: A ``.onnx`` file written by ``cnnkit export``.
+        threads: ONNX Runtime intra-op threads. Defaults to all cores.
+
+    Example:
+        >>> classifier = cnnkit.load("runs/export/model.onnx")
+        >>> classifier.predict("seven.png")[0].label
+        '7'
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise CnnkitError(f"ONNX model not found: {path}; give a .onnx file written by `cnnkit export`")
+        require("onnxruntime")
+        try:
+            self.session = create_session(path, threads)
+            info = read_metadata(self.session)
+        except Exception as error:  # onnxruntime raises its own error types for every malformed file
+            raise CnnkitError(
+                f"{path} is not a cnnkit ONNX model ({type(error).__name__}: {str(error).splitlines()[0]}); "
+                "export one with `cnnkit export RUN --format onnx`"
+            ) from None
+        super().__init__(model=None, info=info, device=torch.device("cpu"))
+        self.path = path
+
+    def logits(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Logits (N, K) for uint8 images (N, C, H, W)."""
+        pixels = np.ascontiguousarray(images.numpy() if isinstance(images, torch.Tensor) else images, np.uint8)
+        outputs = [
+            self.session.run([OUTPUT_NAME], {INPUT_NAME: pixels[i : i + batch_size]})[0]
+            for i in range(0, len(pixels), batch_size)
+        ]
+        return torch.from_numpy(np.concatenate(outputs) if outputs else np.zeros((0, len(self.classes)), np.float32))
+
+    def evaluate(self, data: str | None = None, split: str = "test") -> tuple[EvalResult, list[SkippedFile]]:
+        """Evaluate the ONNX model on labelled data; the arguments are those of :meth:`Classifier.evaluate`."""
+        images, skipped = self.labelled_images(data, split)
+        return score(self.logits(images.images), images), skipped
+
+
+def score(logits: torch.Tensor, images: ImageSet) -> EvalResult:
+    """Loss, accuracy and per-class report of precomputed logits (N, K) against ``images.labels``."""
+    predictions = logits.argmax(1)
+    confusion = confusion_matrix(predictions, images.labels, len(images.classes))
+    return EvalResult(
+        torch.nn.functional.cross_entropy(logits, images.labels).item(),
+        (predictions == images.labels).double().mean().item(),
+        confusion.tolist(),
+        per_class_report(confusion, images.classes),
+        images.classes,
+    )

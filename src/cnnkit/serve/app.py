@@ -1,0 +1,245 @@
+"""The prediction service: ``POST /predict``, ``GET /health``, ``GET /`` (a web page) and the OpenAPI schema.
+
+Every way a request can go wrong has its own status, and none of them can take the
+server down:
+
+- a body over ``max_upload_bytes``: 413, decided from Content-Length before anything is
+  read, or as soon as a streamed body passes the limit (the body is never stored whole);
+- an empty body or a multipart form without a file: 400; bytes that are not an image:
+  415; an image that is truncated or corrupt: 400;
+- more pixels than ``max_pixels`` (a decompression bomb: a small file that decodes to
+  gigabytes): 413, decided from the header before any pixel is decoded;
+- more than ``max_concurrency + max_queue`` requests in progress: 503 with Retry-After;
+- a body that does not arrive within ``timeout``: 408; a prediction that takes longer:
+  504 (the worker slot stays taken until that prediction ends, so load stays bounded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel
+from starlette.requests import Request as StarletteRequest
+
+from cnnkit import __version__
+from cnnkit.data.decode import ImageDecodeError
+
+RETRY_AFTER_SECONDS = 1
+DEFAULT_MAX_PIXELS = 40_000_000  # a 40-megapixel photo is fine; a 100-megapixel 1-bit PNG of 12 kB is not
+
+
+class PredictionResponse(BaseModel):
+    """Top-k labels with their probabilities, most likely first."""
+
+    label: str
+    labels: list[str]
+    probabilities: list[float]
+
+
+class Health(BaseModel):
+    status: str
+    runtime: str
+    classes: list[str]
+    in_progress: int
+    capacity: int
+
+
+class Gate:
+    """Bounded concurrency: ``max_concurrency`` predictions at once, ``max_queue`` more waiting, the rest 503."""
+
+    def __init__(self, max_concurrency: int, max_queue: int) -> None:
+        self.capacity = max_concurrency + max_queue
+        self.in_progress = 0
+        self.slots = asyncio.Semaphore(max_concurrency)
+        self.executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="cnnkit-predict")
+
+    @contextlib.asynccontextmanager
+    async def admit(self):
+        if self.in_progress >= self.capacity:
+            raise HTTPException(
+                503,
+                f"server busy: {self.in_progress} requests in progress; retry after {RETRY_AFTER_SECONDS} s",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        self.in_progress += 1
+        try:
+            yield
+        finally:
+            self.in_progress -= 1
+
+    async def run(self, work, deadline: float, timeout: float):
+        """Run ``work`` on a worker thread; 503 if no worker frees up, 504 if it ends after ``deadline``."""
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(self.slots.acquire(), max(0.0, deadline - loop.time()))
+        except asyncio.TimeoutError:
+            raise HTTPException(
+                503, "server busy: no worker free in time", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+            ) from None
+        future = loop.run_in_executor(self.executor, work)
+        future.add_done_callback(lambda _: self.slots.release())
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - loop.time()))
+        except asyncio.TimeoutError:
+            raise HTTPException(504, f"the prediction took longer than the {timeout:g} s limit") from None
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``max_bytes``."""
+    too_large = HTTPException(413, f"upload too large: the limit is {max_bytes:,} bytes")
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > max_bytes):
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise too_large
+    return bytes(body)
+
+
+async def uploaded_image(request: Request, body: bytes) -> bytes:
+    """The image bytes: the ``file`` field of a multipart form, or the raw body."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return body
+
+    async def replay() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await StarletteRequest(request.scope, replay).form(max_files=1, max_fields=8)
+    except Exception as error:  # Starlette raises several types for malformed multipart bodies
+        raise HTTPException(400, f"malformed multipart form: {error}") from None
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise HTTPException(400, "a multipart upload needs the image in a file field named 'file'")
+    return await upload.read()
+
+
+def check_image(data: bytes, max_pixels: int) -> None:
+    """Read only the image header: 400 for nothing, 415 for not an image, 413 for too many pixels."""
+    if not data:
+        raise HTTPException(400, "empty body: send an image (JPEG, PNG, ...) as the body or as the form field 'file'")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except UnidentifiedImageError:
+        raise HTTPException(415, "not an image: send a JPEG, PNG, GIF, BMP, TIFF or WebP file") from None
+    except Image.DecompressionBombError as error:
+        raise HTTPException(413, f"image refused as a possible decompression bomb: {error}") from None
+    except (OSError, ValueError, SyntaxError) as error:
+        raise HTTPException(400, f"cannot read the image header: {error}") from None
+    if width * height > max_pixels:
+        raise HTTPException(
+            413, f"image refused: {width}x{height} pixels is over the {max_pixels:,}-pixel limit (decompression bomb?)"
+        )
+
+
+PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def create_app(
+    classifier,
+    max_upload_bytes: int = 10 * 2**20,
+    max_concurrency: int = 2,
+    max_queue: int = 64,
+    timeout: float = 10.0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> FastAPI:
+    """A FastAPI app serving one classifier (a checkpoint's :class:`Classifier` or an ``OnnxClassifier``).
+
+    Args:
+        classifier: What :func:`cnnkit.load` returns.
+        max_upload_bytes: Largest request body. Defaults to 10 MiB.
+        max_concurrency: Predictions running at once. Defaults to 2 (one per core of a small machine).
+        max_queue: Requests allowed to wait for a worker; beyond that 503. Defaults to 64.
+        timeout: Seconds a request may take, upload included (408 while receiving, 504 while predicting).
+            Defaults to 10.
+        max_pixels: Largest image, in pixels, before decoding. Defaults to 40 million.
+
+    Example:
+        >>> app = create_app(cnnkit.load("runs/export/model.onnx"))
+        >>> uvicorn.run(app, host="127.0.0.1", port=8000)
+    """
+    app = FastAPI(
+        title="cnnkit prediction service",
+        summary="Top-k labels for an uploaded image.",
+        version=__version__,
+    )
+    gate = Gate(max_concurrency, max_queue)
+    runtime = "onnxruntime" if getattr(classifier, "session", None) is not None else "pytorch"
+    num_classes = len(classifier.classes)
+
+    def predict_image(data: bytes, top_k: int) -> PredictionResponse:
+        check_image(data, max_pixels)
+        try:
+            [prediction] = classifier.predict(data, top_k=top_k)
+        except ImageDecodeError as error:
+            raise HTTPException(400, f"cannot decode the image: {error}") from None
+        return PredictionResponse(
+            label=prediction.label, labels=prediction.labels, probabilities=prediction.probabilities
+        )
+
+    @app.post(
+        "/predict",
+        response_model=PredictionResponse,
+        openapi_extra=PREDICT_BODY,
+        responses={
+            400: {"description": "empty, malformed or undecodable upload"},
+            408: {"description": "the upload did not arrive in time"},
+            413: {"description": "upload too large, or too many pixels"},
+            415: {"description": "not an image"},
+            503: {"description": "busy; retry after the Retry-After header's seconds"},
+            504: {"description": "the prediction took too long"},
+        },
+    )
+    async def predict(
+        request: Request, top_k: int = Query(5, ge=1, description="how many labels to return")
+    ) -> PredictionResponse:
+        """Classify one image sent as the raw body or as the multipart field ``file``."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        async with gate.admit():
+            try:
+                body = await asyncio.wait_for(read_body(request, max_upload_bytes), timeout)
+            except asyncio.TimeoutError:
+                raise HTTPException(408, f"the upload did not arrive within {timeout:g} s") from None
+            data = await uploaded_image(request, body)
+            return await gate.run(lambda: predict_image(data, min(top_k, num_classes)), deadline, timeout)
+
+    @app.get("/health", response_model=Health)
+    async def health() -> Health:
+        """Liveness and what is being served."""
+        return Health(
+            status="ok",
+            runtime=runtime,
+            classes=classifier.classes,
+            in_progress=gate.in_progress,
+            capacity=gate.capacity,
+        )
+
+    page = resources.files("cnnkit.serve").joinpath("page.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> str:
+        return page
+
+    app.state.gate = gate
+    return app

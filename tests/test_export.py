@@ -1,0 +1,124 @@
+"""ONNX export, int8 and ONNX Runtime prediction, checked against the PyTorch checkpoint they came from."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import run_cli
+from PIL import Image
+
+import cnnkit
+from cnnkit.data import decode_image, load_data
+
+onnx = pytest.importorskip("onnx", reason="the deploy extra (pip install -e '.[test]') provides onnx")
+
+
+def test_export_matches_pytorch_on_validation_images(digits_run, digits_export):
+    report = json.loads((digits_export / "export.json").read_text())
+    assert report["parity"]["passed"] and report["parity"]["images"] == 179
+    assert report["parity"]["max_abs_diff"] < 1e-4 and report["parity"]["top1_agreement"] == 1.0
+    reference, exported = cnnkit.load(digits_run), cnnkit.load(digits_export / "model.onnx")
+    images = load_data("digits").test.images
+    for batch in (images[:1], images[:7], images):  # the batch axis is dynamic
+        np.testing.assert_allclose(exported.logits(batch).numpy(), reference.logits(batch).numpy(), atol=1e-4)
+
+
+def test_export_metadata_holds_classes_and_exact_preprocessing(digits_run, digits_export):
+    reference = cnnkit.load(digits_run)
+    props = {p.key: p.value for p in onnx.load(digits_export / "model.onnx").metadata_props}
+    assert json.loads(props["classes"]) == reference.classes
+    preprocessing = json.loads(props["preprocessing"])
+    assert {k: preprocessing[k] for k in ("img_size", "channels", "resize")} == {
+        "img_size": 8,
+        "channels": 1,
+        "resize": "crop",
+    }
+    assert preprocessing["mean"] == list(reference.preprocessing.mean) and "uint8" in preprocessing["input"]
+    exported = cnnkit.load(digits_export / "model.onnx")
+    assert exported.preprocessing == reference.preprocessing and exported.classes == reference.classes
+
+
+def test_int8_keeps_accuracy_and_refuses_a_larger_drop(digits_run, digits_export, tmp_path):
+    from cnnkit.export import export_onnx
+
+    int8 = json.loads((digits_export / "export.json").read_text())["int8"]
+    assert int8["passed"] and int8["accuracy_drop"] <= 0.5 and int8["calibration_images"] > 100
+    assert (digits_export / "model.int8.onnx").is_file()
+    int8_accuracy, _ = cnnkit.load(digits_export / "model.int8.onnx").evaluate(split="val")
+    assert int8_accuracy.accuracy == pytest.approx(int8["accuracy_int8"])
+    with pytest.raises(cnnkit.CnnkitError, match="int8 quantization is not a success"):
+        export_onnx(digits_run, out=tmp_path, name="strict", int8=True, max_accuracy_drop=-1.0, verbose=False)
+    assert not (tmp_path / "strict" / "model.int8.onnx").exists() and (tmp_path / "strict" / "model.onnx").exists()
+
+
+def test_export_above_tolerance_is_an_error(digits_run, tmp_path):
+    result = run_cli("export", str(digits_run), "--atol", "0", "--out", str(tmp_path), "--name", "x")
+    assert result.returncode == 2 and "ONNX Runtime disagrees with PyTorch" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "x" / "model.onnx").exists()
+
+
+def test_predict_cli_with_onnx_gives_the_checkpoints_answers(digits_run, digits_export, tmp_path):
+    for index, image in enumerate(load_data("digits").test.images[:3]):
+        Image.fromarray(image[0].numpy()).save(tmp_path / f"{index}.png")
+    answers = {}
+    for model in (digits_run, digits_export / "model.onnx"):
+        result = run_cli("predict", str(model), *sorted(map(str, tmp_path.glob("*.png"))), "--json")
+        assert result.returncode == 0, result.stderr
+        answers[model] = [json.loads(line) for line in result.stdout.splitlines()]
+    checkpoint, exported = answers.values()
+    assert [a["labels"] for a in checkpoint] == [a["labels"] for a in exported]
+    np.testing.assert_allclose([a["probabilities"] for a in checkpoint], [a["probabilities"] for a in exported], 1e-5)
+
+
+def exif_rotated(tmp_path):
+    """A real photo saved upright, and saved as rotated pixels plus an EXIF tag saying how to turn them back."""
+    from sklearn.datasets import load_sample_image
+
+    upright = Image.fromarray(load_sample_image("china.jpg")).crop((40, 20, 340, 220))  # 300x200, not square
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "rotated.png", exif=exif)
+    upright.save(tmp_path / "upright.png")
+    return tmp_path / "upright.png", tmp_path / "rotated.png"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # starlette's TestClient suggests httpx2
+def test_exif_rotated_photo_gives_the_same_answer_everywhere(digits_run, digits_export, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from cnnkit.serve.app import create_app
+
+    upright, rotated = exif_rotated(tmp_path)
+    np.testing.assert_array_equal(decode_image(rotated, 8, 1), decode_image(upright, 8, 1))
+    ignoring_exif = np.asarray(Image.open(rotated).convert("L"))  # what a decoder without EXIF handling sees
+    assert not np.array_equal(decode_image(ignoring_exif, 8, 1), decode_image(upright, 8, 1))
+    checkpoint, exported = cnnkit.load(digits_run), cnnkit.load(digits_export / "model.onnx")
+    expected = checkpoint.predict_proba(str(upright))
+    np.testing.assert_array_equal(checkpoint.predict_proba(str(rotated)), expected)
+    np.testing.assert_allclose(exported.predict_proba(str(rotated)), expected, atol=1e-5)
+    served = TestClient(create_app(exported)).post("/predict?top_k=10", content=rotated.read_bytes()).json()
+    ranked = np.argsort(-expected[0], kind="stable")
+    assert served["labels"] == [checkpoint.classes[i] for i in ranked]
+    np.testing.assert_allclose(served["probabilities"], expected[0][ranked], atol=1e-5)
+
+
+def test_onnx_evaluate_matches_checkpoint(digits_run, digits_export):
+    reference, _ = cnnkit.load(digits_run).evaluate()
+    exported, _ = cnnkit.load(digits_export / "model.onnx").evaluate()
+    assert exported.count == reference.count == 359
+    assert exported.confusion == reference.confusion
+
+
+def test_benchmark_times_every_runtime(digits_export):
+    from cnnkit.benchmark import benchmark
+
+    rows = benchmark(digits_export / "model.onnx", seconds=0.05)
+    assert [row["runtime"] for row in rows] == ["onnxruntime", "onnxruntime int8"]
+    for row in rows:
+        assert 0 < row["p50_ms"] <= row["p99_ms"] and row["images_per_s"] > 0 and row["accuracy"] > 0.9
+
+
+def test_not_an_onnx_model_is_refused(tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"not a model")
+    with pytest.raises(cnnkit.CnnkitError, match="not a cnnkit ONNX model"):
+        cnnkit.load(tmp_path / "model.onnx")

@@ -1,0 +1,166 @@
+"""The prediction service: every status it promises, and that it keeps answering after each of them."""
+
+import asyncio
+import io
+import time
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import cnnkit
+
+pytest.importorskip("fastapi", reason="the deploy extra (pip install -e '.[test]') provides fastapi")
+httpx = pytest.importorskip("httpx", reason="the test extra provides httpx")
+with warnings.catch_warnings():
+    warnings.simplefilter(
+        "ignore", DeprecationWarning
+    )  # starlette 1.x suggests httpx2; httpx is what FastAPI documents
+    from fastapi.testclient import TestClient
+
+from cnnkit.serve.app import create_app  # noqa: E402
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    stream = io.BytesIO()
+    image.save(stream, "PNG")
+    return stream.getvalue()
+
+
+@pytest.fixture(scope="module")
+def onnx_classifier(digits_export):
+    return cnnkit.load(digits_export / "model.onnx")
+
+
+@pytest.fixture(scope="module")
+def client(onnx_classifier):
+    return TestClient(create_app(onnx_classifier, max_upload_bytes=100_000))
+
+
+@pytest.fixture(scope="module")
+def digit_png():
+    from cnnkit.data import load_data
+
+    return png_bytes(Image.fromarray(load_data("digits").test.images[0, 0].numpy()))
+
+
+def assert_still_serving(client, digit_png):
+    assert client.get("/health").json()["status"] == "ok"
+    assert client.post("/predict", content=digit_png).status_code == 200
+
+
+def test_predict_raw_body_and_multipart_agree_with_the_model(client, onnx_classifier, digit_png):
+    raw = client.post("/predict?top_k=3", content=digit_png, headers={"content-type": "image/png"})
+    form = client.post("/predict?top_k=3", files={"file": ("seven.png", digit_png, "image/png")})
+    assert raw.status_code == form.status_code == 200
+    assert raw.json() == form.json()
+    [expected] = onnx_classifier.predict(digit_png, top_k=3)
+    assert raw.json()["labels"] == expected.labels and raw.json()["label"] == expected.label
+    np.testing.assert_allclose(raw.json()["probabilities"], expected.probabilities, rtol=1e-6)
+
+
+def test_health_openapi_and_page(client):
+    health = client.get("/health").json()
+    assert health["runtime"] == "onnxruntime" and health["classes"] == [str(d) for d in range(10)]
+    schema = client.get("/openapi.json").json()
+    body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/octet-stream"} <= set(body)
+    assert {"413", "415", "503"} <= set(schema["paths"]["/predict"]["post"]["responses"])
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="top-label"' in page.text and 'id="explanation"' in page.text
+
+
+def truncated_jpeg() -> bytes:
+    from sklearn.datasets import load_sample_image
+
+    stream = io.BytesIO()
+    Image.fromarray(load_sample_image("flower.jpg")).save(stream, "JPEG")
+    return stream.getvalue()[:5000]  # the header reads; the pixels do not
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "status", "message"),
+    [
+        ({"content": b""}, 400, "empty body"),
+        ({"content": b"%PDF-1.4 not an image"}, 415, "not an image"),
+        ({"content": truncated_jpeg()}, 400, "cannot decode"),
+        ({"files": {"upload": ("a.png", b"x", "image/png")}}, 400, "field named 'file'"),
+        ({"content": b"\0" * 100_001}, 413, "upload too large"),
+        ({"content": (b"\0" * 10_000 for _ in range(20))}, 413, "upload too large"),  # streamed, no Content-Length
+        ({"content": png_bytes(Image.new("L", (300, 300)))}, 200, ""),
+    ],
+    ids=["empty", "not-image", "truncated", "no-file-field", "too-large", "too-large-streamed", "fine"],
+)
+def test_bad_uploads_get_clear_errors(client, digit_png, request_kwargs, status, message):
+    response = client.post("/predict", **request_kwargs)
+    assert response.status_code == status, response.text
+    assert message in response.json().get("detail", "")
+    assert_still_serving(client, digit_png)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_decompression_bomb_is_refused_before_decoding(client, digit_png):
+    bomb = png_bytes(Image.new("1", (10_000, 10_000)))  # 100 megapixels in about 12 kB
+    assert len(bomb) < 100_000
+    response = client.post("/predict", content=bomb)
+    assert response.status_code == 413 and "pixel limit" in response.json()["detail"]
+    assert_still_serving(client, digit_png)
+
+
+class SlowClassifier:
+    """The real classifier, taking ``seconds`` longer per prediction."""
+
+    def __init__(self, classifier, seconds: float) -> None:
+        self.classifier, self.seconds = classifier, seconds
+        self.classes = classifier.classes
+
+    def predict(self, images, top_k=5):
+        time.sleep(self.seconds)
+        return self.classifier.predict(images, top_k)
+
+
+async def post_many(app, count: int, content: bytes) -> list:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        return await asyncio.gather(*(client.post("/predict", content=content) for _ in range(count)))
+
+
+def test_full_queue_gets_503_with_retry_after(onnx_classifier, digit_png):
+    app = create_app(SlowClassifier(onnx_classifier, 0.3), max_concurrency=1, max_queue=1)
+    responses = asyncio.run(post_many(app, 6, digit_png))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200, 200, 503, 503, 503, 503]
+    busy = next(r for r in responses if r.status_code == 503)
+    assert busy.headers["retry-after"] == "1" and "busy" in busy.json()["detail"]
+    assert asyncio.run(post_many(app, 1, digit_png))[0].status_code == 200  # the queue drains
+
+
+def test_slow_prediction_times_out_with_504(onnx_classifier, digit_png):
+    app = create_app(SlowClassifier(onnx_classifier, 0.5), timeout=0.1)
+    [response] = asyncio.run(post_many(app, 1, digit_png))
+    assert response.status_code == 504 and "0.1 s limit" in response.json()["detail"]
+    time.sleep(0.5)  # the worker finishes, frees its slot, and the server answers again
+    assert app.state.gate.in_progress == 0
+
+
+def test_slow_upload_times_out_with_408(onnx_classifier, digit_png):
+    async def trickle():
+        for _ in range(5):
+            await asyncio.sleep(0.1)
+            yield b"\0"
+
+    async def send() -> httpx.Response:
+        transport = httpx.ASGITransport(app=create_app(onnx_classifier, timeout=0.2))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post("/predict", content=trickle())
+
+    response = asyncio.run(send())
+    assert response.status_code == 408 and "did not arrive" in response.json()["detail"]
+
+
+def test_checkpoint_backed_service_runs_pytorch(digits_run, digit_png):
+    client = TestClient(create_app(cnnkit.load(digits_run, device="cpu")))
+    assert client.get("/health").json()["runtime"] == "pytorch"
+    [expected] = cnnkit.load(digits_run).predict(digit_png, top_k=5)
+    assert client.post("/predict", content=digit_png).json()["labels"] == expected.labels
