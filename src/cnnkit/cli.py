@@ -74,6 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", default="runs", help="folder for the CSV of a folder's predictions (default: runs)")
     predict.add_argument("--name", help="run directory name under --out (default: predict, predict2, ...)")
 
+    explain = commands.add_parser(
+        "explain",
+        help="Grad-CAM, saliency, feature maps and filters for images",
+        description="Show what a model looks at: heatmaps, feature maps and filters, tied together in index.html.",
+    )
+    explain.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+    explain.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    explain.add_argument("--top-k", type=int, default=3, help="classes to explain per image (default: 3)")
+    explain.add_argument("--class", dest="class_name", help="explain this class instead of the top-k")
+    explain.add_argument("--layer", help="target layer name (default: the last convolution)")
+    explain.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    explain.add_argument("--out", default="runs", help="folder that holds the output directory (default: runs)")
+    explain.add_argument("--name", help="output directory name under --out (default: explain, explain2, ...)")
+
     commands.add_parser("models", help="list the available architectures")
     return parser
 
@@ -173,6 +187,24 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_explain(args: argparse.Namespace) -> int:
+    from cnnkit.checkpoint import new_run_dir
+    from cnnkit.explain import explain_images
+    from cnnkit.predict import load
+
+    if args.top_k < 1:
+        raise CnnkitError("--top-k must be at least 1")
+    classifier = load(args.checkpoint, device=args.device)
+    paths, _ = _expand_inputs(args.inputs)
+    explanation = explain_images(
+        classifier, paths, new_run_dir(args.out, args.name, "explain"), args.top_k, args.class_name, args.layer
+    )
+    for path, reason in explanation.skipped:
+        print(f"warning: skipped {path}: {reason}", file=sys.stderr)
+    print(f"{len(explanation.images)} image(s) explained (layer {explanation.layer}); open {explanation.page}")
+    return 0
+
+
 def run_models(_: argparse.Namespace) -> int:
     from cnnkit.models import create_model, list_models
 
@@ -183,7 +215,13 @@ def run_models(_: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": run_train, "evaluate": run_evaluate, "predict": run_predict, "models": run_models}
+COMMANDS = {
+    "train": run_train,
+    "evaluate": run_evaluate,
+    "predict": run_predict,
+    "explain": run_explain,
+    "models": run_models,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
