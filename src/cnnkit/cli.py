@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
+    evaluate.add_argument("--report", action="store_true", help="also write an HTML report under --out")
+    evaluate.add_argument("--out", default="runs", help="folder that holds the report directory (default: runs)")
+    evaluate.add_argument("--name", help="report directory name under --out (default: evaluate, evaluate2, ...)")
 
     predict = commands.add_parser(
         "predict",
@@ -111,6 +114,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if result.count == 0:
         raise CnnkitError(f"the {args.split} split of {args.data or 'the training data'} holds no images")
     print(json.dumps({"split": args.split, **result.to_dict()}) if args.json else result.format())
+    if args.report:
+        from cnnkit.checkpoint import new_run_dir
+        from cnnkit.report import write_report
+
+        out_dir = new_run_dir(args.out, args.name, "evaluate")
+        images, _ = classifier.labelled_images(args.data, args.split)
+        title = f"{classifier.info.model.name} on the {args.split} split of {args.data or 'its training data'}"
+        write_report(classifier.model, images, classifier.preprocessing, classifier.device, out_dir, title)
+        print(f"report written to {out_dir / 'report.html'}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

@@ -118,10 +118,11 @@ class Classifier:
                 model's own training folder (split as in training) use this split; any other folder is
                 evaluated whole. Defaults to ``test``.
         """
-        images, skipped = self._labelled_images(data, split)
+        images, skipped = self.labelled_images(data, split)
         return evaluate(self.model, images, self.preprocessing, self.device), skipped
 
-    def _labelled_images(self, data: str | None, split: str) -> tuple[ImageSet, list[SkippedFile]]:
+    def labelled_images(self, data: str | None, split: str) -> tuple[ImageSet, list[SkippedFile]]:
+        """The labelled images :meth:`evaluate` uses, relabelled to the model's classes, and any skipped files."""
         if split not in ("train", "val", "test"):
             raise CnnkitError(f"unknown split {split!r}; use train, val or test")
         config = self.info.extra.get("config", {})

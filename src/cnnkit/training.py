@@ -364,6 +364,11 @@ def fit(
             "val": history[best_epoch - 1],
         }
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        reported = splits.test if len(splits.test) else splits.val
+        if len(reported):
+            from cnnkit.report import write_report
+
+            write_report(model, reported, preprocessing, device, run_dir / "report", f"{config.model} on {splits.name}")
     seconds = time.perf_counter() - started
     if test is not None:
         say(
