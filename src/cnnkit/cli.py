@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cnnkit import __version__
+from cnnkit.compare_budget import Budget
 from cnnkit.config import TrainConfig
 from cnnkit.errors import CnnkitError
 
@@ -90,6 +91,28 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     explain.add_argument("--out", default="runs", help="folder that holds the output directory (default: runs)")
     explain.add_argument("--name", help="output directory name under --out (default: explain, explain2, ...)")
+
+    compare = commands.add_parser(
+        "compare",
+        help="CNN vs MLP on the same data: accuracy, cost, data efficiency, robustness",
+        description="Train the default CNN and an MLP with the same budget; write a report with a verdict.",
+    )
+    compare.add_argument("--data", default="digits", help="built-in dataset name or image folder (default: digits)")
+    compare.add_argument("--data-dir", help="folder holding a built-in dataset's files")
+    for flag, kind, help_text in (
+        ("--epochs", int, "passes over the training images, for every model"),
+        ("--batch-size", int, "images per training step"),
+        ("--lr", float, "peak learning rate of the one-cycle schedule (AdamW)"),
+        ("--train-size", int, "use at most this many training images (stratified)"),
+        ("--test-size", int, "measure on at most this many test images"),
+        ("--seed", int, "seed for weights, data order and subsets"),
+    ):
+        default = getattr(Budget, flag[2:].replace("-", "_"))
+        compare.add_argument(flag, type=kind, default=default, help=f"{help_text} (default: {default})")
+    compare.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    compare.add_argument("--out", default="runs", help="folder that holds the report directory (default: runs)")
+    compare.add_argument("--name", help="report directory name under --out (default: compare, compare2, ...)")
+    compare.add_argument("--json", action="store_true", help="print the results as JSON")
 
     commands.add_parser("models", help="list the available architectures")
     return parser
@@ -217,6 +240,19 @@ def run_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_compare(args: argparse.Namespace) -> int:
+    from cnnkit.compare import compare
+
+    budget = Budget(args.epochs, args.batch_size, args.lr, args.train_size, args.test_size, args.seed)
+    say = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    results, out_dir = compare(args.data, budget, args.out, args.name, args.data_dir, args.device, say)
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print("\n".join(["", *results["verdict"], "", f"report written to {out_dir / 'report.html'}"]))
+    return 0
+
+
 def run_models(_: argparse.Namespace) -> int:
     from cnnkit.models import create_model, list_models
 
@@ -232,6 +268,7 @@ COMMANDS = {
     "evaluate": run_evaluate,
     "predict": run_predict,
     "explain": run_explain,
+    "compare": run_compare,
     "models": run_models,
 }
 
