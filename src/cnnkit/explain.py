@@ -145,7 +145,10 @@ def class_activation_map(
         raise CnnkitError(f"unknown method {method!r}; use one of {', '.join(CAM_METHODS)}")
     activations, gradients, _ = _activations_and_gradients(model, _layer(model, layer), inputs, classes)
     if activations.dim() < 3:
-        raise CnnkitError(f"layer {layer!r} has no spatial output (shape {tuple(activations.shape)}); pick a conv")
+        raise CnnkitError(
+            f"layer {layer!r} has no spatial output (shape {tuple(activations.shape)}); "
+            f"pick one of the convolution layers: {', '.join(convolutions(model))}"
+        )
     spatial = tuple(range(2, activations.dim()))
     if method == "gradcam":
         weights = gradients.mean(spatial)  # (B, C)
