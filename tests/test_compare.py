@@ -101,6 +101,7 @@ def test_verdict_follows_the_numbers():
     assert verdict(_results(cnn_accuracy=0.90, mlp_accuracy=0.95))[0].startswith("Use the MLP")
     assert verdict(_results(cnn_accuracy=0.951, mlp_accuracy=0.95))[0].startswith("Either model")
     assert "did not hold" in verdict(_results(cnn_shift=0.60, mlp_shift=0.90))[1]
+    assert "neither model held up better" in base[5]
     assert ": held" in verdict(_results(cnn_small=0.50, mlp_small=0.80))[4]
     flat = _results()
     flat["depth"] = [{**row, "test_accuracy": 0.98} for row in flat["depth"]]
