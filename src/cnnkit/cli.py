@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cnnkit import __version__
+from cnnkit.compare_budget import Budget
 from cnnkit.config import TrainConfig
 from cnnkit.errors import CnnkitError
 
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
+    evaluate.add_argument("--report", action="store_true", help="also write an HTML report under --out")
+    evaluate.add_argument("--out", default="runs", help="folder that holds the report directory (default: runs)")
+    evaluate.add_argument("--name", help="report directory name under --out (default: evaluate, evaluate2, ...)")
 
     predict = commands.add_parser(
         "predict",
@@ -88,6 +92,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-bad-share", type=float, default=0.01, help="exit 1 when more than this share is bad (default: 0.01)"
     )
     check.add_argument("--no-cache", action="store_true", help="rescan even if the files did not change")
+    explain = commands.add_parser(
+        "explain",
+        help="Grad-CAM, saliency, feature maps and filters for images",
+        description="Show what a model looks at: heatmaps, feature maps and filters, tied together in index.html.",
+    )
+    explain.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+    explain.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    explain.add_argument("--top-k", type=int, default=3, help="classes to explain per image (default: 3)")
+    explain.add_argument("--class", dest="class_name", help="explain this class instead of the top-k")
+    explain.add_argument("--layer", help="target layer name (default: the last convolution)")
+    explain.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    explain.add_argument("--out", default="runs", help="folder that holds the output directory (default: runs)")
+    explain.add_argument("--name", help="output directory name under --out (default: explain, explain2, ...)")
+
+    compare = commands.add_parser(
+        "compare",
+        help="CNN vs MLP on the same data: accuracy, cost, data efficiency, robustness",
+        description="Train the default CNN and an MLP with the same budget; write a report with a verdict.",
+    )
+    compare.add_argument("--data", default="digits", help="built-in dataset name or image folder (default: digits)")
+    compare.add_argument("--data-dir", help="folder holding a built-in dataset's files")
+    for flag, kind, help_text in (
+        ("--epochs", int, "passes over the training images, for every model"),
+        ("--batch-size", int, "images per training step"),
+        ("--lr", float, "peak learning rate of the one-cycle schedule (AdamW)"),
+        ("--train-size", int, "use at most this many training images (stratified)"),
+        ("--test-size", int, "measure on at most this many test images"),
+        ("--seed", int, "seed for weights, data order and subsets"),
+    ):
+        default = getattr(Budget, flag[2:].replace("-", "_"))
+        compare.add_argument(flag, type=kind, default=default, help=f"{help_text} (default: {default})")
+    compare.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    compare.add_argument("--out", default="runs", help="folder that holds the report directory (default: runs)")
+    compare.add_argument("--name", help="report directory name under --out (default: compare, compare2, ...)")
+    compare.add_argument("--json", action="store_true", help="print the results as JSON")
 
     commands.add_parser("models", help="list the available architectures")
     _add_deploy_commands(commands)
@@ -154,6 +193,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if result.count == 0:
         raise CnnkitError(f"the {args.split} split of {args.data or 'the training data'} holds no images")
     print(json.dumps({"split": args.split, **result.to_dict()}) if args.json else result.format())
+    if args.report:
+        from cnnkit.checkpoint import new_run_dir
+        from cnnkit.report import write_report
+
+        out_dir = new_run_dir(args.out, args.name, "evaluate")
+        images, _ = classifier.labelled_images(args.data, args.split)
+        title = f"{classifier.info.model.name} on the {args.split} split of {args.data or 'its training data'}"
+        write_report(classifier.model, images, classifier.preprocessing, classifier.device, out_dir, title)
+        print(f"report written to {out_dir / 'report.html'}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -246,6 +294,37 @@ def run_check(args: argparse.Namespace) -> int:
     return 1 if share > args.max_bad_share else 0
 
 
+def run_explain(args: argparse.Namespace) -> int:
+    from cnnkit.checkpoint import new_run_dir
+    from cnnkit.explain import explain_images
+    from cnnkit.predict import load
+
+    if args.top_k < 1:
+        raise CnnkitError("--top-k must be at least 1")
+    classifier = load(args.checkpoint, device=args.device)
+    paths, _ = _expand_inputs(args.inputs)
+    explanation = explain_images(
+        classifier, paths, new_run_dir(args.out, args.name, "explain"), args.top_k, args.class_name, args.layer
+    )
+    for path, reason in explanation.skipped:
+        print(f"warning: skipped {path}: {reason}", file=sys.stderr)
+    print(f"{len(explanation.images)} image(s) explained (layer {explanation.layer}); open {explanation.page}")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from cnnkit.compare import compare
+
+    budget = Budget(args.epochs, args.batch_size, args.lr, args.train_size, args.test_size, args.seed)
+    say = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    results, out_dir = compare(args.data, budget, args.out, args.name, args.data_dir, args.device, say)
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print("\n".join(["", *results["verdict"], "", f"report written to {out_dir / 'report.html'}"]))
+    return 0
+
+
 def run_models(_: argparse.Namespace) -> int:
     from cnnkit.models import create_model, list_models
 
@@ -287,6 +366,8 @@ COMMANDS = {
     "export": run_export,
     "benchmark": run_benchmark,
     "serve": run_serve,
+    "explain": run_explain,
+    "compare": run_compare,
 }
 
 

@@ -125,7 +125,7 @@ class Classifier:
         return evaluate(self.model, images, self.preprocessing, self.device), skipped
 
     def labelled_images(self, data: str | None, split: str) -> tuple[ImageSet, list[SkippedFile]]:
-        """The images and labels :meth:`evaluate` scores, with class indices mapped onto the model's."""
+        """The labelled images :meth:`evaluate` uses, relabelled to the model's classes, and any skipped files."""
         if split not in ("train", "val", "test"):
             raise CnnkitError(f"unknown split {split!r}; use train, val or test")
         config = self.info.extra.get("config", {})

@@ -387,6 +387,11 @@ def fit(
         runlog.write_results(
             run_dir, history, test, final, best_epoch, time.perf_counter() - started, progress.skipped_steps
         )
+        reported = splits.test if len(splits.test) else splits.val
+        if len(reported):
+            from cnnkit.report import write_report
+
+            write_report(model, reported, preprocessing, device, run_dir / "report", f"{config.model} on {splits.name}")
     seconds = time.perf_counter() - started
     if test is not None:
         say(

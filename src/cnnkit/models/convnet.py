@@ -24,7 +24,10 @@ def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Seq
 
 
 class ConvNet(nn.Module):
-    """Three stages of two 3x3 convolutions each, widths ``width``, ``2*width``, ``4*width``.
+    """Stages of two 3x3 convolutions each; by default three, of widths ``width``, ``2*width``, ``4*width``.
+
+    Stages beyond the third keep ``4*width`` channels, so ``cnnkit compare`` can add depth
+    without the cost growing fourfold per stage.
 
     Args:
         num_classes: Output classes.
@@ -32,10 +35,17 @@ class ConvNet(nn.Module):
         img_size: Input side, used to choose stem strides and pooling. Defaults to 32.
         width: Channels of the first stage. Defaults to 32.
         dropout: Dropout before the classifier. Defaults to 0.1.
+        stages: Number of two-convolution stages. Defaults to 3.
     """
 
     def __init__(
-        self, num_classes: int, in_channels: int = 3, img_size: int = 32, width: int = 32, dropout: float = 0.1
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        img_size: int = 32,
+        width: int = 32,
+        dropout: float = 0.1,
+        stages: int = 3,
     ) -> None:
         super().__init__()
         stem: list[nn.Module] = [conv_bn_relu(in_channels, width)]
@@ -43,16 +53,16 @@ class ConvNet(nn.Module):
         while size > 64:  # strided stem keeps large inputs cheap
             stem.append(conv_bn_relu(width, width, stride=2))
             size = math.ceil(size / 2)
-        stages: list[nn.Module] = []
+        blocks: list[nn.Module] = []
         channels = width
-        for index in range(3):
-            out_channels = width * 2**index
-            stages += [conv_bn_relu(channels, out_channels), conv_bn_relu(out_channels, out_channels)]
+        for index in range(stages):
+            out_channels = width * 2 ** min(index, 2)
+            blocks += [conv_bn_relu(channels, out_channels), conv_bn_relu(out_channels, out_channels)]
             if size >= 8:  # pool only while the map stays at least 4x4
-                stages.append(nn.MaxPool2d(2))
+                blocks.append(nn.MaxPool2d(2))
                 size //= 2
             channels = out_channels
-        self.features = nn.Sequential(*stem, *stages)
+        self.features = nn.Sequential(*stem, *blocks)
         self.num_features = channels
         self.head = nn.Sequential(
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes)

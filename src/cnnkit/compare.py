@@ -1,0 +1,274 @@
+"""``cnnkit compare``: a CNN and a plain MLP trained on the same data with the same budget, measured side by side.
+
+One study answers "do I need a CNN for this data?" with numbers: size and cost,
+accuracy, data efficiency, robustness to shifts, rotations, scaling, noise and
+brightness, the train/validation gap with and without regularisation, and accuracy as
+convolution blocks are added. :func:`cnnkit.compare_verdict.verdict` turns the numbers
+into plain language and :mod:`cnnkit.compare_report` writes them as HTML, Markdown and
+PNG plots.
+
+Every model is trained by the library's own ``build_optimizer``, ``train_one_epoch``,
+``recompute_batch_norm`` and ``evaluate`` on in-memory subsets, so the study measures
+exactly what ``cnnkit train`` would do with the same settings.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from cnnkit.compare_budget import Budget
+from cnnkit.config import TrainConfig
+from cnnkit.data import ImageSet, Preprocessing, load_data
+from cnnkit.data.loader import channel_stats, num_batches
+from cnnkit.errors import CnnkitError
+from cnnkit.models import create_model
+from cnnkit.robustness import PERTURBATIONS, perturb, random_shift
+from cnnkit.training import build_optimizer, evaluate, recompute_batch_norm, select_device, train_one_epoch
+
+CNN, MLP = "convnet", "mlp"
+FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
+STAGES = (1, 2, 3, 4)  # ConvNet stages of two convolutions each; 3 is the default network
+# "Regularised" switches on all three at once: random shifts of up to an eighth of the image
+# (at least one pixel), dropout 0.3 before the classifier(s) and AdamW weight decay 0.05.
+# "Plain" switches all three off. The headline models use the library defaults.
+REGULARISED = {"augment": True, "dropout": 0.3, "weight_decay": 0.05}
+PLAIN = {"augment": False, "dropout": 0.0, "weight_decay": 0.0}
+
+
+def stratified_subset(data: ImageSet, fraction: float, seed: int) -> ImageSet:
+    """A seeded random share of each class (at least one image per class)."""
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for label in data.labels.unique().tolist():
+        members = (data.labels == label).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        chosen.append(members[: max(1, round(fraction * len(members)))])
+    return data.subset(torch.cat(chosen).sort().values)
+
+
+def _cap(data: ImageSet, size: int, seed: int) -> ImageSet:
+    return data if len(data) <= size else stratified_subset(data, size / len(data), seed)
+
+
+def multiply_adds(model: nn.Module, image_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulate operations of one forward pass on one image (FLOPs / 2, as counted by PyTorch)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, *image_shape, device=next(model.parameters()).device))
+    return counter.get_total_flops() // 2
+
+
+@dataclass
+class Study:
+    """The data and settings shared by every training in one comparison."""
+
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    preprocessing: Preprocessing
+    budget: Budget
+    device: torch.device
+
+    def fit(
+        self,
+        name: str,
+        train: ImageSet | None = None,
+        augment: bool = False,
+        weight_decay: float = TrainConfig.weight_decay,
+        **kwargs: Any,
+    ) -> tuple[nn.Module, float]:
+        """Train model ``name`` (builder ``kwargs``) on ``train`` (default: all training images), timed."""
+        train = self.train if train is None else train
+        budget, prep = self.budget, self.preprocessing
+        config = TrainConfig(
+            epochs=budget.epochs, batch_size=budget.batch_size, lr=budget.lr, weight_decay=weight_decay
+        )
+        torch.manual_seed(budget.seed)
+        model = create_model(name, len(train.classes), prep.channels, prep.img_size, **kwargs).to(self.device)
+        steps = num_batches(train, budget.batch_size)
+        optimizer, scheduler = build_optimizer(model, config, budget.epochs * steps)
+        generator = torch.Generator().manual_seed(budget.seed)
+        max_shift = max(1, prep.img_size // 8)
+        loss_fn = nn.CrossEntropyLoss()
+        started = time.perf_counter()
+        for _ in range(budget.epochs):
+            epoch_data = train
+            if augment:
+                shifted = random_shift(train.images, max_shift, generator)
+                epoch_data = ImageSet(shifted, train.labels, train.classes, train.sources)
+            with tqdm(total=steps, disable=True) as progress:
+                train_one_epoch(
+                    model,
+                    epoch_data,
+                    prep,
+                    optimizer,
+                    scheduler,
+                    loss_fn,
+                    self.device,
+                    budget.batch_size,
+                    generator,
+                    progress,
+                )
+            recompute_batch_norm(model, epoch_data, prep, self.device, budget.batch_size)
+        return model.eval(), time.perf_counter() - started
+
+    def accuracy(self, model: nn.Module, data: ImageSet | None = None) -> float:
+        return evaluate(model, self.test if data is None else data, self.preprocessing, self.device).accuracy
+
+
+def load_study(data: str, budget: Budget, data_dir: str | None = None, device: str = "auto") -> Study:
+    """Load ``data`` (a built-in name or a folder), cap its splits to the budget and fix the preprocessing."""
+    splits = load_data(data, data_dir=data_dir)
+    if len(splits.train) == 0 or len(splits.test) == 0:
+        raise CnnkitError(f"{data}: compare needs training and test images; this data has {len(splits.test)} test")
+    train = _cap(splits.train, budget.train_size, budget.seed)
+    test = _cap(splits.test, budget.test_size, budget.seed)
+    val = splits.val if len(splits.val) else test
+    _, channels, img_size, _ = train.images.shape
+    mean, std = channel_stats(train)
+    return Study(train, val, test, Preprocessing(img_size, channels, mean, std), budget, select_device(device))
+
+
+def _model_summary(study: Study, name: str, model: nn.Module, seconds: float) -> dict[str, Any]:
+    shape = tuple(study.train.images.shape[1:])
+    return {
+        "name": name,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "multiply_adds": multiply_adds(model, shape),
+        "train_seconds": seconds,
+        "train_accuracy": study.accuracy(model, study.train),
+        "val_accuracy": study.accuracy(model, study.val),
+        "test_accuracy": study.accuracy(model),
+    }
+
+
+def _robustness(study: Study, model: nn.Module) -> dict[str, list[list[float]]]:
+    return {
+        kind: [
+            [level, study.accuracy(model, ImageSet(perturb(study.test.images, kind, level), *_rest(study.test)))]
+            for level in levels
+        ]
+        for kind, levels in PERTURBATIONS.items()
+    }
+
+
+def _rest(data: ImageSet) -> tuple:
+    return data.labels, data.classes, data.sources
+
+
+def run_comparison(
+    data: str = "digits",
+    budget: Budget | None = None,
+    data_dir: str | None = None,
+    device: str = "auto",
+    say=print,
+) -> dict[str, Any]:
+    """Train and measure the CNN and the MLP; returns the results structure the verdict and report read.
+
+    Args:
+        data: A built-in dataset name or an image folder. Defaults to ``digits``.
+        budget: Training budget shared by both models; defaults to :class:`Budget` defaults.
+        data_dir: Folder holding a built-in dataset's files.
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+        say: Where progress lines go. Defaults to ``print``.
+
+    Example:
+        >>> results = run_comparison("digits", Budget(epochs=3))
+        >>> results["models"]["cnn"]["test_accuracy"] > 0.9
+        True
+    """
+    budget = budget or Budget()
+    if budget.epochs < 1 or budget.train_size < 20 or budget.test_size < 1:
+        raise CnnkitError("compare needs --epochs >= 1, --train-size >= 20 and --test-size >= 1")
+    started = time.perf_counter()
+    study = load_study(data, budget, data_dir, device)
+    results: dict[str, Any] = {
+        "data": data,
+        "image_shape": list(study.train.images.shape[1:]),
+        "classes": len(study.train.classes),
+        "sizes": {"train": len(study.train), "val": len(study.val), "test": len(study.test)},
+        "budget": asdict(budget),
+        "device": str(study.device),
+        "models": {},
+        "robustness": {},
+        "data_efficiency": {"fractions": list(FRACTIONS), "train_images": [], "cnn": [], "mlp": []},
+        "overfitting": {},
+    }
+    headline: dict[str, nn.Module] = {}
+    for key, name in (("cnn", CNN), ("mlp", MLP)):
+        say(f"{name}: training on {len(study.train)} images for {budget.epochs} epochs")
+        model, seconds = study.fit(name)
+        headline[key] = model
+        results["models"][key] = _model_summary(study, name, model, seconds)
+        say(f"{name}: test accuracy {results['models'][key]['test_accuracy']:.2%} ({seconds:.1f}s); perturbations")
+        results["robustness"][key] = {"clean": results["models"][key]["test_accuracy"], **_robustness(study, model)}
+        for fraction in FRACTIONS:
+            if fraction == 1.0:
+                accuracy = results["models"][key]["test_accuracy"]
+            else:
+                subset = stratified_subset(study.train, fraction, budget.seed)
+                accuracy = study.accuracy(study.fit(name, subset)[0])
+            results["data_efficiency"][key].append(accuracy)
+        say(f"{name}: data efficiency {[f'{a:.1%}' for a in results['data_efficiency'][key]]}")
+        results["overfitting"][key] = {}
+        for setting, options in (("plain", PLAIN), ("regularised", REGULARISED)):
+            model, _ = study.fit(name, **options)
+            train_accuracy, val_accuracy = study.accuracy(model, study.train), study.accuracy(model, study.val)
+            results["overfitting"][key][setting] = {
+                "train_accuracy": train_accuracy,
+                "val_accuracy": val_accuracy,
+                "gap": train_accuracy - val_accuracy,
+            }
+        say(f"{name}: overfitting {results['overfitting'][key]}")
+    results["data_efficiency"]["train_images"] = [
+        len(stratified_subset(study.train, f, budget.seed)) for f in FRACTIONS
+    ]
+    results["depth"] = []
+    for stages in STAGES:
+        model = headline["cnn"] if stages == 3 else study.fit(CNN, stages=stages)[0]  # 3: the default ConvNet
+        results["depth"].append(
+            {
+                "stages": stages,
+                "conv_layers": len([m for m in model.modules() if isinstance(m, nn.Conv2d)]),
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "test_accuracy": study.accuracy(model),
+            }
+        )
+        say(f"convnet with {stages} stage(s): test accuracy {results['depth'][-1]['test_accuracy']:.2%}")
+    results["seconds"] = time.perf_counter() - started
+    return results
+
+
+def compare(
+    data: str = "digits",
+    budget: Budget | None = None,
+    out: str | Path = "runs",
+    name: str | None = None,
+    data_dir: str | None = None,
+    device: str = "auto",
+    say=print,
+) -> tuple[dict[str, Any], Path]:
+    """Run the comparison and write ``report.html``, ``report.md``, ``results.json`` and PNG plots under ``out/name``.
+
+    Returns:
+        The results (with its ``verdict`` lines) and the report directory.
+    """
+    from cnnkit.checkpoint import new_run_dir
+    from cnnkit.compare_report import write_compare_report
+    from cnnkit.compare_verdict import verdict
+
+    out_dir = new_run_dir(out, name, "compare")
+    results = run_comparison(data, budget, data_dir, device, say)
+    results["verdict"] = verdict(results)
+    write_compare_report(results, out_dir)
+    return results, out_dir

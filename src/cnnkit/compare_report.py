@@ -1,0 +1,202 @@
+"""The ``cnnkit compare`` report: ``results.json``, PNG plots, and the same tables in Markdown and HTML."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from cnnkit.robustness import UNITS
+
+LABELS = {"cnn": "CNN (convnet)", "mlp": "MLP"}
+COLOURS = {"cnn": "tab:blue", "mlp": "tab:orange"}
+
+
+def _plot_summary(results: dict[str, Any], path: Path) -> None:
+    from cnnkit import figures
+
+    plt = figures.pyplot()
+    panels = [
+        ("parameters", "parameters"),
+        ("multiply_adds", "multiply-adds per image"),
+        ("train_seconds", "training seconds"),
+        ("test_accuracy", "test accuracy"),
+    ]
+    figure, axes_row = plt.subplots(1, len(panels), figsize=(13, 3.2))
+    for axes, (key, title) in zip(axes_row, panels):
+        values = [results["models"][m][key] for m in LABELS]
+        bars = axes.bar(list(LABELS.values()), values, color=list(COLOURS.values()))
+        axes.bar_label(bars, [f"{v:.1%}" if key == "test_accuracy" else f"{v:,.3g}" for v in values], fontsize=8)
+        axes.set_title(title, fontsize=10)
+        axes.tick_params(labelsize=8)
+    figures.save(figure, path)
+
+
+def _plot_data_efficiency(results: dict[str, Any], path: Path) -> None:
+    from cnnkit import figures
+
+    plt = figures.pyplot()
+    efficiency = results["data_efficiency"]
+    figure, axes = plt.subplots(figsize=(5.5, 3.8))
+    for key, label in LABELS.items():
+        axes.plot(efficiency["train_images"], efficiency[key], "o-", label=label, color=COLOURS[key])
+    axes.set(xscale="log", xlabel="training images (log scale)", ylabel="test accuracy", title="data efficiency")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figures.save(figure, path)
+
+
+def _plot_robustness(results: dict[str, Any], path: Path) -> None:
+    from cnnkit import figures
+
+    plt = figures.pyplot()
+    figure, axes_row = plt.subplots(1, len(UNITS), figsize=(16, 3.4), sharey=True)
+    for axes, (kind, unit) in zip(axes_row, UNITS.items()):
+        for key, label in LABELS.items():
+            points = results["robustness"][key][kind]
+            axes.plot([p[0] for p in points], [p[1] for p in points], "o-", label=label, color=COLOURS[key])
+            axes.axhline(results["robustness"][key]["clean"], color=COLOURS[key], ls="--", lw=0.8)
+        axes.set(title=kind, xlabel=unit)
+        axes.grid(alpha=0.3)
+    axes_row[0].set_ylabel("test accuracy (dashed: clean)")
+    axes_row[0].legend(fontsize=8)
+    figures.save(figure, path)
+
+
+def _plot_overfitting(results: dict[str, Any], path: Path) -> None:
+    from cnnkit import figures
+
+    plt = figures.pyplot()
+    figure, axes = plt.subplots(figsize=(6.5, 3.8))
+    names, train, val = [], [], []
+    for key, label in LABELS.items():
+        for setting in ("plain", "regularised"):
+            row = results["overfitting"][key][setting]
+            names.append(f"{label}\n{setting}")
+            train.append(row["train_accuracy"])
+            val.append(row["val_accuracy"])
+    positions = range(len(names))
+    axes.bar([p - 0.2 for p in positions], train, width=0.4, label="train")
+    axes.bar([p + 0.2 for p in positions], val, width=0.4, label="validation")
+    axes.set_xticks(list(positions), names, fontsize=8)
+    axes.set(ylim=(min(val + train) - 0.05, 1.0), ylabel="accuracy", title="train/validation gap")
+    axes.legend(fontsize=8)
+    figures.save(figure, path)
+
+
+def _plot_depth(results: dict[str, Any], path: Path) -> None:
+    from cnnkit import figures
+
+    plt = figures.pyplot()
+    figure, axes = plt.subplots(figsize=(5.5, 3.8))
+    depth = results["depth"]
+    axes.plot([r["conv_layers"] for r in depth], [r["test_accuracy"] for r in depth], "o-", color=COLOURS["cnn"])
+    for row in depth:
+        axes.annotate(f"{row['parameters'] / 1e3:.0f}k params", (row["conv_layers"], row["test_accuracy"]), fontsize=7)
+    axes.axhline(results["models"]["mlp"]["test_accuracy"], color=COLOURS["mlp"], ls="--", label="MLP")
+    axes.set(xlabel="convolution layers", ylabel="test accuracy", title="depth")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figures.save(figure, path)
+
+
+PLOTS = {
+    "summary.png": _plot_summary,
+    "data_efficiency.png": _plot_data_efficiency,
+    "robustness.png": _plot_robustness,
+    "overfitting.png": _plot_overfitting,
+    "depth.png": _plot_depth,
+}
+
+
+def _tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]], str]]:
+    """(section title, header, rows, plot file) for each part of the report."""
+    models = results["models"]
+    summary = [
+        [
+            LABELS[key],
+            f"{m['parameters']:,}",
+            f"{m['multiply_adds']:,}",
+            f"{m['train_seconds']:.1f}",
+            f"{m['test_accuracy']:.2%}",
+        ]
+        for key, m in models.items()
+    ]
+    efficiency = results["data_efficiency"]
+    data_rows = [
+        [f"{f:.0%}", str(n), f"{c:.2%}", f"{m:.2%}"]
+        for f, n, c, m in zip(efficiency["fractions"], efficiency["train_images"], efficiency["cnn"], efficiency["mlp"])
+    ]
+    robustness_rows = [["clean", "", *(f"{results['robustness'][k]['clean']:.2%}" for k in LABELS)]]
+    for kind, unit in UNITS.items():
+        for index, (level, _) in enumerate(results["robustness"]["cnn"][kind]):
+            accuracies = [f"{results['robustness'][k][kind][index][1]:.2%}" for k in LABELS]
+            robustness_rows.append([kind, f"{level:g} {unit}", *accuracies])
+    overfitting_rows = [
+        [LABELS[key], setting, f"{row['train_accuracy']:.2%}", f"{row['val_accuracy']:.2%}", f"{row['gap'] * 100:+.1f}"]
+        for key in LABELS
+        for setting, row in results["overfitting"][key].items()
+    ]
+    depth_rows = [
+        [str(r["stages"]), str(r["conv_layers"]), f"{r['parameters']:,}", f"{r['test_accuracy']:.2%}"]
+        for r in results["depth"]
+    ]
+    return [
+        (
+            "Size, cost and accuracy",
+            ["model", "parameters", "multiply-adds", "train s", "test acc"],
+            summary,
+            "summary.png",
+        ),
+        ("Data efficiency", ["share", "train images", "CNN", "MLP"], data_rows, "data_efficiency.png"),
+        ("Robustness (test accuracy)", ["perturbation", "level", "CNN", "MLP"], robustness_rows, "robustness.png"),
+        (
+            "Overfitting",
+            ["model", "regularisation", "train acc", "val acc", "gap (pp)"],
+            overfitting_rows,
+            "overfitting.png",
+        ),
+        ("Depth (CNN)", ["stages", "conv layers", "parameters", "test acc"], depth_rows, "depth.png"),
+    ]
+
+
+def _setup(results: dict[str, Any]) -> str:
+    budget, sizes = results["budget"], results["sizes"]
+    return (
+        f"Data `{results['data']}`: {sizes['train']} train / {sizes['val']} val / {sizes['test']} test images of "
+        f"shape {'x'.join(map(str, results['image_shape']))}, {results['classes']} classes. Both models: "
+        f"{budget['epochs']} epochs, batch {budget['batch_size']}, AdamW one-cycle lr {budget['lr']}, seed "
+        f"{budget['seed']}, on {results['device']}. The whole study took {results['seconds']:.0f} s."
+    )
+
+
+def to_markdown(results: dict[str, Any]) -> str:
+    """The report as Markdown, with the plots as relative image links."""
+    lines = ["# CNN or MLP? `cnnkit compare` report", "", _setup(results), "", "## Verdict", ""]
+    lines += [f"- {sentence}" for sentence in results["verdict"]]
+    for title, header, rows, plot in _tables(results):
+        lines += ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines += ["", f"![{title}]({plot})"]
+    return "\n".join(lines) + "\n"
+
+
+def to_html(results: dict[str, Any]) -> str:
+    from cnnkit import figures
+
+    parts = [f"<p>{html.escape(_setup(results))}</p><h2>Verdict</h2><ul>"]
+    parts += [f"<li>{html.escape(sentence)}</li>" for sentence in results["verdict"]]
+    parts.append("</ul>")
+    for title, header, rows, plot in _tables(results):
+        parts.append(f'<h2>{html.escape(title)}</h2>{figures.html_table(header, rows)}<img src="{plot}" alt="">')
+    return figures.html_page("CNN or MLP? cnnkit compare report", "".join(parts))
+
+
+def write_compare_report(results: dict[str, Any], out_dir: Path) -> None:
+    """Write ``results.json``, ``report.md``, ``report.html`` and the PNG plots into ``out_dir``."""
+    for name, plot in PLOTS.items():
+        plot(results, out_dir / name)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (out_dir / "report.md").write_text(to_markdown(results))
+    (out_dir / "report.html").write_text(to_html(results))
