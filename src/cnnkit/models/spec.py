@@ -5,14 +5,13 @@ letter and a number)::
 
     conv32k3 relu pool2 conv64k3 relu pool2 flatten fc128 relu dropout0.5 fc
 
-| token | layer | options |
-|---|---|---|
-| ``conv32``, ``conv1d32`` | convolution with 32 filters | ``k`` kernel (3), ``s`` stride (1), ``p`` padding (keeps the size), ``d`` dilation (1), ``g`` groups (1) |
-| ``pool2``, ``avgpool2``, ``pool1d2`` | max / average pooling, window 2 | ``s`` stride (the window) |
-| ``gap``, ``gmp`` | global average / max pooling to one value per channel | |
-| ``bn``, ``dropout0.5``, ``flatten`` | batch norm, dropout (0.5), flatten | |
-| ``relu`` ``lrelu`` ``elu`` ``gelu`` ``silu`` ``tanh`` ``sigmoid`` | activations | |
-| ``fc128`` | fully connected, 128 units; a bare ``fc`` is the output layer (one unit per class) | |
+- ``conv32``, ``conv1d32``: convolution with 32 filters; options ``k`` kernel (3), ``s`` stride (1),
+  ``p`` padding (default keeps the size at stride 1), ``d`` dilation (1), ``g`` groups (1).
+- ``pool2``, ``avgpool2``, ``pool1d2``, ``avgpool1d2``: max / average pooling, window 2; ``s`` stride (the window).
+- ``gap``, ``gmp``: global average / max pooling to one value per channel.
+- ``bn``, ``dropout0.5``, ``flatten``: batch norm, dropout (p defaults to 0.5), flatten.
+- ``relu`` ``lrelu`` ``elu`` ``gelu`` ``silu`` ``tanh`` ``sigmoid``: activations.
+- ``fc128``: fully connected, 128 units; a bare ``fc`` is the output layer (one unit per class).
 
 The same layers as YAML/JSON: ``{"input": [1, 28, 28], "layers": ["conv32k3", {"type": "relu"}, ...]}``;
 a mapping names its options in full (``out_channels``, ``kernel_size``, ``stride``, ``padding``,
@@ -250,7 +249,7 @@ class SpecNet(nn.Module):
 def spec(
     num_classes: int, in_channels: int = 3, img_size: int = 32, layers: list | str = DEFAULT_SPEC, input=None
 ) -> SpecNet:
-    """A network from a layer spec (default: ``conv32k3 relu pool2 conv64k3 relu pool2 flatten fc128 relu dropout0.5 fc``)."""
+    """A network from a layer spec (string, file or list; default: :data:`DEFAULT_SPEC`)."""
     parsed = parse_spec(layers)
     shape = tuple(input or parsed["input"] or (in_channels, img_size, img_size))
     if input is None and parsed["input"] is not None and len(shape) == 3 and shape != (in_channels, img_size, img_size):
