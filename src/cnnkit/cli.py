@@ -26,6 +26,15 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for spec in dataclasses.fields(TrainConfig):
         kind = int if "int" in str(spec.type) else float if "float" in str(spec.type) else str
         default = spec.default
+        if spec.type == "bool":
+            parser.add_argument(
+                f"--{spec.name}",
+                dest=spec.name,
+                action="store_true",
+                default=argparse.SUPPRESS,
+                help=spec.metadata["help"],
+            )
+            continue
         parser.add_argument(
             f"--{spec.name.replace('_', '-')}",
             dest=spec.name,

@@ -12,7 +12,7 @@ import json
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,11 @@ from cnnkit.config import TrainConfig
 from cnnkit.data import DataSplits, ImageSet, Preprocessing, load_data
 from cnnkit.data.loader import channel_stats, iterate_batches, num_batches
 from cnnkit.errors import CnnkitError
+from cnnkit.finetune import finetune_optimizer
 from cnnkit.metrics import EvalResult, confusion_matrix, per_class_report
-from cnnkit.models import ModelSpec, build, list_models
+from cnnkit.models import ModelSpec, build
+from cnnkit.models.pretrained import create_pretrained, pretrained_preprocessing
+from cnnkit.models.spec import resolve_model
 
 
 @dataclass
@@ -235,12 +238,14 @@ def fit(
     say = print if verbose else (lambda *_: None)
     started = time.perf_counter()
     device = select_device(config.device)
-    if config.model not in list_models():
-        raise CnnkitError(f"unknown model {config.model!r}; choose one of: {', '.join(list_models())}")
+    model_name, model_kwargs = resolve_model(config.model)
+    pretrained = config.pretrained or config.finetune or config.weights is not None
+    # ImageNet weights expect RGB at their own size unless told otherwise.
+    reference = pretrained_preprocessing(model_name) if pretrained else None
     splits = load_data(
         config.data,
-        config.img_size,
-        config.channels,
+        config.img_size or (reference and reference.img_size),
+        config.channels or (reference and 3),
         config.resize,
         config.val_split,
         config.test_split,
@@ -257,16 +262,23 @@ def fit(
     if len(splits.train) == 0:
         raise CnnkitError(f"{splits.name}: no readable training images")
     _, channels, img_size, _ = splits.train.images.shape
-    mean, std = channel_stats(splits.train)
-    preprocessing = Preprocessing(img_size, channels, mean, std, config.resize)
-    spec = ModelSpec(config.model, len(splits.classes), channels, img_size)
+    if pretrained:
+        preprocessing = replace(pretrained_preprocessing(model_name, img_size, channels), resize=config.resize)
+    else:
+        mean, std = channel_stats(splits.train)
+        preprocessing = Preprocessing(img_size, channels, mean, std, config.resize)
+    spec = ModelSpec(model_name, len(splits.classes), channels, img_size, model_kwargs)
     torch.manual_seed(config.seed)
-    model = build(spec).to(device)
+    model = (
+        create_pretrained(model_name, len(splits.classes), channels, img_size, config.weights)
+        if pretrained
+        else build(spec)
+    ).to(device)
     run_dir = new_run_dir(config.out, config.name, "train")
     config.save(run_dir / "config.yaml")
     _write_data_records(run_dir, splits)
     parameters = sum(p.numel() for p in model.parameters())
-    say(f"{_describe(splits)}\n{config.model}: {parameters / 1e6:.2f}M parameters on {device}; writing {run_dir}")
+    say(f"{_describe(splits)}\n{model_name}: {parameters / 1e6:.2f}M parameters on {device}; writing {run_dir}")
 
     steps_per_epoch = num_batches(splits.train, config.batch_size)
     optimizer, scheduler = build_optimizer(model, config, config.epochs * steps_per_epoch)
@@ -291,6 +303,8 @@ def fit(
     try:
         for epoch in range(1, config.epochs + 1):
             epoch_start = time.perf_counter()
+            if config.finetune and (phase := finetune_optimizer(model, config, epoch, steps_per_epoch)):
+                optimizer, scheduler = phase
             with tqdm(
                 total=steps_per_epoch,
                 desc=f"epoch {epoch}/{config.epochs}",
