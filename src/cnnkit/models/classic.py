@@ -5,10 +5,12 @@ unchanged. Two adaptations make them work on any input:
 
 - ``in_channels`` other than 3 replaces the first convolution (pretrained weights are
   summed over RGB for grayscale, see :func:`cnnkit.models.pretrained.adapt_input_conv`).
-- Below ``SMALL_INPUT`` pixels the stem stops downsampling (stride 1, no stem pooling),
-  as CIFAR versions of these networks do, and pools that would shrink the map below
-  2x2 are dropped, so a 28x28 digit keeps a feature map instead of collapsing to nothing.
-  Only strides and pools change, never weight shapes, so pretrained weights still fit.
+- Below ``SMALL_INPUT`` pixels the stem's first convolution stops striding (the network
+  downsamples 16x instead of 32x), pools that would shrink the map below 2x2 are dropped,
+  and AlexNet/VGG pool their last map to 1x1 instead of replicating it to 7x7 (which
+  saves 100M classifier weights), so a 28x28 digit keeps a feature map instead of
+  collapsing to nothing. Convolution weights keep their shapes, so pretrained weights
+  still fit (the 7x7-pooled classifier weights are summed, see ``create_pretrained``).
 """
 
 from __future__ import annotations
@@ -145,14 +147,19 @@ def alexnet(num_classes: int, in_channels: int = 3, img_size: int = 224) -> Clas
     net = tvm.alexnet(num_classes=num_classes)
     if _small(img_size):
         net.features[0].stride, net.features[0].padding = (1, 1), (5, 5)
+    return _pool_small_maps(net, 256, in_channels, img_size)
+
+
+def _pool_small_maps(net: nn.Module, num_features: int, in_channels: int, img_size: int) -> Classic:
     drop_small_pools(net.features, img_size)
-    return _seat(net, ["features"], ["classifier"], 256, in_channels)
+    if _small(img_size):
+        net.avgpool = nn.AdaptiveAvgPool2d(1)
+        net.classifier[1 if isinstance(net.classifier[0], nn.Dropout) else 0] = nn.Linear(num_features, 4096)
+    return _seat(net, ["features"], ["classifier"], num_features, in_channels)
 
 
 def _vgg(builder, num_classes: int, in_channels: int, img_size: int) -> Classic:
-    net = builder(num_classes=num_classes)
-    drop_small_pools(net.features, img_size)
-    return _seat(net, ["features"], ["classifier"], 512, in_channels)
+    return _pool_small_maps(builder(num_classes=num_classes), 512, in_channels, img_size)
 
 
 @register_model
@@ -172,7 +179,7 @@ def googlenet(num_classes: int, in_channels: int = 3, img_size: int = 224) -> Cl
     """GoogLeNet / Inception v1 (Szegedy et al. 2014), torchvision's version without auxiliary heads."""
     net = tvm.googlenet(num_classes=num_classes, aux_logits=False, transform_input=False, init_weights=True)
     if _small(img_size):
-        net.conv1.conv.stride, net.maxpool1 = (1, 1), nn.Identity()
+        net.conv1.conv.stride = (1, 1)
     body = ["conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a", "inception3b", "maxpool3"]
     body += [f"inception4{c}" for c in "abcde"] + ["maxpool4", "inception5a", "inception5b"]
     return _seat(net, body, ["dropout", "fc"], 1024, in_channels)
@@ -183,14 +190,21 @@ def inception_v3(num_classes: int, in_channels: int = 3, img_size: int = 299) ->
     """Inception v3 (Szegedy et al. 2015), torchvision's version without the auxiliary head.
 
     Its stem shrinks 299 pixels to 35 without padding; below 75 pixels (its smallest
-    input) the stem convolutions pad and stop striding and the stem pools are dropped.
+    input) the stem convolutions pad and stop striding, and a stem pool is kept only
+    while the map entering the Inception blocks stays at least 7x7 (the two reduction
+    blocks then still leave 1x1).
     """
     net = tvm.inception_v3(num_classes=num_classes, aux_logits=False, transform_input=False, init_weights=True)
     if img_size < 75:
         net.Conv2d_1a_3x3.conv.stride = (1, 1)
         for layer in (net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_4a_3x3):
             layer.conv.padding = (1, 1)
-        net.maxpool1, net.maxpool2 = nn.Identity(), nn.Identity()
+        size = img_size
+        for name in ("maxpool1", "maxpool2"):
+            if _side(size, getattr(net, name)) < 7:
+                setattr(net, name, nn.Identity())
+            else:
+                size = _side(size, getattr(net, name))
     body = ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3"]
     body += ["maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d"]
     body += ["Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"]
@@ -200,14 +214,14 @@ def inception_v3(num_classes: int, in_channels: int = 3, img_size: int = 299) ->
 def _resnet(builder, num_classes: int, in_channels: int, img_size: int) -> Classic:
     net = builder(num_classes=num_classes)
     if _small(img_size):
-        net.conv1.stride, net.maxpool = (1, 1), nn.Identity()
+        net.conv1.stride = (1, 1)
     body = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
     return _seat(net, body, ["fc"], net.fc.in_features, in_channels)
 
 
 @register_model
 def resnet18(num_classes: int, in_channels: int = 3, img_size: int = 224) -> Classic:
-    """ResNet-18 (He et al. 2015), torchvision's version; small inputs skip the stem's downsampling."""
+    """ResNet-18 (He et al. 2015), torchvision's version; small inputs get a stride-1 stem convolution."""
     return _resnet(tvm.resnet18, num_classes, in_channels, img_size)
 
 

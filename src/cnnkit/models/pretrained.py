@@ -140,6 +140,20 @@ def adapt_input_conv(model: nn.Module, in_channels: int) -> None:
     conv.in_channels = in_channels
 
 
+def _fold_pooled_classifier(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fit 7x7-pooled classifier weights (out, C*49) to a 1x1-pooled layer (out, C) by summing the positions.
+
+    Exact when the last map is 1x1, which AdaptiveAvgPool2d(7) would copy to all 49 positions.
+    """
+    expected = model.state_dict()
+    folded = dict(tensors)
+    for key, tensor in tensors.items():
+        shape = expected[key].shape if key in expected else None
+        if tensor.dim() == 2 and shape is not None and shape[0] == tensor.shape[0] and tensor.shape[1] == shape[1] * 49:
+            folded[key] = tensor.view(shape[0], shape[1], 49).sum(-1)
+    return folded
+
+
 def create_pretrained(
     name: str, num_classes: int, in_channels: int = 3, img_size: int | None = None, weights: str | Path | None = None
 ) -> nn.Module:
@@ -158,7 +172,7 @@ def create_pretrained(
     """
     img_size = img_size or pretrained_preprocessing(name).img_size
     model = create_model(name, IMAGENET_CLASSES, 3, img_size)
-    tensors = read_weights(name, weights)
+    tensors = _fold_pooled_classifier(model, read_weights(name, weights))
     try:
         model.load_state_dict(tensors)
     except RuntimeError as error:
