@@ -20,9 +20,10 @@ def test_summary_matches_hand_computed_figures():
     assert pool.output_shape == [8, 14, 14] and pool.parameters == 0
     assert conv2.parameters == 16 * 8 * 5 * 5 + 16 and conv2.mult_adds == 16 * 14 * 14 * (8 * 5 * 5)
     assert fc.parameters == 16 * 10 + 10 and fc.mult_adds == 160
-    # receptive fields: 3; pool 3 + 1 = 4 (jump 2); conv 5 at jump 2: 4 + 4 * 2 = 12; the head sees everything
+    # receptive fields: 3; pool 3 + 1 = 4 (jump 2); conv 5 at jump 2: 4 + 4 * 2 = 12;
+    # the global pool spans the 14x14 map at jump 2: 12 + 13 * 2 = 38 (more than the 28-pixel image, padding included)
     assert [conv1.receptive_field, pool.receptive_field, conv2.receptive_field] == [3, 4, 12]
-    assert fc.receptive_field == 28
+    assert rows["features.5.0"].receptive_field == 38 and fc.receptive_field == 38
     assert summary.parameters == 80 + 3216 + 170 and summary.mult_adds == 56448 + 627200 + 160
 
 

@@ -8,7 +8,8 @@ Receptive fields follow the data: a layer with kernel ``k``, dilation ``d`` and 
 ``s`` grows its input's field by ``(k - 1) * d * jump`` and multiplies the jump (pixels
 between neighbouring outputs) by ``s``. Where tensors meet outside a module (a residual
 addition, an Inception concatenation) the largest field so far is used, which is exact
-for both; global pools and fully connected layers see the whole image.
+for both. An adaptive pool is a window of about ``input / output`` pixels (a global pool
+spans the whole map); a fully connected layer sees at least the whole image.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch import nn
 from cnnkit.errors import CnnkitError
 
 WINDOWED = (nn.Conv1d, nn.Conv2d, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)
-GLOBAL = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.Linear)
+ADAPTIVE = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
 
 
 @dataclass
@@ -91,7 +92,10 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...], name: str = "model
         if isinstance(module, WINDOWED):
             dilation = _first(getattr(module, "dilation", 1))
             field, jump = field + (_first(module.kernel_size) - 1) * dilation * jump, jump * _first(module.stride)
-        elif isinstance(module, GLOBAL):
+        elif isinstance(module, ADAPTIVE):  # windows of about input/output pixels, one per output position
+            side_in, side_out = inputs[0].shape[-1], output.shape[-1]
+            field, jump = field + (-(-side_in // side_out) - 1) * jump, jump * (side_in // side_out)
+        elif isinstance(module, nn.Linear):
             field = max(field, image_side)
         fields[id(output)] = (field, jump, output)
         widest.append((field, jump))
