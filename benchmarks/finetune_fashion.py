@@ -46,16 +46,23 @@ def main() -> None:
     parser.add_argument("--img-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scratch-epochs", type=int, help="epochs for the from-scratch run (default: --epochs)")
+    parser.add_argument("--runs", default="scratch,finetune", help="which runs, comma-separated")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = write_folder(Path(tmp) / "fashion", args.per_class)
         common = dict(data=str(data), model=args.model, epochs=args.epochs, img_size=args.img_size, channels=3)
         common.update(batch_size=args.batch_size)
         common.update(seed=args.seed, out=str(Path(tmp) / "runs"), verbose=False)
-        for label, extra in (("scratch", {}), ("finetune", {"finetune": True})):
-            run = cnnkit.train(**common, **extra)
+        runs = {"scratch": {"epochs": args.scratch_epochs or args.epochs}, "finetune": {"finetune": True}}
+        for label in args.runs.split(","):
+            run = cnnkit.train(**{**common, **runs[label]})
             train_seconds = sum(row["seconds"] for row in run.history)
-            print(f"{label:<9} test accuracy {run.test.accuracy:.2%}  training {train_seconds:.0f} s", flush=True)
+            print(
+                f"{label:<9} {len(run.history)} epochs  test accuracy {run.test.accuracy:.2%}  "
+                f"training {train_seconds:.0f} s",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
