@@ -71,24 +71,18 @@ def _fake_official_file(tmp_path, name: str):
 def test_torchvision_weights_download_into_the_hub_cache(tmp_path, monkeypatch):
     served, state = _fake_official_file(tmp_path, "mobilenet_v3_small")
     monkeypatch.setattr(pretrained_module, "weights_url", lambda name: served.as_uri())
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    try:
-        model = create_pretrained("mobilenet_v3_small", num_classes=4, in_channels=1, img_size=32)
-        assert (tmp_path / "hub" / "checkpoints" / served.name).is_file()
-    finally:
-        torch.hub.set_dir(str(tmp_path / "unused"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    model = create_pretrained("mobilenet_v3_small", num_classes=4, in_channels=1, img_size=32)
+    assert (tmp_path / "hub" / "checkpoints" / served.name).is_file()
     assert torch.equal(model.features[1].block[0][0].weight, state["features.1.block.0.0.weight"])
     assert model.classifier[-1].out_features == 4 and model.features[0][0].in_channels == 1
 
 
 def test_missing_weights_offline_say_how_to_supply_them(tmp_path, monkeypatch):
     monkeypatch.setattr(pretrained_module, "weights_url", lambda name: (tmp_path / "nowhere" / "resnet18.pth").as_uri())
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    try:
-        with pytest.raises(CnnkitError, match="pass --weights PATH"):
-            create_pretrained("resnet18", num_classes=10)
-    finally:
-        torch.hub.set_dir(str(tmp_path / "unused"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(CnnkitError, match="pass --weights PATH"):
+        create_pretrained("resnet18", num_classes=10)
 
 
 def test_local_weights_file_in_safetensors(tmp_path):
