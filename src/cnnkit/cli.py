@@ -27,6 +27,15 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for spec in dataclasses.fields(TrainConfig):
         kind = int if "int" in str(spec.type) else float if "float" in str(spec.type) else str
         default = spec.default
+        if spec.type == "bool":
+            parser.add_argument(
+                f"--{spec.name}",
+                dest=spec.name,
+                action="store_true",
+                default=argparse.SUPPRESS,
+                help=spec.metadata["help"],
+            )
+            continue
         parser.add_argument(
             f"--{spec.name.replace('_', '-')}",
             dest=spec.name,
@@ -80,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     predict.add_argument("--out", default="runs", help="folder for the CSV of a folder's predictions (default: runs)")
     predict.add_argument("--name", help="run directory name under --out (default: predict, predict2, ...)")
+    predict.add_argument("--pretrained", action="store_true", help="MODEL is an architecture: use its ImageNet weights")
+    predict.add_argument("--weights", help="MODEL is an architecture: its ImageNet weights from this local file")
 
     check = commands.add_parser(
         "check",
@@ -130,6 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("models", help="list the available architectures")
     _add_deploy_commands(commands)
+
+    summary = commands.add_parser(
+        "summary",
+        help="layers, shapes, parameters, multiply-adds, receptive fields",
+        description="Per layer: output shape, parameters, multiply-adds, receptive field and, for convolutions, "
+        "the parameters a fully connected layer of the same sizes would need.",
+    )
+    summary.add_argument("model", metavar="MODEL", help="architecture name, layer spec (string or file), or checkpoint")
+    summary.add_argument("--img-size", type=int, help="input side (default: 224; checkpoints use their own)")
+    summary.add_argument("--channels", type=int, help="input channels (default: 3)")
+    summary.add_argument("--num-classes", type=int, help="output classes (default: 10)")
+    summary.add_argument("--json", action="store_true", help="print the summary as JSON")
     return parser
 
 
@@ -237,7 +260,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise CnnkitError("--top-k must be at least 1")
-    classifier = load(args.checkpoint, device=args.device)
+    classifier = load(args.checkpoint, device=args.device, pretrained=args.pretrained, weights=args.weights)
     paths, saw_folder = _expand_inputs(args.inputs)
     predictions, failures = classifier.predict_files(paths, args.top_k)
     if len(paths) == 1 and failures:
@@ -357,6 +380,14 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_summary(args: argparse.Namespace) -> int:
+    from cnnkit.summary import summarize_model
+
+    summary = summarize_model(args.model, args.img_size, args.channels, args.num_classes)
+    print(json.dumps(summary.to_dict()) if args.json else summary.format())
+    return 0
+
+
 COMMANDS = {
     "train": run_train,
     "evaluate": run_evaluate,
@@ -368,6 +399,7 @@ COMMANDS = {
     "serve": run_serve,
     "explain": run_explain,
     "compare": run_compare,
+    "summary": run_summary,
 }
 
 

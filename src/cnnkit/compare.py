@@ -24,13 +24,14 @@ from torch import nn
 from tqdm import tqdm
 
 from cnnkit.compare_budget import Budget
+from cnnkit.compute import select_device
 from cnnkit.config import TrainConfig
 from cnnkit.data import ImageSet, Preprocessing, load_data
 from cnnkit.data.loader import channel_stats, num_batches
 from cnnkit.errors import CnnkitError
 from cnnkit.models import create_model
 from cnnkit.robustness import PERTURBATIONS, perturb, random_shift
-from cnnkit.training import build_optimizer, evaluate, recompute_batch_norm, select_device, train_one_epoch
+from cnnkit.training import build_optimizer, evaluate, recompute_batch_norm, train_one_epoch
 
 CNN, MLP = "convnet", "mlp"
 FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)

@@ -34,6 +34,23 @@ class ComputeSettings:
         return asdict(self)
 
 
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CnnkitError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CnnkitError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return device
+
+
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with native bf16 matrix instructions (AVX-512 BF16 or AMX)."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")

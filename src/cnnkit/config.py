@@ -28,7 +28,21 @@ class TrainConfig:
         "folder holding a built-in dataset's files (default: $CNNKIT_DATA_DIR, "
         "system locations, then the download cache)",
     )
-    model: str = _option("convnet", "architecture name (see `cnnkit models`)")
+    model: str = _option(
+        "convnet", "architecture name (see `cnnkit models`), a layer spec string, or a .yaml/.json spec file"
+    )
+    pretrained: bool = _option(False, "start from ImageNet weights, with the preprocessing they expect")
+    weights: str | None = _option(
+        None, "local ImageNet weights file (safetensors, or a .pt/.pth state dict) for --pretrained/--finetune"
+    )
+    finetune: bool = _option(
+        False,
+        "fine-tune ImageNet weights: train a new head on the frozen body, then unfreeze with lower "
+        "learning rates for earlier layers",
+    )
+    freeze: int | None = _option(
+        None, "epochs that train only the new head before unfreezing (default with --finetune: 1)"
+    )
     epochs: int = _option(20, "passes over the training images")
     batch_size: int = _option(64, "images per training step")
     lr: float = _option(3e-3, "peak learning rate of the one-cycle schedule (AdamW)")
@@ -89,6 +103,8 @@ class TrainConfig:
             problems.append("img_size must be at least 4")
         if self.channels not in (None, 1, 3):
             problems.append("channels must be 1 or 3")
+        if self.freeze is not None and (self.freeze < 0 or not self.finetune):
+            problems.append("freeze must be at least 0 and is used only with finetune")
         if self.resize not in ("crop", "squash", "pad"):
             problems.append("resize must be crop, squash or pad")
         if not (0 <= self.val_split < 1 and 0 <= self.test_split < 1 and self.val_split + self.test_split < 1):

@@ -10,12 +10,14 @@ import numpy as np
 import torch
 
 from cnnkit.checkpoint import CheckpointInfo, load_model, resolve_checkpoint
+from cnnkit.compute import select_device
 from cnnkit.data import BUILTINS, ImageSet, SkippedFile, decode_image, load_data
 from cnnkit.data.decode import ImageDecodeError, ImageSource
 from cnnkit.data.folder import has_split_folders, read_folder
 from cnnkit.errors import CnnkitError
 from cnnkit.metrics import EvalResult
-from cnnkit.training import evaluate, predict_logits, select_device
+from cnnkit.models import ModelSpec
+from cnnkit.training import evaluate, predict_logits
 
 
 @dataclass
@@ -166,18 +168,32 @@ class Classifier:
         return ImageSet(images.images, mapping[images.labels], self.classes, images.sources)
 
 
-def load(path: str | Path, device: str = "auto") -> Classifier:
-    """Load a run directory or checkpoint file as a :class:`Classifier`.
+def load(path: str | Path, device: str = "auto", pretrained: bool = False, weights: str | None = None) -> Classifier:
+    """Load a run directory or checkpoint file as a :class:`Classifier`, or an ImageNet-pretrained architecture.
 
     Args:
-        path: A run directory from ``cnnkit train`` (its best checkpoint), a ``.safetensors`` checkpoint, or a
-            ``.onnx`` model from ``cnnkit export`` (run by ONNX Runtime on the CPU; ``device`` is ignored).
+        path: A run directory from ``cnnkit train`` (its best checkpoint), a ``.safetensors`` checkpoint, a
+            ``.onnx`` model from ``cnnkit export`` (run by ONNX Runtime on the CPU; ``device`` is ignored), or an
+            architecture name with ``pretrained`` or ``weights`` (ImageNet classes).
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``. Defaults to ``auto``.
+        pretrained: With an architecture name: its ImageNet weights. Defaults to False.
+        weights: With an architecture name: a local ImageNet weights file. Defaults to None.
+
+    Example:
+        >>> load("efficientnet_lite0", pretrained=True).predict("photo.jpg")[0].label
     """
     if Path(path).suffix.lower() == ".onnx":
         from cnnkit.runtime import OnnxClassifier
 
         return OnnxClassifier(path)
     target = select_device(device)
+    if pretrained or weights:
+        from cnnkit.models.pretrained import create_pretrained, imagenet_classes, pretrained_preprocessing
+
+        name = str(path)
+        preprocessing = pretrained_preprocessing(name)
+        model = create_pretrained(name, len(imagenet_classes()), weights=weights).to(target).eval()
+        spec = ModelSpec(name, len(imagenet_classes()), 3, preprocessing.img_size)
+        return Classifier(model, CheckpointInfo(spec, imagenet_classes(), preprocessing, {}), target)
     model, info = load_model(resolve_checkpoint(path), target)
     return Classifier(model, info, target)

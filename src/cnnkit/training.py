@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,17 @@ from tqdm import tqdm
 
 from cnnkit import runlog
 from cnnkit.checkpoint import BEST, LAST, CheckpointInfo, CheckpointWriteError, new_run_dir, save_checkpoint, versions
+from cnnkit.compute import select_device
 from cnnkit.config import TrainConfig
 from cnnkit.data import ImageSet, Preprocessing
 from cnnkit.data.check import check_bad_share, class_weights, prepare_data, sampling_weights
 from cnnkit.data.loader import channel_stats, iterate_batches, num_batches
 from cnnkit.errors import CnnkitError
+from cnnkit.finetune import finetune_optimizer
 from cnnkit.metrics import EvalResult, confusion_matrix, per_class_report
-from cnnkit.models import ModelSpec, build, list_models
+from cnnkit.models import ModelSpec, build
+from cnnkit.models.pretrained import create_pretrained, pretrained_preprocessing
+from cnnkit.models.spec import resolve_model
 from cnnkit.resume import (
     STATE,
     STEPS,
@@ -38,23 +43,6 @@ from cnnkit.resume import (
     truncate_logs,
 )
 from cnnkit.runlog import Run, StepLog
-
-
-def select_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then the CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CnnkitError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CnnkitError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    return device
 
 
 def build_optimizer(
@@ -190,13 +178,6 @@ def evaluate(
     return EvalResult(loss, accuracy, confusion.tolist(), per_class_report(confusion, data.classes), data.classes)
 
 
-def _emit(callbacks: Iterable[Any], event: str, **kwargs: Any) -> None:
-    for callback in callbacks:
-        method = getattr(callback, event, None)
-        if method is not None:
-            method(**kwargs)
-
-
 def fit(
     config: TrainConfig | None = None,
     callbacks: Iterable[Any] = (),
@@ -206,11 +187,9 @@ def fit(
 ) -> Run:
     """Train a model end to end and write its run directory.
 
-    The run directory holds ``config.yaml``, ``split.json``, ``metrics.csv``, ``steps.csv``
-    (the loss of every step), ``best.safetensors``, ``last.safetensors``,
-    ``state.safetensors`` (everything needed to resume exactly), ``environment.json``,
-    ``curves.png``, ``confusion_matrix.png`` and ``results.json`` (plus ``skipped.csv``
-    when some files could not be read). Ctrl-C stops after saving ``last.safetensors``.
+    The run directory's files are listed in the README ("Runs"): config, split, per-epoch and
+    per-step metrics, best/last checkpoints, the resumable state, plots and the report.
+    Ctrl-C stops after saving ``last.safetensors``.
 
     Args:
         config: Settings; defaults to :class:`TrainConfig` defaults.
@@ -234,15 +213,29 @@ def fit(
     say = print if verbose else (lambda *_: None)
     started = time.perf_counter()
     device = select_device(config.device)
-    if config.model not in list_models():
-        raise CnnkitError(f"unknown model {config.model!r}; choose one of: {', '.join(list_models())}")
-    splits = prepare_data(config, say)
+    model_name, model_kwargs = resolve_model(config.model)
+    pretrained = config.pretrained or config.finetune or config.weights is not None
+    # ImageNet weights expect RGB at their own size unless told otherwise.
+    reference = pretrained_preprocessing(model_name) if pretrained else None
+    data_config = replace(
+        config,
+        img_size=config.img_size or (reference and reference.img_size),
+        channels=config.channels or (reference and 3),
+    )
+    splits = prepare_data(data_config, say)
     _, channels, img_size, _ = splits.train.images.shape
-    mean, std = channel_stats(splits.train)
-    preprocessing = Preprocessing(img_size, channels, mean, std, config.resize)
-    spec = ModelSpec(config.model, len(splits.classes), channels, img_size)
+    if pretrained:
+        preprocessing = replace(pretrained_preprocessing(model_name, img_size, channels), resize=config.resize)
+    else:
+        mean, std = channel_stats(splits.train)
+        preprocessing = Preprocessing(img_size, channels, mean, std, config.resize)
+    spec = ModelSpec(model_name, len(splits.classes), channels, img_size, model_kwargs)
     torch.manual_seed(config.seed)
-    model = build(spec).to(device)
+    model = (
+        create_pretrained(model_name, len(splits.classes), channels, img_size, config.weights)
+        if pretrained
+        else build(spec)
+    ).to(device)
     if saved is None:
         run_dir = new_run_dir(config.out, config.name, "train")
         runlog.write_data_records(run_dir, splits)
@@ -253,7 +246,7 @@ def fit(
     runlog.write_environment(run_dir, config, device)
     check_bad_share(splits, config.max_bad_share, run_dir)
     parameters = sum(p.numel() for p in model.parameters())
-    say(f"{runlog.describe(splits)}\n{config.model}: {parameters / 1e6:.2f}M parameters on {device}; writing {run_dir}")
+    say(f"{runlog.describe(splits)}\n{model_name}: {parameters / 1e6:.2f}M parameters on {device}; writing {run_dir}")
 
     steps_per_epoch = num_batches(splits.train, config.batch_size)
     progress = saved.progress if saved is not None else Progress(cycles=[[1, config.epochs]])
@@ -311,13 +304,10 @@ def fit(
                     save(order_state)
 
             epoch_start = time.perf_counter()
-            with tqdm(
-                total=steps_per_epoch,
-                desc=f"epoch {epoch}/{config.epochs}",
-                leave=False,
-                disable=None if verbose else True,
-                dynamic_ncols=True,
-            ) as bar:
+            if config.finetune and (phase := finetune_optimizer(model, config, epoch, steps_per_epoch)):
+                optimizer, scheduler = phase
+            quiet = None if verbose else True  # None: a bar only on a terminal
+            with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=quiet) as bar:
                 train_loss, train_acc = train_one_epoch(
                     model,
                     splits.train,
@@ -360,7 +350,8 @@ def fit(
                 f"epoch {epoch:>{len(str(config.epochs))}}/{config.epochs}  train loss {train_loss:.4f} "
                 f"acc {train_acc:.2%}  val loss {val.loss:.4f} acc {val.accuracy:.2%}  {row['seconds']:.1f}s"
             )
-            _emit(callbacks, "on_epoch_end", run_dir=run_dir, row=row)
+            for callback in callbacks:
+                getattr(callback, "on_epoch_end", lambda **_: None)(run_dir=run_dir, row=row)
     except KeyboardInterrupt:
         interrupted = True
         save_checkpoint(run_dir / LAST, model, info(len(history), history[-1] if history else {}))

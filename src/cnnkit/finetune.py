@@ -1,0 +1,68 @@
+"""Fine-tuning schedule: train the new head on a frozen body, then everything with discriminative learning rates.
+
+This is fastai's ``fine_tune`` recipe (Howard & Gugger 2020, after ULMFiT, Howard & Ruder
+2018): a freshly initialised head first learns on top of fixed pretrained features, so
+its random gradients never reach (and scramble) the body; then the body is unfrozen at
+half the learning rate, with earlier layers, whose generic edge and texture detectors
+need the least change, getting 10x and 100x less than the layers near the head.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cnnkit.config import TrainConfig
+
+BODY_GROUPS = 2  # body split into early and late layers; with the head that is lr/100, lr/10, lr
+LR_RATIO = 10.0
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The classifier's parameters: those of the last linear layer (what ``reset_classifier`` replaces)."""
+    return list([m for m in model.modules() if isinstance(m, nn.Linear)][-1].parameters())
+
+
+def body_parameters(model: nn.Module) -> list[nn.Parameter]:
+    head = {id(p) for p in head_parameters(model)}
+    return [p for p in model.parameters() if id(p) not in head]
+
+
+def set_body_frozen(model: nn.Module, frozen: bool) -> None:
+    """Stop (or restart) gradients for every parameter but the head's."""
+    for parameter in body_parameters(model):
+        parameter.requires_grad_(not frozen)
+
+
+def freeze_epochs(config: TrainConfig) -> int:
+    return 1 if config.freeze is None else config.freeze
+
+
+def finetune_optimizer(
+    model: nn.Module, config: TrainConfig, epoch: int, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler] | None:
+    """The optimizer and schedule that start at ``epoch`` (1-based), or None when the phase does not change.
+
+    Epochs ``1..freeze`` train only the head at ``config.lr``; the rest train every layer,
+    parameters split in forward order into early body, late body and head with peak rates
+    ``lr/200``, ``lr/20`` and ``lr/2``. Each phase has its own one-cycle schedule.
+    """
+    freeze = min(freeze_epochs(config), config.epochs)
+    if epoch == 1 and freeze > 0:
+        set_body_frozen(model, True)
+        groups, peaks, epochs = [{"params": head_parameters(model)}], [config.lr], freeze
+    elif epoch == freeze + 1:
+        set_body_frozen(model, False)
+        body = body_parameters(model)
+        size = -(-len(body) // BODY_GROUPS)
+        chunks = [body[i : i + size] for i in range(0, len(body), size)] + [head_parameters(model)]
+        groups = [{"params": chunk} for chunk in chunks]
+        peaks = [config.lr / 2 / LR_RATIO ** (len(chunks) - 1 - index) for index in range(len(chunks))]
+        epochs = config.epochs - freeze
+    else:
+        return None
+    for group, peak in zip(groups, peaks):
+        group["lr"] = peak
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=epochs * steps_per_epoch)
+    return optimizer, scheduler

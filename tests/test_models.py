@@ -1,0 +1,56 @@
+"""Every registered architecture: small grayscale inputs, one training step, the shared interface."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cnnkit.models import create_model, list_models
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_model_trains_one_step_and_predicts_on_28x28_grayscale(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3, in_channels=1, img_size=28)
+    images, labels = torch.randn(2, 1, 28, 28), torch.tensor([0, 2])
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)  # plain SGD: no optimizer state for 130M-weight VGGs
+    model.train()
+    loss = torch.nn.functional.cross_entropy(model(images), labels)
+    loss.backward()
+    optimizer.step()
+    assert torch.isfinite(loss)
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    model.eval()
+    with torch.no_grad():
+        features = model.forward_features(images)
+        logits = model(images)
+        assert logits.shape == (2, 3)
+        assert torch.allclose(model.forward_head(features), logits, atol=1e-5)
+    assert features.shape[1] == model.num_features
+    model.reset_classifier(5)
+    assert model.forward_head(features).shape == (2, 5)
+
+
+@pytest.mark.parametrize("name", ["alexnet", "vgg11", "googlenet", "inception_v3", "lenet5", "resnet18"])
+def test_model_keeps_a_feature_map_on_8x8_digits(name):
+    model = create_model(name, num_classes=10, in_channels=1, img_size=8).eval()
+    with torch.no_grad():
+        features = model.forward_features(torch.zeros(1, 1, 8, 8))
+    assert features.shape[-1] >= 1 and model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_large_inputs_keep_the_original_stems():
+    resnet = create_model("resnet18", num_classes=10, img_size=224)
+    assert resnet.conv1.stride == (2, 2) and isinstance(resnet.maxpool, torch.nn.MaxPool2d)
+    small = create_model("resnet18", num_classes=10, img_size=28)
+    assert small.conv1.stride == (1, 1)
+
+
+def test_torchvision_architectures_keep_torchvision_parameter_names():
+    import torchvision
+
+    ours = create_model("resnet50", num_classes=1000, img_size=224).state_dict()
+    theirs = torchvision.models.resnet50().state_dict()
+    assert list(ours) == list(theirs)
+    assert all(ours[k].shape == theirs[k].shape for k in theirs)
