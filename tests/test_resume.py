@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -142,10 +143,12 @@ def short_run(tmp_path_factory) -> Path:
 
 
 def copy_run(run_dir: Path, target: Path) -> Path:
-    target.mkdir()
-    for path in run_dir.iterdir():
-        (target / path.name).write_bytes(path.read_bytes())
+    shutil.copytree(run_dir, target)
     return target
+
+
+def contents(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
 
 
 def test_resume_extends_a_finished_run(short_run, tmp_path):
@@ -160,7 +163,7 @@ def test_resume_extends_a_finished_run(short_run, tmp_path):
 
 
 def test_resume_refuses_changed_settings_other_class_counts_and_truncated_state(short_run, tmp_path):
-    before = {p.name: p.read_bytes() for p in short_run.iterdir()}
+    before = contents(short_run)
     with pytest.raises(CnnkitError, match=r"cannot change lr \(0\.003 -> 0\.1\)"):
         cnnkit.train(resume=short_run, lr=0.1, verbose=False)
     with pytest.raises(CnnkitError, match=r"--epochs 0|epochs must be at least 1|fewer than"):
@@ -179,7 +182,7 @@ def test_resume_refuses_changed_settings_other_class_counts_and_truncated_state(
     (truncated / STATE).write_bytes(whole[: len(whole) // 2])
     with pytest.raises(CnnkitError, match=r"truncated"):
         cnnkit.train(resume=truncated, verbose=False)
-    assert {p.name: p.read_bytes() for p in short_run.iterdir()} == before  # nothing restarted or rewritten
+    assert contents(short_run) == before  # nothing restarted or rewritten
 
     with pytest.raises(CnnkitError, match=r"holds no resumable state"):
         cnnkit.train(resume=tmp_path, verbose=False)
