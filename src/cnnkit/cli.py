@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cnnkit import __version__
+from cnnkit import __version__, cli_deploy
 from cnnkit.compare_budget import Budget
 from cnnkit.config import TrainConfig
 from cnnkit.errors import CnnkitError
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--json", action="store_true", help="print the results as JSON")
 
     commands.add_parser("models", help="list the available architectures")
-    _add_deploy_commands(commands)
+    cli_deploy.add_commands(commands)
 
     summary = commands.add_parser(
         "summary",
@@ -154,47 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--num-classes", type=int, help="output classes (default: 10)")
     summary.add_argument("--json", action="store_true", help="print the summary as JSON")
     return parser
-
-
-def _add_deploy_commands(commands: argparse._SubParsersAction) -> None:
-    export = commands.add_parser(
-        "export",
-        help="export to ONNX, verified against PyTorch; optionally int8",
-        description="Export a run to ONNX (uint8 input, normalisation inside), then check it against PyTorch "
-        "on the run's validation images.",
-    )
-    export.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
-    export.add_argument("--format", default="onnx", choices=("onnx",), help="export format (default: onnx)")
-    export.add_argument("--int8", action="store_true", help="also write a static int8 model (QDQ, per-channel)")
-    export.add_argument("--atol", type=float, default=1e-3, help="largest allowed logit difference (default: 1e-3)")
-    export.add_argument(
-        "--max-accuracy-drop", type=float, default=0.5, help="int8: largest allowed accuracy drop in points (0.5)"
-    )
-    export.add_argument("--out", default="runs", help="folder for the export directory (default: runs)")
-    export.add_argument("--name", help="export directory name under --out (default: export, export2, ...)")
-
-    benchmark = commands.add_parser(
-        "benchmark",
-        help="latency and throughput: PyTorch eager, ONNX Runtime fp32 and int8",
-        description="Batch-1 latency (p50/p99) and batch-32 throughput on this machine.",
-    )
-    benchmark.add_argument("target", metavar="RUN_OR_MODEL")
-    benchmark.add_argument("--seconds", type=float, default=2.0, help="time per measurement (default: 2)")
-    benchmark.add_argument("--threads", type=int, help="intra-op threads for every runtime (default: all cores)")
-    benchmark.add_argument("--json", action="store_true", help="print the rows as JSON")
-
-    serve = commands.add_parser(
-        "serve",
-        help="HTTP prediction service with a web page",
-        description="Serve POST /predict, GET /health, GET / (a web page) and the OpenAPI schema at /docs.",
-    )
-    serve.add_argument("checkpoint", metavar="RUN_OR_ONNX")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body (default: 10)")
-    serve.add_argument("--max-concurrency", type=int, default=2, help="predictions run at once (default: 2)")
-    serve.add_argument("--max-queue", type=int, default=64, help="requests waiting before 503 (default: 64)")
-    serve.add_argument("--timeout", type=float, default=10.0, help="seconds per request before 504 (default: 10)")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -358,28 +317,6 @@ def run_models(_: argparse.Namespace) -> int:
     return 0
 
 
-def run_export(args: argparse.Namespace) -> int:
-    from cnnkit.export import export_onnx
-
-    export_onnx(args.checkpoint, args.out, args.name, args.int8, args.atol, args.max_accuracy_drop)
-    return 0
-
-
-def run_benchmark(args: argparse.Namespace) -> int:
-    from cnnkit.benchmark import benchmark, format_table
-
-    rows = benchmark(args.target, args.seconds, threads=args.threads)
-    print(json.dumps(rows) if args.json else format_table(rows))
-    return 0
-
-
-def run_serve(args: argparse.Namespace) -> int:
-    from cnnkit.serve import serve
-
-    serve(args.checkpoint, args.host, args.port, args.max_upload_mb, args.max_concurrency, args.max_queue, args.timeout)
-    return 0
-
-
 def run_summary(args: argparse.Namespace) -> int:
     from cnnkit.summary import summarize_model
 
@@ -394,9 +331,7 @@ COMMANDS = {
     "predict": run_predict,
     "check": run_check,
     "models": run_models,
-    "export": run_export,
-    "benchmark": run_benchmark,
-    "serve": run_serve,
+    **cli_deploy.COMMANDS,
     "explain": run_explain,
     "compare": run_compare,
     "summary": run_summary,
