@@ -4,19 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from cnnkit.figures import pyplot
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
     """Loss and accuracy per epoch, train against validation."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [row["epoch"] for row in history]
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 4))
     for split in ("train", "val"):
@@ -34,7 +27,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
 def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, title: str = "confusion matrix") -> None:
     """Counts with rows as true classes, shaded by the share of each row."""
-    plt = _pyplot()
+    plt = pyplot()
     size = max(4.0, 0.5 * len(classes) + 2)
     figure, axes = plt.subplots(figsize=(size + 1, size))
     totals = [max(1, sum(row)) for row in confusion]
