@@ -1,3 +1,4 @@
+import dataclasses
 import gzip
 import shutil
 import struct
@@ -57,6 +58,8 @@ def test_bad_images_are_skipped_and_reported(shapes_folder):
     assert [item.path for item in splits.skipped] == ["circle/broken.jpg"]
     assert sum(map(len, (splits.train, splits.val, splits.test))) == 36
     assert splits.classes == ["circle", "square", "triangle"]
+    for label, source in zip(splits.train.labels.tolist(), splits.train.sources):
+        assert source.startswith(splits.classes[label] + "/")  # labels skip the empty class folder
     assert any("empty_class" in warning for warning in splits.warnings)
     assert any("1 file(s) without an image extension" in warning for warning in splits.warnings)
     assert (shapes_folder / "circle" / "broken.jpg").read_bytes() == b"not a jpeg"  # user data untouched
@@ -112,25 +115,20 @@ def test_builtin_found_through_environment_variable(tmp_path, monkeypatch):
     assert len(load_data("mnist").test) == 20
 
 
+def use_mirrors(monkeypatch, name: str, mirrors: tuple[str, ...]) -> builtin.BuiltinDataset:
+    """Point a built-in dataset's downloads at ``mirrors`` (local file URLs: tests never use the network)."""
+    dataset = builtin.BUILTINS[name]
+    monkeypatch.setitem(builtin.BUILTINS, name, dataclasses.replace(dataset, mirrors=mirrors))
+    return dataset
+
+
 def test_download_fetches_into_cache_from_mirror(tmp_path, monkeypatch):
     source = make_idx_dataset(tmp_path / "server")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("CNNKIT_DATA_DIR", raising=False)
-    dataset = builtin.BUILTINS["mnist"]
-    monkeypatch.setitem(
-        builtin.BUILTINS,
-        "mnist",
-        builtin.BuiltinDataset(
-            dataset.name,
-            28,
-            1,
-            dataset.classes,
-            dataset.files,
-            ("file:///nonexistent/", source.as_uri() + "/"),
-            dataset.reader,
-        ),
-    )
-    assert len(load_data("mnist").train) + len(load_data("mnist").val) == 40
+    dataset = use_mirrors(monkeypatch, "mnist", ("file:///nonexistent/", source.as_uri() + "/"))
+    splits = load_data("mnist")
+    assert len(splits.train) + len(splits.val) == 40
     assert sorted(p.name for p in (tmp_path / "cache" / "cnnkit" / "datasets" / "mnist").iterdir()) == sorted(
         dataset.files
     )
@@ -139,14 +137,7 @@ def test_download_fetches_into_cache_from_mirror(tmp_path, monkeypatch):
 def test_offline_download_gives_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("CNNKIT_DATA_DIR", raising=False)
-    dataset = builtin.BUILTINS["cifar10"]
-    monkeypatch.setitem(
-        builtin.BUILTINS,
-        "cifar10",
-        builtin.BuiltinDataset(
-            dataset.name, 32, 3, dataset.classes, dataset.files, ("file:///nonexistent/",), dataset.reader
-        ),
-    )
+    use_mirrors(monkeypatch, "cifar10", ("file:///nonexistent/",))
     with pytest.raises(CnnkitError, match=r"could not be downloaded.*--data-dir"):
         load_data("cifar10")
     assert not any((tmp_path / "cache" / "cnnkit" / "datasets" / "cifar10").glob("*"))  # no partial file left

@@ -156,7 +156,8 @@ def load_folder(
         raise CnnkitError(
             f"{train_dir} has only one class ({classes[0]}); a classifier needs at least two class subfolders"
         )
-    files, _ = list_images(train_dir, classes)
+    relabel = {old: new for new, old in enumerate(sorted(used_labels))}  # labels index the non-empty classes
+    files = [(rel, relabel[label]) for rel, label in files]
     train, skipped = read_images(train_dir, files, classes, img_size, channels, resize, workers)
     channels = train.images.shape[1]
     prefix = "" if train_dir == root else f"{train_dir.name}/"
