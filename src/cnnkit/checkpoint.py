@@ -142,7 +142,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
         model.load_state_dict(tensors)
     except RuntimeError as error:
         raise CnnkitError(
-            f"{resolve_checkpoint(path)}: weights do not fit {info.model.name} ({str(error).splitlines()[1:2]})"
+            f"{resolve_checkpoint(path)}: weights do not fit {info.model.name} "
+            f"({' '.join(line.strip() for line in str(error).splitlines()[1:2])})"
         ) from None
     return model.to(device).eval(), info
 

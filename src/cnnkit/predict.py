@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,7 +155,12 @@ class Classifier:
             )
             return self._relabel(getattr(splits, split), data), splits.skipped
         return read_folder(
-            Path(data).expanduser(), prep.img_size, prep.channels, prep.resize, workers=8, classes=self.classes
+            Path(data).expanduser(),
+            prep.img_size,
+            prep.channels,
+            prep.resize,
+            workers=os.cpu_count() or 1,
+            classes=self.classes,
         )
 
     def _relabel(self, images: ImageSet, data: str) -> ImageSet:
