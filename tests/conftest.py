@@ -47,6 +47,20 @@ def make_shapes_folder(root: Path, per_class: int = 12, seed: int = 0, sizes=((4
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Keep the decoded-image and scan caches of the tests (and their subprocesses) out of the user's cache."""
+    import os
+
+    previous = os.environ.get("CNNKIT_CACHE_DIR")
+    os.environ["CNNKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("cnnkit-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("CNNKIT_CACHE_DIR")
+    else:
+        os.environ["CNNKIT_CACHE_DIR"] = previous
+
+
 @pytest.fixture
 def shapes_folder(tmp_path: Path) -> Path:
     return make_shapes_folder(tmp_path / "shapes")

@@ -39,7 +39,7 @@ pytestmark = [
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("CNNKIT_CACHE_DIR", str(tmp_path / "cache" / "cnnkit"))
 
 
 def encoded(image: Image.Image, format: str, **kwargs) -> bytes:

@@ -111,7 +111,7 @@ def test_idx_dataset_is_read_from_data_dir(tmp_path):
 def test_builtin_found_through_environment_variable(tmp_path, monkeypatch):
     make_idx_dataset(tmp_path / "datasets" / "mnist")
     monkeypatch.setenv("CNNKIT_DATA_DIR", str(tmp_path / "datasets"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("CNNKIT_CACHE_DIR", str(tmp_path / "cache" / "cnnkit"))
     assert len(load_data("mnist").test) == 20
 
 
@@ -124,7 +124,7 @@ def use_mirrors(monkeypatch, name: str, mirrors: tuple[str, ...]) -> builtin.Bui
 
 def test_download_fetches_into_cache_from_mirror(tmp_path, monkeypatch):
     source = make_idx_dataset(tmp_path / "server")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("CNNKIT_CACHE_DIR", str(tmp_path / "cache" / "cnnkit"))
     monkeypatch.delenv("CNNKIT_DATA_DIR", raising=False)
     dataset = use_mirrors(monkeypatch, "mnist", ("file:///nonexistent/", source.as_uri() + "/"))
     splits = load_data("mnist")
@@ -135,7 +135,7 @@ def test_download_fetches_into_cache_from_mirror(tmp_path, monkeypatch):
 
 
 def test_offline_download_gives_one_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("CNNKIT_CACHE_DIR", str(tmp_path / "cache" / "cnnkit"))
     monkeypatch.delenv("CNNKIT_DATA_DIR", raising=False)
     use_mirrors(monkeypatch, "cifar10", ("file:///nonexistent/",))
     with pytest.raises(CnnkitError, match=r"could not be downloaded.*--data-dir"):

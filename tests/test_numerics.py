@@ -10,11 +10,11 @@ from tqdm import tqdm
 
 import cnnkit
 from cnnkit.data import ImageSet, Preprocessing
+from cnnkit.epochs import train_one_epoch
 from cnnkit.errors import CnnkitError
 from cnnkit.resume import read_state
 from cnnkit.runlog import StepLog
 from cnnkit.safeload import load_tensors
-from cnnkit.training import train_one_epoch
 
 SETTINGS = {"data": "digits", "epochs": 1, "batch_size": 128, "seed": 4, "verbose": False}
 

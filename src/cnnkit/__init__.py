@@ -23,7 +23,7 @@ _EXPORTS = {
     "Run": "cnnkit.runlog",
     "TrainConfig": "cnnkit.config",
     "create_model": "cnnkit.models",
-    "evaluate": "cnnkit.training",
+    "evaluate": "cnnkit.epochs",
     "list_models": "cnnkit.models",
     "load": "cnnkit.predict",
     "load_data": "cnnkit.data",

@@ -28,10 +28,11 @@ from cnnkit.compute import select_device
 from cnnkit.config import TrainConfig
 from cnnkit.data import ImageSet, Preprocessing, load_data
 from cnnkit.data.loader import channel_stats, num_batches
+from cnnkit.epochs import evaluate, recompute_batch_norm, train_one_epoch
 from cnnkit.errors import CnnkitError
 from cnnkit.models import create_model
 from cnnkit.robustness import PERTURBATIONS, perturb, random_shift
-from cnnkit.training import build_optimizer, evaluate, recompute_batch_norm, train_one_epoch
+from cnnkit.training import build_optimizer
 
 CNN, MLP = "convnet", "mlp"
 FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)

@@ -33,6 +33,10 @@ class ComputeSettings:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def describe(self) -> str:
+        compiled = ", compiled" if self.compile else ""
+        return f"{self.precision}, {self.memory_format}{compiled}, {self.threads} threads"
+
 
 def select_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA, then Apple MPS, then the CPU."""

@@ -64,6 +64,14 @@ class TrainConfig:
     class_weights: str = _option("none", "none, or balanced: weight the loss by inverse class frequency")
     sampler: str = _option("shuffle", "shuffle (each image once per epoch) or balanced (classes drawn equally)")
     max_bad_share: float = _option(0.01, "abort when more than this share of the image files cannot be read")
+    augment: str = _option(
+        "auto",
+        "batch augmentation: auto (chosen per dataset), none, or a list such as "
+        "crop=4,hflip,rotate=10,scale=0.1,translate=0.1,brightness=0.2,contrast=0.2,saturation=0.2,erasing=0.25",
+    )
+    precision: str = _option("auto", "auto (bf16 where the hardware has it, fp16 on older GPUs), fp32, bf16, fp16")
+    memory_format: str = _option("auto", "auto, channels_last or contiguous (auto: channels_last for CNNs)")
+    compile: bool = _option(False, "compile the model with torch.compile (slow first steps; pays on long GPU runs)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -119,6 +127,10 @@ class TrainConfig:
             problems.append("class_weights must be none or balanced")
         if self.sampler not in ("shuffle", "balanced"):
             problems.append("sampler must be shuffle or balanced")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            problems.append("precision must be auto, fp32, bf16 or fp16")
+        if self.memory_format not in ("auto", "channels_last", "contiguous"):
+            problems.append("memory_format must be auto, channels_last or contiguous")
         if not 0 <= self.max_bad_share <= 1:
             problems.append("max_bad_share must be in [0, 1]")
         if problems:

@@ -15,10 +15,10 @@ from cnnkit.compute import select_device
 from cnnkit.data import BUILTINS, ImageSet, SkippedFile, decode_image, load_data
 from cnnkit.data.decode import ImageDecodeError, ImageSource
 from cnnkit.data.folder import has_split_folders, read_folder
+from cnnkit.epochs import evaluate, predict_logits
 from cnnkit.errors import CnnkitError
 from cnnkit.metrics import EvalResult
 from cnnkit.models import ModelSpec
-from cnnkit.training import evaluate, predict_logits
 
 
 @dataclass

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from cnnkit.data import ImageSet, Preprocessing
+from cnnkit.epochs import predict_logits
 from cnnkit.metrics import confusion_matrix, per_class_report
-from cnnkit.training import predict_logits
 
 CALIBRATION_BINS = 10
 GALLERY_SIZE = 12

@@ -9,6 +9,7 @@ import platform
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -120,8 +121,10 @@ class StepLog:
         self._stream.close()
 
 
-def write_environment(run_dir: Path, config: TrainConfig, device: torch.device) -> None:
-    """``environment.json``: library versions, device, threads and settings, to tell runs apart later.
+def write_environment(
+    run_dir: Path, config: TrainConfig, device: torch.device, compute: dict[str, Any] | None = None
+) -> None:
+    """``environment.json``: library versions, device, threads, compute choices and settings, to tell runs apart.
 
     A resumed run adds its own record under ``resumed``: bitwise resume needs the same versions.
     """
@@ -148,6 +151,7 @@ def write_environment(run_dir: Path, config: TrainConfig, device: torch.device) 
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "compute": compute or {},
         "config": config.to_dict(),
     }
     path = run_dir / "environment.json"

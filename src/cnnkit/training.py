@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,16 +18,17 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from cnnkit import runlog
+from cnnkit import compute, runlog
 from cnnkit.checkpoint import BEST, LAST, CheckpointInfo, CheckpointWriteError, new_run_dir, save_checkpoint, versions
 from cnnkit.compute import select_device
 from cnnkit.config import TrainConfig
-from cnnkit.data import ImageSet, Preprocessing
+from cnnkit.data import Preprocessing
+from cnnkit.data.augment import parse_augmentation
 from cnnkit.data.check import check_bad_share, class_weights, prepare_data, sampling_weights
-from cnnkit.data.loader import channel_stats, iterate_batches, num_batches
+from cnnkit.data.loader import channel_stats, num_batches
+from cnnkit.epochs import NonFiniteStep, evaluate, recompute_batch_norm, train_one_epoch
 from cnnkit.errors import CnnkitError
 from cnnkit.finetune import finetune_optimizer
-from cnnkit.metrics import EvalResult, confusion_matrix, per_class_report
 from cnnkit.models import ModelSpec, build
 from cnnkit.models.pretrained import create_pretrained, pretrained_preprocessing
 from cnnkit.models.spec import resolve_model
@@ -52,130 +53,6 @@ def build_optimizer(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps)
     return optimizer, scheduler
-
-
-class NonFiniteStep(CnnkitError):
-    """A training step whose loss or gradient is NaN or infinite."""
-
-
-def train_one_epoch(
-    model: nn.Module,
-    data: ImageSet,
-    preprocessing: Preprocessing,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    loss_fn: nn.Module,
-    device: torch.device,
-    batch_size: int,
-    generator: torch.Generator,
-    progress: tqdm,
-    tally: EpochTally | None = None,
-    on_step: Callable[[float, bool], None] | None = None,
-    clip_grad_norm: float | None = None,
-    skip_nonfinite: bool = False,
-    sample_weights: torch.Tensor | None = None,
-) -> tuple[float, float]:
-    """One pass over ``data`` in shuffled batches; returns (mean loss, accuracy).
-
-    ``tally`` continues an epoch stopped part-way: its first ``tally.batches`` batches are
-    skipped. ``on_step(loss, skipped)`` runs after every optimizer step. A NaN or infinite
-    loss or gradient raises :class:`NonFiniteStep` before the weights change, or with
-    ``skip_nonfinite`` leaves the weights alone for that step and reports it as skipped.
-    """
-    tally = tally or EpochTally()
-    model.train()
-    progress.update(tally.batches)
-    batches = iterate_batches(data, batch_size, True, generator, start=tally.batches, weights=sample_weights)
-    for images, labels in batches:
-        if len(labels) < 2:  # batch norm cannot train on a single image
-            tally.batches += 1
-            continue
-        inputs = preprocessing.normalize(images.to(device, non_blocking=True))  # (B, C, H, W) float
-        labels = labels.to(device, non_blocking=True)
-        logits = model(inputs)  # (B, K)
-        loss = loss_fn(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        # With no limit this only measures the norm (the scale factor is exactly 1).
-        norm = nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm or math.inf)
-        value = loss.item()
-        finite = math.isfinite(value) and bool(torch.isfinite(norm))
-        if not finite and not skip_nonfinite:
-            raise NonFiniteStep(f"loss {value}, gradient norm {norm.item()}")
-        if finite:
-            optimizer.step()
-            tally.total_loss += value * len(labels)
-            tally.correct += (logits.argmax(1) == labels).sum().item()
-            tally.seen += len(labels)
-        scheduler.step()
-        tally.batches += 1
-        progress.update()
-        if on_step is not None:
-            on_step(value, not finite)
-        if tally.batches % 10 == 0 and tally.seen:
-            progress.set_postfix_str(f"loss {tally.total_loss / tally.seen:.4f} acc {tally.correct / tally.seen:.2%}")
-    return tally.total_loss / max(1, tally.seen), tally.correct / max(1, tally.seen)
-
-
-@torch.no_grad()
-def recompute_batch_norm(
-    model: nn.Module,
-    data: ImageSet,
-    preprocessing: Preprocessing,
-    device: torch.device,
-    batch_size: int,
-    max_batches: int = 20,
-) -> None:
-    """Set batch-norm running statistics to exact averages over up to ``max_batches`` training batches.
-
-    The running averages kept during training lag behind the weights; with few steps per
-    epoch (small datasets) they are far off and validation accuracy collapses. Recomputing
-    them (PreciseBN) costs a few forward passes and fixes that; the fixed generator keeps
-    it deterministic.
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    momenta = [norm.momentum for norm in norms]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average over the batches below
-    model.train()
-    batches = iterate_batches(data, batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))
-    for _, (images, _) in zip(range(max_batches), batches):
-        if len(images) > 1:
-            model(preprocessing.normalize(images.to(device)))
-    for norm, momentum in zip(norms, momenta):
-        norm.momentum = momentum
-
-
-@torch.no_grad()
-def predict_logits(
-    model: nn.Module, images: torch.Tensor, preprocessing: Preprocessing, device: torch.device, batch_size: int = 256
-) -> torch.Tensor:
-    """Logits (N, K) on the CPU for uint8 images (N, C, H, W)."""
-    model.eval()
-    outputs = [
-        model(preprocessing.normalize(images[i : i + batch_size].to(device))).float().cpu()
-        for i in range(0, len(images), batch_size)
-    ]
-    return torch.cat(outputs) if outputs else torch.zeros(0, 0)
-
-
-def evaluate(
-    model: nn.Module, data: ImageSet, preprocessing: Preprocessing, device: torch.device, batch_size: int = 256
-) -> EvalResult:
-    """Loss, accuracy, confusion matrix and per-class report of ``model`` on ``data``."""
-    num_classes = len(data.classes)
-    if len(data) == 0:
-        empty = [[0] * num_classes for _ in range(num_classes)]
-        return EvalResult(math.nan, math.nan, empty, per_class_report(torch.tensor(empty), data.classes), data.classes)
-    logits = predict_logits(model, data.images, preprocessing, device, batch_size)
-    loss = nn.functional.cross_entropy(logits, data.labels).item()
-    predictions = logits.argmax(1)
-    confusion = confusion_matrix(predictions, data.labels, num_classes)
-    accuracy = (predictions == data.labels).double().mean().item()
-    return EvalResult(loss, accuracy, confusion.tolist(), per_class_report(confusion, data.classes), data.classes)
 
 
 def fit(
@@ -235,7 +112,10 @@ def fit(
         create_pretrained(model_name, len(splits.classes), channels, img_size, config.weights)
         if pretrained
         else build(spec)
-    ).to(device)
+    )
+    settings = compute.resolve(device, config.precision, config.memory_format, config.compile)
+    model = compute.prepare_model(model, settings)
+    augment = parse_augmentation(config.augment, splits.name, img_size)
     if saved is None:
         run_dir = new_run_dir(config.out, config.name, "train")
         runlog.write_data_records(run_dir, splits)
@@ -243,10 +123,13 @@ def fit(
         run_dir = Path(resume).expanduser()
         saved.check_spec(spec, splits.classes, runlog.check_same_split(run_dir, splits))
     config.save(run_dir / "config.yaml")
-    runlog.write_environment(run_dir, config, device)
+    runlog.write_environment(run_dir, config, device, {**settings.to_dict(), "augment": augment and augment.to_dict()})
     check_bad_share(splits, config.max_bad_share, run_dir)
     parameters = sum(p.numel() for p in model.parameters())
-    say(f"{runlog.describe(splits)}\n{model_name}: {parameters / 1e6:.2f}M parameters on {device}; writing {run_dir}")
+    say(
+        f"{runlog.describe(splits)}\n{model_name}: {parameters / 1e6:.2f}M parameters on {device} "
+        f"({settings.describe()}); augment: {augment.describe() if augment else 'none'}; writing {run_dir}"
+    )
 
     steps_per_epoch = num_batches(splits.train, config.batch_size)
     progress = saved.progress if saved is not None else Progress(cycles=[[1, config.epochs]])
@@ -266,6 +149,7 @@ def fit(
     loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
     sample_weights = sampling_weights(splits.train.labels, config.sampler)
     generator = torch.Generator().manual_seed(config.seed)
+    scaler = compute.grad_scaler(settings)
     best_state = None
     if saved is not None:
         best_state = saved.restore(model, optimizer, None if starts_cycle(first_epoch) else scheduler, generator)
@@ -324,6 +208,9 @@ def fit(
                     config.clip_grad_norm,
                     config.nonfinite == "skip",
                     sample_weights,
+                    augment,
+                    settings,
+                    scaler,
                 )
             recompute_batch_norm(model, splits.train, preprocessing, device, config.batch_size)
             val = evaluate(model, splits.val, preprocessing, device)

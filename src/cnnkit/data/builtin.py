@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cnnkit.data.cache import cache_root
 from cnnkit.data.decode import resize_image, to_array
 from cnnkit.data.imageset import DataSplits, ImageSet, stratified_split
 from cnnkit.errors import CnnkitError
@@ -158,8 +159,8 @@ BUILTINS = {
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "cnnkit" / "datasets"
+    """Where downloaded datasets are kept: ``datasets/`` under :func:`cnnkit.data.cache.cache_root`."""
+    return cache_root() / "datasets"
 
 
 def _has_files(folder: Path, files: tuple[str, ...]) -> bool:

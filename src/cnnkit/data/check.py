@@ -21,7 +21,8 @@ import torch
 
 from cnnkit.config import TrainConfig
 from cnnkit.data import load_data
-from cnnkit.data.builtin import BUILTINS, cache_dir
+from cnnkit.data.builtin import BUILTINS
+from cnnkit.data.cache import cache_root
 from cnnkit.data.decode import IMAGE_EXTENSIONS, MAX_PIXELS, ImageDecodeError, load_image
 from cnnkit.data.folder import SPLIT_FOLDERS
 from cnnkit.data.imageset import DataSplits, SkippedFile
@@ -216,7 +217,7 @@ def scan_folder(root: str | Path, use_cache: bool = True, workers: int | None = 
     if not root.is_dir():
         raise CnnkitError(f"data folder not found: {root}; give a folder with one subfolder per class")
     images, hidden, others, links = _list_files(root)
-    cache = cache_dir().parent / "scans" / f"{_cache_key(root, images)}.json"
+    cache = cache_root() / "scans" / f"{_cache_key(root, images)}.json"
     if use_cache and cache.is_file():
         try:
             return ScanReport.from_dict(json.loads(cache.read_text()))

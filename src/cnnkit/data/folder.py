@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from cnnkit.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, load_image, resize_image, to_array
+from cnnkit.data.cache import decode_cached
+from cnnkit.data.decode import IMAGE_EXTENSIONS
 from cnnkit.data.imageset import DataSplits, ImageSet, SkippedFile, stratified_split
 from cnnkit.errors import CnnkitError
 
@@ -48,11 +47,6 @@ def list_images(root: Path, classes: list[str]) -> tuple[list[tuple[str, int]], 
     return files, others
 
 
-def _decode_file(path: Path, img_size: int, resize: str) -> tuple[np.ndarray, bool]:
-    image = load_image(path)
-    return to_array(resize_image(image, img_size, resize), 3), image.mode == "L"
-
-
 def read_images(
     root: Path,
     files: list[tuple[str, int]],
@@ -62,28 +56,15 @@ def read_images(
     resize: str,
     workers: int,
 ) -> tuple[ImageSet, list[SkippedFile]]:
-    """Decode files in parallel into an :class:`ImageSet`; unreadable files are skipped and returned.
+    """Decode files (through the image cache) into an :class:`ImageSet`; unreadable files are skipped and returned.
 
-    With ``channels=None`` the set is grayscale when every image is, otherwise RGB.
+    With ``channels=None`` the set is grayscale when every image is, otherwise RGB. The
+    images keep the order of ``files``, as a view of the memory-mapped cache entry.
     """
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = [pool.submit(_decode_file, root / rel, img_size, resize) for rel, _ in files]
-    arrays, labels, sources, grays, skipped = [], [], [], [], []
-    for (rel, label), future in zip(files, futures):
-        try:
-            array, is_gray = future.result()
-        except ImageDecodeError as error:
-            skipped.append(SkippedFile(rel, str(error).replace(str(root / rel), "file")))
-            continue
-        arrays.append(array)
-        labels.append(label)
-        sources.append(rel)
-        grays.append(is_gray)
-    if channels is None:
-        channels = 1 if grays and all(grays) else 3
-    stacked = np.stack(arrays) if arrays else np.zeros((0, 3, img_size, img_size), np.uint8)
-    images = torch.from_numpy(stacked[:, :1].copy() if channels == 1 else stacked)
-    return ImageSet(images, torch.tensor(labels, dtype=torch.long), classes, sources), skipped
+    decoded = decode_cached(root, [rel for rel, _ in files], img_size, channels, resize, workers)
+    labels = torch.tensor([files[i][1] for i in decoded.kept], dtype=torch.long)
+    skipped = [SkippedFile(files[i][0], reason) for i, reason in decoded.failures]
+    return ImageSet(decoded.images, labels, classes, [files[i][0] for i in decoded.kept]), skipped
 
 
 def _split_dir(root: Path, split: str) -> Path | None:
@@ -157,12 +138,25 @@ def load_folder(
             f"{train_dir} has only one class ({classes[0]}); a classifier needs at least two class subfolders"
         )
     relabel = {old: new for new, old in enumerate(sorted(used_labels))}  # labels index the non-empty classes
-    files = [(rel, relabel[label]) for rel, label in files]
-    train, skipped = read_images(train_dir, files, classes, img_size, channels, resize, workers)
-    channels = train.images.shape[1]
     prefix = "" if train_dir == root else f"{train_dir.name}/"
-    for item in skipped:
-        item.path = prefix + item.path
+    # The split is drawn from the file list, before decoding, so the cache can store each
+    # split as one contiguous block (no copies, even for data larger than memory) and a
+    # file that fails to decode moves no other file between splits.
+    labels = torch.tensor([relabel[label] for _, label in files], dtype=torch.long)
+    sources = [prefix + rel for rel, _ in files]
+    missing = [split for split in ("test", "val") if train_dir == root or _split_dir(root, split) is None]
+    fractions = [test_split if "test" in missing else 0.0, val_split if "val" in missing else 0.0]
+    parts = stratified_split(labels, sources, fractions)  # test, val, train
+    ordered = [(files[i][0], int(labels[i])) for part in parts for i in part]
+    everything, failed = read_images(train_dir, ordered, classes, img_size, channels, resize, workers)
+    channels = everything.images.shape[1]
+    skipped = [SkippedFile(prefix + item.path, item.reason) for item in failed]
+    everything.sources = [prefix + source for source in everything.sources]
+    failed_paths = {item.path for item in failed}
+    bounds = [0]
+    for part in parts:
+        bounds.append(bounds[-1] + sum(1 for i in part if files[i][0] not in failed_paths))
+    carved = {name: everything.slice(bounds[k], bounds[k + 1]) for k, name in enumerate(("test", "val", "train"))}
 
     given: dict[str, ImageSet] = {}
     for split in ("val", "test"):
@@ -173,10 +167,7 @@ def load_folder(
         skipped += [SkippedFile(f"{split_dir.name}/{s.path}", s.reason) for s in split_skipped]
         images.sources = [f"{split_dir.name}/{source}" for source in images.sources]
         given[split] = images
-    train.sources = [prefix + source for source in train.sources]
 
-    fractions = [test_split if "test" not in given else 0.0, val_split if "val" not in given else 0.0]
-    test_idx, val_idx, train_idx = stratified_split(train.labels, train.sources, fractions)
     rule = (
         "given folders"
         if not fractions[0] and not fractions[1]
@@ -186,9 +177,9 @@ def load_folder(
     )
     return DataSplits(
         name=str(root),
-        train=train.subset(train_idx),
-        val=given["val"] if "val" in given else train.subset(val_idx),
-        test=given["test"] if "test" in given else train.subset(test_idx),
+        train=carved["train"],
+        val=given.get("val", carved["val"]),
+        test=given.get("test", carved["test"]),
         split_rule=rule,
         skipped=skipped,
         warnings=warnings,

@@ -14,7 +14,8 @@ class ImageSet:
     """Images ready for the model, with their labels and where each came from.
 
     Attributes:
-        images: uint8 tensor (N, C, H, W).
+        images: uint8 tensor (N, C, H, W); for image folders a channels-last view of the
+            memory-mapped cache, so take batches by index rather than copying it whole.
         labels: int64 tensor (N,).
         classes: Class names; ``labels`` index into it.
         sources: One provenance string per image: a file path relative to the dataset
@@ -30,8 +31,15 @@ class ImageSet:
         return len(self.labels)
 
     def subset(self, indices: Sequence[int] | torch.Tensor) -> ImageSet:
+        """The images at ``indices``, copied; every index in order returns this set itself."""
         index = torch.as_tensor(indices, dtype=torch.long)
+        if len(index) == len(self) and bool((index == torch.arange(len(self))).all()):
+            return self
         return ImageSet(self.images[index], self.labels[index], self.classes, [self.sources[i] for i in index.tolist()])
+
+    def slice(self, start: int, stop: int) -> ImageSet:
+        """Images ``start:stop`` as a view: no pixels are copied."""
+        return ImageSet(self.images[start:stop], self.labels[start:stop], self.classes, self.sources[start:stop])
 
 
 @dataclass

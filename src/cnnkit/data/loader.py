@@ -8,6 +8,8 @@ import torch
 
 from cnnkit.data.imageset import ImageSet
 
+STATS_BLOCK = 1024  # images per block when summing channel statistics
+
 
 def iterate_batches(
     images: ImageSet,
@@ -37,7 +39,19 @@ def num_batches(images: ImageSet, batch_size: int) -> int:
 
 
 def channel_stats(images: ImageSet) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and standard deviation of pixels scaled to [0, 1]."""
-    pixels = images.images.transpose(0, 1).reshape(images.images.shape[1], -1).double() / 255.0  # (C, N*H*W)
-    std = pixels.std(dim=1).clamp(min=1e-3)
-    return tuple(pixels.mean(dim=1).tolist()), tuple(std.tolist())
+    """Per-channel mean and standard deviation of pixels scaled to [0, 1].
+
+    Summed in blocks of images, so a memory-mapped set larger than memory is read once, never copied whole.
+    """
+    channels = images.images.shape[1]
+    total = torch.zeros(channels, dtype=torch.float64)
+    squares = torch.zeros(channels, dtype=torch.float64)
+    for start in range(0, len(images), STATS_BLOCK):
+        block = images.images[start : start + STATS_BLOCK].transpose(0, 1).reshape(channels, -1).double()
+        total += block.sum(1)
+        squares += (block * block).sum(1)
+    count = max(1, len(images) * images.images.shape[2] * images.images.shape[3])
+    mean = total / count / 255.0
+    variance = (squares / count / 255.0**2 - mean * mean) * count / max(1, count - 1)
+    std = variance.clamp(min=0).sqrt().clamp(min=1e-3)
+    return tuple(mean.tolist()), tuple(std.tolist())

@@ -1,0 +1,241 @@
+"""Decoded-image cache: each image folder is decoded and resized once, into a memory-mapped uint8 file.
+
+Later epochs and later runs read pixels straight from the page cache instead of decoding
+JPEGs again. An entry is a directory ``<cache>/images/<key>/`` holding ``pixels.u8`` (raw
+uint8 rows of shape (H, W, C), channels last) and ``meta.json``. The key hashes the file
+list with sizes and modification times, the preprocessing and the row order, so any change
+to the files builds a fresh entry.
+
+Safety: an entry is built in a private temporary directory and published with one atomic
+rename, so an interrupted build never leaves a half-written entry that could be read. A
+lock file makes a second run that starts at the same time wait for the first build and
+reuse it instead of decoding everything twice. Files are memory-mapped copy-on-write:
+nothing a run does can change an entry on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnkit.data.decode import MAX_PIXELS, ImageDecodeError, decode_resized, to_array
+
+CACHE_VERSION = 1
+PIXELS = "pixels.u8"
+META = "meta.json"
+CHUNK = 128  # files per task: large enough to amortise process hand-offs, small enough to balance cores
+
+
+def cache_root() -> Path:
+    """``$CNNKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/cnnkit``, else ``~/.cache/cnnkit``."""
+    if configured := os.environ.get("CNNKIT_CACHE_DIR"):
+        return Path(configured).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "cnnkit"
+
+
+@dataclass
+class DecodedImages:
+    """The decoded rows of one folder, in the order asked for, with the files that could not be decoded.
+
+    Attributes:
+        images: uint8 tensor (N, C, H, W), a channels-last view of the memory-mapped file.
+        kept: For each row of ``images``, its index in the list of files asked for.
+        failures: (index in the file list, reason) for each file left out.
+        all_gray: Every decoded image was grayscale.
+    """
+
+    images: torch.Tensor
+    kept: list[int]
+    failures: list[tuple[int, str]]
+    all_gray: bool
+
+
+def cache_key(root: Path, files: Sequence[str], img_size: int, channels: int | None, resize: str) -> str:
+    """Hash of everything that decides an entry's bytes: files (names, sizes, mtimes), order and preprocessing."""
+    digest = hashlib.sha256(f"{CACHE_VERSION}:{MAX_PIXELS}:{img_size}:{channels}:{resize}:{root.resolve()}".encode())
+    for rel in files:
+        try:
+            status = (root / rel).stat()
+            digest.update(f"\0{rel}\0{status.st_size}\0{status.st_mtime_ns}".encode("utf-8", "surrogateescape"))
+        except OSError:
+            digest.update(f"\0{rel}\0missing".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:32]
+
+
+def _decode_chunk(
+    pixels_path: str, shape: tuple[int, ...], root: str, rows: list[tuple[int, str]], img_size: int, resize: str
+) -> tuple[list[tuple[int, str]], list[int]]:
+    """Decode files into their rows of the shared file; returns (failures, rows that were colour)."""
+    pixels = np.memmap(pixels_path, np.uint8, "r+", shape=shape)
+    channels = shape[-1]
+    failures, colour = [], []
+    for row, rel in rows:
+        path = os.path.join(root, rel)
+        try:
+            image = decode_resized(path, img_size, resize)
+        except ImageDecodeError as error:
+            failures.append((row, str(error).replace(path, "file")))
+            continue
+        if image.mode != "L":
+            colour.append(row)
+        pixels[row] = to_array(image, channels).transpose(1, 2, 0)
+    pixels.flush()
+    return failures, colour
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    # fork starts workers in milliseconds; the workers only run Pillow and NumPy, never torch.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+
+
+def _build(
+    entry: Path, root: Path, files: Sequence[str], img_size: int, channels: int | None, resize: str, workers: int
+) -> None:
+    """Decode every file into a temporary directory, drop failed rows, and publish it as ``entry``."""
+    staging = entry.with_name(f"{entry.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    staging.mkdir(parents=True)
+    try:
+        stored_channels = channels or 3
+        shape = (len(files), img_size, img_size, stored_channels)
+        pixels_path = staging / PIXELS
+        with open(pixels_path, "wb") as handle:
+            handle.truncate(int(np.prod(shape)))
+        rows = list(enumerate(files))
+        chunks = [rows[i : i + CHUNK] for i in range(0, len(rows), CHUNK)]
+        failures: list[tuple[int, str]] = []
+        colour: set[int] = set()
+        args = (str(pixels_path), shape, str(root))
+        if workers > 1 and len(chunks) > 1:
+            with _pool(workers) as pool:
+                results = list(pool.map(_decode_chunk, *zip(*[(*args, c, img_size, resize) for c in chunks])))
+        else:
+            results = [_decode_chunk(*args, c, img_size, resize) for c in chunks]
+        for chunk_failures, chunk_colour in results:
+            failures += chunk_failures
+            colour.update(chunk_colour)
+        failed = {row for row, _ in failures}
+        kept = [row for row in range(len(files)) if row not in failed]
+        all_gray = not colour and bool(kept)
+        out_channels = 1 if channels is None and all_gray else stored_channels
+        _compact(pixels_path, shape, kept, out_channels)
+        meta = {
+            "version": CACHE_VERSION,
+            "shape": [len(kept), img_size, img_size, out_channels],
+            "kept": kept,
+            "failures": failures,
+            "all_gray": all_gray,
+        }
+        (staging / META).write_text(json.dumps(meta))
+        for name in (PIXELS, META):
+            with open(staging / name, "rb") as handle:
+                os.fsync(handle.fileno())
+        try:
+            os.rename(staging, entry)
+        except OSError:
+            if not (entry / META).is_file():  # not a build that finished first: a real error
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _compact(pixels_path: Path, shape: tuple[int, ...], kept: list[int], channels: int) -> None:
+    """Move kept rows to the front (keeping ``channels``) and cut the file to size, in bounded-memory blocks."""
+    if len(kept) == shape[0] and channels == shape[-1]:
+        return
+    pixels = np.memmap(pixels_path, np.uint8, "r+", shape=shape)
+    block = max(1, (64 << 20) // max(1, int(np.prod(shape[1:]))))
+    for start in range(0, len(kept), block):  # kept is increasing, so rows only ever move forwards in the file
+        rows = kept[start : start + block]
+        chunk = np.array(pixels[rows][..., :channels])  # (b, H, W, channels)
+        flat = pixels.reshape(-1)
+        offset = start * int(np.prod(shape[1:3])) * channels
+        flat[offset : offset + chunk.size] = chunk.reshape(-1)
+    pixels.flush()
+    del pixels
+    with open(pixels_path, "r+b") as handle:
+        handle.truncate(len(kept) * shape[1] * shape[2] * channels)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (POSIX); elsewhere the atomic rename alone keeps entries whole."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _open_entry(entry: Path) -> DecodedImages | None:
+    try:
+        meta = json.loads((entry / META).read_text())
+        if meta.get("version") != CACHE_VERSION:
+            return None
+        shape = tuple(meta["shape"])
+        if (entry / PIXELS).stat().st_size != int(np.prod(shape)):
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if shape[0] == 0:
+        pixels = torch.zeros(shape, dtype=torch.uint8)
+    else:
+        pixels = torch.from_numpy(np.memmap(entry / PIXELS, np.uint8, "c", shape=shape))
+    failures = [(int(row), str(reason)) for row, reason in meta["failures"]]
+    return DecodedImages(pixels.permute(0, 3, 1, 2), [int(i) for i in meta["kept"]], failures, bool(meta["all_gray"]))
+
+
+def decode_cached(
+    root: Path,
+    files: Sequence[str],
+    img_size: int,
+    channels: int | None,
+    resize: str,
+    workers: int,
+    cache: Path | None = None,
+) -> DecodedImages:
+    """Decode ``files`` (relative to ``root``) at ``img_size``, through the cache.
+
+    With ``channels=None`` the rows are grayscale when every image is, otherwise RGB.
+    The first call decodes in ``workers`` processes; later calls with the same files and
+    preprocessing only map the file.
+    """
+    base = (cache or cache_root()) / "images"
+    entry = base / cache_key(root, files, img_size, channels, resize)
+    found = _open_entry(entry)
+    if found is not None:
+        return found
+    with _locked(entry.with_name(entry.name + ".lock")):
+        found = _open_entry(entry)  # built by a run that held the lock before us
+        if found is not None:
+            return found
+        if entry.exists():  # an entry from another cnnkit version or damaged: replace it
+            shutil.rmtree(entry)
+        for stale in base.glob(f"{entry.name}.tmp-*"):  # left by an interrupted build of this key
+            shutil.rmtree(stale, ignore_errors=True)
+        _build(entry, root, files, img_size, channels, resize, workers)
+    found = _open_entry(entry)
+    if found is None:
+        raise OSError(f"the image cache entry {entry} could not be read back after building it")
+    return found
