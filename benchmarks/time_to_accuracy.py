@@ -121,7 +121,8 @@ def main() -> None:
             theirs = run_tutorial_loop(args.epochs, args.batch_size, args.target, torchvision_raw(Path(scratch)))
     verdict = "reached" if ours["test_accuracy"] >= args.target else "MISSED"
     print(f"\ncnnkit: test accuracy {ours['test_accuracy']:.2%} ({verdict} {args.target:.1%}) after "
-          f"{ours['train_seconds']:.1f}s of training ({ours['wall']:.1f}s wall), peak memory {ours['peak_mb']:.0f} MB")  # fmt: skip
+          f"{ours['train_seconds']:.1f}s of training ({ours['wall']:.1f}s wall), "
+          f"peak memory {ours['peak_mb']:.0f} MB")  # fmt: skip
     if theirs is not None:
         when = f"{theirs['reached']:.1f}s" if theirs["reached"] is not None else "not within the run"
         print(f"tutorial loop: test accuracy {theirs['test_accuracy']:.2%} after {theirs['train_seconds']:.1f}s; "

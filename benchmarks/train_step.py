@@ -33,14 +33,17 @@ from cnnkit.models import ModelSpec, build
 from cnnkit.training import build_optimizer
 
 
-def matmul_peak(dtype: torch.dtype, side: int = 2048, seconds: float = 2.0) -> float:
+def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 2.0) -> float:
     """FLOP/s of a large square matrix multiply: the most this machine does in ``dtype``."""
-    a, b = torch.randn(side, side, dtype=dtype), torch.randn(side, side, dtype=dtype)
+    side = 8192 if device.type == "cuda" else 2048
+    a, b = (torch.randn(side, side, dtype=dtype, device=device) for _ in range(2))
     a @ b
+    _synchronize(device)
     start, count = time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
         a @ b
         count += 1
+    _synchronize(device)
     return 2 * side**3 * count / (time.perf_counter() - start)
 
 
@@ -64,8 +67,9 @@ def multiply_adds(model: nn.Module, shape: tuple[int, ...]) -> int:
     return total
 
 
-def hand_written(model, splits, preprocessing, config, epochs) -> float:
+def hand_written(model, splits, preprocessing, config, epochs, device) -> float:
     """The loop from the PyTorch tutorials, fp32 and default memory format; returns seconds."""
+    model.to(device)
     optimizer, scheduler = build_optimizer(model, config, epochs * math.ceil(len(splits.train) / config.batch_size))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     generator = torch.Generator().manual_seed(0)
@@ -73,16 +77,23 @@ def hand_written(model, splits, preprocessing, config, epochs) -> float:
     start = time.perf_counter()
     for _ in range(epochs):
         for images, labels in iterate_batches(splits.train, config.batch_size, True, generator):
+            images, labels = images.to(device), labels.to(device)
             loss = loss_fn(model(preprocessing.normalize(images)), labels)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             scheduler.step()
+    _synchronize(device)
     return time.perf_counter() - start
 
 
-def with_cnnkit(model, splits, preprocessing, config, epochs) -> float:
-    settings = compute.resolve(torch.device("cpu"))
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def with_cnnkit(model, splits, preprocessing, config, epochs, device) -> float:
+    settings = compute.resolve(device)
     model = compute.prepare_model(model, settings)
     optimizer, scheduler = build_optimizer(model, config, epochs * math.ceil(len(splits.train) / config.batch_size))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
@@ -91,9 +102,10 @@ def with_cnnkit(model, splits, preprocessing, config, epochs) -> float:
     for _ in range(epochs):
         with tqdm(disable=True) as bar:
             train_one_epoch(
-                model, splits.train, preprocessing, optimizer, scheduler, loss_fn, torch.device("cpu"),
+                model, splits.train, preprocessing, optimizer, scheduler, loss_fn, device,
                 config.batch_size, generator, bar, compute=settings,
             )  # fmt: skip
+    _synchronize(device)
     return time.perf_counter() - start
 
 
@@ -102,19 +114,22 @@ def main() -> None:
     parser.add_argument("--model", default="convnet")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--data-dir", default=None, help="folder holding the Fashion-MNIST IDX files")
     args = parser.parse_args()
+    device = torch.device(args.device)
 
     config = TrainConfig(batch_size=args.batch_size)
-    splits = load_data("fashion-mnist")
+    splits = load_data("fashion-mnist", data_dir=args.data_dir)
     _, channels, size, _ = splits.train.images.shape
     mean, std = channel_stats(splits.train)
     preprocessing = Preprocessing(size, channels, mean, std)
     spec = ModelSpec(args.model, len(splits.classes), channels, size)
-    settings = compute.resolve(torch.device("cpu"))
+    settings = compute.resolve(device)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {settings.cpu_capability}, "
           f"torch {torch.__version__}; cnnkit chose {settings.describe()}")  # fmt: skip
     macs = multiply_adds(build(spec), (channels, size, size))
-    peaks = {name: matmul_peak(dtype) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    peaks = {name: matmul_peak(dtype, device) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     print(f"{args.model}: {macs / 1e6:.2f}M multiply-adds per image; matmul peak "
           + ", ".join(f"{name} {rate / 1e9:.0f} GFLOP/s" for name, rate in peaks.items()))  # fmt: skip
     images = args.epochs * len(splits.train)
@@ -122,12 +137,12 @@ def main() -> None:
     for name, loop in (("hand-written fp32", hand_written), ("cnnkit", with_cnnkit)):
         torch.manual_seed(0)
         model = build(spec)
-        seconds = loop(model, splits, preprocessing, config, args.epochs)
-        accuracy = evaluate(model, splits.val, preprocessing, torch.device("cpu")).accuracy
+        seconds = loop(model, splits, preprocessing, config, args.epochs, device)
+        accuracy = evaluate(model, splits.val, preprocessing, device).accuracy
         flops = 6 * macs * images / seconds
         results[name] = images / seconds
         print(f"{name:>17}: {images / seconds:7.0f} img/s, val accuracy {accuracy:.2%}, {flops / 1e9:.0f} GFLOP/s = "
-              f"{flops / peaks['fp32']:.0%} of the fp32 peak")  # fmt: skip
+              f"{flops / peaks['fp32']:.0%} of the fp32 peak, {flops / peaks['bf16']:.0%} of bf16")  # fmt: skip
     print(f"speed-up: {results['cnnkit'] / results['hand-written fp32']:.2f}x")
 
 

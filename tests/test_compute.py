@@ -6,7 +6,7 @@ from cnnkit.errors import CnnkitError
 
 
 @pytest.mark.parametrize(
-    ("fast_bf16", "expected"), [(True, ("bf16", "channels_last")), (False, ("fp32", "contiguous"))]
+    ("fast_bf16", "expected"), [(True, ("bf16", "channels_last")), (False, ("fp32", "channels_last"))]
 )
 def test_cpu_choices_follow_the_instruction_set(monkeypatch, fast_bf16, expected):
     monkeypatch.setattr(compute, "cpu_has_fast_bf16", lambda: fast_bf16)

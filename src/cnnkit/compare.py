@@ -36,7 +36,7 @@ from cnnkit.training import build_optimizer
 
 CNN, MLP = "convnet", "mlp"
 FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
-STAGES = (1, 2, 3, 4)  # ConvNet stages of two convolutions each; 3 is the default network
+STAGES = (1, 2, 3, 4)  # ConvNet stages (one convolution each by default); 3 is the default network
 # "Regularised" switches on all three at once: random shifts of up to an eighth of the image
 # (at least one pixel), dropout 0.3 before the classifier(s) and AdamW weight decay 0.05.
 # "Plain" switches all three off. The headline models use the library defaults.

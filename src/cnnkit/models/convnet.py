@@ -71,9 +71,11 @@ class ConvNet(nn.Module):
                 size //= 2
         self.features = nn.Sequential(*layers)
         flatten = size <= FLATTEN_MAX_SIDE
-        self.num_features = channels * size * size if flatten else channels
+        self.num_features = channels  # of the feature map, as in every cnnkit model
         pool: list[nn.Module] = [] if flatten else [nn.AdaptiveAvgPool2d(1)]
-        self.head = nn.Sequential(*pool, nn.Flatten(), nn.Dropout(dropout), nn.Linear(self.num_features, num_classes))
+        self.head = nn.Sequential(*pool, nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels * size**2, num_classes))
+        if not flatten:
+            self.head[-1] = nn.Linear(channels, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)  # (B, C, H', W')
@@ -85,7 +87,7 @@ class ConvNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def reset_classifier(self, num_classes: int) -> None:
-        self.head[-1] = nn.Linear(self.num_features, num_classes)
+        self.head[-1] = nn.Linear(self.head[-1].in_features, num_classes)
 
 
 @register_model
