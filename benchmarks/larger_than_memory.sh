@@ -16,8 +16,8 @@ model="conv16k5s4 relu pool2 conv32 relu pool2 gap fc"
 train=(python -m cnnkit train --data "$folder" --img-size 200 --model "$model" --epochs 1 --batch-size 128 --out "$out")
 
 echo "building the cache (no limit)"
-"${train[@]}" --name build >/dev/null
-entry=$(find "${CNNKIT_CACHE_DIR:-$HOME/.cache/cnnkit}/images" -name pixels.u8 -size +1G -newer "$out" | head -1)
+python -c "from cnnkit.data import load_data; load_data('$folder', img_size=200)"
+entry=$(ls -S "${CNNKIT_CACHE_DIR:-$HOME/.cache/cnnkit}"/images/*/pixels.u8 | head -1)
 echo "cache entry: $(du -m "$entry" | cut -f1) MB; memory limit: $limit_mb MB"
 
 if [ -d /sys/fs/cgroup/memory ]; then  # cgroup v1
@@ -27,7 +27,7 @@ if [ -d /sys/fs/cgroup/memory ]; then  # cgroup v1
   echo 0 >"$group/memory.swappiness" 2>/dev/null || true
   sync && echo 1 >/proc/sys/vm/drop_caches
   sh -c "echo \$\$ >$group/cgroup.procs && exec /usr/bin/time -v ${train[*]@Q} --name limited" 2>&1 |
-    grep -E "test accuracy|Maximum resident|Elapsed"
+    grep -E "test accuracy|Maximum resident|Elapsed|error"
   echo "peak memory of the cgroup: $(($(cat "$group/memory.max_usage_in_bytes") / 1048576)) MB" \
     "(limit $limit_mb MB), times the limit was hit: $(cat "$group/memory.failcnt")"
   rmdir "$group"

@@ -35,7 +35,18 @@ from cnnkit.data.builtin import BUILTINS, locate
 from cnnkit.models import create_model
 from cnnkit.training import build_optimizer
 
-RECIPE = ["--data", "fashion-mnist", "--batch-size", "256", "--label-smoothing", "0.1"]
+RECIPE = [
+    "--data",
+    "fashion-mnist",
+    "--batch-size",
+    "256",
+    "--label-smoothing",
+    "0.1",
+    "--lr",
+    "5e-3",
+    "--weight-decay",
+    "0.05",
+]
 
 
 def run_cnnkit(epochs: int, out: Path) -> dict:
@@ -81,7 +92,7 @@ def run_tutorial_loop(epochs: int, batch_size: int, target: float, root: Path) -
     test_loader = torch.utils.data.DataLoader(test, 1000, num_workers=workers)
     torch.manual_seed(0)
     model = create_model("convnet", num_classes=10, in_channels=1, img_size=28)
-    config = TrainConfig(batch_size=batch_size, label_smoothing=0.1)
+    config = TrainConfig(batch_size=batch_size, label_smoothing=0.1, lr=5e-3, weight_decay=0.05)
     optimizer, scheduler = build_optimizer(model, config, epochs * len(loader))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     clock, reached, accuracy = 0.0, None, 0.0

@@ -136,14 +136,22 @@ def recompute_batch_norm(
 
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, images: torch.Tensor, preprocessing: Preprocessing, device: torch.device, batch_size: int = 256
+    model: nn.Module,
+    images: torch.Tensor,
+    preprocessing: Preprocessing,
+    device: torch.device,
+    batch_size: int = 256,
+    flip: bool = False,
 ) -> torch.Tensor:
-    """Logits (N, K) on the CPU for uint8 images (N, C, H, W)."""
+    """Logits (N, K) on the CPU for uint8 images (N, C, H, W), mirrored left to right with ``flip``.
+
+    Batches are taken one at a time, so a memory-mapped set is never copied whole.
+    """
     model.eval()
-    outputs = [
-        model(preprocessing.normalize(images[i : i + batch_size].to(device))).float().cpu()
-        for i in range(0, len(images), batch_size)
-    ]
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size].to(device)
+        outputs.append(model(preprocessing.normalize(batch.flip(-1) if flip else batch)).float().cpu())
     return torch.cat(outputs) if outputs else torch.zeros(0, 0)
 
 

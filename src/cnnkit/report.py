@@ -170,7 +170,7 @@ def write_report(
     classes, labels = data.classes, data.labels
     logits = predict_logits(model, data.images, preprocessing, device)  # (N, K)
     probabilities = logits.softmax(1)
-    flipped = predict_logits(model, data.images.flip(-1), preprocessing, device).softmax(1)
+    flipped = predict_logits(model, data.images, preprocessing, device, flip=True).softmax(1)
     predictions = probabilities.argmax(1)
     confusion = confusion_matrix(predictions, labels, len(classes))
     bins, ece = calibration(probabilities, labels)

@@ -8,7 +8,7 @@ import torch
 
 from cnnkit.data.imageset import ImageSet
 
-STATS_BLOCK = 1024  # images per block when summing channel statistics
+STATS_BLOCK_VALUES = 1 << 22  # pixel values per block when summing channel statistics (32 MB as float64)
 
 
 def iterate_batches(
@@ -46,8 +46,9 @@ def channel_stats(images: ImageSet) -> tuple[tuple[float, ...], tuple[float, ...
     channels = images.images.shape[1]
     total = torch.zeros(channels, dtype=torch.float64)
     squares = torch.zeros(channels, dtype=torch.float64)
-    for start in range(0, len(images), STATS_BLOCK):
-        block = images.images[start : start + STATS_BLOCK].transpose(0, 1).reshape(channels, -1).double()
+    step = max(1, STATS_BLOCK_VALUES // max(1, images.images[0].numel()))
+    for start in range(0, len(images), step):
+        block = images.images[start : start + step].transpose(0, 1).reshape(channels, -1).double()
         total += block.sum(1)
         squares += (block * block).sum(1)
     count = max(1, len(images) * images.images.shape[2] * images.images.shape[3])
