@@ -39,7 +39,7 @@ def test_class_activation_map_of_a_trained_model_matches_the_reference(digits_ru
     inputs = classifier.preprocessing.normalize(images.images[:16])
     predicted = classifier.model(inputs).argmax(1)
     layer = find_target_layer(classifier.model, inputs)
-    assert layer == "features.6.0"  # the last of six convolutions on 8x8 digits (two per stage, one pooling)
+    assert layer == "features.3.0"  # the last of three convolutions on 8x8 digits (one pooling between)
     ours = class_activation_map(classifier.model, inputs, predicted, layer).numpy()
     theirs = GradCAM(classifier.model, [dict(classifier.model.named_modules())[layer]])(
         inputs, [ClassifierOutputTarget(int(c)) for c in predicted]
@@ -109,7 +109,7 @@ def test_explain_cli_writes_heatmaps_feature_maps_and_a_page(digits_run, tmp_pat
     assert "skipped" in result.stderr and "broken.png" in result.stderr
     folder = out / "explain"
     record = json.loads((folder / "explain.json").read_text())
-    assert record["layer"] == "features.6.0" and len(record["images"]) == 2
+    assert record["layer"] == "features.3.0" and len(record["images"]) == 2
     assert [len(image["explained"]) for image in record["images"]] == [2, 2]
     classifier = load(digits_run, device="cpu")
     inputs = classifier.preprocess([str(p) for p in paths])

@@ -14,7 +14,6 @@ from torch import nn
 
 from cnnkit.models.registry import register_model
 
-TINY_IMAGE_SIDE = 16  # images up to this side get two convolutions per stage
 FLATTEN_MAX_SIDE = 8  # last feature maps up to this side are flattened into the classifier, larger ones averaged
 
 
@@ -43,8 +42,8 @@ class ConvNet(nn.Module):
         width: Channels of the first stage. Defaults to 32.
         dropout: Dropout before the classifier. Defaults to 0 (0.1 cost 11% of the training speed on a CPU).
         stages: Number of stages. Defaults to 3.
-        depth: Convolutions per stage. Defaults to 1, or 2 on images up to 16 pixels, where
-            a second convolution costs little and was worth 0.7 points on the 8x8 digits.
+        depth: Convolutions per stage. Defaults to 1 (2 on the 8x8 digits measured 98.9% mean
+            test accuracy over five seeds, the same as 1, in 1.7x the time).
     """
 
     def __init__(
@@ -55,11 +54,9 @@ class ConvNet(nn.Module):
         width: int = 32,
         dropout: float = 0.0,
         stages: int = 3,
-        depth: int | None = None,
+        depth: int = 1,
     ) -> None:
         super().__init__()
-        if depth is None:
-            depth = 2 if img_size <= TINY_IMAGE_SIDE else 1
         layers: list[nn.Module] = []
         channels, size = in_channels, img_size
         while size > 64:  # strided stem keeps large inputs cheap
