@@ -104,3 +104,13 @@ def test_a_gpu_batch_gets_the_same_augmentation_as_on_the_cpu():
     on_gpu = augment(images.cuda(), torch.Generator().manual_seed(0)).cpu()
     differs = (on_cpu - on_gpu).abs() > 0.5  # same draws; float rounding may move an erased edge by a pixel
     assert differs.float().mean() < 1e-3
+
+
+def test_crop_with_flip_in_one_gather_equals_a_crop_then_a_flip():
+    from cnnkit.data.augment import random_crop, random_hflip
+
+    images = torch.randint(0, 256, (32, 3, 12, 12), dtype=torch.uint8)
+    generator = torch.Generator().manual_seed(3)
+    expected = random_hflip(random_crop(images, 2, generator), generator)
+    together = random_crop(images, 2, torch.Generator().manual_seed(3), hflip=True)
+    assert torch.equal(together, expected)

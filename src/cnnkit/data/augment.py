@@ -52,8 +52,8 @@ class Augmentation:
         """Augment a batch of images (B, C, H, W) with pixel values in [0, 255]; returns float32."""
         x = images  # crops and flips move pixels, so they run on the 4x smaller uint8 batch
         if self.crop_padding:
-            x = random_crop(x, self.crop_padding, generator)
-        if self.hflip:
+            x = random_crop(x, self.crop_padding, generator, hflip=self.hflip)
+        elif self.hflip:
             x = random_hflip(x, generator)
         x = x.float()
         if self.rotate or self.scale or self.translate:
@@ -69,8 +69,11 @@ def _uniform(count: int, low: float, high: float, generator: torch.Generator, de
     return torch.rand(count, generator=generator, device=generator.device).to(device) * (high - low) + low
 
 
-def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator, hflip: bool = False) -> torch.Tensor:
     """Pad every image (edges replicated) and cut a same-sized window at a per-image random offset.
+
+    With ``hflip``, half of the windows are also mirrored left to right in the same gather,
+    drawing the same random numbers as :func:`random_hflip` after the crop would.
 
     Implemented as one row gather over the pixels (channels last) with clamped row and
     column indices: that equals replicate padding without building the padded batch, works
@@ -81,6 +84,9 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> to
     left = torch.randint(0, 2 * padding + 1, (batch,), generator=generator, device=generator.device).to(x.device)
     rows = (top[:, None] - padding + torch.arange(height, device=x.device)).clamp(0, height - 1)[:, :, None]
     cols = (left[:, None] - padding + torch.arange(width, device=x.device)).clamp(0, width - 1)[:, None, :]
+    if hflip:
+        flip = torch.rand(batch, generator=generator, device=generator.device).to(x.device) < 0.5
+        cols = torch.where(flip[:, None, None], cols.flip(-1), cols)
     first = torch.arange(batch, device=x.device)[:, None, None] * (height * width)
     pixels = x.permute(0, 2, 3, 1).reshape(batch * height * width, channels)  # (B*H*W, C)
     cropped = pixels.index_select(0, (first + rows * width + cols).reshape(-1))
