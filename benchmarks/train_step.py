@@ -143,7 +143,8 @@ def main() -> None:
         results[name] = images / seconds
         best = max(peaks, key=peaks.get)  # without native bf16 the bf16 "peak" is an emulation, far below fp32
         print(f"{name:>17}: {images / seconds:7.0f} img/s, val accuracy {accuracy:.2%}, {flops / 1e9:.0f} GFLOP/s = "
-              f"{flops / peaks['fp32']:.0%} of the fp32 peak, {flops / peaks[best]:.0%} of the best ({best})")  # fmt: skip
+              f"{flops / peaks['fp32']:.0%} of the fp32 peak, {flops / peaks[best]:.0%} of the best ({best})"
+              )  # fmt: skip
     print(f"speed-up: {results['cnnkit'] / results['hand-written fp32']:.2f}x")
 
 
