@@ -120,11 +120,11 @@ def test_explain_cli_writes_heatmaps_feature_maps_and_a_page(digits_run, tmp_pat
         assert (folder / name).stat().st_size > 1000 and name in page
 
     chosen = run_cli(
-        "explain", str(digits_run), str(paths[0]), "--class", "3", "--layer", "features.4.0", "--out", str(out)
+        "explain", str(digits_run), str(paths[0]), "--class", "3", "--layer", "features.2.0", "--out", str(out)
     )
     assert chosen.returncode == 0, chosen.stderr
     record = json.loads((out / "explain2" / "explain.json").read_text())
-    assert record["layer"] == "features.4.0" and record["images"][0]["explained"][0]["label"] == "3"
+    assert record["layer"] == "features.2.0" and record["images"][0]["explained"][0]["label"] == "3"
 
     wrong = run_cli("explain", str(digits_run), str(paths[0]), "--layer", "head", "--out", str(out))
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr and "features.0.0" in wrong.stderr
