@@ -80,17 +80,19 @@ def train_one_epoch(
         scaler.unscale_(optimizer)
         # With no limit this only measures the norm (the scale factor is exactly 1).
         norm = nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm or math.inf)
-        value = loss.item()
-        finite = math.isfinite(value) and bool(torch.isfinite(norm))
+        hits = (logits.argmax(1) == labels).sum()
+        # One transfer for all three numbers: each .item() would make the GPU drain its queue.
+        value, norm_value, correct = torch.stack([loss.detach().float(), norm.float(), hits.float()]).tolist()
+        finite = math.isfinite(value) and math.isfinite(norm_value)
         overflow = scaler.is_enabled() and math.isfinite(value) and not finite
         if not finite and not overflow and not skip_nonfinite:
-            raise NonFiniteStep(f"loss {value}, gradient norm {norm.item()}")
+            raise NonFiniteStep(f"loss {value}, gradient norm {norm_value}")
         if finite or overflow:
             scaler.step(optimizer)  # the scaler skips the update itself on overflow
         scaler.update()
         if finite:
             tally.total_loss += value * len(labels)
-            tally.correct += (logits.argmax(1) == labels).sum().item()
+            tally.correct += int(correct)
             tally.seen += len(labels)
         scheduler.step()
         tally.batches += 1
