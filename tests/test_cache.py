@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_shapes_folder
 from PIL import Image
 
 from cnnkit.data import cache as cache_module
 from cnnkit.data import load_data
 from cnnkit.data.cache import decode_cached
 from cnnkit.data.decode import decode_image
-from tests.conftest import make_shapes_folder
 
 
 def _files(root: Path) -> list[str]:

@@ -167,3 +167,24 @@ def test_cifar10_binary_archive_is_read_without_unpickling(tmp_path):
 def test_fashion_mnist_from_debian_package():
     splits = load_data("fashion-mnist")
     assert len(splits.test) == 10_000 and len(splits.train) + len(splits.val) == 60_000
+
+
+def test_shards_split_one_shuffled_epoch_into_disjoint_parts():
+    from cnnkit.data.imageset import ImageSet
+    from cnnkit.data.loader import iterate_batches
+
+    count = 103
+    images = ImageSet(torch.zeros(count, 1, 2, 2, dtype=torch.uint8), torch.arange(count), ["a"], [""] * count)
+    whole = torch.cat([labels for _, labels in iterate_batches(images, 8, True, torch.Generator().manual_seed(5))])
+    shards = [
+        torch.cat(
+            [
+                labels
+                for _, labels in iterate_batches(images, 8, True, torch.Generator().manual_seed(5), shard=(rank, 3))
+            ]
+        )  # fmt: skip
+        for rank in range(3)
+    ]
+    assert sorted(torch.cat(shards).tolist()) == list(range(count))  # disjoint, and together the whole epoch
+    assert torch.equal(shards[1], whole[1::3])
+    assert [len(shard) for shard in shards] == [35, 34, 34]

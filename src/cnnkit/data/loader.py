@@ -18,18 +18,26 @@ def iterate_batches(
     generator: torch.Generator | None = None,
     start: int = 0,
     weights: torch.Tensor | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (uint8 images (B, C, H, W), labels (B,)) batches; shuffled with ``generator`` when asked.
 
     ``start`` skips that many batches of the same order (a resumed epoch); ``weights`` (N,)
     draws the epoch's images with replacement in proportion to them (balanced sampling).
+    ``shard=(rank, world_size)`` gives process ``rank`` every ``world_size``-th image of the
+    epoch's order: with generators seeded alike, the processes of a distributed run see
+    disjoint parts of one shuffled epoch, all reading the same memory-mapped cache.
     """
+    rank, world_size = shard
+    if not 0 <= rank < world_size:
+        raise ValueError(f"shard rank {rank} is outside 0..{world_size - 1}")
     count = len(images)
     if weights is not None:
         order = torch.multinomial(weights, count, replacement=True, generator=generator)
     else:
         order = torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
-    for first in range(start * batch_size, count, batch_size):
+    order = order[rank::world_size]
+    for first in range(start * batch_size, len(order), batch_size):
         index = order[first : first + batch_size]
         yield images.images[index], images.labels[index]
 
