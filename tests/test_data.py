@@ -175,16 +175,13 @@ def test_shards_split_one_shuffled_epoch_into_disjoint_parts():
 
     count = 103
     images = ImageSet(torch.zeros(count, 1, 2, 2, dtype=torch.uint8), torch.arange(count), ["a"], [""] * count)
-    whole = torch.cat([labels for _, labels in iterate_batches(images, 8, True, torch.Generator().manual_seed(5))])
-    shards = [
-        torch.cat(
-            [
-                labels
-                for _, labels in iterate_batches(images, 8, True, torch.Generator().manual_seed(5), shard=(rank, 3))
-            ]
-        )  # fmt: skip
-        for rank in range(3)
-    ]
+
+    def epoch(shard: tuple[int, int]) -> torch.Tensor:
+        batches = iterate_batches(images, 8, True, torch.Generator().manual_seed(5), shard=shard)
+        return torch.cat([labels for _, labels in batches])
+
+    whole = epoch((0, 1))
+    shards = [epoch((rank, 3)) for rank in range(3)]
     assert sorted(torch.cat(shards).tolist()) == list(range(count))  # disjoint, and together the whole epoch
     assert torch.equal(shards[1], whole[1::3])
     assert [len(shard) for shard in shards] == [35, 34, 34]
