@@ -164,3 +164,28 @@ def test_checkpoint_backed_service_runs_pytorch(digits_run, digit_png):
     assert client.get("/health").json()["runtime"] == "pytorch"
     [expected] = cnnkit.load(digits_run).predict(digit_png, top_k=5)
     assert client.post("/predict", content=digit_png).json()["labels"] == expected.labels
+
+
+def test_checkpoint_service_explains_with_a_gradcam_overlay(digits_run, digit_png):
+    import base64
+    import io
+
+    from PIL import Image
+
+    client = TestClient(create_app(cnnkit.load(digits_run, device="cpu")))
+    assert client.get("/health").json()["explain"] is True
+    plain = client.post("/predict", content=digit_png).json()
+    assert plain["overlay"] is None  # only on request: it costs a backward pass
+    explained = client.post("/predict?explain=true", content=digit_png).json()
+    assert explained["label"] == plain["label"]
+    prefix = "data:image/png;base64,"
+    assert explained["overlay"].startswith(prefix)
+    overlay = Image.open(io.BytesIO(base64.b64decode(explained["overlay"][len(prefix) :])))
+    assert overlay.size == (224, 224) and overlay.mode == "RGB"
+    colours = np.asarray(overlay).reshape(-1, 3)
+    assert len(np.unique(colours, axis=0)) > 4  # a heatmap, not a flat square
+
+
+def test_onnx_service_has_no_overlay(client, digit_png):
+    assert client.get("/health").json()["explain"] is False
+    assert client.post("/predict?explain=true", content=digit_png).json()["overlay"] is None

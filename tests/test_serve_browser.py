@@ -66,6 +66,7 @@ def test_page_shows_the_predicted_label(live_server, digits_export, tmp_path):
             page.set_input_files("#file", str(tmp_path / "digit.png"))
             page.wait_for_function("document.getElementById('top-label').textContent !== 'none yet'", timeout=15_000)
             assert page.text_content("#top-label") == expected.label
+            assert page.is_hidden("#explanation")  # ONNX models cannot be explained: no overlay section
             rows = page.locator("#predictions li")
             assert rows.count() == 5
             assert rows.nth(0).locator(".label").text_content() == expected.label

@@ -28,6 +28,7 @@ from torch import nn
 from cnnkit.errors import CnnkitError
 
 CAM_METHODS = ("gradcam", "gradcam++")
+OVERLAY_SIDE = 224  # pixels of the service's heatmap overlay; small inputs are enlarged without blurring
 
 
 def convolutions(model: nn.Module) -> dict[str, nn.Module]:
@@ -279,3 +280,31 @@ def explain_images(
     page = out_dir / "index.html"
     page.write_text(figures.html_page(f"What {classifier.info.model.name} looks at", intro + "".join(sections)))
     return Explanation(page, layer, records, skipped)
+
+
+def overlay_png(classifier, data: bytes, class_index: int, side: int = OVERLAY_SIDE) -> bytes:
+    """A PNG of the image with the Grad-CAM heatmap of ``class_index`` blended over it, ``side`` pixels square.
+
+    For the prediction service: one image, decoded exactly as for prediction, explained at
+    the last convolution (models without one get a saliency map).
+    """
+    import io
+
+    from matplotlib import colormaps
+    from PIL import Image
+
+    model, prep = classifier.model, classifier.preprocessing
+    images = classifier.preprocess([data])  # (1, C, H, W) uint8
+    inputs = prep.normalize(images.to(classifier.device))
+    classes = torch.tensor([class_index], device=classifier.device)
+    if convolutions(model):
+        heatmap = class_activation_map(model, inputs, classes, find_target_layer(model, inputs))[0]
+    else:
+        heatmap = saliency(model, inputs, classes)[0]
+    colours = colormaps["jet"](heatmap.detach().cpu().numpy())[..., :3]  # (H, W, 3) in [0, 1]
+    picture = images[0].permute(1, 2, 0).expand(-1, -1, 3).numpy() / 255.0
+    blended = (0.55 * picture + 0.45 * colours) * 255
+    image = Image.fromarray(blended.round().astype("uint8")).resize((side, side), Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -17,8 +17,10 @@ server down:
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 
@@ -41,6 +43,7 @@ class PredictionResponse(BaseModel):
     label: str
     labels: list[str]
     probabilities: list[float]
+    overlay: str | None = None  # with ?explain=true: a PNG data URL of the Grad-CAM of the top label
 
 
 class Health(BaseModel):
@@ -49,6 +52,7 @@ class Health(BaseModel):
     classes: list[str]
     in_progress: int
     capacity: int
+    explain: bool  # whether /predict?explain=true can return a Grad-CAM overlay (checkpoints, not ONNX)
 
 
 class Gate:
@@ -188,14 +192,24 @@ def create_app(
     runtime = "onnxruntime" if getattr(classifier, "session", None) is not None else "pytorch"
     num_classes = len(classifier.classes)
 
-    def predict_image(data: bytes, top_k: int) -> PredictionResponse:
+    explainable = runtime == "pytorch"
+    explaining = threading.Lock()  # Grad-CAM hooks the shared model: one explanation at a time
+
+    def predict_image(data: bytes, top_k: int, explain: bool) -> PredictionResponse:
         check_image(data, max_pixels)
         try:
             [prediction] = classifier.predict(data, top_k=top_k)
         except ImageDecodeError as error:
             raise HTTPException(400, f"cannot decode the image: {error}") from None
+        overlay = None
+        if explain and explainable:
+            from cnnkit.explain import overlay_png
+
+            with explaining:
+                png = overlay_png(classifier, data, classifier.classes.index(prediction.label))
+            overlay = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
         return PredictionResponse(
-            label=prediction.label, labels=prediction.labels, probabilities=prediction.probabilities
+            label=prediction.label, labels=prediction.labels, probabilities=prediction.probabilities, overlay=overlay
         )
 
     @app.post(
@@ -212,7 +226,9 @@ def create_app(
         },
     )
     async def predict(
-        request: Request, top_k: int = Query(5, ge=1, description="how many labels to return")
+        request: Request,
+        top_k: int = Query(5, ge=1, description="how many labels to return"),
+        explain: bool = Query(False, description="add a Grad-CAM overlay of the top label (checkpoints only)"),
     ) -> PredictionResponse:
         """Classify one image sent as the raw body or as the multipart field ``file``."""
         deadline = asyncio.get_running_loop().time() + timeout
@@ -222,7 +238,7 @@ def create_app(
             except asyncio.TimeoutError:
                 raise HTTPException(408, f"the upload did not arrive within {timeout:g} s") from None
             data = await uploaded_image(request, body)
-            return await gate.run(lambda: predict_image(data, min(top_k, num_classes)), deadline, timeout)
+            return await gate.run(lambda: predict_image(data, min(top_k, num_classes), explain), deadline, timeout)
 
     @app.get("/health", response_model=Health)
     async def health() -> Health:
@@ -233,6 +249,7 @@ def create_app(
             classes=classifier.classes,
             in_progress=gate.in_progress,
             capacity=gate.capacity,
+            explain=explainable,
         )
 
     page = resources.files("cnnkit.serve").joinpath("page.html").read_text(encoding="utf-8")
