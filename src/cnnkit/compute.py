@@ -76,7 +76,7 @@ def choose_precision(device: torch.device, requested: str = "auto") -> str:
     return "fp32"
 
 
-def choose_memory_format(device: torch.device, precision: str, requested: str = "auto") -> str:
+def choose_memory_format(device: torch.device, requested: str = "auto") -> str:
     if requested not in MEMORY_FORMATS:
         raise CnnkitError(f"unknown memory format {requested!r}; use one of: {', '.join(MEMORY_FORMATS)}")
     if requested != "auto":
@@ -86,13 +86,15 @@ def choose_memory_format(device: torch.device, precision: str, requested: str = 
     return "channels_last" if device.type in ("cpu", "cuda") else "contiguous"
 
 
-def resolve(device: torch.device, precision: str = "auto", memory_format: str = "auto", compile: bool = False):
+def resolve(
+    device: torch.device, precision: str = "auto", memory_format: str = "auto", compile: bool = False
+) -> ComputeSettings:
     """Resolve ``auto`` choices for ``device`` into :class:`ComputeSettings`."""
     chosen = choose_precision(device, precision)
     return ComputeSettings(
         device=str(device),
         precision=chosen,
-        memory_format=choose_memory_format(device, chosen, memory_format),
+        memory_format=choose_memory_format(device, memory_format),
         compile=compile,
         threads=torch.get_num_threads(),
         cpu_capability=torch.backends.cpu.get_cpu_capability(),

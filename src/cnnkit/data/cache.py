@@ -63,16 +63,22 @@ class DecodedImages:
     all_gray: bool
 
 
-def cache_key(root: Path, files: Sequence[str], img_size: int, channels: int | None, resize: str) -> str:
-    """Hash of everything that decides an entry's bytes: files (names, sizes, mtimes), order and preprocessing."""
-    digest = hashlib.sha256(f"{CACHE_VERSION}:{MAX_PIXELS}:{img_size}:{channels}:{resize}:{root.resolve()}".encode())
+def fingerprint(header: str, root: Path, files: Sequence[str], follow_links: bool = True) -> str:
+    """SHA-256 of ``header`` and each file's name, size and modification time: it changes when any file does."""
+    digest = hashlib.sha256(header.encode())
     for rel in files:
         try:
-            status = (root / rel).stat()
+            status = (root / rel).stat() if follow_links else (root / rel).lstat()
             digest.update(f"\0{rel}\0{status.st_size}\0{status.st_mtime_ns}".encode("utf-8", "surrogateescape"))
         except OSError:
             digest.update(f"\0{rel}\0missing".encode("utf-8", "surrogateescape"))
-    return digest.hexdigest()[:32]
+    return digest.hexdigest()
+
+
+def cache_key(root: Path, files: Sequence[str], img_size: int, channels: int | None, resize: str) -> str:
+    """Hash of everything that decides an entry's bytes: files (names, sizes, mtimes), order and preprocessing."""
+    header = f"{CACHE_VERSION}:{MAX_PIXELS}:{img_size}:{channels}:{resize}:{root.resolve()}"
+    return fingerprint(header, root, files)[:32]
 
 
 def _decode_chunk(

@@ -22,7 +22,7 @@ import torch
 from cnnkit.config import TrainConfig
 from cnnkit.data import load_data
 from cnnkit.data.builtin import BUILTINS
-from cnnkit.data.cache import cache_root
+from cnnkit.data.cache import cache_root, fingerprint
 from cnnkit.data.decode import IMAGE_EXTENSIONS, MAX_PIXELS, ImageDecodeError, load_image
 from cnnkit.data.folder import SPLIT_FOLDERS
 from cnnkit.data.imageset import DataSplits, SkippedFile
@@ -146,14 +146,7 @@ def _list_files(root: Path) -> tuple[list[str], int, int, list[str]]:
 
 
 def _cache_key(root: Path, images: list[str]) -> str:
-    digest = hashlib.sha256(f"{SCAN_VERSION}:{MAX_PIXELS}:{root.resolve()}".encode())
-    for rel in images:
-        try:
-            status = (root / rel).lstat()
-            digest.update(f"\0{rel}\0{status.st_size}\0{status.st_mtime_ns}".encode("utf-8", "surrogateescape"))
-        except OSError:
-            digest.update(f"\0{rel}\0missing".encode("utf-8", "surrogateescape"))
-    return digest.hexdigest()
+    return fingerprint(f"{SCAN_VERSION}:{MAX_PIXELS}:{root.resolve()}", root, images, follow_links=False)
 
 
 def _split_and_class(rel: str) -> tuple[str, str]:
