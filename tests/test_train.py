@@ -84,3 +84,22 @@ def test_config_file_round_trips(tmp_path):
     config = cnnkit.TrainConfig(epochs=7, lr=0.01)
     config.save(tmp_path / "c.yaml")
     assert cnnkit.TrainConfig.load(tmp_path / "c.yaml") == config
+
+
+def test_compute_and_augmentation_choices_are_recorded_with_the_run(tmp_path):
+    run = cnnkit.train(data="digits", epochs=1, augment="crop=1,hflip", out=str(tmp_path), name="r", verbose=False)
+    compute = json.loads((run.dir / "environment.json").read_text())["compute"]
+    from cnnkit.compute import resolve
+
+    expected = resolve(torch.device("cpu"))  # bf16 on CPUs that have it natively, else fp32
+    assert (compute["precision"], compute["memory_format"]) == (expected.precision, "channels_last")
+    assert compute["augment"]["crop_padding"] == 1 and compute["augment"]["hflip"] is True
+    assert compute["threads"] == torch.get_num_threads()
+
+
+def test_a_bad_augmentation_is_one_clear_error(tmp_path):
+    from conftest import run_cli
+
+    result = run_cli("train", "--augment", "spin=3", "--epochs", "1", "--out", str(tmp_path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "cannot read augmentation 'spin=3'" in result.stderr and "crop=4,hflip" in result.stderr
