@@ -161,13 +161,13 @@ def test_check_command_reports_and_sets_the_exit_code(dirty_folder):
 
 def test_scan_is_cached_by_file_list_sizes_and_times(dirty_folder, monkeypatch):
     first = scan_folder(dirty_folder)
-    monkeypatch.setattr(check, "_check_file", lambda root, rel: pytest.fail("rescanned an unchanged folder"))
+    monkeypatch.setattr(check, "_check_file", lambda root, rel, decode: pytest.fail("rescanned an unchanged folder"))
     assert scan_folder(dirty_folder).bad == first.bad
     (dirty_folder / "train" / "circle" / "zero.jpg").write_bytes(
         (dirty_folder / "train/circle/circle0.png").read_bytes()
     )
     calls = []
-    monkeypatch.setattr(check, "_check_file", lambda root, rel: calls.append(rel) or (None, None, None))
+    monkeypatch.setattr(check, "_check_file", lambda root, rel, decode: calls.append(rel) or (None, None, None))
     scan_folder(dirty_folder)
     assert calls  # a changed file means a new scan
 
@@ -194,3 +194,13 @@ def test_heavy_imbalance_warns_and_balanced_options_even_it_out(tmp_path, capsys
         sampling_weights(labels), 10_000, replacement=True, generator=torch.Generator().manual_seed(0)
     )
     assert 0.45 < (labels[draws] == 1).double().mean().item() < 0.55
+
+
+def test_training_decodes_each_file_once(dirty_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(check, "load_image", lambda *_a, **_k: pytest.fail("the scan decoded a file again"))
+    run = cnnkit.train(
+        data=str(dirty_folder), img_size=16, epochs=1, workers=1, max_bad_share=0.9, out=str(tmp_path), verbose=False
+    )
+    skipped = (run.dir / "skipped.csv").read_text()
+    assert "train/circle/page.jpg" in skipped  # HTML content: found by the reading scan
+    assert "train/circle/cut.png" in skipped and "train/circle/bomb.png" in skipped  # found by the one decoding pass

@@ -98,8 +98,11 @@ def _sniff(head: bytes) -> str | None:
     return None
 
 
-def _check_file(root: Path, rel: str) -> tuple[str | None, str | None, str | None]:
-    """Return (reason it is bad, warning, digest of its bytes) for one file under ``root``."""
+def _check_file(root: Path, rel: str, decode: bool = True) -> tuple[str | None, str | None, str | None]:
+    """Return (reason it is bad, warning, digest of its bytes) for one file under ``root``.
+
+    ``decode=False`` leaves out the decoding check, for callers that decode the file anyway.
+    """
     path = root / rel
     if path.is_symlink():
         try:
@@ -118,7 +121,8 @@ def _check_file(root: Path, rel: str) -> tuple[str | None, str | None, str | Non
     if found == "HTML/XML text":
         return "not an image: the file holds HTML/XML text", None, None
     try:
-        load_image(data, min_side=SCAN_DRAFT_SIDE)
+        if decode:
+            load_image(data, min_side=SCAN_DRAFT_SIDE)
     except ImageDecodeError as error:
         return str(error).replace("<bytes>", "file"), None, None
     expected = EXTENSION_FORMATS.get(Path(rel).suffix.lower())
@@ -193,7 +197,9 @@ def imbalance_warning(counts: dict[str, int]) -> str:
     )
 
 
-def scan_folder(root: str | Path, use_cache: bool = True, workers: int | None = None) -> ScanReport:
+def scan_folder(
+    root: str | Path, use_cache: bool = True, workers: int | None = None, decode: bool = True
+) -> ScanReport:
     """Scan an image folder (one subfolder per class, optionally in train/val/test) and report every problem.
 
     Args:
@@ -201,6 +207,8 @@ def scan_folder(root: str | Path, use_cache: bool = True, workers: int | None = 
         use_cache: Reuse the result of an earlier scan of the same files (same names,
             sizes and modification times). Defaults to True.
         workers: Threads that decode files; defaults to the number of cores.
+        decode: Also decode every file. Training passes False: its image cache decodes
+            each file once and reports the failures itself.
 
     Returns:
         The report: bad files with reasons, dataset warnings (extension mismatches,
@@ -216,7 +224,7 @@ def scan_folder(root: str | Path, use_cache: bool = True, workers: int | None = 
     if not root.is_dir():
         raise CnnkitError(f"data folder not found: {root}; give a folder with one subfolder per class")
     images, hidden, others, links = _list_files(root)
-    cache = cache_root() / "scans" / f"{_cache_key(root, images)}.json"
+    cache = cache_root() / "scans" / f"{_cache_key(root, images)}{'' if decode else '-nodecode'}.json"
     if use_cache and cache.is_file():
         try:
             return ScanReport.from_dict(json.loads(cache.read_text()))
@@ -224,7 +232,7 @@ def scan_folder(root: str | Path, use_cache: bool = True, workers: int | None = 
             pass  # an unreadable cache entry is rescanned and rewritten below
     report = ScanReport(str(root), len(images), hidden=hidden, others=others)
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        verdicts = list(pool.map(lambda rel: _check_file(root, rel), images))
+        verdicts = list(pool.map(lambda rel: _check_file(root, rel, decode), images))
     for rel, (reason, warning, digest) in zip(images, verdicts):
         if reason:
             report.bad.append(SkippedFile(rel, reason))
@@ -310,9 +318,12 @@ def sampling_weights(labels: torch.Tensor, sampler: str = "balanced") -> torch.T
 
 
 def prepare_data(config: TrainConfig, say: Callable[[str], None]) -> DataSplits:
-    """Scan an image folder (cached), load the data, then review the splits; print what was found."""
+    """Load the data, scan an image folder (cached), then review the splits; print what was found.
+
+    The scan here reads and hashes every file but does not decode it: loading a folder
+    decodes each file once into the image cache and reports the files that fail.
+    """
     data = config.data
-    scan = scan_folder(data, workers=config.workers) if data not in BUILTINS and Path(data).is_dir() else None
     splits = load_data(
         data,
         config.img_size,
@@ -323,9 +334,11 @@ def prepare_data(config: TrainConfig, say: Callable[[str], None]) -> DataSplits:
         config.data_dir,
         config.workers,
     )
+    folder = data not in BUILTINS and Path(data).is_dir()
+    scan = scan_folder(data, workers=config.workers, decode=False) if folder else None
     splits = review_splits(splits, scan)
     if scan is not None:
-        say(f"checked {scan.files} image files: {len(scan.bad)} bad, {len(scan.warnings)} warning(s)")
+        say(f"checked {scan.files} image files: {len(splits.skipped)} bad, {len(scan.warnings)} warning(s)")
     for warning in splits.warnings:
         say(f"warning: {warning}")
     if splits.skipped:
