@@ -8,7 +8,7 @@ results up to floating-point rounding.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -163,7 +163,7 @@ AUTO_AUGMENTATION = {
 }
 FOLDER_AUGMENTATION = "hflip"
 
-_FLOAT_KEYS = ("rotate", "scale", "translate", "brightness", "contrast", "saturation", "erasing")
+_FLOAT_KEYS = tuple(f.name for f in fields(Augmentation) if isinstance(f.default, float))  # rotate, ..., erasing
 
 
 def parse_augmentation(spec: str, dataset: str = "", img_size: int = 32) -> Augmentation | None:
