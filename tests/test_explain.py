@@ -12,8 +12,8 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from cnnkit.errors import CnnkitError
 from cnnkit.explain import class_activation_map, feature_maps, find_target_layer, saliency
+from cnnkit.inference import load
 from cnnkit.models import create_model, list_models
-from cnnkit.predict import load
 
 
 @pytest.mark.parametrize(("method", "reference"), [("gradcam", GradCAM), ("gradcam++", GradCAMPlusPlus)])
@@ -39,7 +39,7 @@ def test_class_activation_map_of_a_trained_model_matches_the_reference(digits_ru
     inputs = classifier.preprocessing.normalize(images.images[:16])
     predicted = classifier.model(inputs).argmax(1)
     layer = find_target_layer(classifier.model, inputs)
-    assert layer == "features.3.0"  # the last of three convolutions on 8x8 digits (one pooling between)
+    assert layer == "features.2.0"  # the last of three convolutions (the first block pools 8x8 digits to 4x4)
     ours = class_activation_map(classifier.model, inputs, predicted, layer).numpy()
     theirs = GradCAM(classifier.model, [dict(classifier.model.named_modules())[layer]])(
         inputs, [ClassifierOutputTarget(int(c)) for c in predicted]
@@ -84,7 +84,7 @@ def test_feature_map_shapes_match_a_forward_pass():
             x = block(x)
     maps = feature_maps(model, inputs)
     assert [tuple(m.shape) for m in maps.values()] == expected
-    assert expected[0] == (2, 32, 28, 28) and expected[-1] == (2, 128, 7, 7)
+    assert expected[0] == (2, 16, 28, 28) and expected[-1] == (2, 128, 7, 7)
 
 
 def test_unknown_layer_names_the_convolutions():
@@ -109,7 +109,7 @@ def test_explain_cli_writes_heatmaps_feature_maps_and_a_page(digits_run, tmp_pat
     assert "skipped" in result.stderr and "broken.png" in result.stderr
     folder = out / "explain"
     record = json.loads((folder / "explain.json").read_text())
-    assert record["layer"] == "features.3.0" and len(record["images"]) == 2
+    assert record["layer"] == "features.2.0" and len(record["images"]) == 2
     assert [len(image["explained"]) for image in record["images"]] == [2, 2]
     classifier = load(digits_run, device="cpu")
     inputs = classifier.preprocess([str(p) for p in paths])

@@ -1,6 +1,8 @@
 """ONNX export, int8 and ONNX Runtime prediction, checked against the PyTorch checkpoint they came from."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -122,3 +124,28 @@ def test_not_an_onnx_model_is_refused(tmp_path):
     (tmp_path / "model.onnx").write_bytes(b"not a model")
     with pytest.raises(cnnkit.CnnkitError, match="not a cnnkit ONNX model"):
         cnnkit.load(tmp_path / "model.onnx")
+
+
+# A Python that cannot import PyTorch, running the real command line.
+WITHOUT_TORCH = """
+import sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision"):
+            raise ImportError(f"{name} is blocked: ONNX prediction must not need it")
+sys.meta_path.insert(0, NoTorch())
+from cnnkit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_predict_with_onnx_runs_without_pytorch(digits_run, digits_export, tmp_path):
+    for index, image in enumerate(load_data("digits").test.images[:3]):
+        Image.fromarray(image[0].numpy()).save(tmp_path / f"{index}.png")
+    images = sorted(map(str, tmp_path.glob("*.png")))
+    command = [sys.executable, "-c", WITHOUT_TORCH, "predict", str(digits_export / "model.onnx"), *images, "--json"]
+    blocked = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert blocked.returncode == 0, blocked.stderr
+    with_torch = run_cli("predict", str(digits_run), *images, "--json")
+    labels = [[json.loads(line)["labels"] for line in result.stdout.splitlines()] for result in (blocked, with_torch)]
+    assert len(labels[0]) == 3 and labels[0] == labels[1]

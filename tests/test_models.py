@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cnnkit.models import create_model, list_models
+from cnnkit.models.fold import ChannelSign, fold_pooled_batch_norms
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -54,3 +55,20 @@ def test_torchvision_architectures_keep_torchvision_parameter_names():
     theirs = torchvision.models.resnet50().state_dict()
     assert list(ours) == list(theirs)
     assert all(ours[k].shape == theirs[k].shape for k in theirs)
+
+
+@pytest.mark.parametrize("negative_scales", [False, True])
+def test_folding_batch_norm_across_max_pooling_keeps_the_function(negative_scales):
+    torch.manual_seed(0)
+    model = create_model("convnet", num_classes=10, in_channels=1, img_size=28)
+    for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.5, 2)
+        norm.bias.data.uniform_(-1, 1)
+        norm.weight.data.uniform_(-1 if negative_scales else 0.1, 1)
+    images = torch.randn(8, 1, 28, 28)
+    folded = fold_pooled_batch_norms(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, ChannelSign) for m in folded.modules()) == negative_scales
+    with torch.no_grad():
+        torch.testing.assert_close(folded(images), model.eval()(images), atol=1e-4, rtol=1e-4)

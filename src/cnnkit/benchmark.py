@@ -39,7 +39,7 @@ def throughput(fn: Callable, batch, seconds: float = 1.0) -> float:
 
 def _candidates(target: Path, scratch: Path, threads: int | None) -> list[tuple[str, object]]:
     """(runtime name, classifier) pairs: a run gets PyTorch plus fresh fp32 and int8 exports."""
-    from cnnkit.predict import load
+    from cnnkit.inference import load
     from cnnkit.runtime import OnnxClassifier
 
     if target.suffix.lower() == ".onnx":

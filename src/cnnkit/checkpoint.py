@@ -1,4 +1,4 @@
-"""Run directories and self-describing, atomic, safe checkpoints.
+"""Self-describing, atomic, safe checkpoints.
 
 A checkpoint is one safetensors file: the weights, plus a JSON document in the file's
 header metadata (key ``cnnkit``) holding the architecture, class names, preprocessing,
@@ -10,42 +10,19 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import safetensors.torch
 import torch
 from torch import nn
 
-from cnnkit.data.preprocess import Preprocessing
 from cnnkit.errors import CnnkitError
-from cnnkit.models.registry import ModelSpec, build
+from cnnkit.modelinfo import CHECKPOINT_FORMAT, CheckpointInfo
+from cnnkit.models.registry import build
 from cnnkit.safeload import load_tensors, read_header
 
-FORMAT = "cnnkit.checkpoint/1"
 METADATA_KEY = "cnnkit"
 BEST, LAST = "best.safetensors", "last.safetensors"
-
-
-@dataclass
-class CheckpointInfo:
-    """What a checkpoint says about itself."""
-
-    model: ModelSpec
-    classes: list[str]
-    preprocessing: Preprocessing
-    extra: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "model": self.model.to_dict(),
-            "classes": self.classes,
-            "preprocessing": self.preprocessing.to_dict(),
-            **self.extra,
-        }
 
 
 def versions() -> dict[str, str]:
@@ -121,14 +98,9 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], Checkpoi
         raise CnnkitError(f"{not_ours} ({error})") from None
     try:
         values = json.loads(header[METADATA_KEY])
-        if values.get("format") != FORMAT:
+        if values.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"format {values.get('format')!r}")
-        info = CheckpointInfo(
-            model=ModelSpec.from_dict(values.pop("model")),
-            classes=[str(name) for name in values.pop("classes")],
-            preprocessing=Preprocessing.from_dict(values.pop("preprocessing")),
-            extra={key: value for key, value in values.items() if key != "format"},
-        )
+        info = CheckpointInfo.from_dict(values)
     except (KeyError, ValueError, TypeError) as error:
         raise CnnkitError(f"{not_ours} (metadata: {error})") from None
     return tensors, info
@@ -146,25 +118,3 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
             f"({' '.join(line.strip() for line in str(error).splitlines()[1:2])})"
         ) from None
     return model.to(device).eval(), info
-
-
-def new_run_dir(out: str | Path, name: str | None, prefix: str) -> Path:
-    """Create ``out/name``; without a name, the first free of ``prefix``, ``prefix2``, ``prefix3``, ...
-
-    A named directory that already holds files is refused, so no earlier run is overwritten.
-    """
-    out = Path(out).expanduser()
-    if name is not None:
-        run_dir = out / name
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise CnnkitError(f"run directory {run_dir} already exists; pick another --name or remove it")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        return run_dir
-    out.mkdir(parents=True, exist_ok=True)
-    taken = {int(m.group(1) or 1) for p in out.iterdir() if (m := re.fullmatch(rf"{re.escape(prefix)}(\d*)", p.name))}
-    number = 1
-    while number in taken:
-        number += 1
-    run_dir = out / (prefix if number == 1 else f"{prefix}{number}")
-    run_dir.mkdir()
-    return run_dir

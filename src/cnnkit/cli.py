@@ -166,7 +166,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from cnnkit.predict import load
+    from cnnkit.inference import load
 
     classifier = load(args.checkpoint, device=args.device)
     result, skipped = classifier.evaluate(args.data, args.split)
@@ -176,8 +176,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise CnnkitError(f"the {args.split} split of {args.data or 'the training data'} holds no images")
     print(json.dumps({"split": args.split, **result.to_dict()}) if args.json else result.format())
     if args.report:
-        from cnnkit.checkpoint import new_run_dir
         from cnnkit.report import write_report
+        from cnnkit.rundir import new_run_dir
 
         out_dir = new_run_dir(args.out, args.name, "evaluate")
         images, _ = classifier.labelled_images(args.data, args.split)
@@ -214,8 +214,8 @@ def _expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], bool]:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from cnnkit.checkpoint import new_run_dir
-    from cnnkit.predict import load
+    from cnnkit.inference import load
+    from cnnkit.rundir import new_run_dir
 
     if args.top_k < 1:
         raise CnnkitError("--top-k must be at least 1")
@@ -277,9 +277,9 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from cnnkit.checkpoint import new_run_dir
     from cnnkit.explain import explain_images
-    from cnnkit.predict import load
+    from cnnkit.inference import load
+    from cnnkit.rundir import new_run_dir
 
     if args.top_k < 1:
         raise CnnkitError("--top-k must be at least 1")

@@ -265,9 +265,9 @@ def compare(
     Returns:
         The results (with its ``verdict`` lines) and the report directory.
     """
-    from cnnkit.checkpoint import new_run_dir
     from cnnkit.compare_report import write_compare_report
     from cnnkit.compare_verdict import verdict
+    from cnnkit.rundir import new_run_dir
 
     out_dir = new_run_dir(out, name, "compare")
     results = run_comparison(data, budget, data_dir, device, say)

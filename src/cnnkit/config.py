@@ -69,6 +69,11 @@ class TrainConfig:
         "batch augmentation: auto (chosen per dataset), none, or a list such as "
         "crop=4,hflip,rotate=10,scale=0.1,translate=0.1,brightness=0.2,contrast=0.2,saturation=0.2,erasing=0.25",
     )
+    tta: str = _option(
+        "auto",
+        "test-time augmentation of the final evaluation, prediction, serving and export: "
+        "flip (average with the mirror image), none, or auto (flip when training flipped images)",
+    )
     precision: str = _option("auto", "auto (bf16 where the hardware has it, fp16 on older GPUs), fp32, bf16, fp16")
     memory_format: str = _option("auto", "auto, channels_last or contiguous (auto: channels_last for CNNs)")
     compile: bool = _option(False, "compile the model with torch.compile (slow first steps; pays on long GPU runs)")
@@ -127,6 +132,8 @@ class TrainConfig:
             problems.append("class_weights must be none or balanced")
         if self.sampler not in ("shuffle", "balanced"):
             problems.append("sampler must be shuffle or balanced")
+        if self.tta not in ("auto", "flip", "none"):
+            problems.append("tta must be auto, flip or none")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             problems.append("precision must be auto, fp32, bf16 or fp16")
         if self.memory_format not in ("auto", "channels_last", "contiguous"):

@@ -21,6 +21,7 @@ from cnnkit.data.loader import iterate_batches
 from cnnkit.errors import CnnkitError
 from cnnkit.metrics import EvalResult, confusion_matrix, per_class_report
 from cnnkit.resume import EpochTally
+from cnnkit.tta import FlipAveraged
 
 FP32 = ComputeSettings("cpu", "fp32", "contiguous", False, 1, "")
 
@@ -144,11 +145,15 @@ def predict_logits(
     device: torch.device,
     batch_size: int = 256,
     flip: bool = False,
+    tta: bool = False,
 ) -> torch.Tensor:
-    """Logits (N, K) on the CPU for uint8 images (N, C, H, W), mirrored left to right with ``flip``.
+    """Logits (N, K) on the CPU for uint8 images (N, C, H, W).
 
-    Batches are taken one at a time, so a memory-mapped set is never copied whole.
+    ``flip`` mirrors the images left to right; ``tta`` averages the predictions for each
+    image and its mirror (:class:`~cnnkit.tta.FlipAveraged`). Batches are taken one at a
+    time, so a memory-mapped set is never copied whole.
     """
+    model = FlipAveraged(model) if tta else model
     model.eval()
     outputs = []
     for start in range(0, len(images), batch_size):
@@ -158,14 +163,19 @@ def predict_logits(
 
 
 def evaluate(
-    model: nn.Module, data: ImageSet, preprocessing: Preprocessing, device: torch.device, batch_size: int = 256
+    model: nn.Module,
+    data: ImageSet,
+    preprocessing: Preprocessing,
+    device: torch.device,
+    batch_size: int = 256,
+    tta: bool = False,
 ) -> EvalResult:
-    """Loss, accuracy, confusion matrix and per-class report of ``model`` on ``data``."""
+    """Loss, accuracy, confusion matrix and per-class report of ``model`` on ``data``; test-time flip with ``tta``."""
     num_classes = len(data.classes)
     if len(data) == 0:
         empty = [[0] * num_classes for _ in range(num_classes)]
         return EvalResult(math.nan, math.nan, empty, per_class_report(torch.tensor(empty), data.classes), data.classes)
-    logits = predict_logits(model, data.images, preprocessing, device, batch_size)
+    logits = predict_logits(model, data.images, preprocessing, device, batch_size, tta=tta)
     loss = nn.functional.cross_entropy(logits, data.labels).item()
     predictions = logits.argmax(1)
     confusion = confusion_matrix(predictions, data.labels, num_classes)

@@ -17,11 +17,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnkit.checkpoint import CheckpointInfo, new_run_dir, versions, write_atomic
+from cnnkit.checkpoint import versions, write_atomic
 from cnnkit.data import ImageSet, Preprocessing
 from cnnkit.errors import CnnkitError
-from cnnkit.predict import Classifier, load
+from cnnkit.inference import load
+from cnnkit.modelinfo import CheckpointInfo
+from cnnkit.models.fold import fold_pooled_batch_norms
+from cnnkit.predict import Classifier
+from cnnkit.rundir import new_run_dir
 from cnnkit.runtime import FORMAT, INPUT_NAME, OUTPUT_NAME, OnnxClassifier, require
+from cnnkit.tta import FlipAveraged
 
 # fp32 ONNX Runtime and PyTorch differ by float rounding (fused Conv+BN, other summation
 # orders): about 1e-6 on logits of order 10. 1e-3 leaves room for deeper models while
@@ -30,7 +35,11 @@ DEFAULT_ATOL = 1e-3
 
 
 class NormalizedModel(nn.Module):
-    """The model with the checkpoint's normalisation in front: uint8 (B, C, H, W) -> logits (B, K)."""
+    """The model with the checkpoint's normalisation in front: uint8 (B, C, H, W) -> logits (B, K).
+
+    A run trained with test-time flip is exported with it (:class:`~cnnkit.tta.FlipAveraged`
+    inside the graph), so the export gives the checkpoint's answers.
+    """
 
     def __init__(self, model: nn.Module, preprocessing: Preprocessing) -> None:
         super().__init__()
@@ -59,7 +68,8 @@ def write_onnx(model: nn.Module, info: CheckpointInfo, path: Path) -> None:
     require("onnx", "onnxscript", "onnxruntime")
     import onnx
 
-    wrapped = NormalizedModel(model.cpu().eval(), info.preprocessing).eval()
+    model = fold_pooled_batch_norms(model.cpu().eval())
+    wrapped = NormalizedModel(FlipAveraged(model) if info.extra.get("tta") == "flip" else model, info.preprocessing)
     prep = info.preprocessing
     example = torch.zeros(2, prep.channels, prep.img_size, prep.img_size, dtype=torch.uint8)
     with warnings.catch_warnings(), torch.no_grad():

@@ -43,7 +43,7 @@ class Run:
 
     def load(self, device: str = "auto"):
         """The best model as a :class:`cnnkit.predict.Classifier`."""
-        from cnnkit.predict import load
+        from cnnkit.inference import load
 
         return load(self.dir, device=device)
 

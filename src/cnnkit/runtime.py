@@ -3,25 +3,28 @@
 The exported graph takes uint8 images (N, C, H, W) and applies the mean/std
 normalisation itself, so the only preprocessing outside it is the shared decoding path
 (:func:`cnnkit.data.decode_image`): a file gives the same tensor here as in training.
-Inference never touches PyTorch; the ``torch`` tensors this class returns are views of
-ONNX Runtime's numpy outputs, so callers written for :class:`cnnkit.predict.Classifier`
-work unchanged.
+Prediction imports no PyTorch at all (a test blocks it); only :meth:`OnnxClassifier.logits`
+and :meth:`OnnxClassifier.evaluate`, which compare against checkpoints and datasets,
+hand back ``torch`` tensors.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from cnnkit.checkpoint import CheckpointInfo
-from cnnkit.data import ImageSet, Preprocessing, SkippedFile
 from cnnkit.errors import CnnkitError
-from cnnkit.metrics import EvalResult, confusion_matrix, per_class_report
-from cnnkit.models.registry import ModelSpec
-from cnnkit.predict import Classifier
+from cnnkit.inference import ImageClassifier
+from cnnkit.modelinfo import CheckpointInfo
+
+if TYPE_CHECKING:
+    import torch
+
+    from cnnkit.data import ImageSet, SkippedFile
+    from cnnkit.metrics import EvalResult
 
 FORMAT = "cnnkit.onnx/1"
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -42,12 +45,8 @@ def read_metadata(session) -> CheckpointInfo:
     if props.get("format") != FORMAT:
         raise ValueError(f"metadata format {props.get('format')!r}, expected {FORMAT!r}")
     # Other tools add dotted keys (onnxruntime's quantizer writes "onnx.quant.pre_process"); cnnkit's have no dots.
-    values = {key: json.loads(value) for key, value in props.items() if key != "format" and "." not in key}
-    return CheckpointInfo(
-        model=ModelSpec.from_dict(values.pop("model")),
-        classes=[str(name) for name in values.pop("classes")],
-        preprocessing=Preprocessing.from_dict(values.pop("preprocessing")),
-        extra=values,
+    return CheckpointInfo.from_dict(
+        {key: json.loads(value) for key, value in props.items() if key != "format" and "." not in key}
     )
 
 
@@ -67,7 +66,7 @@ def create_session(path: str | Path, threads: int | None = None):
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-class OnnxClassifier(Classifier):
+class OnnxClassifier(ImageClassifier):
     """An exported model run by ONNX Runtime, with the class names and preprocessing from its metadata.
 
     Args:
@@ -93,17 +92,28 @@ class OnnxClassifier(Classifier):
                 f"{path} is not a cnnkit ONNX model ({type(error).__name__}: {str(error).splitlines()[0]}); "
                 "export one with `cnnkit export RUN --format onnx`"
             ) from None
-        super().__init__(model=None, info=info, device=torch.device("cpu"))
+        super().__init__(info)
         self.path = path
 
-    def logits(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Logits (N, K) for uint8 images (N, C, H, W)."""
-        pixels = np.ascontiguousarray(images.numpy() if isinstance(images, torch.Tensor) else images, np.uint8)
+    def run(self, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Logits (N, K) for uint8 images (N, C, H, W), in batches of ``batch_size``."""
+        pixels = np.ascontiguousarray(pixels, np.uint8)
         outputs = [
             self.session.run([OUTPUT_NAME], {INPUT_NAME: pixels[i : i + batch_size]})[0]
             for i in range(0, len(pixels), batch_size)
         ]
-        return torch.from_numpy(np.concatenate(outputs) if outputs else np.zeros((0, len(self.classes)), np.float32))
+        return np.concatenate(outputs) if outputs else np.zeros((0, len(self.classes)), np.float32)
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        logits = self.run(pixels)
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (N, K) as a tensor, to compare with a checkpoint's :meth:`Classifier.logits`."""
+        import torch
+
+        return torch.from_numpy(self.run(images.numpy()))
 
     def evaluate(self, data: str | None = None, split: str = "test") -> tuple[EvalResult, list[SkippedFile]]:
         """Evaluate the ONNX model on labelled data; the arguments are those of :meth:`Classifier.evaluate`."""
@@ -113,6 +123,10 @@ class OnnxClassifier(Classifier):
 
 def score(logits: torch.Tensor, images: ImageSet) -> EvalResult:
     """Loss, accuracy and per-class report of precomputed logits (N, K) against ``images.labels``."""
+    import torch
+
+    from cnnkit.metrics import EvalResult, confusion_matrix, per_class_report
+
     predictions = logits.argmax(1)
     confusion = confusion_matrix(predictions, images.labels, len(images.classes))
     return EvalResult(

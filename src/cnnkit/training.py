@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cnnkit import compute, runlog
-from cnnkit.checkpoint import BEST, LAST, CheckpointInfo, CheckpointWriteError, new_run_dir, save_checkpoint, versions
+from cnnkit.checkpoint import BEST, LAST, CheckpointWriteError, save_checkpoint, versions
 from cnnkit.compute import select_device
 from cnnkit.config import TrainConfig
 from cnnkit.data import Preprocessing
@@ -29,6 +29,7 @@ from cnnkit.data.loader import channel_stats, num_batches
 from cnnkit.epochs import NonFiniteStep, evaluate, recompute_batch_norm, train_one_epoch
 from cnnkit.errors import CnnkitError
 from cnnkit.finetune import finetune_optimizer
+from cnnkit.modelinfo import CheckpointInfo
 from cnnkit.models import ModelSpec, build
 from cnnkit.models.pretrained import create_pretrained, pretrained_preprocessing
 from cnnkit.models.spec import resolve_model
@@ -43,7 +44,9 @@ from cnnkit.resume import (
     save_state,
     truncate_logs,
 )
+from cnnkit.rundir import new_run_dir
 from cnnkit.runlog import Run, StepLog
+from cnnkit.tta import resolve_tta
 
 
 def build_optimizer(
@@ -116,6 +119,7 @@ def fit(
     settings = compute.resolve(device, config.precision, config.memory_format, config.compile)
     model = compute.prepare_model(model, settings)
     augment = parse_augmentation(config.augment, splits.name, img_size)
+    tta = resolve_tta(config.tta, augment)
     if saved is None:
         run_dir = new_run_dir(config.out, config.name, "train")
         runlog.write_data_records(run_dir, splits)
@@ -123,7 +127,8 @@ def fit(
         run_dir = Path(resume).expanduser()
         saved.check_spec(spec, splits.classes, runlog.check_same_split(run_dir, splits))
     config.save(run_dir / "config.yaml")
-    runlog.write_environment(run_dir, config, device, {**settings.to_dict(), "augment": augment and augment.to_dict()})
+    choices = {**settings.to_dict(), "augment": augment and augment.to_dict(), "tta": tta}
+    runlog.write_environment(run_dir, config, device, choices)
     check_bad_share(splits, config.max_bad_share, run_dir)
     parameters = sum(p.numel() for p in model.parameters())
     say(
@@ -164,6 +169,7 @@ def fit(
             "metrics": row,
             "versions": versions(),
             "device": str(device),
+            "tta": tta,
         }
         return CheckpointInfo(spec, splits.classes, preprocessing, extra)
 
@@ -260,8 +266,9 @@ def fit(
     test = None
     if best_state is not None and not interrupted:
         model.load_state_dict(best_state)
-        test = evaluate(model, splits.test, preprocessing, device) if len(splits.test) else None
-        final = test or evaluate(model, splits.val, preprocessing, device)
+        final_tta = tta == "flip"
+        test = evaluate(model, splits.test, preprocessing, device, tta=final_tta) if len(splits.test) else None
+        final = test or evaluate(model, splits.val, preprocessing, device, tta=final_tta)
         runlog.write_results(
             run_dir, history, test, final, best_epoch, time.perf_counter() - started, progress.skipped_steps
         )
@@ -273,7 +280,8 @@ def fit(
     seconds = time.perf_counter() - started
     if test is not None:
         say(
-            f"test accuracy {test.accuracy:.2%} on {test.count} images (best epoch {best_epoch}) "
+            f"test accuracy {test.accuracy:.2%}{' with flip TTA' if tta == 'flip' else ''} on {test.count} images "
+            f"(best epoch {best_epoch}) "
             f"in {seconds:.1f}s; run saved to {run_dir}"
         )
     elif progress.best_score is None and not interrupted:

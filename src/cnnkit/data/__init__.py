@@ -1,15 +1,29 @@
-"""Where tensors are born: image folders and built-in datasets, decoded one way."""
+"""Where tensors are born: image folders and built-in datasets, decoded one way.
+
+Decoding and :class:`Preprocessing` need no PyTorch; the dataset names below are
+imported on first use, so ``cnnkit predict model.onnx`` runs with ONNX Runtime alone.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from cnnkit.data.builtin import BUILTINS, load_builtin
 from cnnkit.data.decode import decode_image, load_image
-from cnnkit.data.folder import load_folder
-from cnnkit.data.imageset import DataSplits, ImageSet, SkippedFile
 from cnnkit.data.preprocess import Preprocessing
+
+if TYPE_CHECKING:
+    from cnnkit.data.builtin import BUILTINS
+    from cnnkit.data.imageset import DataSplits, ImageSet, SkippedFile
+
+_LAZY = {
+    "BUILTINS": "cnnkit.data.builtin",
+    "DataSplits": "cnnkit.data.imageset",
+    "ImageSet": "cnnkit.data.imageset",
+    "SkippedFile": "cnnkit.data.imageset",
+}
 
 __all__ = [
     "BUILTINS",
@@ -51,8 +65,17 @@ def load_data(
         >>> splits.train.images.shape[1:]
         torch.Size([1, 8, 8])
     """
+    from cnnkit.data.builtin import BUILTINS, load_builtin
+    from cnnkit.data.folder import load_folder
+
     if data in BUILTINS:
         return load_builtin(data, data_dir, img_size, channels, resize, val_split, test_split)
     return load_folder(
         Path(data).expanduser(), img_size, channels, resize, val_split, test_split, workers or os.cpu_count() or 1
     )
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'cnnkit.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)

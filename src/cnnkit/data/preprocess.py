@@ -7,8 +7,10 @@ an image file into exactly the tensor the model was trained on.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # no PyTorch at import: an ONNX Runtime install reads Preprocessing from an export's metadata
+    import torch
 
 RESIZE_RULES = ("crop", "squash", "pad")
 
@@ -48,6 +50,7 @@ class Preprocessing:
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """Turn uint8 images (B, C, H, W) into normalised float32 model inputs."""
-        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1) * 255.0
-        inv_std = 1.0 / (torch.tensor(self.std, device=images.device).view(1, -1, 1, 1) * 255.0)
-        return (images.float() - mean) * inv_std
+        pixels = images.float()
+        mean = pixels.new_tensor(self.mean).view(1, -1, 1, 1) * 255.0
+        inv_std = 1.0 / (pixels.new_tensor(self.std).view(1, -1, 1, 1) * 255.0)
+        return (pixels - mean) * inv_std

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from torch import nn
 
 from cnnkit.errors import CnnkitError
+from cnnkit.modelinfo import ModelSpec
 
 ModelBuilder = Callable[..., nn.Module]
 _BUILDERS: dict[str, ModelBuilder] = {}
@@ -29,30 +29,6 @@ def register_model(builder: ModelBuilder) -> ModelBuilder:
 def list_models(pattern: str = "*") -> list[str]:
     """Names of registered models matching a shell-style pattern, e.g. ``list_models("res*")``."""
     return sorted(fnmatch.filter(_BUILDERS, pattern))
-
-
-@dataclass
-class ModelSpec:
-    """Everything needed to rebuild a model: its registry name and constructor arguments."""
-
-    name: str
-    num_classes: int
-    in_channels: int = 3
-    img_size: int = 224
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ModelSpec:
-        return cls(
-            values["name"],
-            int(values["num_classes"]),
-            int(values["in_channels"]),
-            int(values["img_size"]),
-            dict(values.get("kwargs", {})),
-        )
 
 
 def create_model(name: str, num_classes: int, in_channels: int = 3, img_size: int = 224, **kwargs: Any) -> nn.Module:

@@ -32,7 +32,7 @@ def serve(
     require("fastapi", "uvicorn", "multipart")
     import uvicorn
 
-    from cnnkit.predict import load
+    from cnnkit.inference import load
     from cnnkit.serve.app import create_app
 
     if max_upload_mb <= 0 or max_concurrency < 1 or max_queue < 0 or timeout <= 0:

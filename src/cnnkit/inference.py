@@ -1,0 +1,142 @@
+"""Using a trained model: ``load`` it, then rank the labels of images.
+
+:class:`ImageClassifier` decodes images through the one shared path and ranks the
+probabilities its subclass computes: :class:`cnnkit.predict.Classifier` with PyTorch
+for checkpoints, :class:`cnnkit.runtime.OnnxClassifier` with ONNX Runtime for exports.
+This module needs no PyTorch, so an exported model predicts with ONNX Runtime alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cnnkit.data.decode import ImageDecodeError, ImageSource, decode_image
+from cnnkit.data.preprocess import Preprocessing
+from cnnkit.modelinfo import CheckpointInfo
+
+if TYPE_CHECKING:
+    from cnnkit.data import ImageSet, SkippedFile
+
+
+@dataclass
+class Prediction:
+    """Ranked labels and probabilities for one image."""
+
+    source: str
+    labels: list[str]
+    probabilities: list[float]
+
+    @property
+    def label(self) -> str:
+        return self.labels[0]
+
+    @property
+    def probability(self) -> float:
+        return self.probabilities[0]
+
+    def to_dict(self) -> dict:
+        return {"path": self.source, "labels": self.labels, "probabilities": self.probabilities}
+
+
+def _name(source: ImageSource, index: int) -> str:
+    return str(source) if isinstance(source, (str, Path)) else f"<image {index}>"
+
+
+class ImageClassifier:
+    """A trained model with the class names and preprocessing it was trained with.
+
+    Subclasses compute :meth:`probabilities`; decoding and ranking are shared, so a
+    checkpoint and its export rank the same file the same way.
+    """
+
+    def __init__(self, info: CheckpointInfo) -> None:
+        self.info = info
+
+    @property
+    def classes(self) -> list[str]:
+        return self.info.classes
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.info.preprocessing
+
+    def pixels(self, images: Sequence[ImageSource]) -> np.ndarray:
+        """Decode images exactly as in training: uint8 (N, C, H, W)."""
+        prep = self.preprocessing
+        return np.stack([decode_image(image, prep.img_size, prep.channels, prep.resize) for image in images])
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, K) for uint8 images (N, C, H, W)."""
+        raise NotImplementedError
+
+    def predict_proba(self, images: ImageSource | Sequence[ImageSource]) -> np.ndarray:
+        """Class probabilities (N, K) for one image or a list of images."""
+        images = [images] if not isinstance(images, (list, tuple)) else images
+        return self.probabilities(self.pixels(images))
+
+    def predict(self, images: ImageSource | Sequence[ImageSource], top_k: int = 5) -> list[Prediction]:
+        """Top-k labels and probabilities for one image or a list of images (file paths, bytes, PIL, arrays)."""
+        images = [images] if not isinstance(images, (list, tuple)) else images
+        return self._rank(self.predict_proba(images), [_name(source, i) for i, source in enumerate(images)], top_k)
+
+    def predict_files(
+        self, paths: Sequence[str | Path], top_k: int = 5, batch_size: int = 256
+    ) -> tuple[list[Prediction], list[tuple[str, str]]]:
+        """Predict many files in batches; files that cannot be decoded are skipped and returned with the reason."""
+        prep = self.preprocessing
+        predictions, failures = [], []
+        for start in range(0, len(paths), batch_size):
+            arrays, names = [], []
+            for path in paths[start : start + batch_size]:
+                try:
+                    arrays.append(decode_image(path, prep.img_size, prep.channels, prep.resize))
+                    names.append(str(path))
+                except ImageDecodeError as error:
+                    failures.append((str(path), str(error)))
+            if arrays:
+                predictions += self._rank(self.probabilities(np.stack(arrays)), names, top_k)
+        return predictions, failures
+
+    def labelled_images(self, data: str | None, split: str) -> tuple[ImageSet, list[SkippedFile]]:
+        """The labelled images :meth:`evaluate` uses, relabelled to the model's classes, and any skipped files."""
+        from cnnkit.data.labelled import labelled_images  # datasets are torch tensors; prediction needs none
+
+        return labelled_images(self.info, data, split)
+
+    def _rank(self, probabilities: np.ndarray, names: list[str], top_k: int) -> list[Prediction]:
+        k = max(1, min(top_k, len(self.classes)))
+        ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+        return [
+            Prediction(name, [self.classes[j] for j in order], [float(p) for p in row[order]])
+            for name, order, row in zip(names, ranked, probabilities)
+        ]
+
+
+def load(
+    path: str | Path, device: str = "auto", pretrained: bool = False, weights: str | None = None
+) -> ImageClassifier:
+    """Load a run directory, a checkpoint, an ONNX export, or an ImageNet-pretrained architecture.
+
+    Args:
+        path: A run directory from ``cnnkit train`` (its best checkpoint), a ``.safetensors`` checkpoint, a
+            ``.onnx`` model from ``cnnkit export`` (run by ONNX Runtime on the CPU, without PyTorch; ``device``
+            is ignored), or an architecture name with ``pretrained`` or ``weights`` (ImageNet classes).
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps``. Defaults to ``auto``.
+        pretrained: With an architecture name: its ImageNet weights. Defaults to False.
+        weights: With an architecture name: a local ImageNet weights file. Defaults to None.
+
+    Example:
+        >>> load("efficientnet_lite0", pretrained=True).predict("photo.jpg")[0].label
+    """
+    if Path(path).suffix.lower() == ".onnx":
+        from cnnkit.runtime import OnnxClassifier
+
+        return OnnxClassifier(path)
+    from cnnkit.predict import load_checkpoint_classifier
+
+    return load_checkpoint_classifier(path, device, pretrained, weights)
