@@ -65,3 +65,19 @@ def test_not_a_checkpoint_is_refused(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"\x00" * 16)
     with pytest.raises(cnnkit.CnnkitError, match="not a cnnkit checkpoint"):
         cnnkit.load(tmp_path / "model.safetensors")
+
+
+def test_a_checkpoint_from_an_older_cnnkit_with_another_layout_names_the_version(digits_run, tmp_path):
+    import json
+
+    import safetensors.torch
+
+    from cnnkit.checkpoint import METADATA_KEY
+
+    tensors, info = read_checkpoint(digits_run)
+    info.extra["versions"] = {**info.extra.get("versions", {}), "cnnkit": "0.0.9"}
+    old_layout = {name.replace("features.0.2.", "features.0.1."): tensor for name, tensor in tensors.items()}
+    path = tmp_path / "old.safetensors"
+    path.write_bytes(safetensors.torch.save(old_layout, metadata={METADATA_KEY: json.dumps(info.to_dict())}))
+    with pytest.raises(cnnkit.CnnkitError, match=r"weights do not fit convnet .*saved by cnnkit 0\.0\.9.*retrain it"):
+        cnnkit.load(path, device="cpu")

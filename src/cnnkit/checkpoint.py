@@ -113,8 +113,17 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
     try:
         model.load_state_dict(tensors)
     except RuntimeError as error:
+        from cnnkit import __version__
+
+        saved_by = info.extra.get("versions", {}).get("cnnkit")
+        hint = (
+            f"; it was saved by cnnkit {saved_by}, whose {info.model.name} differs from this cnnkit {__version__}'s: "
+            f"retrain it, or load it with cnnkit {saved_by}"
+            if saved_by and saved_by != __version__
+            else ""
+        )
         raise CnnkitError(
             f"{resolve_checkpoint(path)}: weights do not fit {info.model.name} "
-            f"({' '.join(line.strip() for line in str(error).splitlines()[1:2])})"
+            f"({' '.join(line.strip() for line in str(error).splitlines()[1:2])}){hint}"
         ) from None
     return model.to(device).eval(), info

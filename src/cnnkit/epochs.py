@@ -23,6 +23,7 @@ from cnnkit.metrics import EvalResult, confusion_matrix, per_class_report
 from cnnkit.resume import EpochTally
 from cnnkit.tta import FlipAveraged
 
+EVAL_BATCH_VALUES = 1 << 22  # pixel values per evaluation batch: 16 MB as float32
 FP32 = ComputeSettings("cpu", "fp32", "contiguous", False, 1, "")
 
 
@@ -151,10 +152,14 @@ def predict_logits(
 
     ``flip`` mirrors the images left to right; ``tta`` averages the predictions for each
     image and its mirror (:class:`~cnnkit.tta.FlipAveraged`). Batches are taken one at a
-    time, so a memory-mapped set is never copied whole.
+    time, so a memory-mapped set is never copied whole, and large images come in smaller
+    batches (at most ``EVAL_BATCH_VALUES`` pixel values), so evaluating 200-pixel photos
+    needs no more memory than training on them.
     """
     model = FlipAveraged(model) if tta else model
     model.eval()
+    per_image = images[0].numel() if len(images) else 1
+    batch_size = max(1, min(batch_size, EVAL_BATCH_VALUES // per_image))
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size].to(device)
