@@ -52,7 +52,8 @@ def test_a_flip_trained_run_predicts_and_exports_with_flip(tmp_path):
     pytest.importorskip("onnxruntime", reason="the deploy extra provides onnxruntime")
     from cnnkit.export import export_onnx
 
-    report = export_onnx(run.dir, out=tmp_path, name="export", verbose=False)
+    report = export_onnx(run.dir, out=tmp_path, name="export", int8=True, max_accuracy_drop=100, verbose=False)
     assert report["parity"]["passed"] and report["parity"]["top1_agreement"] == 1.0
+    assert report["int8"]["accuracy_int8"] > 0.5  # the flip graph quantizes and still classifies
     exported = cnnkit.load(tmp_path / "export" / "model.onnx")
     torch.testing.assert_close(exported.logits(images), classifier.logits(images), atol=1e-4, rtol=1e-4)
