@@ -113,6 +113,8 @@ def test_ctrl_c_exits_130_and_keeps_last(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As in a terminal: a shell's background job (`pytest &`) ignores SIGINT, and its children would too.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     last = tmp_path / "stop" / "last.safetensors"
     deadline = time.monotonic() + 120
