@@ -43,3 +43,9 @@ def test_summary_cli_json_and_checkpoint(digits_run):
     assert data["parameters"] == 61_706 and data["layers"][0]["output_shape"] == [6, 28, 28]
     text = run_cli("summary", str(digits_run))
     assert text.returncode == 0 and "input 1x8x8" in text.stdout and "as FC" in text.stdout
+
+
+def test_summary_of_a_checkpoint_refuses_architecture_flags(digits_run):
+    result = run_cli("summary", str(digits_run), "--img-size", "64")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--img-size describe an architecture" in result.stderr and "1x8x8 input, 10 classes" in result.stderr

@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the parameters a fully connected layer of the same sizes would need.",
     )
     summary.add_argument("model", metavar="MODEL", help="architecture name, layer spec (string or file), or checkpoint")
-    summary.add_argument("--img-size", type=int, help="input side (default: 224; checkpoints use their own)")
+    summary.add_argument("--img-size", type=int, help="input side (default: 224; checkpoints record theirs)")
     summary.add_argument("--channels", type=int, help="input channels (default: 3)")
     summary.add_argument("--num-classes", type=int, help="output classes (default: 10)")
     summary.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -158,6 +158,13 @@ def summarize_model(
 
         net, info = load_model(path)
         prep = info.preprocessing
+        given = {"--img-size": img_size, "--channels": channels, "--num-classes": num_classes}
+        if any(value is not None for value in given.values()):
+            raise CnnkitError(
+                f"{', '.join(flag for flag, value in given.items() if value is not None)} describe an architecture; "
+                f"the checkpoint {model} records its own ({prep.channels}x{prep.img_size}x{prep.img_size} input, "
+                f"{len(info.classes)} classes): leave them out"
+            )
         return summarize(net, (prep.channels, prep.img_size, prep.img_size), model)
     name, kwargs = resolve_model(model)
     img_size, channels = img_size or 224, channels or 3
