@@ -113,11 +113,13 @@ class SlowClassifier:
 
     def __init__(self, classifier, seconds: float) -> None:
         self.classifier, self.seconds = classifier, seconds
-        self.classes = classifier.classes
 
-    def predict(self, images, top_k=5):
+    def __getattr__(self, name: str):  # decoding, ranking, classes: the real classifier's
+        return getattr(self.classifier, name)
+
+    def probabilities(self, pixels):
         time.sleep(self.seconds)
-        return self.classifier.predict(images, top_k)
+        return self.classifier.probabilities(pixels)
 
 
 async def post_many(app, count: int, content: bytes) -> list:

@@ -282,11 +282,12 @@ def explain_images(
     return Explanation(page, layer, records, skipped)
 
 
-def overlay_png(classifier, data: bytes, class_index: int, side: int = OVERLAY_SIDE) -> bytes:
-    """A PNG of the image with the Grad-CAM heatmap of ``class_index`` blended over it, ``side`` pixels square.
+def overlay_png(classifier, pixels: np.ndarray, class_index: int, side: int = OVERLAY_SIDE) -> bytes:
+    """A PNG of one image with the Grad-CAM heatmap of ``class_index`` blended over it, ``side`` pixels square.
 
-    For the prediction service: one image, decoded exactly as for prediction, explained at
-    the last convolution (models without one get a saliency map).
+    For the prediction service: ``pixels`` is the image as decoded for its prediction,
+    uint8 (1, C, H, W), explained at the last convolution (models without one get a
+    saliency map).
     """
     import io
 
@@ -294,7 +295,7 @@ def overlay_png(classifier, data: bytes, class_index: int, side: int = OVERLAY_S
     from PIL import Image
 
     model, prep = classifier.model, classifier.preprocessing
-    images = classifier.preprocess([data])  # (1, C, H, W) uint8
+    images = torch.from_numpy(pixels)  # (1, C, H, W) uint8
     inputs = prep.normalize(images.to(classifier.device))
     classes = torch.tensor([class_index], device=classifier.device)
     if convolutions(model):

@@ -82,7 +82,7 @@ class ImageClassifier:
     def predict(self, images: ImageSource | Sequence[ImageSource], top_k: int = 5) -> list[Prediction]:
         """Top-k labels and probabilities for one image or a list of images (file paths, bytes, PIL, arrays)."""
         images = [images] if not isinstance(images, (list, tuple)) else images
-        return self._rank(self.predict_proba(images), [_name(source, i) for i, source in enumerate(images)], top_k)
+        return self.rank(self.predict_proba(images), [_name(source, i) for i, source in enumerate(images)], top_k)
 
     def predict_files(
         self, paths: Sequence[str | Path], top_k: int = 5, batch_size: int = 256
@@ -99,7 +99,7 @@ class ImageClassifier:
                 except ImageDecodeError as error:
                     failures.append((str(path), str(error)))
             if arrays:
-                predictions += self._rank(self.probabilities(np.stack(arrays)), names, top_k)
+                predictions += self.rank(self.probabilities(np.stack(arrays)), names, top_k)
         return predictions, failures
 
     def labelled_images(self, data: str | None, split: str) -> tuple[ImageSet, list[SkippedFile]]:
@@ -108,7 +108,8 @@ class ImageClassifier:
 
         return labelled_images(self.info, data, split)
 
-    def _rank(self, probabilities: np.ndarray, names: list[str], top_k: int) -> list[Prediction]:
+    def rank(self, probabilities: np.ndarray, names: list[str], top_k: int) -> list[Prediction]:
+        """One :class:`Prediction` per row of ``probabilities`` (N, K), named by ``names``: the top ``top_k`` labels."""
         k = max(1, min(top_k, len(self.classes)))
         ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
         return [

@@ -198,15 +198,16 @@ def create_app(
     def predict_image(data: bytes, top_k: int, explain: bool) -> PredictionResponse:
         check_image(data, max_pixels)
         try:
-            [prediction] = classifier.predict(data, top_k=top_k)
+            pixels = classifier.pixels([data])  # decoded once: the prediction and the overlay share it
         except ImageDecodeError as error:
             raise HTTPException(400, f"cannot decode the image: {error}") from None
+        [prediction] = classifier.rank(classifier.probabilities(pixels), ["<upload>"], top_k)
         overlay = None
         if explain and explainable:
             from cnnkit.explain import overlay_png
 
             with explaining:
-                png = overlay_png(classifier, data, classifier.classes.index(prediction.label))
+                png = overlay_png(classifier, pixels, classifier.classes.index(prediction.label))
             overlay = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
         return PredictionResponse(
             label=prediction.label, labels=prediction.labels, probabilities=prediction.probabilities, overlay=overlay
