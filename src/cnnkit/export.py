@@ -69,7 +69,7 @@ def write_onnx(model: nn.Module, info: CheckpointInfo, path: Path) -> None:
     import onnx
 
     model = fold_pooled_batch_norms(model.cpu().eval())
-    wrapped = NormalizedModel(FlipAveraged(model) if info.extra.get("tta") == "flip" else model, info.preprocessing)
+    wrapped = NormalizedModel(FlipAveraged(model) if info.test_time_flip else model, info.preprocessing)
     prep = info.preprocessing
     example = torch.zeros(2, prep.channels, prep.img_size, prep.img_size, dtype=torch.uint8)
     with warnings.catch_warnings(), torch.no_grad():

@@ -48,6 +48,11 @@ class CheckpointInfo:
     preprocessing: Preprocessing
     extra: dict[str, Any]
 
+    @property
+    def test_time_flip(self) -> bool:
+        """Whether the run predicts with test-time flip (``tta`` recorded by ``fit``; see :mod:`cnnkit.tta`)."""
+        return self.extra.get("tta") == "flip"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": CHECKPOINT_FORMAT,

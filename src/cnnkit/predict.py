@@ -30,7 +30,6 @@ class Classifier(ImageClassifier):
         super().__init__(info)
         self.model = model
         self.device = device
-        self.tta = info.extra.get("tta") == "flip"  # the run's test-time flip (cnnkit.tta)
 
     def preprocess(self, images: list[ImageSource]) -> torch.Tensor:
         """Decode images exactly as in training: a uint8 tensor (N, C, H, W)."""
@@ -41,7 +40,7 @@ class Classifier(ImageClassifier):
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (N, K) on the CPU for uint8 images (N, C, H, W)."""
-        return predict_logits(self.model, images, self.preprocessing, self.device, tta=self.tta)
+        return predict_logits(self.model, images, self.preprocessing, self.device, tta=self.info.test_time_flip)
 
     def evaluate(self, data: str | None = None, split: str = "test") -> tuple[EvalResult, list[SkippedFile]]:
         """Evaluate on labelled data; returns the result and any images that could not be read.
@@ -53,7 +52,7 @@ class Classifier(ImageClassifier):
                 evaluated whole. Defaults to ``test``.
         """
         images, skipped = self.labelled_images(data, split)
-        return evaluate(self.model, images, self.preprocessing, self.device, tta=self.tta), skipped
+        return evaluate(self.model, images, self.preprocessing, self.device, tta=self.info.test_time_flip), skipped
 
 
 def load_checkpoint_classifier(
