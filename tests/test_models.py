@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cnnkit.models import create_model, list_models
-from cnnkit.models.fold import ChannelSign, fold_pooled_batch_norms
+from cnnkit.models.fold import ChannelSign, fold_batch_norms
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -57,18 +57,28 @@ def test_torchvision_architectures_keep_torchvision_parameter_names():
     assert all(ours[k].shape == theirs[k].shape for k in theirs)
 
 
+def test_convnet_head_has_a_hidden_layer_unless_turned_off():
+    images = torch.randn(4, 1, 28, 28)
+    with_hidden = create_model("convnet", num_classes=10, in_channels=1, img_size=28)
+    without = create_model("convnet", num_classes=10, in_channels=1, img_size=28, hidden=0)
+    assert with_hidden.head[-1].in_features == 256 and isinstance(with_hidden.head[1][1], torch.nn.BatchNorm1d)
+    assert without.head[-1].in_features == 128 * 3 * 3
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in without.modules())
+    assert with_hidden(images).shape == without(images).shape == (4, 10)
+
+
 @pytest.mark.parametrize("negative_scales", [False, True])
-def test_folding_batch_norm_across_max_pooling_keeps_the_function(negative_scales):
+def test_folding_batch_norms_keeps_the_function(negative_scales):
     torch.manual_seed(0)
     model = create_model("convnet", num_classes=10, in_channels=1, img_size=28)
-    for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+    for norm in (m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):
         norm.running_mean.uniform_(-1, 1)
         norm.running_var.uniform_(0.5, 2)
         norm.bias.data.uniform_(-1, 1)
         norm.weight.data.uniform_(-1 if negative_scales else 0.1, 1)
     images = torch.randn(8, 1, 28, 28)
-    folded = fold_pooled_batch_norms(model)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    folded = fold_batch_norms(model)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in folded.modules())
     assert any(isinstance(m, ChannelSign) for m in folded.modules()) == negative_scales
     with torch.no_grad():
         torch.testing.assert_close(folded(images), model.eval()(images), atol=1e-4, rtol=1e-4)

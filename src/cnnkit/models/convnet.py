@@ -34,6 +34,13 @@ def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1, pool: boo
     )
 
 
+def linear_bn_relu(in_features: int, out_features: int) -> nn.Sequential:
+    """A fully connected layer, batch norm and ReLU: the hidden layer of the head."""
+    return nn.Sequential(
+        nn.Linear(in_features, out_features, bias=False), nn.BatchNorm1d(out_features), nn.ReLU(inplace=True)
+    )
+
+
 class ConvNet(nn.Module):
     """Stages of ``depth`` 3x3 convolutions each, with ``widths`` channels, pooled while the map is large enough.
 
@@ -51,6 +58,9 @@ class ConvNet(nn.Module):
         in_channels: Input channels. Defaults to 3.
         img_size: Input side, used to choose stem strides, pooling and the head. Defaults to 32.
         widths: Channels of the stages (the strided stem of large images uses the first). Defaults to (16, 64, 128).
+        hidden: Units of the fully connected hidden layer between the features and the
+            classifier; 0 for none. Defaults to 256: on Fashion-MNIST it added 0.5 and 0.6
+            points of validation accuracy (two seeds, 7 epochs) for 2% more training time.
         dropout: Dropout before the classifier. Defaults to 0 (0.1 cost 11% of the training speed on a CPU).
         stages: Number of stages. Defaults to 3.
         depth: Convolutions per stage. Defaults to 1 (2 on the 8x8 digits measured 98.9% mean
@@ -63,6 +73,7 @@ class ConvNet(nn.Module):
         in_channels: int = 3,
         img_size: int = 32,
         widths: tuple[int, ...] = (16, 64, 128),
+        hidden: int = 256,
         dropout: float = 0.0,
         stages: int = 3,
         depth: int = 1,
@@ -83,10 +94,12 @@ class ConvNet(nn.Module):
         self.features = nn.Sequential(*layers)
         flatten = size <= FLATTEN_MAX_SIDE
         self.num_features = channels  # of the feature map, as in every cnnkit model
-        pool: list[nn.Module] = [] if flatten else [nn.AdaptiveAvgPool2d(1)]
-        self.head = nn.Sequential(*pool, nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels * size**2, num_classes))
-        if not flatten:
-            self.head[-1] = nn.Linear(channels, num_classes)
+        features = channels * size**2 if flatten else channels
+        global_pool: list[nn.Module] = [] if flatten else [nn.AdaptiveAvgPool2d(1)]
+        hidden_layer: list[nn.Module] = [linear_bn_relu(features, hidden)] if hidden else []
+        self.head = nn.Sequential(
+            *global_pool, nn.Flatten(), *hidden_layer, nn.Dropout(dropout), nn.Linear(hidden or features, num_classes)
+        )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)  # (B, C, H', W')
@@ -103,5 +116,5 @@ class ConvNet(nn.Module):
 
 @register_model
 def convnet(num_classes: int, in_channels: int = 3, img_size: int = 32, **kwargs) -> ConvNet:
-    """cnnkit's default CNN for small images (about 0.1M parameters; 5.5M multiply-adds per 28x28 image)."""
+    """cnnkit's default CNN for small images (about 0.4M parameters; 5.8M multiply-adds per 28x28 image)."""
     return ConvNet(num_classes, in_channels, img_size, **kwargs)
