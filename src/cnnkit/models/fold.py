@@ -7,8 +7,9 @@ on its own (it cost 0.56 points on digits). A per-channel affine map ``s * y + t
 commutes with max pooling when ``s > 0``, and turns it into min pooling when ``s < 0``,
 which is max pooling of the negated map. So each conv -> max-pool -> batch-norm -> ReLU
 block becomes conv' -> ReLU -> max-pool (all scales positive) or
-conv' -> max-pool -> sign -> ReLU, computing the same numbers up to float rounding. The head's linear -> batch-norm -> ReLU
-hidden layer is folded the plain way (exporters fold batch norm into convolutions only).
+conv' -> max-pool -> sign -> ReLU, computing the same numbers up to float rounding.
+The head's linear -> batch-norm -> ReLU hidden layer is folded the plain way (exporters
+fold batch norm into convolutions only).
 """
 
 from __future__ import annotations
