@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cnnkit.models import create_model, list_models
+from cnnkit.models.convnet import convnet_kwargs_for
 from cnnkit.models.fold import ChannelSign, fold_batch_norms
 
 
@@ -57,10 +58,12 @@ def test_torchvision_architectures_keep_torchvision_parameter_names():
     assert all(ours[k].shape == theirs[k].shape for k in theirs)
 
 
-def test_convnet_head_has_a_hidden_layer_unless_turned_off():
+def test_convnet_head_gets_a_hidden_layer_with_enough_training_images():
+    assert convnet_kwargs_for(9_999) == {"hidden": 0}
+    assert convnet_kwargs_for(54_000) == {"hidden": 256}
     images = torch.randn(4, 1, 28, 28)
-    with_hidden = create_model("convnet", num_classes=10, in_channels=1, img_size=28)
-    without = create_model("convnet", num_classes=10, in_channels=1, img_size=28, hidden=0)
+    with_hidden = create_model("convnet", num_classes=10, in_channels=1, img_size=28, **convnet_kwargs_for(54_000))
+    without = create_model("convnet", num_classes=10, in_channels=1, img_size=28)
     assert with_hidden.head[-1].in_features == 256 and isinstance(with_hidden.head[1][1], torch.nn.BatchNorm1d)
     assert without.head[-1].in_features == 128 * 3 * 3
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in without.modules())
@@ -70,7 +73,7 @@ def test_convnet_head_has_a_hidden_layer_unless_turned_off():
 @pytest.mark.parametrize("negative_scales", [False, True])
 def test_folding_batch_norms_keeps_the_function(negative_scales):
     torch.manual_seed(0)
-    model = create_model("convnet", num_classes=10, in_channels=1, img_size=28)
+    model = create_model("convnet", num_classes=10, in_channels=1, img_size=28, hidden=256)
     for norm in (m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):
         norm.running_mean.uniform_(-1, 1)
         norm.running_var.uniform_(0.5, 2)

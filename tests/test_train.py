@@ -34,6 +34,7 @@ def test_fit_writes_a_complete_run_directory(shapes_folder, tmp_path):
     _, info = read_checkpoint(run.dir / "best.safetensors")
     assert info.classes == ["circle", "square", "triangle"]
     assert info.preprocessing.img_size == 16 and info.preprocessing.channels == 3
+    assert info.model.kwargs == {"hidden": 0}  # 36 images: too few for the head's hidden layer
     assert info.extra["versions"]["torch"] == torch.__version__
     assert run.test is not None and run.test.count == len(split["test"])
 

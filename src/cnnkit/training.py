@@ -31,6 +31,7 @@ from cnnkit.errors import CnnkitError
 from cnnkit.finetune import finetune_optimizer
 from cnnkit.modelinfo import CheckpointInfo
 from cnnkit.models import ModelSpec, build
+from cnnkit.models.convnet import convnet_kwargs_for
 from cnnkit.models.pretrained import create_pretrained, pretrained_preprocessing
 from cnnkit.models.spec import resolve_model
 from cnnkit.resume import (
@@ -109,6 +110,8 @@ def fit(
     else:
         mean, std = channel_stats(splits.train)
         preprocessing = Preprocessing(img_size, channels, mean, std, config.resize)
+    if model_name == "convnet" and not model_kwargs:
+        model_kwargs = convnet_kwargs_for(len(splits.train))
     spec = ModelSpec(model_name, len(splits.classes), channels, img_size, model_kwargs)
     torch.manual_seed(config.seed)
     model = (
