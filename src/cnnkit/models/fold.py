@@ -40,11 +40,16 @@ def _is_pooled_block(block: nn.Module) -> bool:
     )
 
 
+def _affine(norm: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eval-mode batch norm as a per-channel ``scale * x + shift``."""
+    scale = (norm.weight if norm.affine else 1.0) / torch.sqrt(norm.running_var + norm.eps)
+    return scale, (norm.bias if norm.affine else 0.0) - scale * norm.running_mean
+
+
 @torch.no_grad()
 def _fold(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[nn.Conv2d, torch.Tensor]:
     """The convolution times sign(s) * (s, t) of the batch norm, and that sign per channel."""
-    scale = (norm.weight if norm.affine else 1.0) / torch.sqrt(norm.running_var + norm.eps)
-    shift = (norm.bias if norm.affine else 0.0) - scale * norm.running_mean
+    scale, shift = _affine(norm)
     sign = torch.where(scale < 0, -1.0, 1.0)
     folded = copy.deepcopy(conv)
     folded.weight.copy_(conv.weight * (sign * scale).view(-1, 1, 1, 1))
@@ -65,8 +70,7 @@ def _is_linear_block(block: nn.Module) -> bool:
 @torch.no_grad()
 def _fold_linear(linear: nn.Linear, norm: nn.BatchNorm1d) -> nn.Linear:
     """The linear layer followed by the batch norm's per-unit affine map, as one linear layer."""
-    scale = (norm.weight if norm.affine else 1.0) / torch.sqrt(norm.running_var + norm.eps)
-    shift = (norm.bias if norm.affine else 0.0) - scale * norm.running_mean
+    scale, shift = _affine(norm)
     folded = nn.Linear(linear.in_features, linear.out_features)
     folded.weight.copy_(linear.weight * scale.view(-1, 1))
     bias = linear.bias if linear.bias is not None else torch.zeros_like(scale)
