@@ -149,3 +149,27 @@ def test_predict_with_onnx_runs_without_pytorch(digits_run, digits_export, tmp_p
     with_torch = run_cli("predict", str(digits_run), *images, "--json")
     labels = [[json.loads(line)["labels"] for line in result.stdout.splitlines()] for result in (blocked, with_torch)]
     assert len(labels[0]) == 3 and labels[0] == labels[1]
+
+
+def test_export_folds_the_heads_hidden_layer_and_keeps_the_function(tmp_path):
+    import torch
+
+    from cnnkit.data import Preprocessing
+    from cnnkit.export import write_onnx
+    from cnnkit.modelinfo import CheckpointInfo, ModelSpec
+    from cnnkit.models import build
+
+    spec = ModelSpec("convnet", 10, 1, 28, {"hidden": 256})
+    torch.manual_seed(0)
+    model = build(spec).eval()
+    norm = model.head[1][1]
+    norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2), norm.weight.data.uniform_(-1, 1)
+    preprocessing = Preprocessing(28, 1, (0.3,), (0.35,))
+    write_onnx(model, CheckpointInfo(spec, [str(k) for k in range(10)], preprocessing, {}), tmp_path / "m.onnx")
+    graph = onnx.load(tmp_path / "m.onnx").graph
+    assert not any(node.op_type == "BatchNormalization" for node in graph.node)
+    images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
+    with torch.no_grad():
+        expected = model(preprocessing.normalize(images))
+    exported = cnnkit.load(tmp_path / "m.onnx").logits(images)
+    np.testing.assert_allclose(np.asarray(exported), expected.numpy(), atol=1e-4)
