@@ -7,7 +7,7 @@ import torch
 
 from cnnkit.models import create_model, list_models
 from cnnkit.models.convnet import convnet_kwargs_for
-from cnnkit.models.fold import ChannelSign, fold_batch_norms
+from cnnkit.models.fold import ChannelSign, fold_pooled_batch_norms
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -71,17 +71,17 @@ def test_convnet_head_gets_a_hidden_layer_with_enough_training_images():
 
 
 @pytest.mark.parametrize("negative_scales", [False, True])
-def test_folding_batch_norms_keeps_the_function(negative_scales):
+def test_folding_batch_norm_across_max_pooling_keeps_the_function(negative_scales):
     torch.manual_seed(0)
     model = create_model("convnet", num_classes=10, in_channels=1, img_size=28, hidden=256)
-    for norm in (m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):
+    for norm in (m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):  # the head's too
         norm.running_mean.uniform_(-1, 1)
         norm.running_var.uniform_(0.5, 2)
         norm.bias.data.uniform_(-1, 1)
         norm.weight.data.uniform_(-1 if negative_scales else 0.1, 1)
     images = torch.randn(8, 1, 28, 28)
-    folded = fold_batch_norms(model)
-    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+    folded = fold_pooled_batch_norms(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert any(isinstance(m, ChannelSign) for m in folded.modules()) == negative_scales
     with torch.no_grad():
         torch.testing.assert_close(folded(images), model.eval()(images), atol=1e-4, rtol=1e-4)

@@ -22,7 +22,7 @@ from cnnkit.data import ImageSet, Preprocessing
 from cnnkit.errors import CnnkitError
 from cnnkit.inference import load
 from cnnkit.modelinfo import CheckpointInfo
-from cnnkit.models.fold import fold_batch_norms
+from cnnkit.models.fold import fold_pooled_batch_norms
 from cnnkit.predict import Classifier
 from cnnkit.rundir import new_run_dir
 from cnnkit.runtime import FORMAT, INPUT_NAME, OUTPUT_NAME, OnnxClassifier, require
@@ -68,7 +68,7 @@ def write_onnx(model: nn.Module, info: CheckpointInfo, path: Path) -> None:
     require("onnx", "onnxscript", "onnxruntime")
     import onnx
 
-    model = fold_batch_norms(model.cpu().eval())
+    model = fold_pooled_batch_norms(model.cpu().eval())
     wrapped = NormalizedModel(FlipAveraged(model) if info.test_time_flip else model, info.preprocessing)
     prep = info.preprocessing
     example = torch.zeros(2, prep.channels, prep.img_size, prep.img_size, dtype=torch.uint8)

@@ -1,4 +1,4 @@
-"""Inference rewrites that keep the function: batch norm folded into the layer before it, across a max pooling too.
+"""Inference rewrites that keep the function: batch norm folded into the convolution across a max pooling.
 
 The default ConvNet pools before its batch norm (cheaper training). Exporters fold a
 batch norm only into a convolution right before it, so left alone the exported graph
@@ -8,8 +8,6 @@ commutes with max pooling when ``s > 0``, and turns it into min pooling when ``s
 which is max pooling of the negated map. So each conv -> max-pool -> batch-norm -> ReLU
 block becomes conv' -> ReLU -> max-pool (all scales positive) or
 conv' -> max-pool -> sign -> ReLU, computing the same numbers up to float rounding.
-The head's linear -> batch-norm -> ReLU hidden layer is folded the plain way (exporters
-fold batch norm into convolutions only).
 """
 
 from __future__ import annotations
@@ -40,16 +38,11 @@ def _is_pooled_block(block: nn.Module) -> bool:
     )
 
 
-def _affine(norm: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """The eval-mode batch norm as a per-channel ``scale * x + shift``."""
-    scale = (norm.weight if norm.affine else 1.0) / torch.sqrt(norm.running_var + norm.eps)
-    return scale, (norm.bias if norm.affine else 0.0) - scale * norm.running_mean
-
-
 @torch.no_grad()
 def _fold(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[nn.Conv2d, torch.Tensor]:
     """The convolution times sign(s) * (s, t) of the batch norm, and that sign per channel."""
-    scale, shift = _affine(norm)
+    scale = (norm.weight if norm.affine else 1.0) / torch.sqrt(norm.running_var + norm.eps)
+    shift = (norm.bias if norm.affine else 0.0) - scale * norm.running_mean
     sign = torch.where(scale < 0, -1.0, 1.0)
     folded = copy.deepcopy(conv)
     folded.weight.copy_(conv.weight * (sign * scale).view(-1, 1, 1, 1))
@@ -58,32 +51,10 @@ def _fold(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[nn.Conv2d, torch.Tenso
     return folded, sign
 
 
-def _is_linear_block(block: nn.Module) -> bool:
-    return (
-        isinstance(block, nn.Sequential)
-        and len(block) == 3
-        and isinstance(block[0], nn.Linear)
-        and isinstance(block[1], nn.BatchNorm1d)
-    )
-
-
-@torch.no_grad()
-def _fold_linear(linear: nn.Linear, norm: nn.BatchNorm1d) -> nn.Linear:
-    """The linear layer followed by the batch norm's per-unit affine map, as one linear layer."""
-    scale, shift = _affine(norm)
-    folded = nn.Linear(linear.in_features, linear.out_features)
-    folded.weight.copy_(linear.weight * scale.view(-1, 1))
-    bias = linear.bias if linear.bias is not None else torch.zeros_like(scale)
-    folded.bias.copy_(scale * bias + shift)
-    return folded
-
-
-def fold_batch_norms(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` in eval mode without the batch norms of its pooled conv blocks and linear blocks."""
+def fold_pooled_batch_norms(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode whose conv -> max-pool -> batch-norm -> ReLU blocks have no batch norm."""
     model = copy.deepcopy(model).eval()
     for block in model.modules():
-        if _is_linear_block(block):
-            block[0], block[1] = _fold_linear(block[0], block[1]), nn.Identity()
         if not _is_pooled_block(block):
             continue
         conv, pool, norm, _ = block
