@@ -7,7 +7,7 @@ import torch
 
 from cnnkit.checkpoint import read_checkpoint
 from cnnkit.config import TrainConfig
-from cnnkit.finetune import finetune_optimizer
+from cnnkit.finetune import finetune_optimizer, starts_phase
 from cnnkit.models.pretrained import create_pretrained
 
 
@@ -28,8 +28,8 @@ def test_frozen_phase_trains_only_the_new_head():
     _step(model, optimizer)
     changed = {name for name, p in model.named_parameters() if not torch.equal(before[name], p)}
     assert changed == {"classifier.weight", "classifier.bias"}
-    assert finetune_optimizer(model, config, epoch=2, steps_per_epoch=2) is not None
-    assert finetune_optimizer(model, config, epoch=3, steps_per_epoch=2) is None
+    assert [starts_phase(config, epoch) for epoch in (1, 2, 3)] == [True, True, False]
+    assert starts_phase(TrainConfig(finetune=True, freeze=0, epochs=3), 1)
 
 
 def test_unfrozen_phase_gives_earlier_layers_lower_learning_rates():
@@ -68,3 +68,24 @@ def test_finetune_run_keeps_the_pretrained_preprocessing(shapes_folder, tmp_path
     assert info.preprocessing.std == pytest.approx((128 / 255,) * 3)
     assert info.model.name == "efficientnet_lite0" and tensors["classifier.weight"].shape == (3, 1280)
     assert cnnkit.load(run.dir).predict(str(next(shapes_folder.rglob("*.png"))))[0].label in info.classes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_after", [1, 2])  # at the phase boundary, and inside the unfrozen phase
+def test_resumed_finetune_run_matches_the_uninterrupted_one_bit_for_bit(shapes_folder, tmp_path, stop_after):
+    import cnnkit
+
+    class StopAfter:
+        def on_epoch_end(self, run_dir, row):
+            if row["epoch"] == stop_after:
+                raise KeyboardInterrupt  # what Ctrl-C does
+
+    common = dict(data=str(shapes_folder), model="efficientnet_lite0", finetune=True, img_size=16, epochs=3)
+    common.update(batch_size=8, out=str(tmp_path), verbose=False)
+    reference = cnnkit.train(name="reference", **common)
+    stopped = cnnkit.train(name="stopped", callbacks=[StopAfter()], **common)
+    assert stopped.interrupted
+    resumed = cnnkit.train(resume=str(stopped.dir), verbose=False)
+    ours, theirs = read_checkpoint(resumed.dir / "last.safetensors")[0], read_checkpoint(reference.last_checkpoint)[0]
+    assert all(torch.equal(ours[key], theirs[key]) for key in theirs)
+    assert (resumed.dir / "steps.csv").read_text() == (reference.dir / "steps.csv").read_text()

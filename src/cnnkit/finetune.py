@@ -38,20 +38,26 @@ def freeze_epochs(config: TrainConfig) -> int:
     return 1 if config.freeze is None else config.freeze
 
 
+def starts_phase(config: TrainConfig, epoch: int) -> bool:
+    """Whether a fine-tuning phase (frozen body, then everything) begins at ``epoch`` (1-based)."""
+    return epoch in (1, min(freeze_epochs(config), config.epochs) + 1)
+
+
 def finetune_optimizer(
     model: nn.Module, config: TrainConfig, epoch: int, steps_per_epoch: int
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler] | None:
-    """The optimizer and schedule that start at ``epoch`` (1-based), or None when the phase does not change.
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The optimizer and schedule of the phase that ``epoch`` (1-based) belongs to; (un)freezes the body to match.
 
     Epochs ``1..freeze`` train only the head at ``config.lr``; the rest train every layer,
     parameters split in forward order into early body, late body and head with peak rates
-    ``lr/200``, ``lr/20`` and ``lr/2``. Each phase has its own one-cycle schedule.
+    ``lr/200``, ``lr/20`` and ``lr/2``. Each phase has its own one-cycle schedule. A run
+    resumed mid-phase rebuilds the same optimizer here and loads its saved state into it.
     """
     freeze = min(freeze_epochs(config), config.epochs)
-    if epoch == 1 and freeze > 0:
+    if epoch <= freeze:
         set_body_frozen(model, True)
         groups, peaks, epochs = [{"params": head_parameters(model)}], [config.lr], freeze
-    elif epoch == freeze + 1:
+    else:
         set_body_frozen(model, False)
         body = body_parameters(model)
         size = -(-len(body) // BODY_GROUPS)
@@ -59,8 +65,6 @@ def finetune_optimizer(
         groups = [{"params": chunk} for chunk in chunks]
         peaks = [config.lr / 2 / LR_RATIO ** (len(chunks) - 1 - index) for index in range(len(chunks))]
         epochs = config.epochs - freeze
-    else:
-        return None
     for group, peak in zip(groups, peaks):
         group["lr"] = peak
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)

@@ -161,19 +161,28 @@ class SavedState:
     def restore(
         self,
         model: nn.Module,
-        optimizer: torch.optim.Optimizer,
+        optimizer: torch.optim.Optimizer | None,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None,
         order: torch.Generator,
     ) -> dict[str, torch.Tensor] | None:
         """Load everything back in place and return the best weights so far.
 
         With ``scheduler=None`` (a new learning-rate cycle begins) the optimizer keeps its
-        moments but takes the new cycle's hyperparameters.
+        moments but takes the new cycle's hyperparameters; with ``optimizer=None`` (a new
+        fine-tuning phase begins, over other parameter groups) it starts afresh.
         """
         try:
             model.load_state_dict(self.weights("model"))
         except RuntimeError as error:
             raise CnnkitError(f"{self.path}: weights do not fit the model ({str(error).splitlines()[1:2]})") from None
+        _restore_rng(self.tensors, self.values["rng"], order)
+        if optimizer is not None:
+            self._restore_optimizer(optimizer, scheduler)
+        return self.weights("best") or None
+
+    def _restore_optimizer(
+        self, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    ) -> None:
         saved = self.values["optimizer"]
         state: dict[int, dict[str, Any]] = {}
         for key, tensor in self.tensors.items():
@@ -186,8 +195,6 @@ class SavedState:
         optimizer.load_state_dict({"state": state, "param_groups": groups})
         if scheduler is not None:
             scheduler.load_state_dict(self.values["scheduler"])
-        _restore_rng(self.tensors, self.values["rng"], order)
-        return self.weights("best") or None
 
 
 def carry_moments(old: torch.optim.Optimizer, new: torch.optim.Optimizer) -> torch.optim.Optimizer:

@@ -28,7 +28,7 @@ from cnnkit.data.check import check_bad_share, class_weights, prepare_data, samp
 from cnnkit.data.loader import channel_stats, num_batches
 from cnnkit.epochs import NonFiniteStep, evaluate, recompute_batch_norm, train_one_epoch
 from cnnkit.errors import CnnkitError
-from cnnkit.finetune import finetune_optimizer
+from cnnkit.finetune import finetune_optimizer, starts_phase
 from cnnkit.modelinfo import CheckpointInfo
 from cnnkit.models import ModelSpec, build
 from cnnkit.models.convnet import convnet_kwargs_for
@@ -145,6 +145,8 @@ def fit(
         progress.cycles.append([progress.cycles[-1][1] + 1, config.epochs])
 
     def schedule(epoch: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        if config.finetune:  # the fine-tuning phase holding this epoch
+            return finetune_optimizer(model, config, epoch, steps_per_epoch)
         first, last = progress.cycle(epoch)
         return build_optimizer(model, config, (last - first + 1) * steps_per_epoch)
 
@@ -160,7 +162,10 @@ def fit(
     scaler = compute.grad_scaler(settings)
     best_state = None
     if saved is not None:
-        best_state = saved.restore(model, optimizer, None if starts_cycle(first_epoch) else scheduler, generator)
+        # At the first step of a new fine-tuning phase the uninterrupted run starts a fresh optimizer too.
+        fresh = config.finetune and first_epoch > 1 and starts_phase(config, first_epoch) and not progress.tally.batches
+        kept_scheduler = None if fresh or starts_cycle(first_epoch) else scheduler
+        best_state = saved.restore(model, None if fresh else optimizer, kept_scheduler, generator)
         truncate_logs(run_dir, progress)
         say(f"resuming {run_dir} at epoch {progress.epoch + 1}, step {progress.step}")
 
@@ -184,7 +189,9 @@ def fit(
     interrupted = False
     try:
         for epoch in range(progress.epoch + 1, config.epochs + 1):
-            if epoch > first_epoch and starts_cycle(epoch):
+            if epoch > first_epoch and config.finetune and starts_phase(config, epoch):
+                optimizer, scheduler = schedule(epoch)
+            elif epoch > first_epoch and not config.finetune and starts_cycle(epoch):
                 new_optimizer, scheduler = schedule(epoch)
                 optimizer = carry_moments(optimizer, new_optimizer)
             order_state = generator.get_state()
@@ -197,8 +204,6 @@ def fit(
                     save(order_state)
 
             epoch_start = time.perf_counter()
-            if config.finetune and (phase := finetune_optimizer(model, config, epoch, steps_per_epoch)):
-                optimizer, scheduler = phase
             quiet = None if verbose else True  # None: a bar only on a terminal
             with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=quiet) as bar:
                 train_loss, train_acc = train_one_epoch(
