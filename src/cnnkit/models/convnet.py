@@ -122,9 +122,9 @@ def convnet_kwargs_for(train_images: int) -> dict[str, int]:
     A 256-unit linear -> batch norm -> ReLU layer in the head added 0.45-0.6 points of
     validation accuracy on Fashion-MNIST (54,000 training images, three seeds, 7 epochs,
     test-time flip) for 3% more time per step, and cost 0.26 points on the 8x8 digits
-    (about 1,000 training images, five seeds), where its 0.5M weights outnumber the images'
-    information. The 10,000-image line is a round number between those two measured
-    cases, not a tuned threshold.
+    (about 1,000 training images, five seeds), likely by overfitting: there it holds 0.5M
+    weights. The 10,000-image line is a round number between those two measured cases,
+    not a tuned threshold.
     """
     return {"hidden": HIDDEN_UNITS if train_images >= HIDDEN_MIN_IMAGES else 0}
 
