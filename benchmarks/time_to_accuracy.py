@@ -32,8 +32,7 @@ from torch import nn
 from cnnkit.config import TrainConfig
 from cnnkit.data import load_data
 from cnnkit.data.builtin import BUILTINS, locate
-from cnnkit.models import create_model
-from cnnkit.models.convnet import convnet_kwargs_for
+from cnnkit.models import create_model, kwargs_for_data
 from cnnkit.training import build_optimizer
 
 RECIPE = [
@@ -93,7 +92,7 @@ def run_tutorial_loop(epochs: int, batch_size: int, target: float, root: Path) -
     test_loader = torch.utils.data.DataLoader(test, 1000, num_workers=workers)
     torch.manual_seed(0)
     # The network `cnnkit train` builds for this training set (with the head's hidden layer).
-    model = create_model("convnet", num_classes=10, in_channels=1, img_size=28, **convnet_kwargs_for(len(train)))
+    model = create_model("convnet", 10, 1, 28, **kwargs_for_data("convnet", len(train)))
     config = TrainConfig(batch_size=batch_size, label_smoothing=0.1, lr=5e-3, weight_decay=0.05)
     optimizer, scheduler = build_optimizer(model, config, epochs * len(loader))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)

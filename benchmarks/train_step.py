@@ -34,8 +34,7 @@ from cnnkit.config import TrainConfig
 from cnnkit.data import Preprocessing, load_data
 from cnnkit.data.loader import channel_stats, iterate_batches
 from cnnkit.epochs import evaluate, train_one_epoch
-from cnnkit.models import ModelSpec, build
-from cnnkit.models.convnet import convnet_kwargs_for
+from cnnkit.models import ModelSpec, build, kwargs_for_data
 from cnnkit.training import build_optimizer
 
 
@@ -134,7 +133,7 @@ def run_loop(name: str, args: argparse.Namespace) -> dict:
 def _preprocessing_and_spec(splits, model: str) -> tuple[Preprocessing, ModelSpec]:
     _, channels, size, _ = splits.train.images.shape
     mean, std = channel_stats(splits.train)
-    kwargs = convnet_kwargs_for(len(splits.train)) if model == "convnet" else {}  # as `cnnkit train` builds it
+    kwargs = kwargs_for_data(model, len(splits.train))  # the network `cnnkit train` builds for this data
     return Preprocessing(size, channels, mean, std), ModelSpec(model, len(splits.classes), channels, size, kwargs)
 
 

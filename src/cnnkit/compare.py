@@ -30,8 +30,7 @@ from cnnkit.data import ImageSet, Preprocessing, load_data
 from cnnkit.data.loader import channel_stats, num_batches
 from cnnkit.epochs import evaluate, recompute_batch_norm, train_one_epoch
 from cnnkit.errors import CnnkitError
-from cnnkit.models import create_model
-from cnnkit.models.convnet import convnet_kwargs_for
+from cnnkit.models import create_model, kwargs_for_data
 from cnnkit.robustness import PERTURBATIONS, perturb, random_shift
 from cnnkit.training import build_optimizer
 
@@ -96,8 +95,7 @@ class Study:
         config = TrainConfig(
             epochs=budget.epochs, batch_size=budget.batch_size, lr=budget.lr, weight_decay=weight_decay
         )
-        if name == CNN:  # the architecture `cnnkit train` would build for the whole training set
-            kwargs = {**convnet_kwargs_for(len(self.train)), **kwargs}
+        kwargs = {**kwargs_for_data(name, len(self.train)), **kwargs}  # as `cnnkit train` builds it for all the data
         torch.manual_seed(budget.seed)
         model = create_model(name, len(train.classes), prep.channels, prep.img_size, **kwargs).to(self.device)
         steps = num_batches(train, budget.batch_size)

@@ -35,12 +35,13 @@ def set_body_frozen(model: nn.Module, frozen: bool) -> None:
 
 
 def freeze_epochs(config: TrainConfig) -> int:
-    return 1 if config.freeze is None else config.freeze
+    """Epochs of the frozen-body phase: ``--freeze`` (default 1), at most the run's epochs."""
+    return min(1 if config.freeze is None else config.freeze, config.epochs)
 
 
 def starts_phase(config: TrainConfig, epoch: int) -> bool:
     """Whether a fine-tuning phase (frozen body, then everything) begins at ``epoch`` (1-based)."""
-    return epoch in (1, min(freeze_epochs(config), config.epochs) + 1)
+    return epoch in (1, freeze_epochs(config) + 1)
 
 
 def finetune_optimizer(
@@ -53,7 +54,7 @@ def finetune_optimizer(
     ``lr/200``, ``lr/20`` and ``lr/2``. Each phase has its own one-cycle schedule. A run
     resumed mid-phase rebuilds the same optimizer here and loads its saved state into it.
     """
-    freeze = min(freeze_epochs(config), config.epochs)
+    freeze = freeze_epochs(config)
     if epoch <= freeze:
         set_body_frozen(model, True)
         groups, peaks, epochs = [{"params": head_parameters(model)}], [config.lr], freeze

@@ -30,8 +30,7 @@ from cnnkit.epochs import NonFiniteStep, evaluate, recompute_batch_norm, train_o
 from cnnkit.errors import CnnkitError
 from cnnkit.finetune import finetune_optimizer, starts_phase
 from cnnkit.modelinfo import CheckpointInfo
-from cnnkit.models import ModelSpec, build
-from cnnkit.models.convnet import convnet_kwargs_for
+from cnnkit.models import ModelSpec, build, kwargs_for_data
 from cnnkit.models.pretrained import create_pretrained, pretrained_preprocessing
 from cnnkit.models.spec import resolve_model
 from cnnkit.resume import (
@@ -110,8 +109,7 @@ def fit(
     else:
         mean, std = channel_stats(splits.train)
         preprocessing = Preprocessing(img_size, channels, mean, std, config.resize)
-    if model_name == "convnet" and not model_kwargs:
-        model_kwargs = convnet_kwargs_for(len(splits.train))
+    model_kwargs = model_kwargs or kwargs_for_data(model_name, len(splits.train))
     spec = ModelSpec(model_name, len(splits.classes), channels, img_size, model_kwargs)
     torch.manual_seed(config.seed)
     model = (
