@@ -197,3 +197,14 @@ def test_a_save_that_reads_back_wrong_never_replaces_the_previous_file(tmp_path,
     monkeypatch.undo()
     assert target.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]
+
+
+def test_resume_keeps_the_architecture_the_run_started_with(tmp_path, monkeypatch):
+    from cnnkit.models import convnet
+
+    monkeypatch.setattr(convnet, "HIDDEN_MIN_IMAGES", 10)  # digits now count as enough for the hidden layer
+    run = cnnkit.train(data="digits", epochs=1, out=str(tmp_path), verbose=False)
+    monkeypatch.undo()  # as if a later cnnkit drew the line elsewhere
+    resumed = cnnkit.train(resume=str(run.dir), epochs=2, verbose=False)
+    _, info = checkpoint.read_checkpoint(resumed.dir / "last.safetensors")
+    assert info.model.kwargs == {"hidden": 256} and len(resumed.history) == 2

@@ -145,9 +145,14 @@ class SavedState:
     def weights(self, prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix) + 1 :]: v for k, v in self.tensors.items() if k.startswith(prefix + ".")}
 
+    @property
+    def spec(self) -> ModelSpec:
+        """The architecture the run was started with."""
+        return ModelSpec.from_dict(self.values["model"])
+
     def check_spec(self, spec: ModelSpec, classes: list[str], saved_classes: list[str]) -> None:
         """Refuse to continue a state made for another architecture, class count or input shape."""
-        saved = ModelSpec.from_dict(self.values["model"])
+        saved = self.spec
         differences = [
             f"{key}: the checkpoint has {getattr(saved, key)!r}, this run has {getattr(spec, key)!r}"
             for key in ("name", "num_classes", "in_channels", "img_size")

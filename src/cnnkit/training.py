@@ -109,7 +109,10 @@ def fit(
     else:
         mean, std = channel_stats(splits.train)
         preprocessing = Preprocessing(img_size, channels, mean, std, config.resize)
-    model_kwargs = model_kwargs or kwargs_for_data(model_name, len(splits.train))
+    if saved is not None:  # a resumed run keeps the builder arguments it started with
+        model_kwargs = saved.spec.kwargs
+    else:
+        model_kwargs = model_kwargs or kwargs_for_data(model_name, len(splits.train))
     spec = ModelSpec(model_name, len(splits.classes), channels, img_size, model_kwargs)
     torch.manual_seed(config.seed)
     model = (
