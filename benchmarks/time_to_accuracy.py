@@ -33,7 +33,7 @@ from cnnkit.config import TrainConfig
 from cnnkit.data import load_data
 from cnnkit.data.builtin import BUILTINS, locate
 from cnnkit.models import create_model, kwargs_for_data
-from cnnkit.training import build_optimizer
+from cnnkit.training.optim import build_optimizer
 
 RECIPE = [
     "--data",

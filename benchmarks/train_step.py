@@ -31,11 +31,13 @@ from tqdm import tqdm
 
 from cnnkit import compute
 from cnnkit.config import TrainConfig
-from cnnkit.data import Preprocessing, load_data
+from cnnkit.data import load_data
 from cnnkit.data.loader import channel_stats, iterate_batches
-from cnnkit.epochs import evaluate, train_one_epoch
+from cnnkit.modelinfo import Preprocessing
 from cnnkit.models import ModelSpec, build, kwargs_for_data
-from cnnkit.training import build_optimizer
+from cnnkit.tasks.classify.evaluate import evaluate
+from cnnkit.training.loop import train_one_epoch
+from cnnkit.training.optim import build_optimizer
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 2.0) -> float:

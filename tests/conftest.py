@@ -94,7 +94,7 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 def digits_export(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``cnnkit export --int8`` of the digits run: a folder with model.onnx, model.int8.onnx and export.json."""
     pytest.importorskip("onnxruntime", reason="the deploy extra (pip install -e '.[test]') provides onnxruntime")
-    from cnnkit.export import export_onnx
+    from cnnkit.deploy.export import export_onnx
 
     out = tmp_path_factory.mktemp("exports")
     export_onnx(digits_run, out=out, name="digits", int8=True, verbose=False)

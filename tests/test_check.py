@@ -15,8 +15,9 @@ from PIL import Image
 
 import cnnkit
 from cnnkit.data import check
-from cnnkit.data.check import class_weights, sampling_weights, scan_folder
+from cnnkit.data.check import scan_folder
 from cnnkit.errors import CnnkitError
+from cnnkit.training.prepare import class_weights, sampling_weights
 
 BAD = {
     "train/circle/zero.jpg": "empty file (0 bytes)",

@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import run_cli
 
-from cnnkit.compare_verdict import verdict
+from cnnkit.compare.verdict import verdict
 from cnnkit.models import create_model
-from cnnkit.robustness import PERTURBATIONS, perturb, random_shift
+from cnnkit.understand.robustness import PERTURBATIONS, perturb, random_shift
 
 
 def test_shift_moves_each_image_the_asked_number_of_pixels():

@@ -10,10 +10,10 @@ from PIL import Image
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from cnnkit.deploy.load import load
 from cnnkit.errors import CnnkitError
-from cnnkit.explain import class_activation_map, feature_maps, find_target_layer, saliency
-from cnnkit.inference import load
 from cnnkit.models import create_model, list_models
+from cnnkit.understand.explain import class_activation_map, feature_maps, find_target_layer, saliency
 
 
 @pytest.mark.parametrize(("method", "reference"), [("gradcam", GradCAM), ("gradcam++", GradCAMPlusPlus)])

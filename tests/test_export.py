@@ -41,7 +41,7 @@ def test_export_metadata_holds_classes_and_exact_preprocessing(digits_run, digit
 
 
 def test_int8_keeps_accuracy_and_refuses_a_larger_drop(digits_run, digits_export, tmp_path):
-    from cnnkit.export import export_onnx
+    from cnnkit.deploy.export import export_onnx
 
     int8 = json.loads((digits_export / "export.json").read_text())["int8"]
     assert int8["passed"] and int8["accuracy_drop"] <= 0.5 and int8["calibration_images"] > 100
@@ -88,7 +88,7 @@ def exif_rotated(tmp_path):
 def test_exif_rotated_photo_gives_the_same_answer_everywhere(digits_run, digits_export, tmp_path):
     from fastapi.testclient import TestClient
 
-    from cnnkit.serve.app import create_app
+    from cnnkit.deploy.serve.app import create_app
 
     upright, rotated = exif_rotated(tmp_path)
     np.testing.assert_array_equal(decode_image(rotated, 8, 1), decode_image(upright, 8, 1))
@@ -112,7 +112,7 @@ def test_onnx_evaluate_matches_checkpoint(digits_run, digits_export):
 
 
 def test_benchmark_times_every_runtime(digits_export):
-    from cnnkit.benchmark import benchmark
+    from cnnkit.deploy.benchmark import benchmark
 
     rows = benchmark(digits_export / "model.onnx", seconds=0.05)
     assert [row["runtime"] for row in rows] == ["onnxruntime", "onnxruntime int8"]
@@ -134,7 +134,7 @@ class NoTorch:
         if name.split(".")[0] in ("torch", "torchvision"):
             raise ImportError(f"{name} is blocked: ONNX prediction must not need it")
 sys.meta_path.insert(0, NoTorch())
-from cnnkit.cli import main
+from cnnkit.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -154,9 +154,8 @@ def test_predict_with_onnx_runs_without_pytorch(digits_run, digits_export, tmp_p
 def test_export_folds_the_heads_hidden_layer_and_keeps_the_function(tmp_path):
     import torch
 
-    from cnnkit.data import Preprocessing
-    from cnnkit.export import write_onnx
-    from cnnkit.modelinfo import CheckpointInfo, ModelSpec
+    from cnnkit.deploy.export import write_onnx
+    from cnnkit.modelinfo import CheckpointInfo, ModelSpec, Preprocessing
     from cnnkit.models import build
 
     spec = ModelSpec("convnet", 10, 1, 28, {"hidden": 256})

@@ -7,8 +7,8 @@ import torch
 
 from cnnkit.checkpoint import read_checkpoint
 from cnnkit.config import TrainConfig
-from cnnkit.finetune import finetune_optimizer, starts_phase
 from cnnkit.models.pretrained import create_pretrained
+from cnnkit.training.optim import finetune_optimizer, starts_phase
 
 
 def _step(model, optimizer):

@@ -2,7 +2,7 @@ import torch
 from sklearn.metrics import confusion_matrix as sk_confusion
 from sklearn.metrics import precision_recall_fscore_support
 
-from cnnkit.metrics import confusion_matrix, per_class_report
+from cnnkit.tasks.classify.metrics import confusion_matrix, per_class_report
 
 
 def test_confusion_and_report_match_scikit_learn():

@@ -9,12 +9,13 @@ from torch import nn
 from tqdm import tqdm
 
 import cnnkit
-from cnnkit.data import ImageSet, Preprocessing
-from cnnkit.epochs import train_one_epoch
+from cnnkit.data import ImageSet
 from cnnkit.errors import CnnkitError
-from cnnkit.resume import read_state
-from cnnkit.runlog import StepLog
+from cnnkit.modelinfo import Preprocessing
 from cnnkit.safeload import load_tensors
+from cnnkit.training.loop import train_one_epoch
+from cnnkit.training.resume import read_state
+from cnnkit.training.runlog import StepLog
 
 SETTINGS = {"data": "digits", "epochs": 1, "batch_size": 128, "seed": 4, "verbose": False}
 
@@ -106,8 +107,8 @@ def test_step_log_round_trips_losses_exactly(tmp_path):
 
 
 def test_best_is_never_a_nan_score(tmp_path, monkeypatch):
-    from cnnkit import training
     from cnnkit.checkpoint import read_checkpoint
+    from cnnkit.training import fit as training
 
     real_evaluate, calls = training.evaluate, []
 

@@ -11,8 +11,8 @@ from conftest import run_cli
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
+from cnnkit.deploy.load import load
 from cnnkit.errors import CnnkitError
-from cnnkit.inference import load
 from cnnkit.models import create_model
 from cnnkit.models import pretrained as pretrained_module
 from cnnkit.models.pretrained import adapt_input_conv, create_pretrained

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import run_cli
 
-from cnnkit.report import calibration, most_confused
+from cnnkit.understand.report import calibration, most_confused
 
 
 def test_calibration_of_a_calibrated_and_an_overconfident_model():

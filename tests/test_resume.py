@@ -19,8 +19,8 @@ import torch
 import cnnkit
 from cnnkit import checkpoint
 from cnnkit.errors import CnnkitError
-from cnnkit.resume import STATE, read_state
 from cnnkit.safeload import load_tensors
+from cnnkit.training.resume import STATE, read_state
 
 # One thread: on a shared 2-core machine torch's thread pool spins and runs 10x slower.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -19,7 +19,7 @@ with warnings.catch_warnings():
     )  # starlette 1.x suggests httpx2; httpx is what FastAPI documents
     from fastapi.testclient import TestClient
 
-from cnnkit.serve.app import create_app  # noqa: E402
+from cnnkit.deploy.serve.app import create_app  # noqa: E402
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -32,7 +32,7 @@ def live_server(digits_export):
     pytest.importorskip("uvicorn", reason="the deploy extra provides uvicorn")
     import uvicorn
 
-    from cnnkit.serve.app import create_app
+    from cnnkit.deploy.serve.app import create_app
 
     app = create_app(cnnkit.load(digits_export / "model.onnx"))
     sock = socket.socket()

@@ -6,7 +6,7 @@ import json
 
 from conftest import run_cli
 
-from cnnkit.summary import summarize_model
+from cnnkit.understand.summary import summarize_model
 
 
 def test_summary_matches_hand_computed_figures():

@@ -9,7 +9,7 @@ import cnnkit
 from cnnkit.data import load_data
 from cnnkit.data.augment import parse_augmentation
 from cnnkit.models import create_model
-from cnnkit.tta import FlipAveraged, resolve_tta
+from cnnkit.tasks.classify.tta import FlipAveraged, resolve_tta
 
 
 def test_flip_average_is_the_log_of_the_mean_probability_and_ignores_mirroring():
@@ -50,7 +50,7 @@ def test_a_flip_trained_run_predicts_and_exports_with_flip(tmp_path):
     torch.testing.assert_close(classifier.logits(images), classifier.logits(images.flip(-1)), atol=1e-5, rtol=1e-5)
     assert math.isclose(run.test.accuracy, classifier.evaluate()[0].accuracy, abs_tol=1e-9)
     pytest.importorskip("onnxruntime", reason="the deploy extra provides onnxruntime")
-    from cnnkit.export import export_onnx
+    from cnnkit.deploy.export import export_onnx
 
     report = export_onnx(run.dir, out=tmp_path, name="export", int8=True, max_accuracy_drop=100, verbose=False)
     assert report["parity"]["passed"] and report["parity"]["top1_agreement"] == 1.0

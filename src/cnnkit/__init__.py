@@ -17,18 +17,18 @@ from typing import Any
 __version__ = "0.3.0"
 
 _EXPORTS = {
-    "Classifier": "cnnkit.predict",
+    "Classifier": "cnnkit.deploy.torch_runtime",
     "CnnkitError": "cnnkit.errors",
-    "Prediction": "cnnkit.inference",
-    "Run": "cnnkit.runlog",
+    "Prediction": "cnnkit.deploy.classifier",
+    "Run": "cnnkit.training.runlog",
     "TrainConfig": "cnnkit.config",
     "create_model": "cnnkit.models",
-    "evaluate": "cnnkit.epochs",
+    "evaluate": "cnnkit.tasks.classify.evaluate",
     "list_models": "cnnkit.models",
-    "load": "cnnkit.inference",
+    "load": "cnnkit.deploy.load",
     "load_data": "cnnkit.data",
     "register_model": "cnnkit.models",
-    "train": "cnnkit.training",
+    "train": "cnnkit.training.fit",
 }
 __all__ = ["__version__", *sorted(_EXPORTS)]
 

@@ -7,12 +7,54 @@ The module needs no PyTorch, so an install with ONNX Runtime alone can read an e
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cnnkit.data.preprocess import Preprocessing
+if TYPE_CHECKING:  # no PyTorch at import: an ONNX Runtime install reads an export's metadata
+    import torch
 
 CHECKPOINT_FORMAT = "cnnkit.checkpoint/1"
 DESCRIBED = ("format", "model", "classes", "preprocessing")  # keys with fields of their own; the rest is ``extra``
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a decoded image becomes a model input.
+
+    Args:
+        img_size: Side of the square model input, in pixels.
+        channels: 1 (grayscale) or 3 (RGB).
+        mean: Per-channel mean subtracted after scaling pixels to [0, 1].
+        std: Per-channel standard deviation divided after subtracting the mean.
+        resize: ``crop`` scales the shorter side to ``img_size`` and centre-crops;
+            ``squash`` scales both sides to ``img_size`` ignoring the aspect ratio;
+            ``pad`` scales the longer side to ``img_size`` and pads with black.
+    """
+
+    img_size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize: str = "crop"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Preprocessing:
+        return cls(
+            img_size=int(values["img_size"]),
+            channels=int(values["channels"]),
+            mean=tuple(float(v) for v in values["mean"]),
+            std=tuple(float(v) for v in values["std"]),
+            resize=str(values.get("resize", "crop")),
+        )
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Turn uint8 images (B, C, H, W) into normalised float32 model inputs."""
+        pixels = images.float()
+        mean = pixels.new_tensor(self.mean).view(1, -1, 1, 1) * 255.0
+        inv_std = 1.0 / (pixels.new_tensor(self.std).view(1, -1, 1, 1) * 255.0)
+        return (pixels - mean) * inv_std
 
 
 @dataclass
@@ -50,7 +92,7 @@ class CheckpointInfo:
 
     @property
     def test_time_flip(self) -> bool:
-        """Whether the run predicts with test-time flip (``tta`` recorded by ``fit``; see :mod:`cnnkit.tta`)."""
+        """Whether the run predicts with test-time flip (``tta`` recorded by ``fit``; see ``tasks/classify/tta.py``)."""
         return self.extra.get("tta") == "flip"
 
     def to_dict(self) -> dict[str, Any]:

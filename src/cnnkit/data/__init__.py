@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnkit.data.decode import decode_image, load_image
-from cnnkit.data.preprocess import Preprocessing
+from cnnkit.modelinfo import Preprocessing
 
 if TYPE_CHECKING:
     from cnnkit.data.builtin import BUILTINS

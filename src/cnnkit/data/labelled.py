@@ -11,23 +11,24 @@ from cnnkit.data import BUILTINS, load_data
 from cnnkit.data.folder import has_split_folders, read_folder
 from cnnkit.data.imageset import ImageSet, SkippedFile
 from cnnkit.errors import CnnkitError
-from cnnkit.modelinfo import CheckpointInfo
 
 
-def labelled_images(info: CheckpointInfo, data: str | None, split: str) -> tuple[ImageSet, list[SkippedFile]]:
-    """The labelled images a model described by ``info`` is evaluated on, and any skipped files.
+def labelled_images(
+    data: str | None, split: str, classes: list[str], size: tuple[int, int, str], config: dict
+) -> tuple[ImageSet, list[SkippedFile]]:
+    """The labelled images a trained model is evaluated on, and any skipped files.
 
-    The images are relabelled to the model's classes. ``data`` defaults to the data the
-    model was trained on; the rules are those of :meth:`cnnkit.predict.Classifier.evaluate`.
+    The images are relabelled to the model's ``classes`` and decoded at its ``size``
+    (img_size, channels, resize rule). ``data`` defaults to the data named in the model's
+    training ``config``; the rules are those of ``Classifier.evaluate``.
     """
     if split not in ("train", "val", "test"):
         raise CnnkitError(f"unknown split {split!r}; use train, val or test")
-    config = info.extra.get("config", {})
+    img_size, channels, resize = size
     trained_on = config.get("data")
     data = data or trained_on
     if data is None:
         raise CnnkitError("this checkpoint does not record its training data; pass --data")
-    prep = info.preprocessing
     same_folder = (
         trained_on not in BUILTINS
         and trained_on is not None
@@ -37,21 +38,21 @@ def labelled_images(info: CheckpointInfo, data: str | None, split: str) -> tuple
     if data in BUILTINS or same_folder or has_split_folders(Path(data).expanduser()):
         splits = load_data(
             data,
-            prep.img_size,
-            prep.channels,
-            prep.resize,
+            img_size,
+            channels,
+            resize,
             config.get("val_split", 0.1),
             config.get("test_split", 0.2),
             config.get("data_dir") if data == trained_on else None,
         )
-        return relabel(getattr(splits, split), info.classes, data), splits.skipped
+        return relabel(getattr(splits, split), classes, data), splits.skipped
     return read_folder(
         Path(data).expanduser(),
-        prep.img_size,
-        prep.channels,
-        prep.resize,
+        img_size,
+        channels,
+        resize,
         workers=os.cpu_count() or 1,
-        classes=info.classes,
+        classes=classes,
     )
 
 

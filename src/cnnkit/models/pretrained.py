@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnkit.data.preprocess import Preprocessing
 from cnnkit.errors import CnnkitError
+from cnnkit.modelinfo import Preprocessing
 from cnnkit.models.registry import create_model
 from cnnkit.safeload import load_tensors
 

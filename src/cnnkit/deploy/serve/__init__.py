@@ -27,20 +27,20 @@ def serve(
         max_queue: Requests waiting for a worker before new ones get 503. Defaults to 64.
         timeout: Seconds per request (408 while uploading, 504 while predicting). Defaults to 10.
     """
-    from cnnkit.runtime import require
+    from cnnkit.deploy.onnx_runtime import require
 
     require("fastapi", "uvicorn", "multipart")
     import uvicorn
 
-    from cnnkit.inference import load
-    from cnnkit.serve.app import create_app
+    from cnnkit.deploy.load import load
+    from cnnkit.deploy.serve.app import create_app
 
     if max_upload_mb <= 0 or max_concurrency < 1 or max_queue < 0 or timeout <= 0:
         raise CnnkitError(
             "--max-upload-mb and --timeout must be positive, --max-concurrency at least 1, --max-queue >= 0"
         )
     if Path(checkpoint).suffix.lower() == ".onnx":
-        from cnnkit.runtime import OnnxClassifier
+        from cnnkit.deploy.onnx_runtime import OnnxClassifier
 
         classifier = OnnxClassifier(checkpoint, threads=1)  # requests run in parallel, each on one core
     else:

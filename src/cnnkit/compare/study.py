@@ -4,7 +4,7 @@ One study answers "do I need a CNN for this data?" with numbers: size and cost,
 accuracy, data efficiency, robustness to shifts, rotations, scaling, noise and
 brightness, the train/validation gap with and without regularisation, and accuracy as
 convolution blocks are added. :func:`cnnkit.compare_verdict.verdict` turns the numbers
-into plain language and :mod:`cnnkit.compare_report` writes them as HTML, Markdown and
+into plain language and :mod:`cnnkit.compare.report` writes them as HTML, Markdown and
 PNG plots.
 
 Every model is trained by the library's own ``build_optimizer``, ``train_one_epoch``,
@@ -23,16 +23,18 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from cnnkit.compare_budget import Budget
+from cnnkit.compare.budget import Budget
 from cnnkit.compute import select_device
 from cnnkit.config import TrainConfig
-from cnnkit.data import ImageSet, Preprocessing, load_data
+from cnnkit.data import ImageSet, load_data
 from cnnkit.data.loader import channel_stats, num_batches
-from cnnkit.epochs import evaluate, recompute_batch_norm, train_one_epoch
 from cnnkit.errors import CnnkitError
+from cnnkit.modelinfo import Preprocessing
 from cnnkit.models import create_model, kwargs_for_data
-from cnnkit.robustness import PERTURBATIONS, perturb, random_shift
-from cnnkit.training import build_optimizer
+from cnnkit.tasks.classify.evaluate import evaluate
+from cnnkit.training.loop import recompute_batch_norm, train_one_epoch
+from cnnkit.training.optim import build_optimizer
+from cnnkit.understand.robustness import PERTURBATIONS, perturb, random_shift
 
 CNN, MLP = "convnet", "mlp"
 FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
@@ -266,8 +268,8 @@ def compare(
     Returns:
         The results (with its ``verdict`` lines) and the report directory.
     """
-    from cnnkit.compare_report import write_compare_report
-    from cnnkit.compare_verdict import verdict
+    from cnnkit.compare.report import write_compare_report
+    from cnnkit.compare.verdict import verdict
     from cnnkit.rundir import new_run_dir
 
     out_dir = new_run_dir(out, name, "compare")

@@ -17,7 +17,7 @@ from cnnkit.checkpoint import BEST, LAST
 from cnnkit.config import TrainConfig
 from cnnkit.data import DataSplits
 from cnnkit.errors import CnnkitError
-from cnnkit.metrics import EvalResult
+from cnnkit.tasks.classify.metrics import EvalResult
 
 
 @dataclass
@@ -42,8 +42,8 @@ class Run:
         return self.dir / LAST
 
     def load(self, device: str = "auto"):
-        """The best model as a :class:`cnnkit.predict.Classifier`."""
-        from cnnkit.inference import load
+        """The best model as a :class:`cnnkit.deploy.torch_runtime.Classifier`."""
+        from cnnkit.deploy.load import load
 
         return load(self.dir, device=device)
 
@@ -171,7 +171,7 @@ def write_results(
     skipped_steps: int,
 ) -> None:
     """``curves.png``, ``confusion_matrix.png`` (test, else validation) and ``results.json``."""
-    from cnnkit.plots import plot_confusion, plot_curves
+    from cnnkit.understand.figures import plot_confusion, plot_curves
 
     plot_curves(history, run_dir / "curves.png")
     title = "test confusion matrix" if test else "validation confusion matrix"

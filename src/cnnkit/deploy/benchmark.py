@@ -8,39 +8,20 @@ number of warm-up calls, and includes normalisation (which the ONNX graph does i
 from __future__ import annotations
 
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from cnnkit.deploy.timing import WARMUP_CALLS, timed_calls
 from cnnkit.errors import CnnkitError
 
-WARMUP_CALLS = 20
 ROUNDS = 5  # runtimes take turns, so a burst of load from other processes hits each of them alike
-
-
-def timed_calls(fn: Callable, batch, seconds: float, min_calls: int = 1) -> np.ndarray:
-    """Seconds per call of ``fn(batch)``, calling it for about ``seconds`` (and at least ``min_calls`` times)."""
-    durations = []
-    deadline = time.perf_counter() + seconds
-    while len(durations) < min_calls or time.perf_counter() < deadline:
-        start = time.perf_counter()
-        fn(batch)
-        durations.append(time.perf_counter() - start)
-    return np.array(durations)
-
-
-def throughput(fn: Callable, batch, seconds: float = 1.0) -> float:
-    """Images per second of ``fn`` on a uint8 batch tensor (B, C, H, W), after warm-up calls."""
-    timed_calls(fn, batch, 0.0, WARMUP_CALLS)
-    return len(batch) / float(np.median(timed_calls(fn, batch, seconds, min_calls=20)))
 
 
 def _candidates(target: Path, scratch: Path, threads: int | None) -> list[tuple[str, object]]:
     """(runtime name, classifier) pairs: a run gets PyTorch plus fresh fp32 and int8 exports."""
-    from cnnkit.inference import load
-    from cnnkit.runtime import OnnxClassifier
+    from cnnkit.deploy.load import load
+    from cnnkit.deploy.onnx_runtime import OnnxClassifier
 
     if target.suffix.lower() == ".onnx":
         found = [("onnxruntime", OnnxClassifier(target, threads))]
@@ -48,8 +29,8 @@ def _candidates(target: Path, scratch: Path, threads: int | None) -> list[tuple[
         if sibling.is_file():
             found.append(("onnxruntime int8", OnnxClassifier(sibling, threads)))
         return found
-    from cnnkit.export import write_onnx
-    from cnnkit.quantize import calibration_images, quantize_int8
+    from cnnkit.deploy.export import write_onnx
+    from cnnkit.deploy.quantize import calibration_images, quantize_int8
 
     reference = load(target, device="cpu")
     write_onnx(reference.model, reference.info, scratch / "model.onnx")
@@ -81,7 +62,7 @@ def benchmark(target: str | Path, seconds: float = 2.0, batch_size: int = 32, th
     """
     import torch
 
-    from cnnkit.export import validation_images
+    from cnnkit.deploy.export import validation_images
 
     target = Path(target).expanduser()
     if not target.exists():

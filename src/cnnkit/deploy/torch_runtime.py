@@ -11,10 +11,10 @@ from cnnkit.checkpoint import load_model, resolve_checkpoint
 from cnnkit.compute import select_device
 from cnnkit.data import SkippedFile
 from cnnkit.data.decode import ImageSource
-from cnnkit.epochs import evaluate, predict_logits
-from cnnkit.inference import ImageClassifier
-from cnnkit.metrics import EvalResult
+from cnnkit.deploy.classifier import ImageClassifier
 from cnnkit.modelinfo import CheckpointInfo, ModelSpec
+from cnnkit.tasks.classify.evaluate import evaluate, predict_logits
+from cnnkit.tasks.classify.metrics import EvalResult
 
 
 class Classifier(ImageClassifier):

@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnkit.data import ImageSet, Preprocessing
-from cnnkit.epochs import predict_logits
-from cnnkit.metrics import confusion_matrix, per_class_report
+from cnnkit.data import ImageSet
+from cnnkit.modelinfo import Preprocessing
+from cnnkit.tasks.classify.evaluate import predict_logits
+from cnnkit.tasks.classify.metrics import confusion_matrix, per_class_report
 
 CALIBRATION_BINS = 10
 GALLERY_SIZE = 12
@@ -72,7 +73,7 @@ def most_confused(confusion: torch.Tensor, classes: list[str], limit: int = CONF
 
 
 def _plot_confusions(confusion: torch.Tensor, classes: list[str], path: Path) -> None:
-    from cnnkit import figures
+    from cnnkit.understand import figures
 
     plt = figures.pyplot()
     size = max(4.0, 0.45 * len(classes) + 2)
@@ -93,7 +94,7 @@ def _plot_confusions(confusion: torch.Tensor, classes: list[str], path: Path) ->
 
 
 def _plot_reliability(bins: list[CalibrationBin], ece: float, path: Path) -> None:
-    from cnnkit import figures
+    from cnnkit.understand import figures
 
     plt = figures.pyplot()
     figure, axes = plt.subplots(figsize=(4.5, 4.2))
@@ -107,7 +108,7 @@ def _plot_reliability(bins: list[CalibrationBin], ece: float, path: Path) -> Non
 
 
 def _plot_gallery(images: torch.Tensor, heatmaps: list[torch.Tensor] | None, titles: list[str], path: Path) -> None:
-    from cnnkit import figures
+    from cnnkit.understand import figures
 
     plt = figures.pyplot()
     rows = 2 if heatmaps else 1
@@ -122,7 +123,7 @@ def _plot_gallery(images: torch.Tensor, heatmaps: list[torch.Tensor] | None, tit
 
 def _gallery(model, images, prep, device, probabilities, labels, classes, out_dir) -> list[dict]:
     """The most confidently wrong images, with the Grad-CAM of the class the model wrongly chose."""
-    from cnnkit.explain import class_activation_map, convolutions, find_target_layer
+    from cnnkit.understand.explain import class_activation_map, convolutions, find_target_layer
 
     confidence, predictions = probabilities.max(1)
     wrong = (predictions != labels).nonzero().flatten()
@@ -164,7 +165,7 @@ def write_report(
         The numbers of ``report.json``: accuracy, flip-TTA accuracy, ECE, per-class
         report, most confused pairs and the top losses.
     """
-    from cnnkit import figures
+    from cnnkit.understand import figures
 
     out_dir.mkdir(parents=True, exist_ok=True)
     classes, labels = data.classes, data.labels

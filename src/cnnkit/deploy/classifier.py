@@ -1,8 +1,8 @@
 """Using a trained model: ``load`` it, then rank the labels of images.
 
 :class:`ImageClassifier` decodes images through the one shared path and ranks the
-probabilities its subclass computes: :class:`cnnkit.predict.Classifier` with PyTorch
-for checkpoints, :class:`cnnkit.runtime.OnnxClassifier` with ONNX Runtime for exports.
+probabilities its subclass computes: :class:`cnnkit.deploy.torch_runtime.Classifier` with PyTorch
+for checkpoints, :class:`cnnkit.deploy.onnx_runtime.OnnxClassifier` with ONNX Runtime for exports.
 This module needs no PyTorch, so an exported model predicts with ONNX Runtime alone.
 """
 
@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cnnkit.data.decode import ImageDecodeError, ImageSource, decode_image
-from cnnkit.data.preprocess import Preprocessing
-from cnnkit.modelinfo import CheckpointInfo
+from cnnkit.modelinfo import CheckpointInfo, Preprocessing
 
 if TYPE_CHECKING:
     from cnnkit.data import ImageSet, SkippedFile
@@ -106,7 +105,9 @@ class ImageClassifier:
         """The labelled images :meth:`evaluate` uses, relabelled to the model's classes, and any skipped files."""
         from cnnkit.data.labelled import labelled_images  # datasets are torch tensors; prediction needs none
 
-        return labelled_images(self.info, data, split)
+        prep = self.preprocessing
+        config = self.info.extra.get("config", {})
+        return labelled_images(data, split, self.classes, (prep.img_size, prep.channels, prep.resize), config)
 
     def rank(self, probabilities: np.ndarray, names: list[str], top_k: int) -> list[Prediction]:
         """One :class:`Prediction` per row of ``probabilities`` (N, K), named by ``names``: the top ``top_k`` labels."""
@@ -116,28 +117,3 @@ class ImageClassifier:
             Prediction(name, [self.classes[j] for j in order], [float(p) for p in row[order]])
             for name, order, row in zip(names, ranked, probabilities)
         ]
-
-
-def load(
-    path: str | Path, device: str = "auto", pretrained: bool = False, weights: str | None = None
-) -> ImageClassifier:
-    """Load a run directory, a checkpoint, an ONNX export, or an ImageNet-pretrained architecture.
-
-    Args:
-        path: A run directory from ``cnnkit train`` (its best checkpoint), a ``.safetensors`` checkpoint, a
-            ``.onnx`` model from ``cnnkit export`` (run by ONNX Runtime on the CPU, without PyTorch; ``device``
-            is ignored), or an architecture name with ``pretrained`` or ``weights`` (ImageNet classes).
-        device: ``auto``, ``cpu``, ``cuda`` or ``mps``. Defaults to ``auto``.
-        pretrained: With an architecture name: its ImageNet weights. Defaults to False.
-        weights: With an architecture name: a local ImageNet weights file. Defaults to None.
-
-    Example:
-        >>> load("efficientnet_lite0", pretrained=True).predict("photo.jpg")[0].label
-    """
-    if Path(path).suffix.lower() == ".onnx":
-        from cnnkit.runtime import OnnxClassifier
-
-        return OnnxClassifier(path)
-    from cnnkit.predict import load_checkpoint_classifier
-
-    return load_checkpoint_classifier(path, device, pretrained, weights)

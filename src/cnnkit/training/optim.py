@@ -14,6 +14,16 @@ from torch import nn
 
 from cnnkit.config import TrainConfig
 
+
+def build_optimizer(
+    model: nn.Module, config: TrainConfig, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW with a one-cycle schedule peaking at ``config.lr``: fast, and forgiving of the peak chosen."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps)
+    return optimizer, scheduler
+
+
 BODY_GROUPS = 2  # body split into early and late layers; with the head that is lr/100, lr/10, lr
 LR_RATIO = 10.0
 

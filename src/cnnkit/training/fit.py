@@ -18,22 +18,25 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from cnnkit import compute, runlog
+from cnnkit import compute
 from cnnkit.checkpoint import BEST, LAST, CheckpointWriteError, save_checkpoint, versions
 from cnnkit.compute import select_device
 from cnnkit.config import TrainConfig
-from cnnkit.data import Preprocessing
 from cnnkit.data.augment import parse_augmentation
-from cnnkit.data.check import check_bad_share, class_weights, prepare_data, sampling_weights
 from cnnkit.data.loader import channel_stats, num_batches
-from cnnkit.epochs import NonFiniteStep, evaluate, recompute_batch_norm, train_one_epoch
 from cnnkit.errors import CnnkitError
-from cnnkit.finetune import finetune_optimizer, starts_phase
-from cnnkit.modelinfo import CheckpointInfo
+from cnnkit.modelinfo import CheckpointInfo, Preprocessing
 from cnnkit.models import ModelSpec, build, kwargs_for_data
 from cnnkit.models.pretrained import create_pretrained, pretrained_preprocessing
 from cnnkit.models.spec import resolve_model
-from cnnkit.resume import (
+from cnnkit.rundir import new_run_dir
+from cnnkit.tasks.classify.evaluate import evaluate
+from cnnkit.tasks.classify.tta import resolve_tta
+from cnnkit.training import runlog
+from cnnkit.training.loop import NonFiniteStep, recompute_batch_norm, train_one_epoch
+from cnnkit.training.optim import build_optimizer, finetune_optimizer, starts_phase
+from cnnkit.training.prepare import check_bad_share, class_weights, prepare_data, sampling_weights
+from cnnkit.training.resume import (
     STATE,
     STEPS,
     EpochTally,
@@ -44,18 +47,7 @@ from cnnkit.resume import (
     save_state,
     truncate_logs,
 )
-from cnnkit.rundir import new_run_dir
-from cnnkit.runlog import Run, StepLog
-from cnnkit.tta import resolve_tta
-
-
-def build_optimizer(
-    model: nn.Module, config: TrainConfig, total_steps: int
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW with a one-cycle schedule peaking at ``config.lr``: fast, and forgiving of the peak chosen."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps)
-    return optimizer, scheduler
+from cnnkit.training.runlog import Run, StepLog
 
 
 def fit(
@@ -283,7 +275,7 @@ def fit(
         )
         reported = splits.test if len(splits.test) else splits.val
         if len(reported):
-            from cnnkit.report import write_report
+            from cnnkit.understand.report import write_report
 
             write_report(model, reported, preprocessing, device, run_dir / "report", f"{config.model} on {splits.name}")
     seconds = time.perf_counter() - started

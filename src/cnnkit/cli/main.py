@@ -14,8 +14,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cnnkit import __version__, cli_deploy
-from cnnkit.compare_budget import Budget
+from cnnkit import __version__
+from cnnkit.cli import deploy as cli_deploy
+from cnnkit.compare.budget import Budget
 from cnnkit.config import TrainConfig
 from cnnkit.errors import CnnkitError
 
@@ -157,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from cnnkit.training import fit
+    from cnnkit.training.fit import fit
 
     options = {key: value for key, value in vars(args).items() if key not in ("command", "config", "resume")}
     config = TrainConfig.load(args.config) if args.config else None
@@ -166,7 +167,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from cnnkit.inference import load
+    from cnnkit.deploy.load import load
 
     classifier = load(args.checkpoint, device=args.device)
     result, skipped = classifier.evaluate(args.data, args.split)
@@ -176,8 +177,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise CnnkitError(f"the {args.split} split of {args.data or 'the training data'} holds no images")
     print(json.dumps({"split": args.split, **result.to_dict()}) if args.json else result.format())
     if args.report:
-        from cnnkit.report import write_report
         from cnnkit.rundir import new_run_dir
+        from cnnkit.understand.report import write_report
 
         out_dir = new_run_dir(args.out, args.name, "evaluate")
         images, _ = classifier.labelled_images(args.data, args.split)
@@ -214,7 +215,7 @@ def _expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], bool]:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from cnnkit.inference import load
+    from cnnkit.deploy.load import load
     from cnnkit.rundir import new_run_dir
 
     if args.top_k < 1:
@@ -277,9 +278,9 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from cnnkit.explain import explain_images
-    from cnnkit.inference import load
+    from cnnkit.deploy.load import load
     from cnnkit.rundir import new_run_dir
+    from cnnkit.understand.explain import explain_images
 
     if args.top_k < 1:
         raise CnnkitError("--top-k must be at least 1")
@@ -295,7 +296,7 @@ def run_explain(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from cnnkit.compare import compare
+    from cnnkit.compare.study import compare
 
     budget = Budget(args.epochs, args.batch_size, args.lr, args.train_size, args.test_size, args.seed)
     say = (lambda line: print(line, file=sys.stderr)) if args.json else print
@@ -318,7 +319,7 @@ def run_models(_: argparse.Namespace) -> int:
 
 
 def run_summary(args: argparse.Namespace) -> int:
-    from cnnkit.summary import summarize_model
+    from cnnkit.understand.summary import summarize_model
 
     summary = summarize_model(args.model, args.img_size, args.channels, args.num_classes)
     print(json.dumps(summary.to_dict()) if args.json else summary.format())

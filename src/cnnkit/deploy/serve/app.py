@@ -204,7 +204,7 @@ def create_app(
         [prediction] = classifier.rank(classifier.probabilities(pixels), ["<upload>"], top_k)
         overlay = None
         if explain and explainable:
-            from cnnkit.explain import overlay_png
+            from cnnkit.understand.explain import overlay_png
 
             with explaining:
                 png = overlay_png(classifier, pixels, classifier.classes.index(prediction.label))
@@ -253,7 +253,7 @@ def create_app(
             explain=explainable,
         )
 
-    page = resources.files("cnnkit.serve").joinpath("page.html").read_text(encoding="utf-8")
+    page = resources.files("cnnkit.deploy.serve").joinpath("page.html").read_text(encoding="utf-8")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> str:

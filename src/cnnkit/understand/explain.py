@@ -212,7 +212,7 @@ def explain_images(
     """Write heatmaps, feature maps, first-layer filters and an ``index.html`` tying them together.
 
     Args:
-        classifier: A :class:`cnnkit.predict.Classifier`.
+        classifier: A :class:`cnnkit.deploy.torch_runtime.Classifier`.
         paths: Image files; unreadable ones are skipped and returned in ``skipped``.
         out_dir: An existing folder for the PNGs, ``explain.json`` and ``index.html``.
         top_k: Explain this many most likely classes per image. Defaults to 3.
@@ -220,9 +220,9 @@ def explain_images(
         layer: Target layer name; defaults to the last convolution. Models without
             a convolution get saliency maps only.
     """
-    from cnnkit import figures
     from cnnkit.data import decode_image
     from cnnkit.data.decode import ImageDecodeError
+    from cnnkit.understand import figures
 
     model, prep, names = classifier.model, classifier.preprocessing, classifier.classes
     decoded, sources, skipped = [], [], []

@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cnnkit.deploy.classifier import ImageClassifier
 from cnnkit.errors import CnnkitError
-from cnnkit.inference import ImageClassifier
 from cnnkit.modelinfo import CheckpointInfo
 
 if TYPE_CHECKING:
     import torch
 
     from cnnkit.data import ImageSet, SkippedFile
-    from cnnkit.metrics import EvalResult
+    from cnnkit.tasks.classify.metrics import EvalResult
 
 FORMAT = "cnnkit.onnx/1"
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -125,7 +125,7 @@ def score(logits: torch.Tensor, images: ImageSet) -> EvalResult:
     """Loss, accuracy and per-class report of precomputed logits (N, K) against ``images.labels``."""
     import torch
 
-    from cnnkit.metrics import EvalResult, confusion_matrix, per_class_report
+    from cnnkit.tasks.classify.metrics import EvalResult, confusion_matrix, per_class_report
 
     predictions = logits.argmax(1)
     confusion = confusion_matrix(predictions, images.labels, len(images.classes))

@@ -49,14 +49,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from cnnkit.export import export_onnx
+    from cnnkit.deploy.export import export_onnx
 
     export_onnx(args.checkpoint, args.out, args.name, args.int8, args.atol, args.max_accuracy_drop)
     return 0
 
 
 def run_benchmark(args: argparse.Namespace) -> int:
-    from cnnkit.benchmark import benchmark, format_table
+    from cnnkit.deploy.benchmark import benchmark, format_table
 
     rows = benchmark(args.target, args.seconds, threads=args.threads)
     print(json.dumps(rows) if args.json else format_table(rows))
@@ -64,7 +64,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from cnnkit.serve import serve
+    from cnnkit.deploy.serve import serve
 
     serve(args.checkpoint, args.host, args.port, args.max_upload_mb, args.max_concurrency, args.max_queue, args.timeout)
     return 0

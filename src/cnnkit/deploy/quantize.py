@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from cnnkit.data import ImageSet
-from cnnkit.predict import Classifier
-from cnnkit.runtime import INPUT_NAME, OnnxClassifier
+from cnnkit.deploy.onnx_runtime import INPUT_NAME, OnnxClassifier
+from cnnkit.deploy.torch_runtime import Classifier
 
 CALIBRATION_IMAGES = 512
 
@@ -74,7 +74,7 @@ def quantize_run(
     fp32_path: Path, int8_path: Path, reference: Classifier, images: ImageSet, say: Callable = print
 ) -> dict:
     """Quantize, then measure validation accuracy and batch-32 throughput of the fp32 and int8 models."""
-    from cnnkit.benchmark import throughput
+    from cnnkit.deploy.timing import throughput
 
     calibration = calibration_images(reference)
     quantize_int8(fp32_path, int8_path, calibration)

@@ -18,15 +18,15 @@ import torch
 from torch import nn
 
 from cnnkit.checkpoint import versions, write_atomic
-from cnnkit.data import ImageSet, Preprocessing
+from cnnkit.data import ImageSet
+from cnnkit.deploy.load import load
+from cnnkit.deploy.onnx_runtime import FORMAT, INPUT_NAME, OUTPUT_NAME, OnnxClassifier, require
+from cnnkit.deploy.torch_runtime import Classifier
 from cnnkit.errors import CnnkitError
-from cnnkit.inference import load
-from cnnkit.modelinfo import CheckpointInfo
+from cnnkit.modelinfo import CheckpointInfo, Preprocessing
 from cnnkit.models.fold import fold_pooled_batch_norms
-from cnnkit.predict import Classifier
 from cnnkit.rundir import new_run_dir
-from cnnkit.runtime import FORMAT, INPUT_NAME, OUTPUT_NAME, OnnxClassifier, require
-from cnnkit.tta import FlipAveraged
+from cnnkit.tasks.classify.tta import FlipAveraged
 
 # fp32 ONNX Runtime and PyTorch differ by float rounding (fused Conv+BN, other summation
 # orders): about 1e-6 on logits of order 10. 1e-3 leaves room for deeper models while
@@ -37,7 +37,7 @@ DEFAULT_ATOL = 1e-3
 class NormalizedModel(nn.Module):
     """The model with the checkpoint's normalisation in front: uint8 (B, C, H, W) -> logits (B, K).
 
-    A run trained with test-time flip is exported with it (:class:`~cnnkit.tta.FlipAveraged`
+    A run trained with test-time flip is exported with it (:class:`~cnnkit.tasks.classify.tta.FlipAveraged`
     inside the graph), so the export gives the checkpoint's answers.
     """
 
@@ -186,7 +186,7 @@ def export_onnx(
     if not parity.passed:
         raise _reject(path, f"ONNX Runtime disagrees with PyTorch: {parity.format()}")
     if int8:
-        from cnnkit.quantize import quantize_run
+        from cnnkit.deploy.quantize import quantize_run
 
         int8_path = export_dir / "model.int8.onnx"
         quantization = quantize_run(path, int8_path, reference, images, say)

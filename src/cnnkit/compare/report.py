@@ -7,14 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cnnkit.robustness import UNITS
+from cnnkit.understand.robustness import UNITS
 
 LABELS = {"cnn": "CNN (convnet)", "mlp": "MLP"}
 COLOURS = {"cnn": "tab:blue", "mlp": "tab:orange"}
 
 
 def _plot_summary(results: dict[str, Any], path: Path) -> None:
-    from cnnkit import figures
+    from cnnkit.understand import figures
 
     plt = figures.pyplot()
     panels = [
@@ -34,7 +34,7 @@ def _plot_summary(results: dict[str, Any], path: Path) -> None:
 
 
 def _plot_data_efficiency(results: dict[str, Any], path: Path) -> None:
-    from cnnkit import figures
+    from cnnkit.understand import figures
 
     plt = figures.pyplot()
     efficiency = results["data_efficiency"]
@@ -48,7 +48,7 @@ def _plot_data_efficiency(results: dict[str, Any], path: Path) -> None:
 
 
 def _plot_robustness(results: dict[str, Any], path: Path) -> None:
-    from cnnkit import figures
+    from cnnkit.understand import figures
 
     plt = figures.pyplot()
     figure, axes_row = plt.subplots(1, len(UNITS), figsize=(16, 3.4), sharey=True)
@@ -65,7 +65,7 @@ def _plot_robustness(results: dict[str, Any], path: Path) -> None:
 
 
 def _plot_overfitting(results: dict[str, Any], path: Path) -> None:
-    from cnnkit import figures
+    from cnnkit.understand import figures
 
     plt = figures.pyplot()
     figure, axes = plt.subplots(figsize=(6.5, 3.8))
@@ -86,7 +86,7 @@ def _plot_overfitting(results: dict[str, Any], path: Path) -> None:
 
 
 def _plot_depth(results: dict[str, Any], path: Path) -> None:
-    from cnnkit import figures
+    from cnnkit.understand import figures
 
     plt = figures.pyplot()
     figure, axes = plt.subplots(figsize=(5.5, 3.8))
@@ -183,7 +183,7 @@ def to_markdown(results: dict[str, Any]) -> str:
 
 
 def to_html(results: dict[str, Any]) -> str:
-    from cnnkit import figures
+    from cnnkit.understand import figures
 
     parts = [f"<p>{html.escape(_setup(results))}</p><h2>Verdict</h2><ul>"]
     parts += [f"<li>{html.escape(sentence)}</li>" for sentence in results["verdict"]]
