@@ -1,6 +1,6 @@
 """Where tensors are born: image folders and built-in datasets, decoded one way.
 
-Decoding and :class:`Preprocessing` need no PyTorch; the dataset names below are
+Decoding needs no PyTorch; the dataset names below are
 imported on first use, so ``cnnkit predict model.onnx`` runs with ONNX Runtime alone.
 """
 
@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnkit.data.decode import decode_image, load_image
-from cnnkit.modelinfo import Preprocessing
 
 if TYPE_CHECKING:
     from cnnkit.data.builtin import BUILTINS
@@ -29,7 +28,6 @@ __all__ = [
     "BUILTINS",
     "DataSplits",
     "ImageSet",
-    "Preprocessing",
     "SkippedFile",
     "decode_image",
     "load_data",
