@@ -19,3 +19,24 @@ def test_confusion_and_report_match_scikit_learn():
     for row, p, r, f, s in zip(report, precision, recall, f1, support):
         assert abs(row.precision - p) < 1e-9 and abs(row.recall - r) < 1e-9 and abs(row.f1 - f) < 1e-9
         assert row.support == s
+
+
+def test_score_matches_scikit_learn_loss_and_accuracy():
+    from sklearn.metrics import accuracy_score, log_loss
+
+    from cnnkit.tasks.classify.evaluate import score
+
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(64, 3, generator=generator)
+    labels = torch.randint(0, 3, (64,), generator=generator)
+    result = score(logits, labels, ["a", "b", "c"])
+    assert abs(result.loss - log_loss(labels, logits.softmax(1).double(), labels=range(3))) < 1e-5
+    assert result.accuracy == accuracy_score(labels, logits.argmax(1))
+    assert result.confusion == sk_confusion(labels, logits.argmax(1), labels=range(3)).tolist()
+
+
+def test_score_of_no_images_is_nan_with_an_empty_matrix():
+    from cnnkit.tasks.classify.evaluate import score
+
+    result = score(torch.zeros(0, 0), torch.zeros(0, dtype=torch.long), ["a", "b"])
+    assert result.count == 0 and result.confusion == [[0, 0], [0, 0]] and result.accuracy != result.accuracy

@@ -20,14 +20,13 @@ ROUNDS = 5  # runtimes take turns, so a burst of load from other processes hits 
 
 def _candidates(target: Path, scratch: Path, threads: int | None) -> list[tuple[str, object]]:
     """(runtime name, classifier) pairs: a run gets PyTorch plus fresh fp32 and int8 exports."""
-    from cnnkit.deploy.load import load
-    from cnnkit.deploy.onnx_runtime import OnnxClassifier
+    from cnnkit.deploy.load import is_onnx, load
 
-    if target.suffix.lower() == ".onnx":
-        found = [("onnxruntime", OnnxClassifier(target, threads))]
+    if is_onnx(target):
+        found = [("onnxruntime", load(target, threads=threads))]
         sibling = target.with_name(target.stem + ".int8.onnx")
         if sibling.is_file():
-            found.append(("onnxruntime int8", OnnxClassifier(sibling, threads)))
+            found.append(("onnxruntime int8", load(sibling, threads=threads)))
         return found
     from cnnkit.deploy.export import write_onnx
     from cnnkit.deploy.quantize import calibration_images, quantize_int8
@@ -37,8 +36,8 @@ def _candidates(target: Path, scratch: Path, threads: int | None) -> list[tuple[
     quantize_int8(scratch / "model.onnx", scratch / "model.int8.onnx", calibration_images(reference))
     return [
         ("pytorch eager", reference),
-        ("onnxruntime fp32", OnnxClassifier(scratch / "model.onnx", threads)),
-        ("onnxruntime int8", OnnxClassifier(scratch / "model.int8.onnx", threads)),
+        ("onnxruntime fp32", load(scratch / "model.onnx", threads=threads)),
+        ("onnxruntime int8", load(scratch / "model.int8.onnx", threads=threads)),
     ]
 
 
@@ -63,6 +62,7 @@ def benchmark(target: str | Path, seconds: float = 2.0, batch_size: int = 32, th
     import torch
 
     from cnnkit.deploy.export import validation_images
+    from cnnkit.tasks.classify.evaluate import score
 
     target = Path(target).expanduser()
     if not target.exists():
@@ -87,7 +87,7 @@ def benchmark(target: str | Path, seconds: float = 2.0, batch_size: int = 32, th
             rows = []
             for name, classifier in candidates:
                 milliseconds = np.concatenate(single[name]) * 1000.0
-                accuracy = (classifier.logits(images.images).argmax(1) == images.labels).double().mean().item()
+                accuracy = score(classifier.logits(images.images), images.labels, images.classes).accuracy
                 rows.append(
                     {
                         "runtime": name,

@@ -23,7 +23,7 @@ from cnnkit.modelinfo import CheckpointInfo
 if TYPE_CHECKING:
     import torch
 
-    from cnnkit.data import ImageSet, SkippedFile
+    from cnnkit.data import SkippedFile
     from cnnkit.tasks.classify.metrics import EvalResult
 
 FORMAT = "cnnkit.onnx/1"
@@ -117,22 +117,7 @@ class OnnxClassifier(ImageClassifier):
 
     def evaluate(self, data: str | None = None, split: str = "test") -> tuple[EvalResult, list[SkippedFile]]:
         """Evaluate the ONNX model on labelled data; the arguments are those of :meth:`Classifier.evaluate`."""
+        from cnnkit.tasks.classify.evaluate import score
+
         images, skipped = self.labelled_images(data, split)
-        return score(self.logits(images.images), images), skipped
-
-
-def score(logits: torch.Tensor, images: ImageSet) -> EvalResult:
-    """Loss, accuracy and per-class report of precomputed logits (N, K) against ``images.labels``."""
-    import torch
-
-    from cnnkit.tasks.classify.metrics import EvalResult, confusion_matrix, per_class_report
-
-    predictions = logits.argmax(1)
-    confusion = confusion_matrix(predictions, images.labels, len(images.classes))
-    return EvalResult(
-        torch.nn.functional.cross_entropy(logits, images.labels).item(),
-        (predictions == images.labels).double().mean().item(),
-        confusion.tolist(),
-        per_class_report(confusion, images.classes),
-        images.classes,
-    )
+        return score(self.logits(images.images), images.labels, images.classes), skipped

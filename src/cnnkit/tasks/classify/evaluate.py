@@ -44,6 +44,34 @@ def predict_logits(
     return torch.cat(outputs) if outputs else torch.zeros(0, 0)
 
 
+def score(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> EvalResult:
+    """Loss, accuracy, confusion matrix and per-class report of logits (N, K) against labels (N,).
+
+    The one place a classifier's predictions become the numbers users read: evaluation,
+    the report, ONNX Runtime, int8 quantization and the benchmark all score through it, so
+    they cannot disagree. No images give NaN loss and accuracy and an all-zero matrix.
+
+    Args:
+        logits: Model outputs (N, K), any real values (test-time flip output included).
+        labels: True class indices (N,) into ``classes``.
+        classes: The K class names.
+
+    Example:
+        >>> score(torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]), ["a", "b"]).accuracy
+        0.5
+    """
+    num_classes = len(classes)
+    if len(labels) == 0:
+        empty = torch.zeros(num_classes, num_classes, dtype=torch.long)
+        return EvalResult(math.nan, math.nan, empty.tolist(), per_class_report(empty, classes), classes)
+    logits = logits.float()
+    predictions = logits.argmax(1)
+    confusion = confusion_matrix(predictions, labels, num_classes)
+    loss = nn.functional.cross_entropy(logits, labels).item()
+    accuracy = (predictions == labels).double().mean().item()
+    return EvalResult(loss, accuracy, confusion.tolist(), per_class_report(confusion, classes), classes)
+
+
 def evaluate(
     model: nn.Module,
     data: ImageSet,
@@ -52,14 +80,6 @@ def evaluate(
     batch_size: int = 256,
     tta: bool = False,
 ) -> EvalResult:
-    """Loss, accuracy, confusion matrix and per-class report of ``model`` on ``data``; test-time flip with ``tta``."""
-    num_classes = len(data.classes)
-    if len(data) == 0:
-        empty = [[0] * num_classes for _ in range(num_classes)]
-        return EvalResult(math.nan, math.nan, empty, per_class_report(torch.tensor(empty), data.classes), data.classes)
+    """:func:`score` of ``model`` on ``data``; test-time flip with ``tta``."""
     logits = predict_logits(model, data.images, preprocessing, device, batch_size, tta=tta)
-    loss = nn.functional.cross_entropy(logits, data.labels).item()
-    predictions = logits.argmax(1)
-    confusion = confusion_matrix(predictions, data.labels, num_classes)
-    accuracy = (predictions == data.labels).double().mean().item()
-    return EvalResult(loss, accuracy, confusion.tolist(), per_class_report(confusion, data.classes), data.classes)
+    return score(logits, data.labels, data.classes)
