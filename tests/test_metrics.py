@@ -30,7 +30,7 @@ def test_score_matches_scikit_learn_loss_and_accuracy():
     logits = torch.randn(64, 3, generator=generator)
     labels = torch.randint(0, 3, (64,), generator=generator)
     result = score(logits, labels, ["a", "b", "c"])
-    assert abs(result.loss - log_loss(labels, logits.softmax(1).double(), labels=range(3))) < 1e-5
+    assert abs(result.loss - log_loss(labels, logits.double().softmax(1), labels=range(3))) < 1e-5
     assert result.accuracy == accuracy_score(labels, logits.argmax(1))
     assert result.confusion == sk_confusion(labels, logits.argmax(1), labels=range(3)).tolist()
 

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import torch
 from conftest import run_cli
 
-from cnnkit.understand.summary import summarize_model
+from cnnkit.models import create_model, list_models
+from cnnkit.understand.summary import count_multiply_adds, summarize_model
+
+FAST_MODELS = {"convnet", "lenet5", "mlp", "efficientnet_lite0", "mobilenet_v3_small", "resnet18"}
 
 
 def test_summary_matches_hand_computed_figures():
@@ -49,3 +54,20 @@ def test_summary_of_a_checkpoint_refuses_architecture_flags(digits_run):
     result = run_cli("summary", str(digits_run), "--img-size", "64")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--img-size describe an architecture" in result.stderr and "1x8x8 input, 10 classes" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "name",
+    [name if name in FAST_MODELS else pytest.param(name, marks=pytest.mark.slow) for name in list_models()],
+)
+def test_count_multiply_adds_matches_pytorch_flop_counter(name):
+    """The hook counter against an independent reference: PyTorch's FlopCounterMode counts 2 FLOPs per mult-add."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = create_model(name, num_classes=10, in_channels=3, img_size=32).train()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.eval()(torch.zeros(1, 3, 32, 32))
+    model.train()
+    assert count_multiply_adds(model, (3, 32, 32)) == counter.get_total_flops() // 2 > 0
+    assert model.training  # counting leaves the model's mode as it was

@@ -35,6 +35,7 @@ from cnnkit.tasks.classify.evaluate import evaluate
 from cnnkit.training.loop import recompute_batch_norm, train_one_epoch
 from cnnkit.training.optim import build_optimizer
 from cnnkit.understand.robustness import PERTURBATIONS, perturb, random_shift
+from cnnkit.understand.summary import count_multiply_adds
 
 CNN, MLP = "convnet", "mlp"
 FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
@@ -59,17 +60,6 @@ def stratified_subset(data: ImageSet, fraction: float, seed: int) -> ImageSet:
 
 def _cap(data: ImageSet, size: int, seed: int) -> ImageSet:
     return data if len(data) <= size else stratified_subset(data, size / len(data), seed)
-
-
-def multiply_adds(model: nn.Module, image_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulate operations of one forward pass on one image (FLOPs / 2, as counted by PyTorch)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model.eval()
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(torch.zeros(1, *image_shape, device=next(model.parameters()).device))
-    return counter.get_total_flops() // 2
 
 
 @dataclass
@@ -149,7 +139,7 @@ def _model_summary(study: Study, name: str, model: nn.Module, seconds: float) ->
     return {
         "name": name,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "multiply_adds": multiply_adds(model, shape),
+        "multiply_adds": count_multiply_adds(model, shape),
         "train_seconds": seconds,
         "train_accuracy": study.accuracy(model, study.train),
         "val_accuracy": study.accuracy(model, study.val),

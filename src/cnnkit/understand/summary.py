@@ -120,13 +120,14 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...], name: str = "model
         )
 
     names = {module: path for path, module in model.named_modules()}
+    device = next(model.parameters(), torch.zeros(0)).device
     leaves = [m for m in model.modules() if not list(m.children())]
     handles = [leaf.register_forward_hook(hook) for leaf in leaves]
     was_training = model.training
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
+            model(torch.zeros(1, *input_shape, device=device))
     except RuntimeError as error:
         raise CnnkitError(f"{name} cannot take a {'x'.join(map(str, input_shape))} input: {error}") from None
     finally:
@@ -136,6 +137,21 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...], name: str = "model
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return Summary(name, list(input_shape), rows, total, trainable, sum(row.mult_adds for row in rows))
+
+
+def count_multiply_adds(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulate operations of one forward pass on one image of ``input_shape`` (C, H, W) or (C, L).
+
+    Convolutions and fully connected layers, counted per layer by :func:`summarize` (the
+    figure ``cnnkit summary`` and ``cnnkit compare`` report); pooling, activations and
+    normalisation are left out, as in the papers' "mult-adds". A test holds it equal to
+    PyTorch's own ``FlopCounterMode`` / 2 on the registered models.
+
+    Example:
+        >>> count_multiply_adds(create_model("lenet5", 10, 1, 28), (1, 28, 28))
+        416520
+    """
+    return summarize(model, input_shape).mult_adds
 
 
 def summarize_model(
