@@ -39,12 +39,7 @@ def serve(
         raise CnnkitError(
             "--max-upload-mb and --timeout must be positive, --max-concurrency at least 1, --max-queue >= 0"
         )
-    if Path(checkpoint).suffix.lower() == ".onnx":
-        from cnnkit.deploy.onnx_runtime import OnnxClassifier
-
-        classifier = OnnxClassifier(checkpoint, threads=1)  # requests run in parallel, each on one core
-    else:
-        classifier = load(checkpoint, device="cpu")
+    classifier = load(checkpoint, device="cpu", threads=1)  # requests run in parallel, each ONNX one on one core
     app = create_app(classifier, int(max_upload_mb * 2**20), max_concurrency, max_queue, timeout)
     print(f"serving {checkpoint} on http://{host}:{port}/ (API schema at /docs); Ctrl-C stops")
     uvicorn.run(app, host=host, port=port, timeout_keep_alive=5, log_level="warning")
