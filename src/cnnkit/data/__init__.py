@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnkit.data.decode import decode_image, load_image
+from cnnkit.data.decode import MAX_IMG_SIZE, decode_image, load_image
+from cnnkit.errors import CnnkitError
 
 if TYPE_CHECKING:
     from cnnkit.data.builtin import BUILTINS
@@ -66,6 +67,9 @@ def load_data(
     from cnnkit.data.builtin import BUILTINS, load_builtin
     from cnnkit.data.folder import load_folder
 
+    if img_size is not None and not 1 <= img_size <= MAX_IMG_SIZE:
+        # Refused before anything is decoded: 100000 would ask for terabytes of memory and cache.
+        raise CnnkitError(f"--img-size {img_size} is out of range; use 1 to {MAX_IMG_SIZE} pixels (32 to 224 is usual)")
     if data in BUILTINS:
         return load_builtin(data, data_dir, img_size, channels, resize, val_split, test_split)
     return load_folder(

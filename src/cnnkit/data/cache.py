@@ -11,11 +11,17 @@ rename, so an interrupted build never leaves a half-written entry that could be 
 lock file makes a second run that starts at the same time wait for the first build and
 reuse it instead of decoding everything twice. Files are memory-mapped copy-on-write:
 nothing a run does can change an entry on disk.
+
+Space: an entry's size is known before decoding (N x H x W x C bytes), so a build that
+would not fit the cache disk is refused up front, and the file is allocated before any
+worker writes to it: a full disk is an error with a message, never a worker killed by
+SIGBUS. A failed build leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import multiprocessing
@@ -24,18 +30,22 @@ import shutil
 import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cnnkit.data.decode import MAX_PIXELS, ImageDecodeError, decode_resized, to_array
+from cnnkit.data.decode import MAX_PIXELS, ImageDecodeError, capture_warnings, decode_resized, to_array
+from cnnkit.errors import CnnkitError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: meta.json records Pillow's warnings per file ("notes")
 PIXELS = "pixels.u8"
 META = "meta.json"
 CHUNK = 128  # files per task: large enough to amortise process hand-offs, small enough to balance cores
+FREE_SPACE_MARGIN = 256 << 20  # bytes a build leaves free on the cache disk, so the disk is never filled to the brim
+SPACE_ADVICE = "free space there, lower --img-size, or set $CNNKIT_CACHE_DIR to a folder on a larger disk"
 
 
 def cache_root() -> Path:
@@ -55,12 +65,14 @@ class DecodedImages:
         kept: For each row of ``images``, its index in the list of files asked for.
         failures: (index in the file list, reason) for each file left out.
         all_gray: Every decoded image was grayscale.
+        notes: (index in the file list, warning) for each warning Pillow raised while decoding a kept file.
     """
 
     images: torch.Tensor
     kept: list[int]
     failures: list[tuple[int, str]]
     all_gray: bool
+    notes: list[tuple[int, str]]
 
 
 def fingerprint(header: str, root: Path, files: Sequence[str], follow_links: bool = True) -> str:
@@ -83,23 +95,26 @@ def cache_key(root: Path, files: Sequence[str], img_size: int, channels: int | N
 
 def _decode_chunk(
     pixels_path: str, shape: tuple[int, ...], root: str, rows: list[tuple[int, str]], img_size: int, resize: str
-) -> tuple[list[tuple[int, str]], list[int]]:
-    """Decode files into their rows of the shared file; returns (failures, rows that were colour)."""
+) -> tuple[list[tuple[int, str]], list[int], list[tuple[int, str]]]:
+    """Decode files into their rows of the shared file; returns (failures, rows that were colour, warnings)."""
     pixels = np.memmap(pixels_path, np.uint8, "r+", shape=shape)
     channels = shape[-1]
-    failures, colour = [], []
-    for row, rel in rows:
-        path = os.path.join(root, rel)
-        try:
-            image = decode_resized(path, img_size, resize)
-        except ImageDecodeError as error:
-            failures.append((row, str(error).replace(path, "file")))
-            continue
-        if image.mode != "L":
-            colour.append(row)
-        pixels[row] = to_array(image, channels).transpose(1, 2, 0)
+    failures, colour, notes = [], [], []
+    with capture_warnings():  # one thread per worker process, or the caller's thread
+        for row, rel in rows:
+            path = os.path.join(root, rel)
+            found: list[str] = []
+            try:
+                image = decode_resized(path, img_size, resize, notes=found)
+            except ImageDecodeError as error:
+                failures.append((row, str(error).replace(path, "file")))
+                continue
+            notes += [(row, note) for note in found]
+            if image.mode != "L":
+                colour.append(row)
+            pixels[row] = to_array(image, channels).transpose(1, 2, 0)
     pixels.flush()
-    return failures, colour
+    return failures, colour, notes
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
@@ -119,11 +134,11 @@ def _build(
         stored_channels = channels or 3
         shape = (len(files), img_size, img_size, stored_channels)
         pixels_path = staging / PIXELS
-        with open(pixels_path, "wb") as handle:
-            handle.truncate(int(np.prod(shape)))
+        _allocate(pixels_path, int(np.prod(shape)))
         rows = list(enumerate(files))
         chunks = [rows[i : i + CHUNK] for i in range(0, len(rows), CHUNK)]
         failures: list[tuple[int, str]] = []
+        notes: list[tuple[int, str]] = []
         colour: set[int] = set()
         args = (str(pixels_path), shape, str(root))
         if workers > 1 and len(chunks) > 1:
@@ -131,9 +146,10 @@ def _build(
                 results = list(pool.map(_decode_chunk, *zip(*[(*args, c, img_size, resize) for c in chunks])))
         else:
             results = [_decode_chunk(*args, c, img_size, resize) for c in chunks]
-        for chunk_failures, chunk_colour in results:
+        for chunk_failures, chunk_colour, chunk_notes in results:
             failures += chunk_failures
             colour.update(chunk_colour)
+            notes += chunk_notes
         failed = {row for row, _ in failures}
         kept = [row for row in range(len(files)) if row not in failed]
         all_gray = not colour and bool(kept)
@@ -145,6 +161,7 @@ def _build(
             "kept": kept,
             "failures": failures,
             "all_gray": all_gray,
+            "notes": notes,
         }
         (staging / META).write_text(json.dumps(meta))
         for name in (PIXELS, META):
@@ -157,6 +174,57 @@ def _build(
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _allocate(path: Path, size: int) -> None:
+    """Create ``path`` with ``size`` bytes reserved on disk: no space raises ENOSPC here, not SIGBUS in a worker."""
+    with open(path, "wb") as handle:
+        if size and hasattr(os, "posix_fallocate"):
+            try:
+                os.posix_fallocate(handle.fileno(), 0, size)
+                return
+            except OSError as error:
+                if error.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # file systems without it: a sparse file
+                    raise
+        handle.truncate(size)
+
+
+def _format_size(size: float) -> str:
+    units = ("bytes", "KB", "MB", "GB", "TB", "PB")
+    power = 0
+    while size >= 1000 and power < len(units) - 1:
+        size /= 1000
+        power += 1
+    return f"{size:.0f} bytes" if power == 0 else f"{size:.1f} {units[power]}"
+
+
+def _check_space(base: Path, count: int, img_size: int, channels: int) -> int:
+    """Refuse a build of ``count`` images that would not fit on the cache disk; returns the bytes it needs."""
+    needed = count * img_size * img_size * channels
+    free = shutil.disk_usage(base).free
+    if needed + FREE_SPACE_MARGIN > free:
+        raise CnnkitError(
+            f"the image cache needs {_format_size(needed)} for {count} images at {img_size}x{img_size}x{channels} "
+            f"(--img-size {img_size}), but {base} has {_format_size(free)} free; {SPACE_ADVICE}"
+        )
+    return needed
+
+
+def _build_failure(base: Path, needed: int, error: BaseException) -> CnnkitError:
+    """One line for a build that stopped: what happened, the space it needed and had, and what to do."""
+    if isinstance(error, BrokenProcessPool):
+        what = "a decoding process was killed (out of memory, or the disk filled up)"
+    elif isinstance(error, MemoryError):
+        what = "out of memory"
+    elif isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        what = "the disk is full"
+    else:
+        what = str(getattr(error, "strerror", None) or error)
+    free = shutil.disk_usage(base).free if base.is_dir() else 0
+    return CnnkitError(
+        f"building the image cache in {base} failed: {what} ({_format_size(needed)} needed, "
+        f"{_format_size(free)} free now); {SPACE_ADVICE}"
+    )
 
 
 def _compact(pixels_path: Path, shape: tuple[int, ...], kept: list[int], channels: int) -> None:
@@ -209,7 +277,9 @@ def _open_entry(entry: Path) -> DecodedImages | None:
     else:
         pixels = torch.from_numpy(np.memmap(entry / PIXELS, np.uint8, "c", shape=shape))
     failures = [(int(row), str(reason)) for row, reason in meta["failures"]]
-    return DecodedImages(pixels.permute(0, 3, 1, 2), [int(i) for i in meta["kept"]], failures, bool(meta["all_gray"]))
+    notes = [(int(row), str(note)) for row, note in meta["notes"]]
+    kept = [int(i) for i in meta["kept"]]
+    return DecodedImages(pixels.permute(0, 3, 1, 2), kept, failures, bool(meta["all_gray"]), notes)
 
 
 def decode_cached(
@@ -232,7 +302,8 @@ def decode_cached(
     found = _open_entry(entry)
     if found is not None:
         return found
-    with _locked(entry.with_name(entry.name + ".lock")):
+    lock = entry.with_name(entry.name + ".lock")
+    with _locked(lock):
         found = _open_entry(entry)  # built by a run that held the lock before us
         if found is not None:
             return found
@@ -240,7 +311,16 @@ def decode_cached(
             shutil.rmtree(entry)
         for stale in base.glob(f"{entry.name}.tmp-*"):  # left by an interrupted build of this key
             shutil.rmtree(stale, ignore_errors=True)
-        _build(entry, root, files, img_size, channels, resize, workers)
+        try:
+            needed = _check_space(base, len(files), img_size, channels or 3)
+            try:
+                _build(entry, root, files, img_size, channels, resize, workers)
+            except (OSError, MemoryError, BrokenProcessPool) as error:
+                raise _build_failure(base, needed, error) from None
+        except BaseException:
+            # Nothing of a failed build stays; a run waiting on this lock builds (entries are published atomically).
+            lock.unlink(missing_ok=True)
+            raise
     found = _open_entry(entry)
     if found is None:
         raise OSError(f"the image cache entry {entry} could not be read back after building it")

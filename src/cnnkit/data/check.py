@@ -5,6 +5,10 @@ folder is classified (decoded with the one decoding path, symlinks resolved, con
 sniffed) and each bad one is listed with its reason. The result is cached, keyed by the
 file list with sizes and modification times, so an unchanged folder is scanned once.
 Files are only ever read: nothing is modified, moved or deleted.
+
+Warnings stay readable on a console: a few of each kind are shown, and when there are
+more, every one is written to a file in the cache (next to the cached scan) that the
+summary line names. Folders cnnkit wrote (runs, exports, the cache) are never scanned.
 """
 
 from __future__ import annotations
@@ -19,15 +23,19 @@ from pathlib import Path
 import torch
 
 from cnnkit.data.cache import cache_root, fingerprint
-from cnnkit.data.decode import IMAGE_EXTENSIONS, MAX_PIXELS, ImageDecodeError, load_image
-from cnnkit.data.folder import SPLIT_FOLDERS
+from cnnkit.data.decode import IMAGE_EXTENSIONS, MAX_PIXELS, ImageDecodeError, capture_warnings, load_image
+from cnnkit.data.folder import SPLIT_FOLDERS, ignored_output_warning, is_cnnkit_output, no_images_error
 from cnnkit.data.imageset import DataSplits, SkippedFile
 from cnnkit.errors import CnnkitError
 
 # A class with this many times fewer training images than the largest gets a warning.
 IMBALANCE_RATIO = 10
 
-SCAN_VERSION = 1
+# Warnings of one kind shown on the console (more go to the full list), and paths shown per duplicate set.
+SHOWN_PER_KIND = 3
+SHOWN_PATHS = 4
+
+SCAN_VERSION = 2  # 2: console warnings summarised, full list in ``details``
 
 # The scan decodes JPEGs at up to 1/8 of their size (Pillow's draft mode): every byte of the
 # compressed data is still read and entropy-decoded, so truncated or corrupt files fail
@@ -66,6 +74,8 @@ class ScanReport:
     hidden: int = 0
     others: int = 0
     digests: dict[str, str] = field(default_factory=dict)
+    details: list[str] = field(default_factory=list)
+    full_list: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,9 +88,15 @@ class ScanReport:
 
     def summary(self) -> str:
         return (
-            f"{self.root}: {self.files} image file(s), {len(self.bad)} bad, {len(self.warnings)} warning(s); "
+            f"{self.root}: {self.files} image file(s), {len(self.bad)} bad, {len(self.details)} warning(s); "
             f"{self.hidden} hidden and {self.others} non-image file(s) ignored"
         )
+
+    def write_full_list(self) -> None:
+        """Write every warning to ``full_list`` when the console shows only some (again if it was deleted)."""
+        if self.full_list and not Path(self.full_list).is_file():
+            Path(self.full_list).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.full_list).write_text("".join(f"{line}\n" for line in self.details), encoding="utf-8")
 
 
 def _sniff(head: bytes) -> str | None:
@@ -98,6 +114,7 @@ def _check_file(root: Path, rel: str, decode: bool = True) -> tuple[str | None, 
     """Return (reason it is bad, warning, digest of its bytes) for one file under ``root``.
 
     ``decode=False`` leaves out the decoding check, for callers that decode the file anyway.
+    Pillow's warnings about a file that decodes become its warning.
     """
     path = root / rel
     if path.is_symlink():
@@ -116,25 +133,28 @@ def _check_file(root: Path, rel: str, decode: bool = True) -> tuple[str | None, 
     found = _sniff(data[:16])
     if found == "HTML/XML text":
         return "not an image: the file holds HTML/XML text", None, None
+    notes: list[str] = []
     try:
         if decode:
-            load_image(data, min_side=SCAN_DRAFT_SIDE)
+            load_image(data, min_side=SCAN_DRAFT_SIDE, notes=notes)
     except ImageDecodeError as error:
         return str(error).replace("<bytes>", "file"), None, None
     expected = EXTENSION_FORMATS.get(Path(rel).suffix.lower())
-    warning = None
     if found and expected and found != expected:
-        warning = f"{rel}: {found} content named {Path(rel).suffix}; read by its content"
+        notes.insert(0, f"{found} content named {Path(rel).suffix}; read by its content")
+    warning = f"{rel}: {'; '.join(notes)}" if notes else None
     return None, warning, hashlib.sha256(data).hexdigest()
 
 
-def _list_files(root: Path) -> tuple[list[str], int, int, list[str]]:
-    """Image files (relative, sorted), hidden and other files counted, and folder links not followed."""
-    images, hidden, others, links = [], 0, 0, []
+def _list_files(root: Path) -> tuple[list[str], int, int, list[str], list[str]]:
+    """Image files (relative, sorted), hidden and other files counted, folder links not followed, cnnkit output."""
+    images, hidden, others, links, outputs = [], 0, 0, [], []
     for folder, subfolders, names in os.walk(root):
         hidden += sum(1 for name in subfolders if name.startswith(".") or name == "__MACOSX")
         links += [os.path.relpath(os.path.join(folder, d), root) for d in subfolders if os.path.islink(Path(folder, d))]
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith(".") and d != "__MACOSX")
+        visible = sorted(d for d in subfolders if not d.startswith(".") and d != "__MACOSX")
+        subfolders[:] = [d for d in visible if not is_cnnkit_output(Path(folder, d))]
+        outputs += [os.path.relpath(os.path.join(folder, d), root) for d in visible if d not in subfolders]
         for name in sorted(names):
             if name.startswith("."):
                 hidden += 1
@@ -142,7 +162,7 @@ def _list_files(root: Path) -> tuple[list[str], int, int, list[str]]:
                 images.append(os.path.relpath(os.path.join(folder, name), root))
             else:
                 others += 1
-    return images, hidden, others, sorted(links)
+    return images, hidden, others, sorted(links), outputs
 
 
 def _cache_key(root: Path, images: list[str]) -> str:
@@ -157,40 +177,89 @@ def _split_and_class(rel: str) -> tuple[str, str]:
     return "all", parts[0] if len(parts) > 1 else ""
 
 
-def _dataset_warnings(root: Path, report: ScanReport, images: list[str]) -> list[str]:
+def _dataset_warnings(root: Path, report: ScanReport, images: list[str], outputs: list[str]) -> list[tuple[str, str]]:
+    """(kind, warning) about the dataset as a whole: loose images, empty classes, imbalance, identical files."""
     warnings = []
     bad = {item.path for item in report.bad}
     counts: Counter = Counter()
     by_digest: dict[str, list[str]] = {}
+    loose = [rel for rel in images if len(Path(rel).parts) == 1]
     for rel in images:
         split, name = _split_and_class(rel)
         if rel not in bad and name:
             counts[split, name] += 1
         if rel in report.digests:
             by_digest.setdefault(report.digests[rel], []).append(rel)
+    if loose:
+        warnings.append(
+            (
+                "loose",
+                f"{len(loose)} image(s) lie directly in {root}, outside any class folder (e.g. {loose[0]}): "
+                "training reads only one subfolder per class",
+            )
+        )
     for split in {split for split, _ in counts} | ({"all"} if not counts else set()):
         base = root / (split if split != "all" else "")
         for folder in sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []:
             hidden = folder.name.startswith(".") or folder.name in sum(SPLIT_FOLDERS.values(), ())
-            if not hidden and not counts[split, folder.name]:
-                warnings.append(f"empty class folder (no readable images): {folder.relative_to(root)}")
+            rel = str(folder.relative_to(root))
+            if not hidden and rel not in outputs and not counts[split, folder.name]:
+                warnings.append(("empty", f"empty class folder (no readable images): {rel}"))
     train_counts = {name: n for (split, name), n in counts.items() if split in ("train", "all")}
-    if train_counts and max(train_counts.values()) >= IMBALANCE_RATIO * min(train_counts.values()):
-        warnings.append(imbalance_warning(train_counts))
+    warnings += [("imbalance", warning) for warning in imbalance_warnings(train_counts)]
     for paths in by_digest.values():
         splits = {_split_and_class(p)[0] for p in paths}
         if len(paths) > 1:
-            where = "across splits (leakage: test scores will be optimistic)" if len(splits) > 1 else "duplicates"
-            warnings.append(f"identical files {where}: {', '.join(paths)}")
+            leak = len(splits) > 1
+            where = "across splits (leakage: test scores will be optimistic)" if leak else "duplicates"
+            warnings.append(("leak" if leak else "duplicate", f"identical files {where}: {', '.join(paths)}"))
     return warnings
 
 
-def imbalance_warning(counts: dict[str, int]) -> str:
-    largest, smallest = max(counts, key=counts.get), min(counts, key=counts.get)
-    return (
-        f"heavy class imbalance: {largest} has {counts[largest]} training images, {smallest} only "
-        f"{counts[smallest]}; consider --class-weights balanced or --sampler balanced"
-    )
+def imbalance_warnings(counts: dict[str, int]) -> list[str]:
+    """Warn about classes without training images, and about a class far smaller than the largest."""
+    missing = sorted(name for name, count in counts.items() if not count)
+    present = {name: count for name, count in counts.items() if count}
+    warnings = []
+    if missing:
+        warnings.append(
+            f"no training images for class(es) {', '.join(missing)}: the model cannot learn them; "
+            "add readable images to their folders or remove the folders"
+        )
+    if len(present) > 1:
+        largest, smallest = max(present, key=present.get), min(present, key=present.get)
+        if present[largest] >= IMBALANCE_RATIO * present[smallest]:
+            warnings.append(
+                f"heavy class imbalance: {largest} has {present[largest]} training images, {smallest} only "
+                f"{present[smallest]}; consider --class-weights balanced or --sampler balanced"
+            )
+    return warnings
+
+
+def _shorten(warning: str) -> str:
+    """A set of identical files names its first few paths; the full list names them all."""
+    head, _, paths = warning.partition(": ")
+    listed = paths.split(", ")
+    if not head.startswith("identical files") or len(listed) <= SHOWN_PATHS:
+        return warning
+    return f"{head} ({len(listed)} files): {', '.join(listed[:SHOWN_PATHS])} and {len(listed) - SHOWN_PATHS} more"
+
+
+def _summarise(warnings: list[tuple[str, str]], full_list: Path) -> tuple[list[str], bool]:
+    """At most :data:`SHOWN_PER_KIND` lines of each kind, the last counting the rest; True when any was left out."""
+    by_kind: dict[str, list[str]] = {}
+    for kind, warning in warnings:
+        by_kind.setdefault(kind, []).append(warning)
+    shown, cut = [], False
+    for lines in by_kind.values():
+        keep = lines if len(lines) <= SHOWN_PER_KIND else lines[: SHOWN_PER_KIND - 1]
+        shown += [_shorten(line) for line in keep]
+        cut = cut or len(keep) < len(lines) or any(_shorten(line) != line for line in keep)
+        if len(keep) < len(lines):
+            shown.append(f"... and {len(lines) - len(keep)} more like these; every warning is in {full_list}")
+    if cut and not any(line.endswith(str(full_list)) for line in shown):
+        shown.append(f"every warning in full: {full_list}")
+    return shown, cut
 
 
 def scan_folder(
@@ -207,8 +276,13 @@ def scan_folder(
             each file once and reports the failures itself.
 
     Returns:
-        The report: bad files with reasons, dataset warnings (extension mismatches,
-        empty classes, duplicates and train/test leakage, class imbalance), counts.
+        The report: bad files with reasons, dataset warnings (extension mismatches, Pillow's
+        warnings, empty classes, duplicates and train/test leakage, class imbalance), counts.
+        ``warnings`` holds a few of each kind; ``details`` all of them, also written to
+        ``full_list`` (in the cache) when some were left out.
+
+    Raises:
+        CnnkitError: the folder is missing or holds no image files.
 
     Example:
         >>> report = scan_folder("photos")
@@ -219,25 +293,36 @@ def scan_folder(
     root = Path(root).expanduser()
     if not root.is_dir():
         raise CnnkitError(f"data folder not found: {root}; give a folder with one subfolder per class")
-    images, hidden, others, links = _list_files(root)
-    cache = cache_root() / "scans" / f"{_cache_key(root, images)}{'' if decode else '-nodecode'}.json"
+    images, hidden, others, links, outputs = _list_files(root)
+    if not images:
+        raise no_images_error(root)
+    key = f"{_cache_key(root, images)}{'' if decode else '-nodecode'}"
+    cache = cache_root() / "scans" / f"{key}.json"
     if use_cache and cache.is_file():
         try:
-            return ScanReport.from_dict(json.loads(cache.read_text()))
+            report = ScanReport.from_dict(json.loads(cache.read_text()))
+            report.write_full_list()
+            return report
         except (ValueError, TypeError, KeyError):
             pass  # an unreadable cache entry is rescanned and rewritten below
     report = ScanReport(str(root), len(images), hidden=hidden, others=others)
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+    with capture_warnings(), ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         verdicts = list(pool.map(lambda rel: _check_file(root, rel, decode), images))
+    found = [("output", ignored_output_warning(rel)) for rel in outputs]
     for rel, (reason, warning, digest) in zip(images, verdicts):
         if reason:
             report.bad.append(SkippedFile(rel, reason))
         if warning:
-            report.warnings.append(warning)
+            found.append(("file", warning))
         if digest:
             report.digests[rel] = digest
-    report.warnings += [f"symlinked folder not followed: {link}" for link in links]
-    report.warnings += _dataset_warnings(root, report, images)
+    found += [("link", f"symlinked folder not followed: {link}") for link in links]
+    found += _dataset_warnings(root, report, images, outputs)
+    full_list = cache_root() / "scans" / f"{key}-warnings.txt"
+    report.details = [warning for _, warning in found]
+    report.warnings, cut = _summarise(found, full_list)
+    report.full_list = str(full_list) if cut else None
+    report.write_full_list()
     if use_cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(report.to_dict()))
@@ -254,12 +339,15 @@ def review_splits(splits: DataSplits, scan: ScanReport | None) -> DataSplits:
         known = {item.path for item in splits.skipped}
         splits.skipped += [item for path, item in bad.items() if path not in known]
         splits.warnings += [w for w in scan.warnings if w not in splits.warnings]
+    if not len(splits.train):
+        example = f", e.g. {splits.skipped[0].path} ({splits.skipped[0].reason})" if splits.skipped else ""
+        raise CnnkitError(
+            f"{splits.name}: no readable training images: {len(splits.skipped)} file(s) could not be used{example}; "
+            f"`cnnkit check {splits.name}` lists every bad file and why"
+        )
     splits.warnings += find_leaks(splits)
     counts = torch.bincount(splits.train.labels, minlength=len(splits.classes)).tolist()
-    if counts and min(counts) * IMBALANCE_RATIO <= max(counts):
-        warning = imbalance_warning(dict(zip(splits.classes, counts)))
-        if warning not in splits.warnings:
-            splits.warnings.append(warning)
+    splits.warnings += [w for w in imbalance_warnings(dict(zip(splits.classes, counts))) if w not in splits.warnings]
     return splits
 
 

@@ -7,7 +7,11 @@ Every image, whether a file, bytes, a PIL image or an array, goes through
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +28,15 @@ TRANSPARENCY_BACKGROUND = (255, 255, 255)
 # Images with more pixels than this are refused before their pixels are decoded
 # (decompression bombs), without touching Pillow's process-wide limit.
 MAX_PIXELS = 89_478_485
+
+# The largest model input side a dataset is decoded at: 4096 x 4096 RGB is already 48 MiB per
+# image, far past what a CNN trains on; larger sides only exhaust memory or the cache disk.
+MAX_IMG_SIZE = 4096
+
+# Pillow warns about tolerable oddities (palette transparency, corrupt EXIF, images near the bomb
+# limit) through the warnings module. Inside capture_warnings() a decoding thread's warnings go to
+# the list it passed as ``notes`` instead of the console, so they can be reported per file.
+_decoding = threading.local()
 
 ImageSource = str | Path | bytes | Image.Image | np.ndarray
 
@@ -100,7 +113,32 @@ def _palette_is_gray(image: Image.Image) -> bool:
     return bool(len(palette)) and bool((palette == palette[:, :1]).all())
 
 
-def load_image(source: ImageSource, min_side: int | None = None) -> Image.Image:
+@contextlib.contextmanager
+def capture_warnings() -> Iterator[None]:
+    """Send the warnings raised while decoding to each call's ``notes`` list instead of the console.
+
+    Enter it once, in the thread that starts the decoding threads, around all of them: it
+    swaps the process-wide warning hook, which is not safe to do from several threads at once.
+    Warnings raised outside a :func:`load_image` call that passed ``notes`` are shown as before.
+    """
+    with warnings.catch_warnings():
+        previous = warnings.showwarning
+        # Every file's warning, not only the first from each line of Pillow.
+        warnings.filterwarnings("always", module=r"PIL\.")
+        warnings.filterwarnings("always", module=__name__)
+
+        def show(message, category, filename, lineno, file=None, line=None) -> None:
+            notes = getattr(_decoding, "notes", None)
+            if notes is None:
+                previous(message, category, filename, lineno, file, line)
+            else:
+                notes.append(f"{category.__name__}: {message}")
+
+        warnings.showwarning = show
+        yield
+
+
+def load_image(source: ImageSource, min_side: int | None = None, notes: list[str] | None = None) -> Image.Image:
     """Decode an image into an upright 'L' (grayscale) or 'RGB' PIL image.
 
     EXIF orientation is applied, transparency is composited on white, 16-bit images are
@@ -109,9 +147,23 @@ def load_image(source: ImageSource, min_side: int | None = None) -> Image.Image:
     "draft" mode) that still leaves both sides at least ``min_side``: several times faster
     for photos far larger than the model input.
 
+    Args:
+        source: A path, encoded bytes, a PIL image or an array.
+        min_side: Smallest side the caller needs, allowing JPEG draft decoding. Defaults to None.
+        notes: Receives Pillow's warnings about this image (inside :func:`capture_warnings`),
+            so a scan can report them per file. Defaults to None (warnings are shown).
+
     Raises:
         ImageDecodeError: the source is not a readable image.
     """
+    _decoding.notes = notes
+    try:
+        return _load(source, min_side)
+    finally:
+        _decoding.notes = None
+
+
+def _load(source: ImageSource, min_side: int | None) -> Image.Image:
     image, name = _open(source)
     try:
         width, height = image.size
@@ -162,9 +214,11 @@ def to_array(image: Image.Image, channels: int) -> np.ndarray:
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
 
 
-def decode_resized(source: ImageSource, img_size: int, resize: str = "crop") -> Image.Image:
-    """Decode, orient and resize one image; still 'L' or 'RGB' as the file was."""
-    return resize_image(load_image(source, min_side=img_size), img_size, resize)
+def decode_resized(
+    source: ImageSource, img_size: int, resize: str = "crop", notes: list[str] | None = None
+) -> Image.Image:
+    """Decode, orient and resize one image; still 'L' or 'RGB' as the file was (``notes`` as in :func:`load_image`)."""
+    return resize_image(load_image(source, min_side=img_size, notes=notes), img_size, resize)
 
 
 def decode_image(source: ImageSource, img_size: int, channels: int, resize: str = "crop") -> np.ndarray:

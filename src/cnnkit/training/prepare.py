@@ -68,13 +68,13 @@ def prepare_data(config: TrainConfig, say: Callable[[str], None]) -> DataSplits:
     scan = scan_folder(data, workers=config.workers, decode=False) if folder else None
     splits = review_splits(splits, scan)
     if scan is not None:
-        say(f"checked {scan.files} image files: {len(splits.skipped)} bad, {len(scan.warnings)} warning(s)")
+        say(f"checked {scan.files} image files: {len(splits.skipped)} bad, {len(scan.details)} warning(s)")
     for warning in splits.warnings:
         say(f"warning: {warning}")
     if splits.skipped:
         say(
             f"warning: skipped {len(splits.skipped)} unreadable file(s); first: {splits.skipped[0].path} "
-            f"({splits.skipped[0].reason}); full list in skipped.csv"
+            f"({splits.skipped[0].reason}); the run folder's skipped.csv lists them all"
         )
     if len(splits.train) == 0:
         raise CnnkitError(f"{splits.name}: no readable training images")
