@@ -56,6 +56,19 @@ def test_grayscale_first_layer_sums_the_rgb_filters():
     assert torch.allclose(model.conv1(gray), rgb_model.conv1(gray.expand(-1, 3, -1, -1)), atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "googlenet"])
+def test_grayscale_builder_uses_the_same_adapter_as_pretrained_weights(name):
+    torch.manual_seed(0)
+    rgb = create_model(name, num_classes=10, img_size=32)
+    torch.manual_seed(0)
+    gray = create_model(name, num_classes=10, in_channels=1, img_size=32)
+    first = [next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)) for model in (rgb, gray)]
+    assert first[1].in_channels == 1 and torch.equal(first[1].weight, first[0].weight.sum(1, keepdim=True))
+    image = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():  # summed filters respond to a gray image as the RGB ones do to its three equal channels
+        torch.testing.assert_close(first[1](image), first[0](image.expand(-1, 3, -1, -1)), atol=1e-5, rtol=1e-5)
+
+
 def _fake_official_file(tmp_path, name: str):
     """A state dict of ``name`` saved under a torchvision-style file name whose hash prefix is real."""
     state = create_model(name, 1000, img_size=224).state_dict()

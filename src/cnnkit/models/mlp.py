@@ -10,10 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cnnkit.models.network import Network
 from cnnkit.models.registry import register_model
 
 
-class MLP(nn.Module):
+class MLP(Network):
     """Flatten, then ``Linear-ReLU-Dropout`` per hidden layer, then a linear classifier.
 
     Args:
@@ -48,11 +49,8 @@ class MLP(nn.Module):
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x)  # (B, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.head = nn.Linear(self.num_features, num_classes)
+    def get_classifier(self) -> nn.Linear:
+        return self.head
 
 
 @register_model

@@ -31,7 +31,9 @@ import torch
 from torch import nn
 
 from cnnkit.errors import CnnkitError
-from cnnkit.models.registry import register_model
+from cnnkit.models.layers import avg_pool, batch_norm, conv, global_pool, max_pool
+from cnnkit.models.network import Network
+from cnnkit.models.registry import list_models, register_model
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -146,8 +148,8 @@ def _build_layer(layer: dict[str, Any], shape: tuple[int, ...], seen_conv: bool,
         if not 0 <= p < 1:
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         return nn.Dropout(p), shape
-    if kind == "bn":
-        return (nn.BatchNorm1d if rank < 2 else nn.BatchNorm2d)(shape[0]), shape
+    if kind == "bn":  # flat (B, F) features normalise like rank 1's (B, C, L)
+        return batch_norm(shape[0], rank=max(rank, 1)), shape
     if kind == "flatten":
         if not seen_conv:
             raise ValueError("flatten before any convolution throws the image's layout away; convolve first")
@@ -162,9 +164,7 @@ def _build_layer(layer: dict[str, Any], shape: tuple[int, ...], seen_conv: bool,
     if kind in ("gap", "gmp"):
         if rank == 0:
             raise ValueError("global pooling needs a feature map, but the features are already flat")
-        pool = (nn.AdaptiveAvgPool2d if kind == "gap" else nn.AdaptiveMaxPool2d) if rank == 2 else None
-        pool = pool or (nn.AdaptiveAvgPool1d if kind == "gap" else nn.AdaptiveMaxPool1d)
-        return nn.Sequential(pool(1), nn.Flatten()), (shape[0],)
+        return nn.Sequential(global_pool("avg" if kind == "gap" else "max", rank), nn.Flatten()), (shape[0],)
     want = 1 if kind.endswith("1d") else 2
     if rank != want:
         layout = "(channels, length)" if want == 1 else "(channels, height, width)"
@@ -181,25 +181,20 @@ def _build_layer(layer: dict[str, Any], shape: tuple[int, ...], seen_conv: bool,
             raise ValueError("filters, kernel, stride, dilation and groups must be positive and padding not negative")
         if shape[0] % groups or filters % groups:
             raise ValueError(f"groups={groups} must divide both input channels {shape[0]} and filters {filters}")
-        module = (nn.Conv1d if want == 1 else nn.Conv2d)(shape[0], filters, kernel, stride, padding, dilation, groups)
+        module = conv(shape[0], filters, kernel, stride, padding, dilation, groups, rank=want)
     else:
         kernel = int(layer.get("kernel_size", 2))
         stride, padding, dilation = int(layer.get("stride", kernel)), 0, 1
         if kernel < 1 or stride < 1:
             raise ValueError("pool window and stride must be positive")
-        average = kind.startswith("avg")
-        module = (
-            (nn.AvgPool1d if average else nn.MaxPool1d)(kernel, stride)
-            if want == 1
-            else (nn.AvgPool2d if average else nn.MaxPool2d)(kernel, stride)
-        )
+        module = (avg_pool if kind.startswith("avg") else max_pool)(kernel, stride, rank=want)
     sides = tuple(_out_side(side, kernel, stride, padding, dilation) for side in shape[1:])
     if min(sides) < 1:
         raise ValueError(f"a window of {kernel} does not fit; the map would be {sides}: remove it or use larger inputs")
     return module, (module.out_channels if kind.startswith("conv") else shape[0], *sides)
 
 
-class SpecNet(nn.Module):
+class SpecNet(Network):
     """A network built from a layer spec; the final fully connected layer is its classifier.
 
     Args:
@@ -238,11 +233,8 @@ class SpecNet(nn.Module):
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(x)  # (B, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.classifier = nn.Linear(self.num_features, num_classes)
+    def get_classifier(self) -> nn.Linear:
+        return self.classifier
 
 
 @register_model
@@ -261,8 +253,6 @@ def spec(
 
 def resolve_model(model: str) -> tuple[str, dict[str, Any]]:
     """A registry name, a spec file or a one-line spec -> (registry name, builder keyword arguments)."""
-    from cnnkit.models.registry import list_models
-
     if model in list_models():
         return model, {}
     looks_like_file = model.endswith((".yaml", ".yml", ".json"))
