@@ -2,6 +2,7 @@
 
 import asyncio
 import io
+import re
 import time
 import warnings
 
@@ -69,6 +70,32 @@ def test_health_openapi_and_page(client):
     assert {"413", "415", "503"} <= set(schema["paths"]["/predict"]["post"]["responses"])
     page = client.get("/")
     assert page.status_code == 200 and 'id="top-label"' in page.text and 'id="explanation"' in page.text
+
+
+EXTERNAL_REFERENCE = re.compile(  # an attribute, a CSS url() or an @import that leaves the server
+    r"""(?:src|href|action)\s*=\s*["']?\s*(?:https?:)?//|url\(\s*["']?(?:https?:)?//|@import"""
+)
+
+
+@pytest.mark.parametrize("path", ["/docs", "/"])
+def test_pages_load_nothing_from_the_network(client, path):
+    page = client.get(path)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert EXTERNAL_REFERENCE.search(page.text) is None and "<script src" not in page.text
+
+
+def test_api_reference_describes_every_operation(client):
+    page = client.get("/docs").text
+    assert "POST /predict" in page and "GET /health" in page and "top_k" in page and "PredictionResponse" in page
+    assert all(f"<td>{status}</td>" in page for status in ("400", "413", "415", "503", "504"))
+    assert client.get("/redoc").status_code == 404  # FastAPI's CDN-backed pages are off
+
+
+def test_page_names_the_model_and_its_classes(client, onnx_classifier):
+    page = client.get("/").text
+    assert f'<strong id="model-name">{onnx_classifier.info.model.name}</strong>' in page
+    assert "10 classes" in page and '<span id="classes">0, 1, 2, 3, 4, 5, 6, 7, 8, 9</span>' in page
+    assert "8x8 grayscale input" in page
 
 
 def truncated_jpeg() -> bytes:
@@ -191,3 +218,41 @@ def test_checkpoint_service_explains_with_a_gradcam_overlay(digits_run, digit_pn
 def test_onnx_service_has_no_overlay(client, digit_png):
     assert client.get("/health").json()["explain"] is False
     assert client.post("/predict?explain=true", content=digit_png).json()["overlay"] is None
+
+
+def overlay_pixels(response: dict) -> np.ndarray:
+    import base64
+
+    png = base64.b64decode(response["overlay"].split(",", 1)[1])
+    return np.asarray(Image.open(io.BytesIO(png)), dtype=np.float32)
+
+
+@pytest.mark.slow
+def test_concurrent_explain_and_plain_requests_each_get_their_own_answer(digits_run):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cnnkit.data import load_data
+
+    classifier = cnnkit.load(digits_run, device="cpu")
+    images = [png_bytes(Image.fromarray(image[0].numpy())) for image in load_data("digits").test.images[:6]]
+    # 16 workers, so up to 16 requests run on the model at once; one event loop for the app (the context manager)
+    with TestClient(create_app(classifier, max_concurrency=16), raise_server_exceptions=False) as client:
+        sequential = [client.post("/predict?explain=true", content=image).json() for image in images]
+        jobs = [(index, explain) for _ in range(8) for index in range(len(images)) for explain in (True, False)]
+
+        def send(job: tuple[int, bool]):
+            return client.post(f"/predict?explain={str(job[1]).lower()}", content=images[job[0]])
+
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(send, jobs))
+    failed = [answer.text for answer in answers if answer.status_code != 200]
+    assert not failed, failed[:2]
+    references = [overlay_pixels(answer) for answer in sequential]
+    for (index, explain), answer in zip(jobs, answers):
+        result = answer.json()
+        assert result["label"] == sequential[index]["label"]
+        if explain:
+            distances = [np.abs(overlay_pixels(result) - reference).mean() for reference in references]
+            assert int(np.argmin(distances)) == index  # the overlay of its own image, not another request's
+        else:
+            assert result["overlay"] is None

@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from cnnkit.errors import CnnkitError
+
+
+def _check(flag: str, value: float, valid: bool, rule: str) -> None:
+    if not valid:  # a NaN fails every comparison, so it lands here too
+        raise CnnkitError(f"{flag} {value:g} is out of range: {rule}")
+
+
+def check_limits(port: int, max_upload_mb: float, max_concurrency: int, max_queue: int, timeout: float) -> None:
+    """Refuse, in one line naming the flag and its range, a number the service cannot run with."""
+    _check("--port", port, 1 <= port <= 65535, "give a port from 1 to 65535")
+    _check("--max-upload-mb", max_upload_mb, 0 < max_upload_mb <= 4096, "give more than 0 and at most 4096 MiB")
+    _check("--max-concurrency", max_concurrency, 1 <= max_concurrency <= 1024, "give 1 to 1024")
+    _check("--max-queue", max_queue, 0 <= max_queue <= 1_000_000, "give 0 to 1000000")
+    _check("--timeout", timeout, 0 < timeout <= 86_400, "give more than 0 and at most 86400 seconds")
 
 
 def serve(
@@ -15,18 +31,35 @@ def serve(
     max_concurrency: int = 2,
     max_queue: int = 64,
     timeout: float = 10.0,
+    token: str | None = None,
+    token_file: str | Path | None = None,
+    cors_origins: Sequence[str] = (),
 ) -> None:
     """Serve a run, checkpoint or ``.onnx`` model with uvicorn until interrupted.
 
     Args:
         checkpoint: A run directory, ``.safetensors`` checkpoint or ``.onnx`` model.
         host: Address to listen on. Defaults to ``127.0.0.1`` (this machine only).
-        port: Port. Defaults to 8000.
+        port: Port, 1 to 65535. Defaults to 8000.
         max_upload_mb: Largest request body in MiB. Defaults to 10.
         max_concurrency: Predictions running at once. Defaults to 2.
         max_queue: Requests waiting for a worker before new ones get 503. Defaults to 64.
         timeout: Seconds per request (408 while uploading, 504 while predicting). Defaults to 10.
+        token: Require ``Authorization: Bearer <token>`` on every endpoint but ``/health``. Defaults to None.
+        token_file: Read the token from this file instead. Without either, ``$CNNKIT_SERVE_TOKEN`` is used
+            when set.
+        cors_origins: Origins whose pages may call the service from a browser. Defaults to none.
+
+    Raises:
+        CnnkitError: A number out of range, an unreadable token file or a malformed origin, before
+            anything is loaded.
     """
+    from cnnkit.deploy.serve.access import TOKEN_ENV, check_origins, is_loopback, read_token
+
+    check_limits(port, max_upload_mb, max_concurrency, max_queue, timeout)
+    token = read_token(token, token_file)
+    origins = check_origins(tuple(cors_origins))
+
     from cnnkit.deploy.onnx_runtime import require
 
     require("fastapi", "uvicorn", "multipart")
@@ -35,11 +68,21 @@ def serve(
     from cnnkit.deploy.load import load
     from cnnkit.deploy.serve.app import create_app
 
-    if max_upload_mb <= 0 or max_concurrency < 1 or max_queue < 0 or timeout <= 0:
-        raise CnnkitError(
-            "--max-upload-mb and --timeout must be positive, --max-concurrency at least 1, --max-queue >= 0"
-        )
     classifier = load(checkpoint, device="cpu", threads=1)  # requests run in parallel, each ONNX one on one core
-    app = create_app(classifier, int(max_upload_mb * 2**20), max_concurrency, max_queue, timeout)
-    print(f"serving {checkpoint} on http://{host}:{port}/ (API schema at /docs); Ctrl-C stops")
+    app = create_app(
+        classifier, int(max_upload_mb * 2**20), max_concurrency, max_queue, timeout, token=token, cors_origins=origins
+    )
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+    print(f"serving {checkpoint} on {url} (API reference at /docs); Ctrl-C stops", flush=True)
+    if token is not None:
+        print(
+            f"a bearer token is required (GET /health excepted); open the web page as {url}?token=<token>", flush=True
+        )
+    elif not is_loopback(host):
+        print(
+            f"warning: {host} accepts connections from other machines and no token is set, so anyone who can "
+            f"reach port {port} can use the model; set --token-file or ${TOKEN_ENV}, or serve on "
+            "127.0.0.1",
+            file=sys.stderr,
+        )
     uvicorn.run(app, host=host, port=port, timeout_keep_alive=5, log_level="warning")

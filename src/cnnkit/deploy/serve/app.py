@@ -11,7 +11,14 @@ server down:
   gigabytes): 413, decided from the header before any pixel is decoded;
 - more than ``max_concurrency + max_queue`` requests in progress: 503 with Retry-After;
 - a body that does not arrive within ``timeout``: 408; a prediction that takes longer:
-  504 (the worker slot stays taken until that prediction ends, so load stays bounded).
+  504 (the worker slot stays taken until that prediction ends, so load stays bounded);
+- with a token (:mod:`cnnkit.deploy.serve.access`), a request without it: 401.
+
+Requests run in parallel on one shared model, which is safe because a plain prediction
+only reads it. A Grad-CAM overlay hooks a layer and runs a backward pass, so it runs on a
+private copy of the model (:class:`Explainer`): its hook never sees another request's
+image and never fires inside a plain prediction. Cross-origin requests are refused (no
+CORS headers) unless ``cors_origins`` names the origins allowed.
 """
 
 from __future__ import annotations
@@ -19,10 +26,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import copy
+import html
 import io
-import threading
+import queue
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
+from string import Template
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
@@ -32,9 +43,12 @@ from starlette.requests import Request as StarletteRequest
 
 from cnnkit import __version__
 from cnnkit.data.decode import ImageDecodeError
+from cnnkit.deploy.serve.access import BearerAuth
+from cnnkit.deploy.serve.reference import render_reference
 
 RETRY_AFTER_SECONDS = 1
 DEFAULT_MAX_PIXELS = 40_000_000  # a 40-megapixel photo is fine; a 100-megapixel 1-bit PNG of 12 kB is not
+PAGE_CLASSES = 30  # the web page names this many classes; /health lists them all
 
 
 class PredictionResponse(BaseModel):
@@ -53,6 +67,40 @@ class Health(BaseModel):
     in_progress: int
     capacity: int
     explain: bool  # whether /predict?explain=true can return a Grad-CAM overlay (checkpoints, not ONNX)
+
+
+class Explainer:
+    """Grad-CAM overlays, each computed on a private copy of the model that no other request touches.
+
+    Grad-CAM registers a forward hook on the target layer and runs a backward pass; on the
+    shared model that hook would also fire inside concurrent plain predictions (which run
+    without gradients, and fail) and could record another request's activations. A copy
+    is made the first time a worker needs one and reused after, so there are at most as
+    many copies as requests explained at once (``max_concurrency``).
+    """
+
+    def __init__(self, classifier) -> None:
+        self.classifier = classifier
+        self.idle: queue.SimpleQueue = queue.SimpleQueue()
+
+    def _private_copy(self):
+        try:
+            return self.idle.get_nowait()
+        except queue.Empty:
+            private = copy.copy(self.classifier)  # shares the (read-only) class names and preprocessing
+            private.model = copy.deepcopy(self.classifier.model)
+            return private
+
+    def overlay(self, pixels, class_index: int) -> str:
+        """A PNG data URL of the Grad-CAM of ``class_index`` over the uint8 image ``pixels`` (1, C, H, W)."""
+        from cnnkit.understand.explain import overlay_png
+
+        private = self._private_copy()
+        try:
+            png = overlay_png(private, pixels, class_index)
+        finally:
+            self.idle.put(private)
+        return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 class Gate:
@@ -167,6 +215,8 @@ def create_app(
     max_queue: int = 64,
     timeout: float = 10.0,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    token: str | None = None,
+    cors_origins: Sequence[str] = (),
 ) -> FastAPI:
     """A FastAPI app serving one classifier (a checkpoint's :class:`Classifier` or an ``OnnxClassifier``).
 
@@ -178,6 +228,10 @@ def create_app(
         timeout: Seconds a request may take, upload included (408 while receiving, 504 while predicting).
             Defaults to 10.
         max_pixels: Largest image, in pixels, before decoding. Defaults to 40 million.
+        token: When set, every request but ``GET /health`` needs ``Authorization: Bearer <token>``
+            (the pages also take ``?token=``); see :mod:`cnnkit.deploy.serve.access`. Defaults to None.
+        cors_origins: Origins (``https://app.example.org``) whose pages may call the service from a
+            browser. Defaults to none: other sites' scripts cannot read the answers.
 
     Example:
         >>> app = create_app(cnnkit.load("runs/export/model.onnx"))
@@ -187,13 +241,14 @@ def create_app(
         title="cnnkit prediction service",
         summary="Top-k labels for an uploaded image.",
         version=__version__,
+        docs_url=None,  # FastAPI's Swagger UI loads from a CDN; /docs is the offline page below
+        redoc_url=None,
     )
     gate = Gate(max_concurrency, max_queue)
     runtime = "onnxruntime" if getattr(classifier, "session", None) is not None else "pytorch"
     num_classes = len(classifier.classes)
 
-    explainable = runtime == "pytorch"
-    explaining = threading.Lock()  # Grad-CAM hooks the shared model: one explanation at a time
+    explainer = Explainer(classifier) if runtime == "pytorch" else None
 
     def predict_image(data: bytes, top_k: int, explain: bool) -> PredictionResponse:
         check_image(data, max_pixels)
@@ -203,12 +258,8 @@ def create_app(
             raise HTTPException(400, f"cannot decode the image: {error}") from None
         [prediction] = classifier.rank(classifier.probabilities(pixels), ["<upload>"], top_k)
         overlay = None
-        if explain and explainable:
-            from cnnkit.understand.explain import overlay_png
-
-            with explaining:
-                png = overlay_png(classifier, pixels, classifier.classes.index(prediction.label))
-            overlay = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+        if explain and explainer is not None:
+            overlay = explainer.overlay(pixels, classifier.classes.index(prediction.label))
         return PredictionResponse(
             label=prediction.label, labels=prediction.labels, probabilities=prediction.probabilities, overlay=overlay
         )
@@ -250,14 +301,46 @@ def create_app(
             classes=classifier.classes,
             in_progress=gate.in_progress,
             capacity=gate.capacity,
-            explain=explainable,
+            explain=explainer is not None,
         )
 
-    page = resources.files("cnnkit.deploy.serve").joinpath("page.html").read_text(encoding="utf-8")
+    page = render_page(classifier, runtime)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> str:
         return page
 
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def reference() -> str:
+        return render_reference(app.openapi())
+
+    if token is not None:
+        app.add_middleware(BearerAuth, token=token)
+    if cors_origins:  # added last, so it is outermost: preflights are answered before the token is asked for
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     app.state.gate = gate
     return app
+
+
+def render_page(classifier, runtime: str) -> str:
+    """The web page, naming the model, its input and its classes."""
+    prep, classes = classifier.preprocessing, classifier.classes
+    shown = ", ".join(classes[:PAGE_CLASSES])
+    if len(classes) > PAGE_CLASSES:
+        shown += f" and {len(classes) - PAGE_CLASSES} more"
+    colour = {1: "grayscale", 3: "RGB"}.get(prep.channels, f"{prep.channels}-channel")
+    template = Template(resources.files("cnnkit.deploy.serve").joinpath("page.html").read_text(encoding="utf-8"))
+    return template.substitute(
+        model=html.escape(classifier.info.model.name),
+        runtime=runtime,
+        input=f"{prep.img_size}x{prep.img_size} {colour}",
+        count=len(classes),
+        classes=html.escape(shown),
+    )
