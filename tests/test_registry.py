@@ -74,3 +74,29 @@ def test_register_model_records_facts_given_bare_or_with_arguments(monkeypatch):
     assert kwargs_for_data("sized", 6) == {"hidden": (6,)}
     assert create_model("sized", 2, 1, 4, **kwargs_for_data("sized", 6)).get_classifier().in_features == 6
     assert "tiny" in list_models() and "tiny" not in list_models(pretrained=True)
+
+
+class _EmbeddingNet(Network):
+    """A classifier followed, in registration order, by another linear layer (an embedding projection)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.classifier, self.embed = nn.Linear(4, 4), nn.Linear(4, 3), nn.Linear(4, 2)
+        self.num_features = 4
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x)
+
+    def get_classifier(self) -> nn.Linear:
+        return self.classifier
+
+
+def test_finetune_head_is_the_models_classifier_not_its_last_linear_layer():
+    from cnnkit.training.optim import body_parameters, head_parameters
+
+    model = _EmbeddingNet()
+    assert head_parameters(model) == list(model.classifier.parameters())
+    assert body_parameters(model) == [*model.body.parameters(), *model.embed.parameters()]

@@ -29,13 +29,13 @@ LR_RATIO = 10.0
 
 
 def head_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The classifier's parameters: those of the last linear layer (what ``reset_classifier`` replaces)."""
-    return list([m for m in model.modules() if isinstance(m, nn.Linear)][-1].parameters())
+    """The classifier's parameters: the model's ``get_classifier()`` (what ``reset_classifier`` replaces)."""
+    return list(model.get_classifier().parameters())
 
 
 def body_parameters(model: nn.Module) -> list[nn.Parameter]:
-    head = {id(p) for p in head_parameters(model)}
-    return [p for p in model.parameters() if id(p) not in head]
+    """Every other parameter in forward order: the model's early and late ``layer_groups()``."""
+    return [p for group in model.layer_groups()[:-1] for p in group]
 
 
 def set_body_frozen(model: nn.Module, frozen: bool) -> None:
