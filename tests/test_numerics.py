@@ -6,14 +6,15 @@ import math
 import pytest
 import torch
 from torch import nn
-from tqdm import tqdm
 
 import cnnkit
 from cnnkit.data import ImageSet
 from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import Preprocessing
 from cnnkit.safeload import load_tensors
-from cnnkit.training.loop import train_one_epoch
+from cnnkit.tasks.classify import ClassifyTask
+from cnnkit.training.loop import StepSettings, train_one_epoch
+from cnnkit.training.optim import Optimisation
 from cnnkit.training.resume import read_state
 from cnnkit.training.runlog import StepLog
 
@@ -63,26 +64,17 @@ def test_gradient_clipping_bounds_each_update():
     torch.manual_seed(0)
     data = ImageSet(torch.randint(0, 256, (16, 1, 4, 4), dtype=torch.uint8), torch.arange(16) % 2, ["a", "b"], [])
     preprocessing = Preprocessing(4, 1, (0.5,), (0.25,))
-    changes = {}
+    task, changes = ClassifyTask(["a", "b"]), {}
     for clip in (None, 1e-3):
+        generator = torch.Generator().manual_seed(0)
         model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
         model.load_state_dict({k: torch.full_like(v, 0.1) for k, v in model.state_dict().items()})
         before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
         optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-        train_one_epoch(
-            model,
-            data,
-            preprocessing,
-            optimizer,
-            scheduler,
-            nn.CrossEntropyLoss(),
-            torch.device("cpu"),
-            16,
-            torch.Generator().manual_seed(0),
-            tqdm(disable=True),
-            clip_grad_norm=clip,
-        )
+        optimisation = Optimisation(optimizer, scheduler)
+        settings = StepSettings(16, clip_grad_norm=clip)
+        train_one_epoch(model, data, preprocessing, task, optimisation, torch.device("cpu"), generator, settings)
         changes[clip] = (torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm().item()
     assert changes[1e-3] <= 1e-3 * (1 + 1e-4)
     assert changes[None] > 10 * changes[1e-3]
@@ -108,18 +100,17 @@ def test_step_log_round_trips_losses_exactly(tmp_path):
 
 def test_best_is_never_a_nan_score(tmp_path, monkeypatch):
     from cnnkit.checkpoint import read_checkpoint
-    from cnnkit.training import fit as training
 
-    real_evaluate, calls = training.evaluate, []
+    real_evaluate, calls = ClassifyTask.evaluate, []
 
-    def evaluate_nan_in_epoch_two(*args, **kwargs):
-        result = real_evaluate(*args, **kwargs)
+    def evaluate_nan_in_epoch_two(self, *args, **kwargs):
+        result = real_evaluate(self, *args, **kwargs)
         calls.append(1)
         if len(calls) == 2:  # the validation pass of epoch 2
             result.loss = result.accuracy = math.nan
         return result
 
-    monkeypatch.setattr(training, "evaluate", evaluate_nan_in_epoch_two)
+    monkeypatch.setattr(ClassifyTask, "evaluate", evaluate_nan_in_epoch_two)
     run = cnnkit.train(out=str(tmp_path), **{**SETTINGS, "epochs": 2})
     assert math.isnan(run.history[1]["val_acc"]) and run.best_epoch == 1
     assert read_checkpoint(run.best_checkpoint)[1].extra["epoch"] == 1

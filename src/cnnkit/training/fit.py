@@ -1,53 +1,51 @@
-"""Training as plain functions: ``fit`` runs ``train_one_epoch`` and ``evaluate`` and writes the run directory.
+"""Training as a page of phase calls: settings, data, model, run directory, epochs, final test, summary.
 
-Extension points are events, not subclasses: any object passed in ``callbacks`` that has
-an ``on_epoch_end(run_dir, row)`` method is called after each epoch with that epoch's
-metrics row.
+:func:`fit` reads top to bottom like nanoGPT's loop; each phase is a function below it.
+Extension points are events, not subclasses (Lightning Fabric's ``call``): any object in
+``callbacks`` may have ``on_fit_start``, ``on_epoch_end``, ``on_checkpoint`` or
+``on_fit_end``, and :func:`call` runs those it has.
 """
 
 from __future__ import annotations
 
-import math
+import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from cnnkit import compute
-from cnnkit.checkpoint import BEST, LAST, CheckpointWriteError, save_checkpoint, versions
-from cnnkit.compute import select_device
+from cnnkit.compute import ComputeSettings, select_device
 from cnnkit.config import TrainConfig
 from cnnkit.data.augment import parse_augmentation
-from cnnkit.data.loader import channel_stats, num_batches
+from cnnkit.data.loader import channel_stats
 from cnnkit.errors import CnnkitError
-from cnnkit.modelinfo import CheckpointInfo, Preprocessing
+from cnnkit.modelinfo import Preprocessing
 from cnnkit.models import ModelSpec, build, kwargs_for_data
 from cnnkit.models.pretrained import create_pretrained, pretrained_preprocessing
 from cnnkit.models.spec import resolve_model
 from cnnkit.rundir import new_run_dir
-from cnnkit.tasks.classify.evaluate import evaluate
+from cnnkit.tasks.classify import ClassifyTask
 from cnnkit.tasks.classify.tta import resolve_tta
 from cnnkit.training import runlog
-from cnnkit.training.loop import NonFiniteStep, recompute_batch_norm, train_one_epoch
-from cnnkit.training.optim import build_optimizer, finetune_optimizer, starts_phase
-from cnnkit.training.prepare import check_bad_share, class_weights, prepare_data, sampling_weights
-from cnnkit.training.resume import (
-    STATE,
-    STEPS,
-    EpochTally,
-    Progress,
-    carry_moments,
-    read_state,
-    resume_config,
-    save_state,
-    truncate_logs,
-)
-from cnnkit.training.runlog import Run, StepLog
+from cnnkit.training.loop import has_batch_norm
+from cnnkit.training.prepare import check_bad_share, class_weights, prepare_data
+from cnnkit.training.resume import STATE, SavedState, read_state, resume_config
+from cnnkit.training.runlog import Run
+from cnnkit.training.session import Prepared, Session, start_session, train_epochs
+
+
+def call(callbacks: Iterable[Any], event: str, **kwargs: Any) -> None:
+    """Run ``callback.<event>(**kwargs)`` on each callback that has such a method, in order."""
+    for callback in callbacks:
+        method = getattr(callback, event, None)
+        if callable(method):
+            method(**kwargs)
 
 
 def fit(
@@ -61,11 +59,19 @@ def fit(
 
     The run directory's files are listed in the README ("Runs"): config, split, per-epoch and
     per-step metrics, best/last checkpoints, the resumable state, plots and the report.
-    Ctrl-C stops after saving ``last.safetensors``.
+    It is created once the data and model are ready; a run that fails before it saved a
+    resumable state is removed again (only ``skipped.csv``, naming unreadable files, stays).
+    Ctrl-C finishes the running step, saves the state and ``last.safetensors``, and stops.
 
     Args:
         config: Settings; defaults to :class:`TrainConfig` defaults.
-        callbacks: Objects with an optional ``on_epoch_end(run_dir, row)`` method.
+        callbacks: Objects with any of these methods, all called with keyword arguments:
+            ``on_fit_start(run_dir, config)`` before the first step;
+            ``on_epoch_end(run_dir, row)`` after each epoch, ``row`` being its metrics
+            (the epoch's state is saved by then);
+            ``on_checkpoint(run_dir, path, epoch, step)`` after each write of
+            ``last``, ``best`` or the resumable state, ``epoch`` being the epoch in progress;
+            ``on_fit_end(run)`` with the :class:`Run` about to be returned.
         verbose: Print progress and a summary. Defaults to True.
         resume: A run directory to continue from its ``state.safetensors``, mid-epoch
             included; ``epochs`` may grow to extend a finished run. Defaults to None.
@@ -76,15 +82,50 @@ def fit(
         >>> run.test.accuracy > 0.9
         True
     """
+    started = time.perf_counter()
+    say = print if verbose else _silent
+    callbacks = list(callbacks)
+    config, saved = resolve_config(config, resume, overrides)
+    device = select_device(config.device)
+    data = prepare(config, saved, say)
+    model, settings = build_model(config, data, device)
+    run_dir = open_run_dir(config, data, saved, resume, device, settings)
+    try:
+        task = classify_task(config, data, device)
+        say(describe(data, model, settings, run_dir))
+        session = start_session(config, data, task, model, settings, device, run_dir, saved, say, verbose)
+        session.on_checkpoint = partial(call, callbacks, "on_checkpoint", run_dir=run_dir)
+        call(callbacks, "on_fit_start", run_dir=run_dir, config=config)
+        interrupted = train_epochs(session, partial(call, callbacks, "on_epoch_end", run_dir=run_dir))
+        test = None if interrupted else final_test(session, started)
+    except BaseException:
+        if saved is None:
+            discard_unfinished(run_dir)
+        raise
+    run = summarize(session, test, interrupted, time.perf_counter() - started)
+    call(callbacks, "on_fit_end", run=run)
+    return run
+
+
+def _silent(*_: Any) -> None:
+    pass
+
+
+def resolve_config(
+    config: TrainConfig | None, resume: str | Path | None, overrides: dict[str, Any]
+) -> tuple[TrainConfig, SavedState | None]:
+    """The run's settings: a resumed run's own (only a few keys may change), else defaults, ``config``, overrides."""
     saved = read_state(resume) if resume is not None else None
     if saved is not None:
         config = resume_config(saved, {**(config.to_dict() if config else {}), **overrides})
     else:
         config = TrainConfig.from_dict({**(config or TrainConfig()).to_dict(), **overrides}, "train arguments")
     config.check()
-    say = print if verbose else (lambda *_: None)
-    started = time.perf_counter()
-    device = select_device(config.device)
+    return config, saved
+
+
+def prepare(config: TrainConfig, saved: SavedState | None, say: Callable[..., None]) -> Prepared:
+    """Load the data, then fix the preprocessing (pretrained weights bring theirs) and the architecture."""
     model_name, model_kwargs = resolve_model(config.model)
     pretrained = config.pretrained or config.finetune or config.weights is not None
     # ImageNet weights expect RGB at their own size unless told otherwise.
@@ -106,187 +147,124 @@ def fit(
     else:
         model_kwargs = model_kwargs or kwargs_for_data(model_name, len(splits.train))
     spec = ModelSpec(model_name, len(splits.classes), channels, img_size, model_kwargs)
-    torch.manual_seed(config.seed)
-    model = (
-        create_pretrained(model_name, len(splits.classes), channels, img_size, config.weights)
-        if pretrained
-        else build(spec)
-    )
-    settings = compute.resolve(device, config.precision, config.memory_format, config.compile)
-    model = compute.prepare_model(model, settings)
     augment = parse_augmentation(config.augment, splits.name, img_size)
-    tta = resolve_tta(config.tta, augment)
+    return Prepared(splits, preprocessing, spec, pretrained, augment, resolve_tta(config.tta, augment))
+
+
+def build_model(config: TrainConfig, data: Prepared, device: torch.device) -> tuple[nn.Module, ComputeSettings]:
+    """The seeded model on its device, in the precision and memory format chosen for it."""
+    spec = data.spec
+    torch.manual_seed(config.seed)
+    if data.pretrained:
+        model = create_pretrained(spec.name, spec.num_classes, spec.in_channels, spec.img_size, config.weights)
+    else:
+        model = build(spec)
+    if config.batch_size < 2 and has_batch_norm(model):
+        raise CnnkitError(
+            f"--batch-size {config.batch_size}: {spec.name} has batch norm, which cannot train on one image "
+            "at a time, so every step would be skipped; use --batch-size 2 or more"
+        )
+    settings = compute.resolve(device, config.precision, config.memory_format, config.compile)
+    return compute.prepare_model(model, settings), settings
+
+
+def open_run_dir(
+    config: TrainConfig,
+    data: Prepared,
+    saved: SavedState | None,
+    resume: str | Path | None,
+    device: torch.device,
+    settings: ComputeSettings,
+) -> Path:
+    """A new run directory with the split and skipped files, or the resumed one checked against the data."""
+    splits = data.splits
     if saved is None:
         run_dir = new_run_dir(config.out, config.name, "train")
         runlog.write_data_records(run_dir, splits)
+        try:
+            check_bad_share(splits, config.max_bad_share, run_dir)
+        except CnnkitError:
+            discard_unfinished(run_dir)
+            raise
     else:
         run_dir = Path(resume).expanduser()
-        saved.check_spec(spec, splits.classes, runlog.check_same_split(run_dir, splits))
+        saved.check_spec(data.spec, splits.classes, runlog.check_same_split(run_dir, splits))
     config.save(run_dir / "config.yaml")
-    choices = {**settings.to_dict(), "augment": augment and augment.to_dict(), "tta": tta}
+    choices = {**settings.to_dict(), "augment": data.augment and data.augment.to_dict(), "tta": data.tta}
     runlog.write_environment(run_dir, config, device, choices)
-    check_bad_share(splits, config.max_bad_share, run_dir)
+    return run_dir
+
+
+def discard_unfinished(run_dir: Path) -> None:
+    """Remove a new run directory that holds no resumable state; keep only ``skipped.csv``, the list of files to fix."""
+    if (run_dir / STATE).exists() or not run_dir.is_dir():
+        return
+    for path in run_dir.iterdir():
+        if path.name != "skipped.csv":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if not any(run_dir.iterdir()):
+        run_dir.rmdir()
+
+
+def classify_task(config: TrainConfig, data: Prepared, device: torch.device) -> ClassifyTask:
+    """What the network learns: the classes, weighted by ``--class-weights``, with ``--label-smoothing``."""
+    splits = data.splits
+    weights = class_weights(splits.train.labels, len(splits.classes), config.class_weights, device)
+    return ClassifyTask(splits.classes, weights, config.label_smoothing)
+
+
+def describe(data: Prepared, model: nn.Module, settings: ComputeSettings, run_dir: Path) -> str:
     parameters = sum(p.numel() for p in model.parameters())
-    say(
-        f"{runlog.describe(splits)}\n{model_name}: {parameters / 1e6:.2f}M parameters on {device} "
-        f"({settings.describe()}); augment: {augment.describe() if augment else 'none'}; writing {run_dir}"
+    augment = data.augment.describe() if data.augment else "none"
+    return (
+        f"{runlog.describe(data.splits)}\n{data.spec.name}: {parameters / 1e6:.2f}M parameters on {settings.device} "
+        f"({settings.describe()}); augment: {augment}; writing {run_dir}"
     )
 
-    steps_per_epoch = num_batches(splits.train, config.batch_size)
-    progress = saved.progress if saved is not None else Progress(cycles=[[1, config.epochs]])
-    if progress.cycles[-1][1] < config.epochs:  # a resumed run extended with more epochs: one more cycle
-        progress.cycles.append([progress.cycles[-1][1] + 1, config.epochs])
 
-    def schedule(epoch: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-        if config.finetune:  # the fine-tuning phase holding this epoch
-            return finetune_optimizer(model, config, epoch, steps_per_epoch)
-        first, last = progress.cycle(epoch)
-        return build_optimizer(model, config, (last - first + 1) * steps_per_epoch)
+def final_test(session: Session, started: float) -> Any:
+    """Evaluate the best weights on the test split (else validation), write results and the report; the test result."""
+    if session.best_state is None:
+        return None
+    data, model, task = session.data, session.model, session.task
+    splits, flip = data.splits, data.tta == "flip"
+    model.load_state_dict(session.best_state)
+    evaluate = task.evaluate
+    test = evaluate(model, splits.test, data.preprocessing, session.device, tta=flip) if len(splits.test) else None
+    final = test or evaluate(model, splits.val, data.preprocessing, session.device, tta=flip)
+    progress = session.progress
+    runlog.write_results(
+        session.run_dir,
+        progress.history,
+        test,
+        final,
+        progress.best_epoch,
+        time.perf_counter() - started,
+        progress.skipped_steps,
+    )
+    reported = splits.test if len(splits.test) else splits.val
+    if len(reported):
+        from cnnkit.understand.report import write_report
 
-    def starts_cycle(epoch: int) -> bool:
-        return epoch > 1 and progress.cycle(epoch)[0] == epoch and progress.tally.batches == 0
+        title = f"{session.config.model} on {splits.name}"
+        write_report(model, reported, data.preprocessing, session.device, session.run_dir / "report", title, tta=flip)
+    return test
 
-    first_epoch = min(progress.epoch + 1, config.epochs)
-    optimizer, scheduler = schedule(first_epoch)
-    weights = class_weights(splits.train.labels, len(splits.classes), config.class_weights, device)
-    loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
-    sample_weights = sampling_weights(splits.train.labels, config.sampler)
-    generator = torch.Generator().manual_seed(config.seed)
-    scaler = compute.grad_scaler(settings)
-    best_state = None
-    if saved is not None:
-        # At the first step of a new fine-tuning phase the uninterrupted run starts a fresh optimizer too.
-        fresh = config.finetune and first_epoch > 1 and starts_phase(config, first_epoch) and not progress.tally.batches
-        kept_scheduler = None if fresh or starts_cycle(first_epoch) else scheduler
-        best_state = saved.restore(model, None if fresh else optimizer, kept_scheduler, generator)
-        truncate_logs(run_dir, progress)
-        say(f"resuming {run_dir} at epoch {progress.epoch + 1}, step {progress.step}")
 
-    def info(epoch: int, row: dict[str, float]) -> CheckpointInfo:
-        extra = {
-            "config": config.to_dict(),
-            "data": {"name": splits.name, "split_rule": splits.split_rule},
-            "epoch": epoch,
-            "metrics": row,
-            "versions": versions(),
-            "device": str(device),
-            "tta": tta,
-        }
-        return CheckpointInfo(spec, splits.classes, preprocessing, extra)
-
-    def save(order_state: torch.Tensor) -> None:
-        save_state(run_dir, model, best_state, optimizer, scheduler, order_state, progress, spec, config)
-
-    history = progress.history
-    steps = StepLog(run_dir / STEPS)
-    interrupted = False
-    try:
-        for epoch in range(progress.epoch + 1, config.epochs + 1):
-            if epoch > first_epoch and config.finetune and starts_phase(config, epoch):
-                optimizer, scheduler = schedule(epoch)
-            elif epoch > first_epoch and not config.finetune and starts_cycle(epoch):
-                new_optimizer, scheduler = schedule(epoch)
-                optimizer = carry_moments(optimizer, new_optimizer)
-            order_state = generator.get_state()
-
-            def on_step(loss: float, skipped: bool, epoch: int = epoch, order_state=order_state) -> None:
-                progress.step += 1
-                progress.skipped_steps += skipped
-                steps.write(progress.step, epoch, loss, skipped)
-                if config.save_every and progress.step % config.save_every == 0:
-                    save(order_state)
-
-            epoch_start = time.perf_counter()
-            quiet = None if verbose else True  # None: a bar only on a terminal
-            with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=quiet) as bar:
-                train_loss, train_acc = train_one_epoch(
-                    model,
-                    splits.train,
-                    preprocessing,
-                    optimizer,
-                    scheduler,
-                    loss_fn,
-                    device,
-                    config.batch_size,
-                    generator,
-                    bar,
-                    progress.tally,
-                    on_step,
-                    config.clip_grad_norm,
-                    config.nonfinite == "skip",
-                    sample_weights,
-                    augment,
-                    settings,
-                    scaler,
-                )
-            recompute_batch_norm(model, splits.train, preprocessing, device, config.batch_size)
-            val = evaluate(model, splits.val, preprocessing, device)
-            row = {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "train_acc": train_acc,
-                "val_loss": val.loss,
-                "val_acc": val.accuracy,
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds": time.perf_counter() - epoch_start,
-            }
-            history.append(row)
-            runlog.append_row(run_dir / "metrics.csv", row)
-            save_checkpoint(run_dir / LAST, model, info(epoch, row))
-            score = [val.accuracy, -val.loss] if len(splits.val) else [train_acc, -train_loss]
-            if not any(math.isnan(s) for s in score) and (progress.best_score is None or score > progress.best_score):
-                progress.best_score, progress.best_epoch = score, epoch
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                save_checkpoint(run_dir / BEST, model, info(epoch, row))
-            progress.epoch, progress.tally = epoch, EpochTally()
-            save(generator.get_state())
-            say(
-                f"epoch {epoch:>{len(str(config.epochs))}}/{config.epochs}  train loss {train_loss:.4f} "
-                f"acc {train_acc:.2%}  val loss {val.loss:.4f} acc {val.accuracy:.2%}  {row['seconds']:.1f}s"
-            )
-            for callback in callbacks:
-                getattr(callback, "on_epoch_end", lambda **_: None)(run_dir=run_dir, row=row)
-    except KeyboardInterrupt:
-        interrupted = True
-        save_checkpoint(run_dir / LAST, model, info(len(history), history[-1] if history else {}))
-        say(f"\ninterrupted: last checkpoint kept at {run_dir / LAST}; continue with --resume {run_dir}")
-    except NonFiniteStep as error:
-        raise CnnkitError(
-            f"training stopped at step {progress.step + 1} (epoch {progress.epoch + 1}): {error}; "
-            f"the last good state is kept in {run_dir / STATE}. Lower --lr (now {config.lr}), "
-            "add --clip-grad-norm 1.0, or pass --nonfinite skip to skip such steps"
-        ) from None
-    except CheckpointWriteError as error:
-        raise CnnkitError(f"{error}; free some space and continue with --resume {run_dir}") from None
-    finally:
-        steps.close()
+def summarize(session: Session, test: Any, interrupted: bool, seconds: float) -> Run:
+    """Say how the run ended and return it; a run that never improved on NaN is an error, not a result."""
+    config, progress, say = session.config, session.progress, session.say
     if progress.skipped_steps:
         say(f"warning: skipped {progress.skipped_steps} step(s) with a NaN or infinite loss or gradient (steps.csv)")
-
-    best_epoch = progress.best_epoch
-    test = None
-    if best_state is not None and not interrupted:
-        model.load_state_dict(best_state)
-        final_tta = tta == "flip"
-        test = evaluate(model, splits.test, preprocessing, device, tta=final_tta) if len(splits.test) else None
-        final = test or evaluate(model, splits.val, preprocessing, device, tta=final_tta)
-        runlog.write_results(
-            run_dir, history, test, final, best_epoch, time.perf_counter() - started, progress.skipped_steps
-        )
-        reported = splits.test if len(splits.test) else splits.val
-        if len(reported):
-            from cnnkit.understand.report import write_report
-
-            write_report(model, reported, preprocessing, device, run_dir / "report", f"{config.model} on {splits.name}")
-    seconds = time.perf_counter() - started
     if test is not None:
         say(
-            f"test accuracy {test.accuracy:.2%}{' with flip TTA' if tta == 'flip' else ''} on {test.count} images "
-            f"(best epoch {best_epoch}) "
-            f"in {seconds:.1f}s; run saved to {run_dir}"
+            f"test accuracy {test.accuracy:.2%}{' with flip TTA' if session.data.tta == 'flip' else ''} "
+            f"on {test.count} images (best epoch {progress.best_epoch}) in {seconds:.1f}s; "
+            f"run saved to {session.run_dir}"
         )
     elif progress.best_score is None and not interrupted:
         raise CnnkitError(f"training diverged: every epoch ended with a NaN loss; lower --lr (now {config.lr})")
     elif not interrupted:
-        say(f"no test images; best val accuracy {progress.best_score[0]:.2%}; run saved to {run_dir}")
-    return Run(run_dir, config, splits.classes, history, test, best_epoch, seconds, interrupted)
+        say(f"no test images; best val accuracy {progress.best_score[0]:.2%}; run saved to {session.run_dir}")
+    classes = session.data.splits.classes
+    return Run(session.run_dir, config, classes, progress.history, test, progress.best_epoch, seconds, interrupted)

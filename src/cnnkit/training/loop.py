@@ -1,4 +1,4 @@
-"""One pass over the data: a training epoch, an evaluation, and the batch-norm statistics between them.
+"""One pass over the data: a training epoch, and the batch-norm statistics recomputed after it.
 
 Each training step takes a batch of uint8 images from the loader, augments it on the
 device as one tensor, normalises it, and runs forward and backward under the run's
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from cnnkit.compute import ComputeSettings, autocast, grad_scaler, prepare_inputs
 from cnnkit.data import ImageSet
@@ -20,9 +20,10 @@ from cnnkit.data.augment import Augmentation
 from cnnkit.data.loader import iterate_batches
 from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import Preprocessing
+from cnnkit.tasks import Task
+from cnnkit.training.optim import Optimisation
 from cnnkit.training.resume import EpochTally
 
-EVAL_BATCH_VALUES = 1 << 22  # pixel values per evaluation batch: 16 MB as float32
 FP32 = ComputeSettings("cpu", "fp32", "contiguous", False, 1, "")
 
 
@@ -30,78 +31,100 @@ class NonFiniteStep(CnnkitError):
     """A training step whose loss or gradient is NaN or infinite."""
 
 
+@dataclass(frozen=True)
+class StepSettings:
+    """How each training step runs.
+
+    Args:
+        batch_size: Images per step.
+        clip_grad_norm: Largest gradient norm; None measures it without clipping. Defaults to None.
+        skip_nonfinite: Leave the weights alone at a NaN or infinite step instead of stopping. Defaults to False.
+        sample_weights: Per-image weights (N,) to draw the epoch with replacement; None shuffles. Defaults to None.
+        augment: Augmentation applied to each batch on the device. Defaults to None.
+        compute: Precision and memory format. Defaults to float32, contiguous.
+    """
+
+    batch_size: int
+    clip_grad_norm: float | None = None
+    skip_nonfinite: bool = False
+    sample_weights: torch.Tensor | None = None
+    augment: Augmentation | None = None
+    compute: ComputeSettings = FP32
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def train_one_epoch(
     model: nn.Module,
     data: ImageSet,
     preprocessing: Preprocessing,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    loss_fn: nn.Module,
+    task: Task,
+    optimisation: Optimisation,
     device: torch.device,
-    batch_size: int,
     generator: torch.Generator,
-    progress: tqdm,
+    settings: StepSettings,
     tally: EpochTally | None = None,
     on_step: Callable[[float, bool], None] | None = None,
-    clip_grad_norm: float | None = None,
-    skip_nonfinite: bool = False,
-    sample_weights: torch.Tensor | None = None,
-    augment: Augmentation | None = None,
-    compute: ComputeSettings = FP32,
-    scaler: torch.amp.GradScaler | None = None,
+    order: torch.Generator | None = None,
 ) -> tuple[float, float]:
-    """One pass over ``data`` in shuffled batches; returns (mean loss, accuracy).
+    """One pass over ``data`` in shuffled batches; returns the mean loss and the mean batch score (accuracy).
 
-    ``tally`` continues an epoch stopped part-way: its first ``tally.batches`` batches are
-    skipped. ``on_step(loss, skipped)`` runs after every optimizer step. A NaN or infinite
+    ``generator`` draws the data order and then the augmentation of each batch. ``tally``
+    continues an epoch stopped part-way: its first ``tally.batches`` batches are skipped;
+    their order comes from ``order`` (a generator at the epoch's first state) while
+    ``generator`` continues the augmentation from where it stopped. ``on_step(loss,
+    skipped)`` runs after every optimizer step (log, save, progress bar). A NaN or infinite
     loss or gradient raises :class:`NonFiniteStep` before the weights change, or with
-    ``skip_nonfinite`` leaves the weights alone for that step and reports it as skipped.
-    In fp16 an infinite gradient with a finite loss is the grad scaler probing its range:
-    that step is skipped by the scaler and is not an error.
+    ``settings.skip_nonfinite`` leaves the weights alone for that step and reports it as
+    skipped. In fp16 an infinite gradient with a finite loss is the grad scaler probing
+    its range: that step is skipped by the scaler and is not an error. A batch of one
+    image is skipped when the model has batch norm, which cannot train on it.
     """
     tally = tally or EpochTally()
-    scaler = scaler or grad_scaler(compute)
+    optimizer, scheduler = optimisation.optimizer, optimisation.scheduler
+    scaler = optimisation.scaler or grad_scaler(settings.compute)
+    single_ok = not has_batch_norm(model)
     model.train()
-    progress.update(tally.batches)
-    batches = iterate_batches(data, batch_size, True, generator, start=tally.batches, weights=sample_weights)
+    batches = iterate_batches(
+        data, settings.batch_size, True, order or generator, start=tally.batches, weights=settings.sample_weights
+    )
     for images, labels in batches:
-        if len(labels) < 2:  # batch norm cannot train on a single image
+        if len(labels) < 2 and not single_ok:
             tally.batches += 1
             continue
         images = images.to(device, non_blocking=True)  # (B, C, H, W) uint8
-        if augment is not None:
-            images = augment(images, generator)
-        inputs = prepare_inputs(preprocessing.normalize(images), compute)
+        if settings.augment is not None:
+            images = settings.augment(images, generator)
+        inputs = prepare_inputs(preprocessing.normalize(images), settings.compute)
         labels = labels.to(device, non_blocking=True)
-        with autocast(compute):
-            logits = model(inputs)  # (B, K)
-            loss = loss_fn(logits, labels)
+        with autocast(settings.compute):
+            outputs = model(inputs)  # (B, K)
+            loss = task.loss(outputs, labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         # With no limit this only measures the norm (the scale factor is exactly 1).
-        norm = nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm or math.inf)
-        hits = (logits.argmax(1) == labels).sum()
+        norm = nn.utils.clip_grad_norm_(model.parameters(), settings.clip_grad_norm or math.inf)
+        hits = task.score_batch(outputs, labels)
         # One transfer for all three numbers: each .item() would make the GPU drain its queue.
-        value, norm_value, correct = torch.stack([loss.detach().float(), norm.float(), hits.float()]).tolist()
+        value, norm_value, score = torch.stack([loss.detach().float(), norm.float(), hits.float()]).tolist()
         finite = math.isfinite(value) and math.isfinite(norm_value)
         overflow = scaler.is_enabled() and math.isfinite(value) and not finite
-        if not finite and not overflow and not skip_nonfinite:
+        if not finite and not overflow and not settings.skip_nonfinite:
             raise NonFiniteStep(f"loss {value}, gradient norm {norm_value}")
         if finite or overflow:
             scaler.step(optimizer)  # the scaler skips the update itself on overflow
         scaler.update()
         if finite:
             tally.total_loss += value * len(labels)
-            tally.correct += int(correct)
+            tally.correct += int(score)
             tally.seen += len(labels)
         scheduler.step()
         tally.batches += 1
-        progress.update()
         if on_step is not None:
             on_step(value, not finite)
-        if tally.batches % 10 == 0 and tally.seen:
-            progress.set_postfix_str(f"loss {tally.total_loss / tally.seen:.4f} acc {tally.correct / tally.seen:.2%}")
     return tally.total_loss / max(1, tally.seen), tally.correct / max(1, tally.seen)
 
 

@@ -9,10 +9,24 @@ need the least change, getting 10x and 100x less than the layers near the head.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from cnnkit.config import TrainConfig
+
+
+@dataclass
+class Optimisation:
+    """What turns gradients into weight changes: the optimizer, its schedule, and the fp16 loss scaler.
+
+    ``scaler`` is None, or disabled, outside fp16; all three are saved in the resumable state.
+    """
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None = None
 
 
 def build_optimizer(
@@ -24,7 +38,7 @@ def build_optimizer(
     return optimizer, scheduler
 
 
-BODY_GROUPS = 2  # body split into early and late layers; with the head that is lr/100, lr/10, lr
+BODY_GROUPS = 2  # body split into early and late layers; with the head that is lr/200, lr/20, lr/2
 LR_RATIO = 10.0
 
 

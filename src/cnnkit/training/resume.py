@@ -2,9 +2,15 @@
 
 ``state.safetensors`` in the run directory holds the tensors (model, best model,
 optimizer moments, every random generator's state) and, in its JSON metadata, the rest:
-epoch, step, position in the epoch's data order, running totals, scheduler, best score
-and history. It is written atomically (see :func:`cnnkit.checkpoint.write_atomic`) and
-read through :func:`cnnkit.safeload.load_tensors`, so it never holds or runs a pickle.
+epoch, step, position in the epoch's data order, running totals, scheduler, the fp16
+grad scaler, best score and history. It is written atomically (see
+:func:`cnnkit.checkpoint.write_atomic`) and read through
+:func:`cnnkit.safeload.load_tensors`, so it never holds or runs a pickle.
+
+The training generator draws each epoch's data order and then every batch's
+augmentation, so two of its states are kept: the one at the epoch's start (``rng.order``,
+to draw that epoch's order again) and the one at the save (``rng.augment``, to continue
+the augmentation's draws where they stopped).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from cnnkit.config import TrainConfig
 from cnnkit.errors import CnnkitError
 from cnnkit.models import ModelSpec
 from cnnkit.safeload import load_tensors, read_header
+from cnnkit.training.optim import Optimisation
 
 STATE = "state.safetensors"
 STEPS = "steps.csv"
@@ -66,8 +73,8 @@ class Progress:
         return next(cycle for cycle in self.cycles if cycle[0] <= epoch <= cycle[1])
 
 
-def _rng_tensors(order_state: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors = {"rng.torch": torch.get_rng_state(), "rng.order": order_state}
+def _rng_tensors(order_state: torch.Tensor, generator: torch.Generator) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors = {"rng.torch": torch.get_rng_state(), "rng.order": order_state, "rng.augment": generator.get_state()}
     if torch.cuda.is_available():
         tensors |= {f"rng.cuda.{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())}
     kind, keys, position, has_gauss, gauss = np.random.get_state()
@@ -75,9 +82,10 @@ def _rng_tensors(order_state: torch.Tensor) -> tuple[dict[str, torch.Tensor], di
     return tensors, {"numpy": [kind, int(position), int(has_gauss), float(gauss)], "python": random.getstate()}
 
 
-def _restore_rng(tensors: dict[str, torch.Tensor], values: dict[str, Any], order: torch.Generator) -> None:
+def _restore_rng(tensors: dict[str, torch.Tensor], values: dict[str, Any], generator: torch.Generator) -> None:
     torch.set_rng_state(tensors["rng.torch"])
-    order.set_state(tensors["rng.order"])
+    # States written before rng.augment existed continue from the epoch's start, as they always did.
+    generator.set_state(tensors.get("rng.augment", tensors["rng.order"]))
     cuda = [tensors[key] for key in sorted(k for k in tensors if k.startswith("rng.cuda."))]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
@@ -91,17 +99,21 @@ def save_state(
     run_dir: Path,
     model: nn.Module,
     best_state: dict[str, torch.Tensor] | None,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    optimisation: Optimisation,
     order_state: torch.Tensor,
+    generator: torch.Generator,
     progress: Progress,
     spec: ModelSpec,
     config: TrainConfig,
 ) -> None:
-    """Write ``state.safetensors`` atomically; ``order_state`` is the data-order generator's state at epoch start."""
+    """Write ``state.safetensors`` atomically.
+
+    ``order_state`` is the training generator's state at the epoch's start; ``generator``
+    is that generator now, part-way through the epoch's augmentation draws.
+    """
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors |= {f"best.{k}": v.cpu().contiguous() for k, v in (best_state or {}).items()}
-    optimizer_state = optimizer.state_dict()
+    optimizer_state = optimisation.optimizer.state_dict()
     values: dict[str, dict[str, Any]] = {}
     for index, entries in optimizer_state["state"].items():
         for name, value in entries.items():
@@ -109,15 +121,17 @@ def save_state(
                 tensors[f"optimizer.{index}.{name}"] = value.detach().cpu().contiguous()
             else:
                 values.setdefault(str(index), {})[name] = value
-    rng_tensors, rng_values = _rng_tensors(order_state)
+    rng_tensors, rng_values = _rng_tensors(order_state, generator)
+    scaler = optimisation.scaler
     metadata = {
         "format": FORMAT,
         "model": spec.to_dict(),
         "config": config.to_dict(),
         "progress": asdict(progress),
         "optimizer": {"param_groups": optimizer_state["param_groups"], "values": values},
-        "scheduler": scheduler.state_dict(),
-        "grad_scaler": None,  # the loop trains in float32; a mixed-precision loop stores its scaler here
+        "scheduler": optimisation.scheduler.state_dict(),
+        # fp16 only: its scale and growth tracker are plain numbers; null in fp32 and bf16.
+        "grad_scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "rng": rng_values,
     }
     data = safetensors.torch.save(tensors | rng_tensors, metadata={"cnnkit.state": json.dumps(metadata)})
@@ -168,22 +182,36 @@ class SavedState:
         model: nn.Module,
         optimizer: torch.optim.Optimizer | None,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-        order: torch.Generator,
+        generator: torch.Generator,
+        scaler: torch.amp.GradScaler | None = None,
     ) -> dict[str, torch.Tensor] | None:
         """Load everything back in place and return the best weights so far.
 
         With ``scheduler=None`` (a new learning-rate cycle begins) the optimizer keeps its
         moments but takes the new cycle's hyperparameters; with ``optimizer=None`` (a new
-        fine-tuning phase begins, over other parameter groups) it starts afresh.
+        fine-tuning phase begins, over other parameter groups) it starts afresh. An
+        enabled fp16 ``scaler`` gets its saved scale and growth tracker back.
         """
         try:
             model.load_state_dict(self.weights("model"))
         except RuntimeError as error:
             raise CnnkitError(f"{self.path}: weights do not fit the model ({str(error).splitlines()[1:2]})") from None
-        _restore_rng(self.tensors, self.values["rng"], order)
+        _restore_rng(self.tensors, self.values["rng"], generator)
         if optimizer is not None:
             self._restore_optimizer(optimizer, scheduler)
+        if scaler is not None and scaler.is_enabled() and self.values.get("grad_scaler"):
+            scaler.load_state_dict(self.values["grad_scaler"])
         return self.weights("best") or None
+
+    def order_generator(self) -> torch.Generator | None:
+        """A generator to draw the data order of an epoch stopped part-way; None when the training generator draws it.
+
+        That epoch's order is drawn again from its starting state while the training
+        generator, restored to its state at the save, continues the augmentation.
+        """
+        if not self.progress.tally.batches or "rng.augment" not in self.tensors:
+            return None
+        return torch.Generator().set_state(self.tensors["rng.order"])
 
     def _restore_optimizer(
         self, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler | None

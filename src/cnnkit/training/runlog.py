@@ -41,12 +41,6 @@ class Run:
     def last_checkpoint(self) -> Path:
         return self.dir / LAST
 
-    def load(self, device: str = "auto"):
-        """The best model as a :class:`cnnkit.deploy.torch_runtime.Classifier`."""
-        from cnnkit.deploy.load import load
-
-        return load(self.dir, device=device)
-
 
 def describe(splits: DataSplits) -> str:
     _, channels, height, width = splits.train.images.shape
