@@ -27,7 +27,6 @@ import time
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from cnnkit import compute
 from cnnkit.config import TrainConfig
@@ -35,9 +34,10 @@ from cnnkit.data import load_data
 from cnnkit.data.loader import channel_stats, iterate_batches
 from cnnkit.modelinfo import Preprocessing
 from cnnkit.models import ModelSpec, build, kwargs_for_data
+from cnnkit.tasks.classify import ClassifyTask
 from cnnkit.tasks.classify.evaluate import evaluate
-from cnnkit.training.loop import train_one_epoch
-from cnnkit.training.optim import build_optimizer
+from cnnkit.training.loop import StepSettings, train_one_epoch
+from cnnkit.training.optim import Optimisation, build_optimizer
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 2.0) -> float:
@@ -102,16 +102,14 @@ def _synchronize(device: torch.device) -> None:
 def with_cnnkit(model, splits, preprocessing, config, epochs, device) -> float:
     settings = compute.resolve(device)
     model = compute.prepare_model(model, settings)
-    optimizer, scheduler = build_optimizer(model, config, epochs * math.ceil(len(splits.train) / config.batch_size))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    total_steps = epochs * math.ceil(len(splits.train) / config.batch_size)
+    optimisation = Optimisation(*build_optimizer(model, config, total_steps))
+    task = ClassifyTask(splits.classes, label_smoothing=config.label_smoothing)
+    steps = StepSettings(config.batch_size, compute=settings)
     generator = torch.Generator().manual_seed(0)
     start = time.perf_counter()
     for _ in range(epochs):
-        with tqdm(disable=True) as bar:
-            train_one_epoch(
-                model, splits.train, preprocessing, optimizer, scheduler, loss_fn, device,
-                config.batch_size, generator, bar, compute=settings,
-            )  # fmt: skip
+        train_one_epoch(model, splits.train, preprocessing, task, optimisation, device, generator, steps)
     _synchronize(device)
     return time.perf_counter() - start
 
