@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cnnkit.compare.depth import DEFAULT_WIDTHS
 from cnnkit.understand.robustness import UNITS
 
 LABELS = {"cnn": "CNN (convnet)", "mlp": "MLP"}
@@ -93,9 +94,10 @@ def _plot_depth(results: dict[str, Any], path: Path) -> None:
     depth = results["depth"]
     axes.plot([r["conv_layers"] for r in depth], [r["test_accuracy"] for r in depth], "o-", color=COLOURS["cnn"])
     for row in depth:
-        axes.annotate(f"{row['parameters'] / 1e3:.0f}k params", (row["conv_layers"], row["test_accuracy"]), fontsize=7)
+        widths = "/".join(map(str, row["widths"]))
+        axes.annotate(f"{widths} channels", (row["conv_layers"], row["test_accuracy"]), fontsize=7)
     axes.axhline(results["models"]["mlp"]["test_accuracy"], color=COLOURS["mlp"], ls="--", label="MLP")
-    axes.set(xlabel="convolution layers", ylabel="test accuracy", title="depth")
+    axes.set(xlabel="convolution layers", ylabel="test accuracy", title="depth at matched parameter counts")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figures.save(figure, path)
@@ -110,8 +112,8 @@ PLOTS = {
 }
 
 
-def _tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]], str]]:
-    """(section title, header, rows, plot file) for each part of the report."""
+def _tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]], str, str]]:
+    """(section title, header, rows, plot file, note) for each part of the report."""
     models = results["models"]
     summary = [
         [
@@ -138,8 +140,16 @@ def _tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str
         for key in LABELS
         for setting, row in results["overfitting"][key].items()
     ]
+    target = results["depth_match"]["parameters"]
     depth_rows = [
-        [str(r["stages"]), str(r["conv_layers"]), f"{r['parameters']:,}", f"{r['test_accuracy']:.2%}"]
+        [
+            str(r["stages"]),
+            "/".join(map(str, r["widths"])),
+            str(r["conv_layers"]),
+            f"{r['parameters']:,} ({(r['parameters'] / target - 1) * 100:+.1f}%)",
+            f"{r['multiply_adds']:,}",
+            f"{r['test_accuracy']:.2%}",
+        ]
         for r in results["depth"]
     ]
     return [
@@ -148,17 +158,45 @@ def _tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str
             ["model", "parameters", "multiply-adds", "train s", "test acc"],
             summary,
             "summary.png",
+            "",
         ),
-        ("Data efficiency", ["share", "train images", "CNN", "MLP"], data_rows, "data_efficiency.png"),
-        ("Robustness (test accuracy)", ["perturbation", "level", "CNN", "MLP"], robustness_rows, "robustness.png"),
+        ("Data efficiency", ["share", "train images", "CNN", "MLP"], data_rows, "data_efficiency.png", ""),
+        (
+            "Robustness (test accuracy)",
+            ["perturbation", "level", "CNN", "MLP"],
+            robustness_rows,
+            "robustness.png",
+            "",
+        ),
         (
             "Overfitting",
             ["model", "regularisation", "train acc", "val acc", "gap (pp)"],
             overfitting_rows,
             "overfitting.png",
+            "",
         ),
-        ("Depth (CNN)", ["stages", "conv layers", "parameters", "test acc"], depth_rows, "depth.png"),
+        (
+            "Depth (CNN, matched parameter counts)",
+            ["stages", "widths", "conv layers", "parameters (vs target)", "multiply-adds", "test acc"],
+            depth_rows,
+            "depth.png",
+            _depth_note(results["depth_match"]),
+        ),
     ]
+
+
+def _depth_note(match: dict[str, Any]) -> str:
+    note = (
+        f"Each depth has the default widths ({'/'.join(map(str, DEFAULT_WIDTHS))}) scaled by one factor, chosen so "
+        f"its parameter count is within ±{match['tolerance']:.0%} of the default network's {match['parameters']:,}: "
+        "the rows differ in depth, not in size."
+    )
+    for row in match["left_out"]:
+        note += (
+            f" {row['stages']} stage(s) left out: with at most {match['max_width']:,} channels a layer, it reaches "
+            f"{row['parameters']:,} parameters."
+        )
+    return note
 
 
 def _setup(results: dict[str, Any]) -> str:
@@ -175,8 +213,9 @@ def to_markdown(results: dict[str, Any]) -> str:
     """The report as Markdown, with the plots as relative image links."""
     lines = ["# CNN or MLP? `cnnkit compare` report", "", _setup(results), "", "## Verdict", ""]
     lines += [f"- {sentence}" for sentence in results["verdict"]]
-    for title, header, rows, plot in _tables(results):
-        lines += ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for title, header, rows, plot, note in _tables(results):
+        lines += ["", f"## {title}", *(["", note] if note else []), ""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         lines += ["", f"![{title}]({plot})"]
     return "\n".join(lines) + "\n"
@@ -188,15 +227,27 @@ def to_html(results: dict[str, Any]) -> str:
     parts = [f"<p>{html.escape(_setup(results))}</p><h2>Verdict</h2><ul>"]
     parts += [f"<li>{html.escape(sentence)}</li>" for sentence in results["verdict"]]
     parts.append("</ul>")
-    for title, header, rows, plot in _tables(results):
-        parts.append(f'<h2>{html.escape(title)}</h2>{figures.html_table(header, rows)}<img src="{plot}" alt="">')
+    for title, header, rows, plot, note in _tables(results):
+        paragraph = f"<p>{html.escape(note)}</p>" if note else ""
+        parts.append(
+            f'<h2>{html.escape(title)}</h2>{paragraph}{figures.html_table(header, rows)}<img src="{plot}" alt="">'
+        )
     return figures.html_page("CNN or MLP? cnnkit compare report", "".join(parts))
 
 
 def write_compare_report(results: dict[str, Any], out_dir: Path) -> None:
-    """Write ``results.json``, ``report.md``, ``report.html`` and the PNG plots into ``out_dir``."""
-    for name, plot in PLOTS.items():
-        plot(results, out_dir / name)
+    """Write ``results.json``, ``report.md``, ``report.html`` and the PNG plots into ``out_dir``.
+
+    The plots are drawn in matplotlib's default style, not the user's ``matplotlibrc``: a
+    report looks the same on every machine, and a configured font that is missing or a
+    constrained layout (which ``tight_layout`` replaces with a warning) cannot flood the
+    console.
+    """
+    from cnnkit.understand import figures
+
+    with figures.pyplot().style.context("default"):
+        for name, plot in PLOTS.items():
+            plot(results, out_dir / name)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     (out_dir / "report.md").write_text(to_markdown(results))
     (out_dir / "report.html").write_text(to_html(results))

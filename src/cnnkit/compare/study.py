@@ -3,9 +3,9 @@
 One study answers "do I need a CNN for this data?" with numbers: size and cost,
 accuracy, data efficiency, robustness to shifts, rotations, scaling, noise and
 brightness, the train/validation gap with and without regularisation, and accuracy as
-convolution blocks are added. :func:`cnnkit.compare_verdict.verdict` turns the numbers
-into plain language and :mod:`cnnkit.compare.report` writes them as HTML, Markdown and
-PNG plots.
+convolution stages are added at a matched parameter count (:mod:`cnnkit.compare.depth`).
+:func:`cnnkit.compare.verdict.verdict` turns the numbers into plain language and
+:mod:`cnnkit.compare.report` writes them as HTML, Markdown and PNG plots.
 
 Every model is trained by the library's own ``build_optimizer``, ``train_one_epoch``,
 ``recompute_batch_norm`` and ``evaluate`` on in-memory subsets, so the study measures
@@ -15,15 +15,17 @@ exactly what ``cnnkit train`` would do with the same settings.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from cnnkit.compare.budget import Budget
+from cnnkit.compare.depth import DEFAULT_STAGES, DEFAULT_WIDTHS, MAX_WIDTH, TOLERANCE, plan_depths
 from cnnkit.compute import select_device
 from cnnkit.config import TrainConfig
 from cnnkit.data import ImageSet, load_data
@@ -31,15 +33,15 @@ from cnnkit.data.loader import channel_stats, num_batches
 from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import Preprocessing
 from cnnkit.models import create_model, kwargs_for_data
+from cnnkit.tasks.classify import ClassifyTask
 from cnnkit.tasks.classify.evaluate import evaluate
-from cnnkit.training.loop import recompute_batch_norm, train_one_epoch
-from cnnkit.training.optim import build_optimizer
+from cnnkit.training.loop import StepSettings, recompute_batch_norm, train_one_epoch
+from cnnkit.training.optim import Optimisation, build_optimizer
 from cnnkit.understand.robustness import PERTURBATIONS, perturb, random_shift
 from cnnkit.understand.summary import count_multiply_adds
 
 CNN, MLP = "convnet", "mlp"
 FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
-STAGES = (1, 2, 3, 4)  # ConvNet stages (one convolution each by default); 3 is the default network
 # "Regularised" switches on all three at once: random shifts of up to an eighth of the image
 # (at least one pixel), dropout 0.3 before the classifier(s) and AdamW weight decay 0.05.
 # "Plain" switches all three off. The headline models use the library defaults.
@@ -73,6 +75,12 @@ class Study:
     budget: Budget
     device: torch.device
 
+    def build(self, name: str, **kwargs: Any) -> nn.Module:
+        """Model ``name`` as the study trains it: ``cnnkit train``'s arguments for all the data, then ``kwargs``."""
+        prep = self.preprocessing
+        kwargs = {**kwargs_for_data(name, len(self.train)), **kwargs}
+        return create_model(name, len(self.train.classes), prep.channels, prep.img_size, **kwargs)
+
     def fit(
         self,
         name: str,
@@ -87,33 +95,20 @@ class Study:
         config = TrainConfig(
             epochs=budget.epochs, batch_size=budget.batch_size, lr=budget.lr, weight_decay=weight_decay
         )
-        kwargs = {**kwargs_for_data(name, len(self.train)), **kwargs}  # as `cnnkit train` builds it for all the data
         torch.manual_seed(budget.seed)
-        model = create_model(name, len(train.classes), prep.channels, prep.img_size, **kwargs).to(self.device)
+        model = self.build(name, **kwargs).to(self.device)
         steps = num_batches(train, budget.batch_size)
-        optimizer, scheduler = build_optimizer(model, config, budget.epochs * steps)
+        optimisation = Optimisation(*build_optimizer(model, config, budget.epochs * steps))
         generator = torch.Generator().manual_seed(budget.seed)
         max_shift = max(1, prep.img_size // 8)
-        loss_fn = nn.CrossEntropyLoss()
+        task, settings = ClassifyTask(train.classes), StepSettings(budget.batch_size)
         started = time.perf_counter()
         for _ in range(budget.epochs):
             epoch_data = train
             if augment:
                 shifted = random_shift(train.images, max_shift, generator)
                 epoch_data = ImageSet(shifted, train.labels, train.classes, train.sources)
-            with tqdm(total=steps, disable=True) as progress:
-                train_one_epoch(
-                    model,
-                    epoch_data,
-                    prep,
-                    optimizer,
-                    scheduler,
-                    loss_fn,
-                    self.device,
-                    budget.batch_size,
-                    generator,
-                    progress,
-                )
+            train_one_epoch(model, epoch_data, prep, task, optimisation, self.device, generator, settings)
             recompute_batch_norm(model, epoch_data, prep, self.device, budget.batch_size)
         return model.eval(), time.perf_counter() - started
 
@@ -123,6 +118,8 @@ class Study:
 
 def load_study(data: str, budget: Budget, data_dir: str | None = None, device: str = "auto") -> Study:
     """Load ``data`` (a built-in name or a folder), cap its splits to the budget and fix the preprocessing."""
+    if budget.epochs < 1 or budget.train_size < 20 or budget.test_size < 1:
+        raise CnnkitError("compare needs --epochs >= 1, --train-size >= 20 and --test-size >= 1")
     splits = load_data(data, data_dir=data_dir)
     if len(splits.train) == 0 or len(splits.test) == 0:
         raise CnnkitError(f"{data}: compare needs training and test images; this data has {len(splits.test)} test")
@@ -166,7 +163,7 @@ def run_comparison(
     budget: Budget | None = None,
     data_dir: str | None = None,
     device: str = "auto",
-    say=print,
+    say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train and measure the CNN and the MLP; returns the results structure the verdict and report read.
 
@@ -182,11 +179,13 @@ def run_comparison(
         >>> results["models"]["cnn"]["test_accuracy"] > 0.9
         True
     """
-    budget = budget or Budget()
-    if budget.epochs < 1 or budget.train_size < 20 or budget.test_size < 1:
-        raise CnnkitError("compare needs --epochs >= 1, --train-size >= 20 and --test-size >= 1")
+    return measure(load_study(data, budget or Budget(), data_dir, device), data, say)
+
+
+def measure(study: Study, data: str, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every training and measurement of the study on loaded data (``data`` names it in the results)."""
+    budget = study.budget
     started = time.perf_counter()
-    study = load_study(data, budget, data_dir, device)
     results: dict[str, Any] = {
         "data": data,
         "image_shape": list(study.train.images.shape[1:]),
@@ -214,7 +213,9 @@ def run_comparison(
                 subset = stratified_subset(study.train, fraction, budget.seed)
                 accuracy = study.accuracy(study.fit(name, subset)[0])
             results["data_efficiency"][key].append(accuracy)
-        say(f"{name}: data efficiency {[f'{a:.1%}' for a in results['data_efficiency'][key]]}")
+        shares = ", ".join(f"{fraction:.0%}" for fraction in FRACTIONS)
+        accuracies = ", ".join(f"{accuracy:.1%}" for accuracy in results["data_efficiency"][key])
+        say(f"{name}: test accuracy with {shares} of the training images: {accuracies}")
         results["overfitting"][key] = {}
         for setting, options in (("plain", PLAIN), ("regularised", REGULARISED)):
             model, _ = study.fit(name, **options)
@@ -224,24 +225,64 @@ def run_comparison(
                 "val_accuracy": val_accuracy,
                 "gap": train_accuracy - val_accuracy,
             }
-        say(f"{name}: overfitting {results['overfitting'][key]}")
+            say(
+                f"{name}, {setting}: train accuracy {train_accuracy:.1%}, validation {val_accuracy:.1%} "
+                f"(gap {(train_accuracy - val_accuracy) * 100:+.1f} pp)"
+            )
     results["data_efficiency"]["train_images"] = [
         len(stratified_subset(study.train, f, budget.seed)) for f in FRACTIONS
     ]
-    results["depth"] = []
-    for stages in STAGES:
-        model = headline["cnn"] if stages == 3 else study.fit(CNN, stages=stages)[0]  # 3: the default ConvNet
-        results["depth"].append(
+    results["depth"], results["depth_match"] = _depth_study(study, headline["cnn"], say)
+    results["seconds"] = time.perf_counter() - started
+    return results
+
+
+def _parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_convnet_parameters(study: Study, stages: int, widths: tuple[int, ...]) -> int:
+    """Parameters of the ConvNet with ``stages`` stages of ``widths`` channels, as the study would build it."""
+    with torch.device("meta"):  # shapes only: no memory for the weights of a network that may never train
+        return _parameters(study.build(CNN, stages=stages, widths=widths))
+
+
+def _depth_study(
+    study: Study, default_cnn: nn.Module, say: Callable[[str], None]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Test accuracy of ConvNets of 1 to 4 stages, each widened or narrowed to the default network's parameters."""
+    plan = plan_depths(partial(count_convnet_parameters, study))
+    shape = tuple(study.train.images.shape[1:])
+    rows = []
+    for stages, widths in plan.widths.items():
+        default = stages == DEFAULT_STAGES and widths == DEFAULT_WIDTHS
+        model = default_cnn if default else study.fit(CNN, stages=stages, widths=widths)[0]
+        rows.append(
             {
                 "stages": stages,
+                "widths": list(widths),
                 "conv_layers": len([m for m in model.modules() if isinstance(m, nn.Conv2d)]),
-                "parameters": sum(p.numel() for p in model.parameters()),
+                "parameters": _parameters(model),
+                "multiply_adds": count_multiply_adds(model, shape),
                 "test_accuracy": study.accuracy(model),
             }
         )
-        say(f"convnet with {stages} stage(s): test accuracy {results['depth'][-1]['test_accuracy']:.2%}")
-    results["seconds"] = time.perf_counter() - started
-    return results
+        say(
+            f"convnet with {stages} stage(s) of {'/'.join(map(str, widths))} channels, {rows[-1]['parameters']:,} "
+            f"parameters: test accuracy {rows[-1]['test_accuracy']:.2%}"
+        )
+    for stages, parameters in plan.left_out.items():
+        say(
+            f"convnet with {stages} stage(s): left out; with at most {MAX_WIDTH} channels it reaches {parameters:,} "
+            f"parameters, not {plan.target:,} ± {TOLERANCE:.0%}"
+        )
+    match = {
+        "parameters": plan.target,
+        "tolerance": TOLERANCE,
+        "max_width": MAX_WIDTH,
+        "left_out": [{"stages": stages, "parameters": parameters} for stages, parameters in plan.left_out.items()],
+    }
+    return rows, match
 
 
 def compare(
@@ -251,9 +292,13 @@ def compare(
     name: str | None = None,
     data_dir: str | None = None,
     device: str = "auto",
-    say=print,
+    say: Callable[[str], None] = print,
 ) -> tuple[dict[str, Any], Path]:
     """Run the comparison and write ``report.html``, ``report.md``, ``results.json`` and PNG plots under ``out/name``.
+
+    The data is loaded and the budget checked before the report folder is made, and a
+    study that fails or is interrupted removes the folder again, so ``runs/`` never holds
+    a half-written report.
 
     Returns:
         The results (with its ``verdict`` lines) and the report directory.
@@ -262,8 +307,18 @@ def compare(
     from cnnkit.compare.verdict import verdict
     from cnnkit.rundir import new_run_dir
 
+    study = load_study(data, budget or Budget(), data_dir, device)
+    named = Path(out).expanduser() / name if name is not None else None
+    keep_folder = named is not None and named.is_dir()  # an empty folder the user made stays
     out_dir = new_run_dir(out, name, "compare")
-    results = run_comparison(data, budget, data_dir, device, say)
-    results["verdict"] = verdict(results)
-    write_compare_report(results, out_dir)
+    try:
+        results = measure(study, data, say)
+        results["verdict"] = verdict(results)
+        write_compare_report(results, out_dir)
+    except BaseException:  # Ctrl-C included
+        for path in out_dir.iterdir():
+            path.unlink()
+        if not keep_folder:
+            out_dir.rmdir()
+        raise
     return results, out_dir

@@ -57,7 +57,7 @@ def verdict(results: dict[str, Any]) -> list[str]:
 
     Args:
         results: The structure returned by :func:`cnnkit.compare.run_comparison` (keys
-            ``models``, ``robustness``, ``data_efficiency``, ``overfitting``, ``depth``).
+            ``models``, ``robustness``, ``data_efficiency``, ``overfitting``, ``depth``, ``depth_match``).
 
     Returns:
         The recommendation first, then one sentence per claim.
@@ -124,21 +124,32 @@ def verdict(results: dict[str, Any]) -> list[str]:
             f"{_pp(plain['gap'])} without and {_pp(regularised['gap'])} with it, validation accuracy "
             f"{_pct(plain['val_accuracy'])} -> {_pct(regularised['val_accuracy'])}."
         )
-    depth = results["depth"]
+    lines.append(_depth(results["depth"], results["depth_match"]))
+    return lines
+
+
+def _depth(depth: list[dict[str, Any]], match: dict[str, Any]) -> str:
+    """The depth sentence: networks of every depth hold about the same parameters, so only depth differs."""
+    size = f"at a matched size ({match['parameters']:,} parameters ± {match['tolerance']:.0%})"
+    left_out = ", ".join(str(row["stages"]) for row in match["left_out"])
+    caveat = (
+        f"; {left_out} stage(s) left out: with at most {match['max_width']:,} channels they cannot reach that size"
+        if left_out
+        else ""
+    )
+    if len(depth) < 2:
+        return f"Depth could not be compared {size}: only {len(depth)} depth could be matched{caveat}."
     best = max(depth, key=lambda row: row["test_accuracy"])
     shallowest = depth[0]
+    by_stages = ", ".join(f"{row['stages']}: {_pct(row['test_accuracy'])}" for row in depth)
     if best["test_accuracy"] > shallowest["test_accuracy"] + MARGIN:
-        lines.append(
-            f"Depth paid off: {best['stages']} convolution stage(s) ({best['conv_layers']} layers) reached "
+        return (
+            f"Depth paid off {size}: {best['stages']} convolution stage(s) ({best['conv_layers']} layers) reached "
             f"{_pct(best['test_accuracy'])} against {_pct(shallowest['test_accuracy'])} with "
-            f"{shallowest['stages']} stage(s); accuracy by stages: "
-            + ", ".join(f"{row['stages']}: {_pct(row['test_accuracy'])}" for row in depth)
-            + "."
+            f"{shallowest['stages']} stage(s); accuracy by stages: {by_stages}{caveat}."
         )
-    else:
-        lines.append(
-            f"Depth did not pay off: {shallowest['stages']} stage(s) ({shallowest['conv_layers']} layers) already "
-            f"reached {_pct(shallowest['test_accuracy'])}, and the best depth ({best['stages']} stages) "
-            f"{_pct(best['test_accuracy'])}; a smaller CNN is enough for this data."
-        )
-    return lines
+    return (
+        f"Depth did not pay off {size}: {shallowest['stages']} stage(s) ({shallowest['conv_layers']} layers) already "
+        f"reached {_pct(shallowest['test_accuracy'])}, and the best depth ({best['stages']} stages) "
+        f"{_pct(best['test_accuracy'])}; a shallower CNN of the same size is enough for this data{caveat}."
+    )
