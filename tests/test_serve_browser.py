@@ -10,6 +10,9 @@ from PIL import Image
 
 import cnnkit
 
+pytest.importorskip("fastapi", reason="the deploy extra provides fastapi")
+from cnnkit.deploy.serve.app import create_app
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
     "--headless",
@@ -27,49 +30,88 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture
-def live_server(digits_export):
-    """The app on a free loopback port, served by uvicorn in a thread; yields its base URL."""
+def start_server():
+    """Serve an app on a free loopback port with uvicorn in a thread; returns its base URL. Stopped at teardown."""
     pytest.importorskip("uvicorn", reason="the deploy extra provides uvicorn")
     import uvicorn
 
-    from cnnkit.deploy.serve.app import create_app
+    servers = []
 
-    app = create_app(cnnkit.load(digits_export / "model.onnx"))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    def start(app) -> str:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def browser():
+    sync_playwright = pytest.importorskip("playwright.sync_api", reason="the test extra provides playwright")
+    with sync_playwright.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def digit_file(tmp_path):
+    """A test digit at its own 8x8 pixels: the page must enlarge it to be seen."""
+    from cnnkit.data import load_data
+
+    path = tmp_path / "digit.png"
+    Image.fromarray(load_data("digits").test.images[5, 0].numpy()).save(path)
+    return path
+
+
+def wait_for_label(page) -> None:
+    page.wait_for_function("document.getElementById('top-label').textContent !== 'none yet'", timeout=15_000)
 
 
 @pytest.mark.slow
-def test_page_shows_the_predicted_label(live_server, digits_export, tmp_path):
-    sync_playwright = pytest.importorskip("playwright.sync_api", reason="the test extra provides playwright")
-    from cnnkit.data import load_data
+def test_page_shows_the_model_and_the_predicted_label(start_server, browser, digits_export, digit_file):
+    classifier = cnnkit.load(digits_export / "model.onnx")
+    [expected] = classifier.predict(str(digit_file))
+    page = browser.new_page()
+    page.goto(start_server(create_app(classifier)) + "/")
+    assert page.text_content("#top-label") == "none yet"
+    assert page.text_content("#model-name") == classifier.info.model.name
+    assert page.text_content("#classes") == ", ".join(classifier.classes)
+    page.set_input_files("#file", str(digit_file))
+    wait_for_label(page)
+    assert page.text_content("#top-label") == expected.label
+    assert page.is_hidden("#explanation")  # ONNX models cannot be explained: no overlay section
+    rows = page.locator("#predictions li")
+    assert rows.count() == 5
+    assert rows.nth(0).locator(".label").text_content() == expected.label
+    assert rows.nth(0).locator(".probability").text_content() == f"{100 * expected.probability:.1f}%"
+    page.wait_for_function("document.getElementById('preview').complete")
+    box = page.locator("#preview").bounding_box()
+    assert box["width"] >= 128 and box["height"] >= 128  # 8x8 pixels, shown large enough to see
+    assert page.eval_on_selector("#preview", "e => getComputedStyle(e).imageRendering") == "pixelated"
 
-    test = load_data("digits").test
-    Image.fromarray(test.images[5, 0].numpy()).resize((64, 64), Image.Resampling.NEAREST).save(tmp_path / "digit.png")
-    [expected] = cnnkit.load(digits_export / "model.onnx").predict(str(tmp_path / "digit.png"))
-    with sync_playwright.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page()
-            page.goto(live_server + "/")
-            assert page.text_content("#top-label") == "none yet"
-            page.set_input_files("#file", str(tmp_path / "digit.png"))
-            page.wait_for_function("document.getElementById('top-label').textContent !== 'none yet'", timeout=15_000)
-            assert page.text_content("#top-label") == expected.label
-            assert page.is_hidden("#explanation")  # ONNX models cannot be explained: no overlay section
-            rows = page.locator("#predictions li")
-            assert rows.count() == 5
-            assert rows.nth(0).locator(".label").text_content() == expected.label
-            assert rows.nth(0).locator(".probability").text_content() == f"{100 * expected.probability:.1f}%"
-        finally:
-            browser.close()
+
+@pytest.mark.slow
+def test_page_works_with_a_token_given_once(start_server, browser, digits_export, digit_file):
+    classifier = cnnkit.load(digits_export / "model.onnx")
+    url = start_server(create_app(classifier, token="page-token"))
+    page = browser.new_page()
+    assert page.goto(url + "/").status == 401
+    page.goto(url + "/?token=page-token")
+    assert "token" not in page.url  # moved out of the address bar and the history
+    page.set_input_files("#file", str(digit_file))
+    wait_for_label(page)
+    assert page.text_content("#top-label") == classifier.predict(str(digit_file))[0].label
