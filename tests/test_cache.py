@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from cnnkit.data import cache as cache_module
 from cnnkit.data import load_data
 from cnnkit.data.cache import decode_cached
 from cnnkit.data.decode import decode_image
+from cnnkit.errors import CnnkitError
 
 
 def _files(root: Path) -> list[str]:
@@ -133,3 +136,68 @@ def test_cache_location_follows_the_environment(tmp_path: Path, monkeypatch: pyt
     monkeypatch.delenv("CNNKIT_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache_module.cache_root() == Path(os.fspath(tmp_path / "xdg")) / "cnnkit"
+
+
+def _full_disk(*_args) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _killed(*_args) -> None:
+    os._exit(1)  # as SIGBUS or the OOM killer would end a worker
+
+
+def _left_in(cache: Path) -> list[str]:
+    return sorted(str(p.relative_to(cache)) for p in cache.rglob("*")) if cache.exists() else []
+
+
+def test_a_build_that_would_not_fit_is_refused_before_writing(
+    shapes_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    files = _files(shapes_folder)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda _: usage._replace(free=10 << 20))
+    with pytest.raises(CnnkitError) as error:
+        decode_cached(shapes_folder, files, 1024, None, "crop", workers=1, cache=tmp_path / "cache")
+    message = str(error.value)
+    needed = f"{len(files) * 1024 * 1024 * 3 / 1e6:.1f} MB"  # N x H x W x C bytes
+    assert needed in message and "10.5 MB free" in message and str(tmp_path / "cache" / "images") in message
+    assert "--img-size 1024" in message and "$CNNKIT_CACHE_DIR" in message and "\n" not in message
+    assert _left_in(tmp_path / "cache") == ["images"]  # no entry, no staging, no lock
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_full_disk_during_the_build_is_one_line_and_leaves_nothing(
+    shapes_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+):
+    files = _files(shapes_folder)
+    monkeypatch.setattr(cache_module, "CHUNK", 8)  # several chunks, so two workers really run in a pool
+    monkeypatch.setattr(cache_module, "_decode_chunk", _full_disk)
+    with pytest.raises(CnnkitError, match=r"building the image cache in .* failed: the disk is full \(.* needed"):
+        decode_cached(shapes_folder, files, 16, None, "crop", workers=workers, cache=tmp_path / "cache")
+    assert _left_in(tmp_path / "cache") == ["images"]
+
+
+def test_a_killed_decoding_process_is_one_line_and_leaves_nothing(
+    shapes_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("the patched worker reaches the pool only through fork")
+    files = _files(shapes_folder)
+    monkeypatch.setattr(cache_module, "CHUNK", 8)
+    monkeypatch.setattr(cache_module, "_decode_chunk", _killed)
+    with pytest.raises(CnnkitError, match=r"failed: a decoding process was killed \(out of memory, or the disk"):
+        decode_cached(shapes_folder, files, 16, None, "crop", workers=2, cache=tmp_path / "cache")
+    assert _left_in(tmp_path / "cache") == ["images"]
+    monkeypatch.undo()
+    assert len(decode_cached(shapes_folder, files, 16, None, "crop", workers=2, cache=tmp_path / "cache").kept) == 36
+
+
+def test_pillow_warnings_are_kept_per_file_not_printed(
+    shapes_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+):
+    files = _files(shapes_folder)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # every 40x40 image is "large": Pillow warns for each
+    decoded = decode_cached(shapes_folder, files, 16, None, "crop", workers=2, cache=tmp_path)
+    assert sorted({row for row, _ in decoded.notes}) == list(range(len(files)))
+    assert all("DecompressionBombWarning" in note for _, note in decoded.notes)
+    assert "DecompressionBombWarning" not in capfd.readouterr().err  # nothing leaked from the workers

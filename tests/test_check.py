@@ -205,3 +205,85 @@ def test_training_decodes_each_file_once(dirty_folder, tmp_path, monkeypatch):
     skipped = (run.dir / "skipped.csv").read_text()
     assert "train/circle/page.jpg" in skipped  # HTML content: found by the reading scan
     assert "train/circle/cut.png" in skipped and "train/circle/bomb.png" in skipped  # found by the one decoding pass
+
+
+def test_scan_of_an_empty_folder_is_an_error_and_check_exits_2(tmp_path):
+    (tmp_path / "empty" / "cats").mkdir(parents=True)
+    with pytest.raises(CnnkitError, match=r"no images found in .*empty \(1 subfolder\(s\), 0 other file\(s\)"):
+        scan_folder(tmp_path / "empty")
+    result = run_cli("check", str(tmp_path / "empty"))
+    assert result.returncode == 2 and "no images found" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def duplicated_folder(root: Path, sets: int) -> Path:
+    """Two classes holding ``sets`` pairs of identical files between them, and one file copied ten times."""
+    rng = np.random.default_rng(2)
+    for shape in ("circle", "square"):
+        (root / shape).mkdir(parents=True)
+    for index in range(sets):
+        shape = ("circle", "square")[index % 2]
+        data = encoded(draw_shape(shape, (12, 12), rng), "PNG")
+        (root / shape / f"{index}.png").write_bytes(data)
+        (root / shape / f"{index} copy.png").write_bytes(data)
+    data = encoded(draw_shape("square", (12, 12), rng), "PNG")
+    for index in range(10):
+        (root / "square" / f"same{index}.png").write_bytes(data)
+    return root
+
+
+def test_many_duplicates_are_summarised_and_listed_in_full_in_a_file(tmp_path):
+    report = scan_folder(duplicated_folder(tmp_path / "dupes", sets=300), workers=1)
+    assert len(report.details) == 301 and len(report.warnings) <= check.SHOWN_PER_KIND + 1
+    listed = Path(report.full_list).read_text(encoding="utf-8").splitlines()
+    assert listed == report.details and "identical files duplicates: square/299 copy.png, square/299.png" in listed
+    assert all(len(line) < 300 for line in report.warnings)  # the ten copies are named four at a time
+    assert f"... and 299 more like these; every warning is in {report.full_list}" in report.warnings
+    assert report.summary().endswith("0 bad, 301 warning(s); 0 hidden and 0 non-image file(s) ignored")
+    Path(report.full_list).unlink()
+    assert Path(scan_folder(tmp_path / "dupes").full_list).read_text(encoding="utf-8").splitlines() == listed
+
+
+def test_check_command_prints_a_bounded_summary_of_many_duplicates(tmp_path):
+    result = run_cli("check", str(duplicated_folder(tmp_path / "dupes", sets=300)))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) <= 6 and "301 warning(s)" in lines[0]
+    full_list = lines[-1].rpartition("every warning is in ")[2]
+    assert len(Path(full_list).read_text(encoding="utf-8").splitlines()) == 301
+
+
+def test_scan_leaves_out_cnnkit_output(shapes_folder):
+    from test_data import fake_run_dir
+
+    fake_run_dir(shapes_folder / "runs" / "train")
+    report = scan_folder(shapes_folder)
+    assert report.files == 36 and "ignored runs/: cnnkit output" in report.warnings
+    assert not [w for w in report.details if "runs/train" in w or "empty class folder" in w]
+
+
+def test_scan_warns_about_images_outside_any_class_folder(shapes_folder):
+    draw_shape("circle", (16, 16), np.random.default_rng(3)).save(shapes_folder / "stray.png")
+    warnings = "\n".join(scan_folder(shapes_folder).warnings)
+    assert f"1 image(s) lie directly in {shapes_folder}, outside any class folder (e.g. stray.png)" in warnings
+
+
+def test_imbalance_warnings_name_empty_and_tiny_classes_truthfully():
+    assert check.imbalance_warnings({"a": 0, "b": 0}) == [
+        "no training images for class(es) a, b: the model cannot learn them; "
+        "add readable images to their folders or remove the folders"
+    ]
+    (empty,) = check.imbalance_warnings({"a": 0, "b": 5})  # no "a only 0": one class has none, the rest is fine
+    assert empty.startswith("no training images for class(es) a:")
+    assert check.imbalance_warnings({"a": 1, "b": 10})[0].startswith("heavy class imbalance: b has 10 training images")
+    assert check.imbalance_warnings({"a": 2, "b": 10}) == [] and check.imbalance_warnings({"a": 3}) == []
+
+
+def test_no_readable_training_images_is_one_error_that_claims_no_skipped_csv(tmp_path, capsys):
+    for shape in ("circle", "square"):
+        (tmp_path / "data" / shape).mkdir(parents=True)
+        for index in range(3):
+            (tmp_path / "data" / shape / f"{index}.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    with pytest.raises(CnnkitError, match=r"no readable training images: 6 file\(s\) could not be used, e\.g\. "):
+        cnnkit.train(data=str(tmp_path / "data"), img_size=16, epochs=1, out=str(tmp_path / "runs"))
+    assert "skipped.csv" not in capsys.readouterr().out and not (tmp_path / "runs").exists()

@@ -185,3 +185,67 @@ def test_shards_split_one_shuffled_epoch_into_disjoint_parts():
     assert sorted(torch.cat(shards).tolist()) == list(range(count))  # disjoint, and together the whole epoch
     assert torch.equal(shards[1], whole[1::3])
     assert [len(shard) for shard in shards] == [35, 34, 34]
+
+
+def fake_run_dir(folder) -> None:
+    """What ``cnnkit train`` leaves in a run directory: its config, metrics and the report's PNG figures."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("model: convnet\nepochs: 1\n")
+    (folder / "metrics.csv").write_text("epoch,loss\n1,0.5\n")
+    for name in ("confusion.png", "curves.png", "gallery.png"):
+        Image.new("RGB", (32, 32), (200, 0, 0)).save(folder / name)
+
+
+def test_folder_leaves_out_cnnkit_output_and_says_so_once(shapes_folder, monkeypatch):
+    fake_run_dir(shapes_folder / "runs" / "train")
+    fake_run_dir(shapes_folder / "runs" / "train2")
+    fake_run_dir(shapes_folder / "circle" / "old-run")  # a run written inside a class folder
+    (shapes_folder / "exports" / "digits").mkdir(parents=True)
+    (shapes_folder / "exports" / "digits" / "export.json").write_text("{}")
+    Image.new("RGB", (8, 8)).save(shapes_folder / "exports" / "digits" / "preview.png")
+    monkeypatch.setenv("CNNKIT_CACHE_DIR", str(shapes_folder / "cache"))
+    load_data(str(shapes_folder), img_size=16)  # fills the cache inside the dataset
+    splits = load_data(str(shapes_folder), img_size=16)
+    assert splits.classes == ["circle", "square", "triangle"]
+    sources = splits.train.sources + splits.val.sources + splits.test.sources
+    assert len(sources) == 36 and not [s for s in sources if "run" in s or s.endswith("preview.png")]
+    ignored = [w for w in splits.warnings if w.startswith("ignored ")]
+    assert sorted(ignored) == [
+        "ignored cache/: cnnkit output",
+        "ignored circle/old-run/: cnnkit output",
+        "ignored exports/: cnnkit output",
+        "ignored runs/: cnnkit output",
+    ]
+
+
+@pytest.mark.slow
+def test_training_twice_inside_the_dataset_keeps_its_classes(shapes_folder, monkeypatch, one_thread):
+    import cnnkit
+
+    monkeypatch.chdir(shapes_folder)
+    first = cnnkit.train(data=".", img_size=16, epochs=1, verbose=False)
+    second = cnnkit.train(data=".", img_size=16, epochs=1, verbose=False)
+    assert (shapes_folder / first.dir).parent == shapes_folder / "runs" and any(first.dir.glob("*.png"))
+    assert second.classes == first.classes == ["circle", "square", "triangle"]
+    assert second.dir.name == "train2"
+
+
+def test_folder_of_loose_images_says_what_it_found_and_the_layout_expected(tmp_path):
+    (tmp_path / "photos").mkdir()
+    for index in range(300):
+        (tmp_path / "photos" / f"{index}.jpg").write_bytes(b"")
+    with pytest.raises(CnnkitError) as error:
+        load_data(str(tmp_path / "photos"))
+    message = str(error.value)
+    assert "300 image(s) lie directly in it" in message and "it has no subfolders" in message
+    assert "one subfolder per class" in message and "\n" not in message
+
+
+def test_absurd_image_sizes_are_refused_with_the_range(shapes_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNKIT_CACHE_DIR", str(tmp_path / "cache"))
+    for size in (100_000, 0, -3):
+        with pytest.raises(CnnkitError, match=r"--img-size .* out of range; use 1 to 4096"):
+            load_data(str(shapes_folder), img_size=size)
+    with pytest.raises(CnnkitError, match="out of range"):
+        load_data("digits", img_size=100_000)
+    assert not (tmp_path / "cache").exists()  # refused before anything was written

@@ -95,3 +95,21 @@ def test_load_image_refuses_decompression_bombs_before_decoding(tmp_path, monkey
     with pytest.raises(ImageDecodeError, match="decompression bomb"):
         load_image(path)
     assert Image.MAX_IMAGE_PIXELS != 9_999  # Pillow's process-wide limit is untouched
+
+
+def test_capture_warnings_files_each_threads_warnings_under_its_own_image(tmp_path, monkeypatch, recwarn):
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = [save(Image.new("RGB", (30 + i, 10)), tmp_path / f"{i}.png") for i in range(8)]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200)  # Pillow warns about every one of them (refuses over 400)
+    notes: dict[int, list[str]] = {i: [] for i in range(8)}
+    with decode.capture_warnings(), ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda i: load_image(paths[i], notes=notes[i]), range(8)))
+    for i in range(8):
+        assert notes[i] == [
+            f"DecompressionBombWarning: Image size ({(30 + i) * 10} pixels) exceeds limit of 200 pixels, "
+            "could be decompression bomb DOS attack."
+        ]
+    assert not recwarn.list  # none reached the console
+    load_image(paths[0])  # outside capture_warnings, a warning is shown as before, never swallowed
+    assert [w.category.__name__ for w in recwarn.list] == ["DecompressionBombWarning"]
