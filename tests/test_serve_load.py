@@ -1,4 +1,4 @@
-"""A bounded load test on loopback: 50 concurrent clients against a real ``cnnkit serve`` process."""
+"""Bounded load tests on loopback: concurrent clients against a real ``cnnkit serve`` process."""
 
 import json
 import subprocess
@@ -27,3 +27,15 @@ def test_fifty_concurrent_clients_get_no_errors(digits_export):
     assert result.returncode == 0, result.stdout + result.stderr
     assert report["statuses"] == {"200": 600} and report["errors"] == 0 and report["server_alive"]
     assert 0 < report["p50_ms"] <= report["p99_ms"]
+
+
+@pytest.mark.slow
+def test_sixteen_clients_mixing_explanations_get_no_server_errors(digits_run):
+    """The web page's mix (every other request asks for Grad-CAM) against a checkpoint, 4 predictions at once."""
+    pytest.importorskip("uvicorn", reason="the deploy extra provides uvicorn")
+    command = [sys.executable, str(LOAD_TEST), str(digits_run), "--clients", "16", "--requests", "160"]
+    command += ["--explain-share", "0.5", "--max-concurrency", "4", "--time-limit", "120"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert set(report["statuses"]) <= {"200", "503"} and report["server_alive"], result.stdout + result.stderr
+    assert report["statuses"].get("200", 0) > 0
