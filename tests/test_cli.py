@@ -51,7 +51,7 @@ def test_train_evaluate_predict_on_an_image_folder(shapes_folder, tmp_path):
 
     folder = run_cli("predict", str(run / "best.safetensors"), str(shapes_folder), "--out", str(out))
     assert folder.returncode == 0, folder.stderr
-    with open(out / "predict" / "predictions.csv") as stream:
+    with open(out / "predictions.csv") as stream:
         rows = list(csv.DictReader(stream))
     assert len(rows) == 36 and {"path", "label_1", "probability_1"} <= set(rows[0])
 

@@ -82,7 +82,8 @@ def test_yaml_and_json_spec_files(tmp_path):
 
 
 def test_unknown_model_name_lists_the_choices():
-    with pytest.raises(CnnkitError, match="unknown model 'resnet19'; choose one of: alexnet"):
+    hint = r"unknown model 'resnet19' \(did you mean 'resnet18'\?\); choose one of: alexnet"
+    with pytest.raises(CnnkitError, match=hint):
         resolve_model("resnet19")
 
 

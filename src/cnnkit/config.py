@@ -2,18 +2,81 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, describe_error
 
 
-def _option(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+@dataclass(frozen=True)
+class Range:
+    """The numbers a setting accepts: its kind and bounds. NaN and infinity never pass.
+
+    One home for each key's limits: the command line's flag types, ``TrainConfig.check`` and
+    config files all read them here, so a value is refused alike wherever it comes from.
+
+    Args:
+        kind: ``int`` or ``float``.
+        low: Smallest allowed value; None for no bound. Defaults to None.
+        high: Largest allowed value; None for no bound. Defaults to None.
+        low_open: ``low`` itself is refused (``> low``). Defaults to False.
+        high_open: ``high`` itself is refused (``< high``). Defaults to False.
+
+    Example:
+        >>> Range(float, 0, low_open=True).problem(float("nan"))
+        'must be a finite number > 0 (got nan)'
+    """
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def describe(self) -> str:
+        """The rule in words, e.g. ``an integer >= 1`` or ``a finite number in [0, 1)``."""
+        noun = "an integer" if self.kind is int else "a finite number"
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"{noun} in {left}{_bound(self.low)}, {_bound(self.high)}{right}"
+        if self.low is not None:
+            return f"{noun} {'>' if self.low_open else '>='} {_bound(self.low)}"
+        if self.high is not None:
+            return f"{noun} {'<' if self.high_open else '<='} {_bound(self.high)}"
+        return noun
+
+    def problem(self, value: Any) -> str | None:
+        """None when ``value`` is allowed, else why not: ``must be ... (got ...)``."""
+        wrong_kind = isinstance(value, bool) or not isinstance(value, (int, float) if self.kind is float else int)
+        if (
+            wrong_kind
+            or not math.isfinite(value)
+            or (self.low is not None and (value <= self.low if self.low_open else value < self.low))
+            or (self.high is not None and (value >= self.high if self.high_open else value > self.high))
+        ):
+            return f"must be {self.describe()} (got {value!r})"
+        return None
+
+
+def _bound(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _option(
+    default: Any, help: str, group: str, limits: Range | None = None, choices: tuple[Any, ...] | None = None
+) -> Any:
+    return field(default=default, metadata={"help": help, "group": group, "range": limits, "choices": choices})
+
+
+POSITIVE = Range(float, 0, low_open=True)
+SHARE = Range(float, 0, 1, high_open=True)  # a share that cannot be all: [0, 1)
+COUNT = Range(int, 1)
 
 
 @dataclass
@@ -21,62 +84,127 @@ class TrainConfig:
     """Every setting of a training run, with its default. Saved as ``config.yaml`` in each run."""
 
     data: str = _option(
-        "digits", "folder with one subfolder per class, or a built-in: digits, mnist, fashion-mnist, cifar10"
+        "digits",
+        "folder with one subfolder per class, or a built-in: digits, mnist, fashion-mnist, cifar10",
+        "data",
     )
     data_dir: str | None = _option(
         None,
         "folder holding a built-in dataset's files (default: $CNNKIT_DATA_DIR, "
         "system locations, then the download cache)",
+        "data",
     )
     model: str = _option(
-        "convnet", "architecture name (see `cnnkit models`), a layer spec string, or a .yaml/.json spec file"
+        "convnet",
+        "architecture name (see `cnnkit models`), a layer spec string, or a .yaml/.json spec file",
+        "model",
     )
-    pretrained: bool = _option(False, "start from ImageNet weights, with the preprocessing they expect")
+    pretrained: bool = _option(False, "start from ImageNet weights, with the preprocessing they expect", "model")
     weights: str | None = _option(
-        None, "local ImageNet weights file (safetensors, or a .pt/.pth state dict) for --pretrained/--finetune"
+        None,
+        "local ImageNet weights file (safetensors, or a .pt/.pth state dict) for --pretrained/--finetune",
+        "model",
     )
     finetune: bool = _option(
         False,
         "fine-tune ImageNet weights: train a new head on the frozen body, then unfreeze with lower "
         "learning rates for earlier layers",
+        "model",
     )
     freeze: int | None = _option(
-        None, "epochs that train only the new head before unfreezing (default with --finetune: 1)"
+        None,
+        "epochs that train only the new head before unfreezing (default with --finetune: 1)",
+        "model",
+        Range(int, 0),
     )
-    epochs: int = _option(20, "passes over the training images")
-    batch_size: int = _option(64, "images per training step")
-    lr: float = _option(3e-3, "peak learning rate of the one-cycle schedule (AdamW)")
-    weight_decay: float = _option(5e-4, "AdamW weight decay")
-    label_smoothing: float = _option(0.0, "cross-entropy label smoothing")
-    img_size: int | None = _option(None, "side of the square model input (default: the dataset's own, 64 for folders)")
-    channels: int | None = _option(None, "1 or 3 input channels (default: 1 when every image is grayscale)")
-    resize: str = _option("crop", "resize rule: crop (shorter side, centre crop), squash, or pad")
-    val_split: float = _option(0.1, "share of training images held out for validation when no val/ folder exists")
-    test_split: float = _option(0.2, "share held out for testing when the data has no test split")
-    seed: int = _option(0, "random seed for weights and data order")
-    device: str = _option("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
-    workers: int | None = _option(None, "threads that decode images (default: all cores)")
-    out: str = _option("runs", "folder that holds run directories")
-    name: str | None = _option(None, "run directory name under --out (default: train, train2, ...)")
-    save_every: int = _option(0, "also save the resumable state every N steps (0: at the end of each epoch only)")
-    nonfinite: str = _option("stop", "on a NaN/infinite loss or gradient: stop (keep the last good state) or skip")
-    clip_grad_norm: float | None = _option(None, "clip the gradient norm to this value (default: no clipping)")
-    class_weights: str = _option("none", "none, or balanced: weight the loss by inverse class frequency")
-    sampler: str = _option("shuffle", "shuffle (each image once per epoch) or balanced (classes drawn equally)")
-    max_bad_share: float = _option(0.01, "abort when more than this share of the image files cannot be read")
+    epochs: int = _option(20, "passes over the training images", "optimisation", COUNT)
+    batch_size: int = _option(64, "images per training step", "optimisation", COUNT)
+    lr: float = _option(3e-3, "peak learning rate of the one-cycle schedule (AdamW)", "optimisation", POSITIVE)
+    weight_decay: float = _option(5e-4, "AdamW weight decay", "optimisation", Range(float, 0))
+    label_smoothing: float = _option(0.0, "cross-entropy label smoothing", "optimisation", SHARE)
+    img_size: int | None = _option(
+        None,
+        "side of the square model input (default: the dataset's own, 64 for folders)",
+        "data",
+        Range(int, 4, 4096),  # 4096: the data layer's MAX_IMG_SIZE (a test keeps them equal)
+    )
+    channels: int | None = _option(
+        None, "input channels (default: 1 when every image is grayscale)", "data", choices=(1, 3)
+    )
+    resize: str = _option(
+        "crop",
+        "resize rule: crop (shorter side, centre crop), squash, or pad",
+        "data",
+        choices=("crop", "squash", "pad"),
+    )
+    val_split: float = _option(
+        0.1, "share of training images held out for validation when no val/ folder exists", "data", SHARE
+    )
+    test_split: float = _option(0.2, "share held out for testing when the data has no test split", "data", SHARE)
+    # numpy and torch both accept seeds up to 2**32 - 1
+    seed: int = _option(0, "random seed for weights and data order", "optimisation", Range(int, 0, 2**32 - 1))
+    device: str = _option("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps", "compute")
+    workers: int | None = _option(None, "threads that decode images (default: all cores)", "compute", COUNT)
+    out: str = _option("runs", "folder that holds run directories", "output")
+    name: str | None = _option(None, "run directory name under --out (default: train, train2, ...)", "output")
+    save_every: int = _option(
+        0,
+        "also save the resumable state every N steps (0: at the end of each epoch only)",
+        "output",
+        Range(int, 0),
+    )
+    nonfinite: str = _option(
+        "stop",
+        "on a NaN/infinite loss or gradient: stop (keep the last good state) or skip",
+        "optimisation",
+        choices=("stop", "skip"),
+    )
+    clip_grad_norm: float | None = _option(
+        None, "clip the gradient norm to this value (default: no clipping)", "optimisation", POSITIVE
+    )
+    class_weights: str = _option(
+        "none",
+        "none, or balanced: weight the loss by inverse class frequency",
+        "optimisation",
+        choices=("none", "balanced"),
+    )
+    sampler: str = _option(
+        "shuffle",
+        "shuffle (each image once per epoch) or balanced (classes drawn equally)",
+        "data",
+        choices=("shuffle", "balanced"),
+    )
+    max_bad_share: float = _option(
+        0.01, "abort when more than this share of the image files cannot be read", "data", Range(float, 0, 1)
+    )
     augment: str = _option(
         "auto",
         "batch augmentation: auto (chosen per dataset), none, or a list such as "
         "crop=4,hflip,rotate=10,scale=0.1,translate=0.1,brightness=0.2,contrast=0.2,saturation=0.2,erasing=0.25",
+        "data",
     )
     tta: str = _option(
         "auto",
         "test-time augmentation of the final evaluation, prediction, serving and export: "
         "flip (average with the mirror image), none, or auto (flip when training flipped images)",
+        "model",
+        choices=("auto", "flip", "none"),
     )
-    precision: str = _option("auto", "auto (bf16 where the hardware has it, fp16 on older GPUs), fp32, bf16, fp16")
-    memory_format: str = _option("auto", "auto, channels_last or contiguous (auto: channels_last for CNNs)")
-    compile: bool = _option(False, "compile the model with torch.compile (slow first steps; pays on long GPU runs)")
+    precision: str = _option(
+        "auto",
+        "numeric precision; auto: bf16 where the hardware has it, fp16 on older GPUs",
+        "compute",
+        choices=("auto", "fp32", "bf16", "fp16"),
+    )
+    memory_format: str = _option(
+        "auto",
+        "tensor layout; auto: channels_last for CNNs",
+        "compute",
+        choices=("auto", "channels_last", "contiguous"),
+    )
+    compile: bool = _option(
+        False, "compile the model with torch.compile (slow first steps; pays on long GPU runs)", "compute"
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -86,10 +214,18 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        """A config from a mapping (a YAML file, keyword arguments); unknown keys and bad values are refused.
+
+        Raises:
+            CnnkitError: Naming ``source``, each offending key and the values it accepts.
+        """
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
         if unknown:
             raise CnnkitError(f"{source}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+        problems = [f"{key} {why}" for key, value in values.items() if (why := value_problem(known[key], value))]
+        if problems:
+            raise CnnkitError(f"{source}: {'; '.join(problems)}")
         return cls(**values)
 
     @classmethod
@@ -97,48 +233,65 @@ class TrainConfig:
         path = Path(path)
         try:
             values = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise CnnkitError(f"cannot read config {path}: {error}") from None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            raise CnnkitError(f"cannot read config {path}: {describe_error(error)}") from None
         if not isinstance(values, dict):
             raise CnnkitError(f"{path} must hold a mapping of config keys to values")
+        # YAML 1.1 reads 3e-3 (no dot) as text: take such text as the number it spells for float keys.
+        floats = {f.name for f in dataclasses.fields(cls) if _kind(f)[0] is float}
+        for key, value in values.items():
+            if key in floats and isinstance(value, str):
+                with contextlib.suppress(ValueError):  # text left as it is: from_dict names the key and the rule
+                    values[key] = float(value)
         return cls.from_dict(values, str(path))
 
     def check(self) -> None:
-        """Reject impossible values before any work is done."""
-        problems = []
-        if self.epochs < 1:
-            problems.append("epochs must be at least 1")
-        if self.batch_size < 1:
-            problems.append("batch_size must be at least 1")
-        if self.lr <= 0:
-            problems.append("lr must be positive")
-        if self.img_size is not None and self.img_size < 4:
-            problems.append("img_size must be at least 4")
-        if self.channels not in (None, 1, 3):
-            problems.append("channels must be 1 or 3")
-        if self.freeze is not None and (self.freeze < 0 or not self.finetune):
-            problems.append("freeze must be at least 0 and is used only with finetune")
-        if self.resize not in ("crop", "squash", "pad"):
-            problems.append("resize must be crop, squash or pad")
-        if not (0 <= self.val_split < 1 and 0 <= self.test_split < 1 and self.val_split + self.test_split < 1):
-            problems.append("val_split and test_split must be in [0, 1) and sum to less than 1")
-        if self.save_every < 0:
-            problems.append("save_every must be 0 or more")
-        if self.nonfinite not in ("stop", "skip"):
-            problems.append("nonfinite must be stop or skip")
-        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
-            problems.append("clip_grad_norm must be positive")
-        if self.class_weights not in ("none", "balanced"):
-            problems.append("class_weights must be none or balanced")
-        if self.sampler not in ("shuffle", "balanced"):
-            problems.append("sampler must be shuffle or balanced")
-        if self.tta not in ("auto", "flip", "none"):
-            problems.append("tta must be auto, flip or none")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            problems.append("precision must be auto, fp32, bf16 or fp16")
-        if self.memory_format not in ("auto", "channels_last", "contiguous"):
-            problems.append("memory_format must be auto, channels_last or contiguous")
-        if not 0 <= self.max_bad_share <= 1:
-            problems.append("max_bad_share must be in [0, 1]")
+        """Reject impossible values before any work is done: each key against its own rule, then combinations."""
+        problems = [
+            f"{spec.name} {problem}"
+            for spec in dataclasses.fields(self)
+            if (problem := value_problem(spec, getattr(self, spec.name)))
+        ]
+        if self.freeze is not None and not self.finetune:
+            problems.append("freeze is used only with finetune")
+        if not problems and self.val_split + self.test_split >= 1:
+            total = self.val_split + self.test_split
+            problems.append(f"val_split and test_split must sum to less than 1 (got {total:g})")
         if problems:
             raise CnnkitError("; ".join(problems))
+
+
+def describe_rule(spec: dataclasses.Field) -> str:
+    """The values one key accepts, in words: ``a finite number > 0``, ``one of crop, squash, pad``, ``text``."""
+    kind, optional = _kind(spec)
+    if spec.metadata.get("choices"):
+        rule = f"one of {', '.join(map(str, spec.metadata['choices']))}"
+    elif spec.metadata.get("range"):
+        rule = spec.metadata["range"].describe()
+    else:
+        rule = {bool: "true or false", str: "text", int: "an integer", float: "a finite number"}[kind]
+    return f"{rule} or null" if optional else rule
+
+
+def value_problem(spec: dataclasses.Field, value: Any) -> str | None:
+    """None when ``value`` suits the key ``spec``, else ``must be <rule> (got <value>)``."""
+    kind, optional = _kind(spec)
+    if value is None and optional:
+        return None
+    limits, choices = spec.metadata.get("range"), spec.metadata.get("choices")
+    if choices:
+        allowed = value in choices and not isinstance(value, bool) and isinstance(value, kind)
+    elif limits:
+        allowed = limits.problem(value) is None
+    elif kind is float:
+        allowed = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    else:
+        allowed = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+    return None if allowed else f"must be {describe_rule(spec)} (got {value!r})"
+
+
+def _kind(spec: dataclasses.Field) -> tuple[type, bool]:
+    """(bool, int, float or str; whether None is allowed) from the annotation, a string under postponed evaluation."""
+    annotation = str(spec.type)
+    kind = next(k for k in (bool, int, float, str) if k.__name__ in annotation.split(" | "))
+    return kind, "None" in annotation

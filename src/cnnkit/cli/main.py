@@ -1,53 +1,32 @@
 """The ``cnnkit`` command: parse arguments and call one library function per command.
 
-Every user mistake surfaces as a :class:`CnnkitError` and is printed as one line with
-exit code 2; Ctrl-C exits with 130.
+Every user mistake surfaces as a :class:`CnnkitError`, or a flag's range check while parsing, and is
+printed as one line with exit code 2; Ctrl-C exits with 130, and a closed pipe (``| head``) quietly with
+141, as Unix tools killed by SIGPIPE do.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import dataclasses
+import contextlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from cnnkit import __version__
 from cnnkit.cli import deploy as cli_deploy
+from cnnkit.cli import inference as cli_inference
+from cnnkit.cli.complete import add_completion_command, completion_script
+from cnnkit.cli.flags import CommandParser, add_config_flags, config_default, config_type, number_type
 from cnnkit.compare.budget import Budget
-from cnnkit.config import TrainConfig
-from cnnkit.errors import CnnkitError
-
-PREVIEW_ROWS = 20
-
-
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig key; flags not given leave the config value alone."""
-    for spec in dataclasses.fields(TrainConfig):
-        kind = int if "int" in str(spec.type) else float if "float" in str(spec.type) else str
-        default = spec.default
-        if spec.type == "bool":
-            parser.add_argument(
-                f"--{spec.name}",
-                dest=spec.name,
-                action="store_true",
-                default=argparse.SUPPRESS,
-                help=spec.metadata["help"],
-            )
-            continue
-        parser.add_argument(
-            f"--{spec.name.replace('_', '-')}",
-            dest=spec.name,
-            type=kind,
-            default=argparse.SUPPRESS,
-            help=f"{spec.metadata['help']} (default: {default})",
-        )
+from cnnkit.config import COUNT, Range, TrainConfig
+from cnnkit.errors import CnnkitError, describe_error
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cnnkit", description="Train, understand and deploy CNNs.")
+    parser = CommandParser(prog="cnnkit", description="Train, understand and deploy CNNs.")
     parser.add_argument("--version", action="version", version=f"cnnkit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -56,11 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a model (default: the built-in digits)",
         description="Train a model and write a run directory under --out.",
     )
-    train.add_argument("--config", type=Path, help="YAML file of config keys; flags override it")
+    train.add_argument(
+        "--config",
+        type=Path,
+        help="YAML file of config keys (a run's config.yaml repeats it); flags override it",
+    )
     train.add_argument(
         "--resume", metavar="RUN", help="continue RUN exactly where it stopped; --epochs N extends a finished run"
     )
-    _add_config_flags(train)
+    add_config_flags(train)
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -78,20 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default="runs", help="folder that holds the report directory (default: runs)")
     evaluate.add_argument("--name", help="report directory name under --out (default: evaluate, evaluate2, ...)")
 
-    predict = commands.add_parser(
-        "predict",
-        help="top-k labels for images or folders of images",
-        description="Predict labels; a folder writes predictions.csv under --out.",
-    )
-    predict.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
-    predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
-    predict.add_argument("--top-k", type=int, default=3, help="labels to show per image (default: 3)")
-    predict.add_argument("--json", action="store_true", help="print one JSON record per image")
-    predict.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
-    predict.add_argument("--out", default="runs", help="folder for the CSV of a folder's predictions (default: runs)")
-    predict.add_argument("--name", help="run directory name under --out (default: predict, predict2, ...)")
-    predict.add_argument("--pretrained", action="store_true", help="MODEL is an architecture: use its ImageNet weights")
-    predict.add_argument("--weights", help="MODEL is an architecture: its ImageNet weights from this local file")
+    cli_inference.add_commands(commands)
 
     check = commands.add_parser(
         "check",
@@ -101,23 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("data", metavar="DATA")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.add_argument(
-        "--max-bad-share", type=float, default=0.01, help="exit 1 when more than this share is bad (default: 0.01)"
+        "--max-bad-share",
+        type=config_type("max_bad_share"),
+        default=config_default("max_bad_share"),
+        help=f"exit 1 when more than this share is bad (default: {config_default('max_bad_share')})",
     )
     check.add_argument("--no-cache", action="store_true", help="rescan even if the files did not change")
-    explain = commands.add_parser(
-        "explain",
-        help="Grad-CAM, saliency, feature maps and filters for images",
-        description="Show what a model looks at: heatmaps, feature maps and filters, tied together in index.html.",
-    )
-    explain.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
-    explain.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
-    explain.add_argument("--top-k", type=int, default=3, help="classes to explain per image (default: 3)")
-    explain.add_argument("--class", dest="class_name", help="explain this class instead of the top-k")
-    explain.add_argument("--layer", help="target layer name (default: the last convolution)")
-    explain.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
-    explain.add_argument("--out", default="runs", help="folder that holds the output directory (default: runs)")
-    explain.add_argument("--name", help="output directory name under --out (default: explain, explain2, ...)")
-
     compare = commands.add_parser(
         "compare",
         help="CNN vs MLP on the same data: accuracy, cost, data efficiency, robustness",
@@ -126,12 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--data", default="digits", help="built-in dataset name or image folder (default: digits)")
     compare.add_argument("--data-dir", help="folder holding a built-in dataset's files")
     for flag, kind, help_text in (
-        ("--epochs", int, "passes over the training images, for every model"),
-        ("--batch-size", int, "images per training step"),
-        ("--lr", float, "peak learning rate of the one-cycle schedule (AdamW)"),
-        ("--train-size", int, "use at most this many training images (stratified)"),
-        ("--test-size", int, "measure on at most this many test images"),
-        ("--seed", int, "seed for weights, data order and subsets"),
+        ("--epochs", config_type("epochs"), "passes over the training images, for every model"),
+        ("--batch-size", config_type("batch_size"), "images per training step"),
+        ("--lr", config_type("lr"), "peak learning rate of the one-cycle schedule (AdamW)"),
+        ("--train-size", number_type(COUNT), "use at most this many training images (stratified)"),
+        ("--test-size", number_type(COUNT), "measure on at most this many test images"),
+        ("--seed", config_type("seed"), "seed for weights, data order and subsets"),
     ):
         default = getattr(Budget, flag[2:].replace("-", "_"))
         compare.add_argument(flag, type=kind, default=default, help=f"{help_text} (default: {default})")
@@ -140,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--name", help="report directory name under --out (default: compare, compare2, ...)")
     compare.add_argument("--json", action="store_true", help="print the results as JSON")
 
-    commands.add_parser("models", help="list the available architectures")
+    models = commands.add_parser("models", help="list the available architectures and their facts")
+    models.add_argument("--json", action="store_true", help="print one JSON record per architecture")
     cli_deploy.add_commands(commands)
 
     summary = commands.add_parser(
@@ -150,10 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the parameters a fully connected layer of the same sizes would need.",
     )
     summary.add_argument("model", metavar="MODEL", help="architecture name, layer spec (string or file), or checkpoint")
-    summary.add_argument("--img-size", type=int, help="input side (default: 224; checkpoints record theirs)")
-    summary.add_argument("--channels", type=int, help="input channels (default: 3)")
-    summary.add_argument("--num-classes", type=int, help="output classes (default: 10)")
+    summary.add_argument(
+        "--img-size", type=config_type("img_size"), help="input side (default: 224; checkpoints record theirs)"
+    )
+    summary.add_argument("--channels", type=number_type(Range(int, 1, 1024)), help="input channels (default: 3)")
+    summary.add_argument("--num-classes", type=number_type(Range(int, 1, 100_000)), help="output classes (default: 10)")
     summary.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_completion_command(commands)
     return parser
 
 
@@ -162,102 +125,66 @@ def run_train(args: argparse.Namespace) -> int:
 
     options = {key: value for key, value in vars(args).items() if key not in ("command", "config", "resume")}
     config = TrainConfig.load(args.config) if args.config else None
-    run = fit(config, resume=args.resume, **options)
+    reserved = None
+    if config and config.name and "name" not in options and args.resume is None:
+        # A run's own config.yaml repeats it: the name it records is where to start, not a demand.
+        reserved = _reserve_next_run(Path(options.get("out", config.out)).expanduser(), config.name)
+        options["name"] = reserved.name if reserved else config.name
+    try:
+        run = fit(config, resume=args.resume, **options)
+    except BaseException:
+        if reserved and reserved.is_dir() and not any(reserved.iterdir()):
+            reserved.rmdir()
+        raise
     return 130 if run.interrupted else 0
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
-    from cnnkit.deploy.load import load
+def _reserve_next_run(out: Path, name: str) -> Path | None:
+    """None when ``out/name`` is free; else create and return the next free ``name2``, ``name3``, ... (``x2`` -> x3)."""
+    from cnnkit.rundir import new_run_dir
 
+    taken = out / name
+    if Path(name).name != name or not taken.exists() or not any(taken.iterdir()):
+        return None
+    stem = name.rstrip("0123456789")
+    reserved = new_run_dir(out, None, stem if stem and (out / stem).is_dir() else name)
+    print(f"note: {taken} exists; this run is {reserved}", file=sys.stderr)
+    return reserved
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from cnnkit.deploy.load import is_onnx, load
+
+    if args.report and is_onnx(args.checkpoint):
+        raise CnnkitError(
+            f"--report draws Grad-CAM with PyTorch, which {args.checkpoint} (an ONNX export) cannot do; "
+            "give the run or checkpoint it was exported from"
+        )
     classifier = load(args.checkpoint, device=args.device)
+    split = classifier.evaluated_split(args.data, args.split)  # None: a folder without split subfolders, read whole
+    where = f"the {split} split of {args.data or 'the training data'}" if split else f"{args.data} (whole folder)"
     result, skipped = classifier.evaluate(args.data, args.split)
     for item in skipped:
         print(f"warning: skipped {item.path}: {item.reason}", file=sys.stderr)
     if result.count == 0:
-        raise CnnkitError(f"the {args.split} split of {args.data or 'the training data'} holds no images")
-    print(json.dumps({"split": args.split, **result.to_dict()}) if args.json else result.format())
+        raise CnnkitError(f"{where} holds no images")
+    if split is None:
+        print(
+            f"note: {args.data} has no train/val/test subfolders and is not the model's training folder, "
+            f"so all {result.count} images were evaluated and --split {args.split} does not apply",
+            file=sys.stderr,
+        )
+    print(json.dumps({"split": split, **result.to_dict()}) if args.json else result.format())
     if args.report:
         from cnnkit.rundir import new_run_dir
         from cnnkit.understand.report import write_report
 
         out_dir = new_run_dir(args.out, args.name, "evaluate")
         images, _ = classifier.labelled_images(args.data, args.split)
-        title = f"{classifier.info.model.name} on the {args.split} split of {args.data or 'its training data'}"
-        write_report(classifier.model, images, classifier.preprocessing, classifier.device, out_dir, title)
+        title = f"{classifier.info.model.name} on {where}"
+        tta = classifier.info.test_time_flip
+        write_report(classifier.model, images, classifier.preprocessing, classifier.device, out_dir, title, tta=tta)
         print(f"report written to {out_dir / 'report.html'}", file=sys.stderr if args.json else sys.stdout)
-    return 0
-
-
-def _expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], bool]:
-    """Files as given, folders expanded to their images (recursively, sorted); also whether a folder was seen."""
-    from cnnkit.data.decode import IMAGE_EXTENSIONS
-
-    paths, saw_folder = [], False
-    for item in inputs:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            saw_folder = True
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file()
-                and p.suffix.lower() in IMAGE_EXTENSIONS
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            )
-            if not found:
-                raise CnnkitError(f"no images found in folder {path}")
-            paths += found
-        elif path.exists():
-            paths.append(path)
-        else:
-            raise CnnkitError(f"image not found: {path}")
-    return paths, saw_folder
-
-
-def run_predict(args: argparse.Namespace) -> int:
-    from cnnkit.deploy.load import load
-    from cnnkit.rundir import new_run_dir
-
-    if args.top_k < 1:
-        raise CnnkitError("--top-k must be at least 1")
-    classifier = load(args.checkpoint, device=args.device, pretrained=args.pretrained, weights=args.weights)
-    paths, saw_folder = _expand_inputs(args.inputs)
-    predictions, failures = classifier.predict_files(paths, args.top_k)
-    if len(paths) == 1 and failures:
-        raise CnnkitError(failures[0][1])
-    for path, reason in failures:
-        print(f"warning: skipped {path}: {reason}", file=sys.stderr)
-    if not predictions:
-        raise CnnkitError(f"none of the {len(paths)} images could be read; see the warnings above")
-    if args.json:
-        for prediction in predictions:
-            print(json.dumps(prediction.to_dict()))
-    else:
-        for prediction in predictions[: PREVIEW_ROWS if saw_folder else None]:
-            ranked = "  ".join(f"{label} ({p:.1%})" for label, p in zip(prediction.labels, prediction.probabilities))
-            print(f"{prediction.source}  {ranked}")
-        if saw_folder and len(predictions) > PREVIEW_ROWS:
-            print(f"... {len(predictions) - PREVIEW_ROWS} more")
-    if saw_folder:
-        csv_path = new_run_dir(args.out, args.name, "predict") / "predictions.csv"
-        with open(csv_path, "w", newline="") as stream:
-            writer = csv.writer(stream)
-            k = len(predictions[0].labels)
-            writer.writerow(
-                ["path", *[f"{column}_{rank}" for rank in range(1, k + 1) for column in ("label", "probability")]]
-            )
-            for prediction in predictions:
-                writer.writerow(
-                    [
-                        prediction.source,
-                        *[
-                            value
-                            for pair in zip(prediction.labels, (f"{p:.6f}" for p in prediction.probabilities))
-                            for value in pair
-                        ],
-                    ]
-                )
-        print(f"{len(predictions)} predictions written to {csv_path}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -277,24 +204,6 @@ def run_check(args: argparse.Namespace) -> int:
     return 1 if share > args.max_bad_share else 0
 
 
-def run_explain(args: argparse.Namespace) -> int:
-    from cnnkit.deploy.load import load
-    from cnnkit.rundir import new_run_dir
-    from cnnkit.understand.explain import explain_images
-
-    if args.top_k < 1:
-        raise CnnkitError("--top-k must be at least 1")
-    classifier = load(args.checkpoint, device=args.device)
-    paths, _ = _expand_inputs(args.inputs)
-    explanation = explain_images(
-        classifier, paths, new_run_dir(args.out, args.name, "explain"), args.top_k, args.class_name, args.layer
-    )
-    for path, reason in explanation.skipped:
-        print(f"warning: skipped {path}: {reason}", file=sys.stderr)
-    print(f"{len(explanation.images)} image(s) explained (layer {explanation.layer}); open {explanation.page}")
-    return 0
-
-
 def run_compare(args: argparse.Namespace) -> int:
     from cnnkit.compare.study import compare
 
@@ -308,13 +217,28 @@ def run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_models(_: argparse.Namespace) -> int:
+def run_models(args: argparse.Namespace) -> int:
+    import torch
+
     from cnnkit.models import create_model, list_models
 
-    print(f"{'model':<20} {'parameters':>12}   (10 classes, 3x32x32 input)")
+    pretrained = set(list_models(pretrained=True))
+    rows = []
     for name in list_models():
-        parameters = sum(p.numel() for p in create_model(name, num_classes=10, in_channels=3, img_size=32).parameters())
-        print(f"{name:<20} {parameters:>12,}")
+        try:
+            with torch.device("meta"):  # shapes only: no memory and no weight initialisation, ~10x faster
+                model = create_model(name, num_classes=10, in_channels=3, img_size=32)
+        except (RuntimeError, NotImplementedError):  # a builder that computes with tensors cannot run on meta
+            model = create_model(name, num_classes=10, in_channels=3, img_size=32)
+        rows.append(
+            {"name": name, "parameters": sum(p.numel() for p in model.parameters()), "pretrained": name in pretrained}
+        )
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'model':<20} {'parameters':>12}  pretrained   (10 classes, 3x32x32 input)")
+    for row in rows:
+        print(f"{row['name']:<20} {row['parameters']:>12,}  {'ImageNet' if row['pretrained'] else '-'}")
     return 0
 
 
@@ -326,25 +250,37 @@ def run_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_completion(args: argparse.Namespace) -> int:
+    print(completion_script(build_parser(), args.shell))
+    return 0
+
+
 COMMANDS = {
     "train": run_train,
     "evaluate": run_evaluate,
-    "predict": run_predict,
     "check": run_check,
     "models": run_models,
     **cli_deploy.COMMANDS,
-    "explain": run_explain,
+    **cli_inference.COMMANDS,
     "compare": run_compare,
     "summary": run_summary,
+    "completion": run_completion,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a reader that left (`| head`) shows here, inside the handlers, not at exit
+        return code
+    except BrokenPipeError:
+        # Quiet, as a Unix tool killed by SIGPIPE (128 + 13); stdout goes to devnull so the exit flush cannot fail.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except CnnkitError as error:
-        print(f"cnnkit: error: {error}", file=sys.stderr)
+        print(f"cnnkit: error: {describe_error(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ncnnkit: interrupted", file=sys.stderr)

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, did_you_mean
 from cnnkit.modelinfo import ModelSpec, Preprocessing
 
 ModelBuilder = Callable[..., nn.Module]
@@ -96,7 +96,9 @@ def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
 def model_entry(name: str) -> ModelEntry:
     """The registry entry of ``name``; raises ``CnnkitError`` listing the known names."""
     if name not in _ENTRIES:
-        raise CnnkitError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+        raise CnnkitError(
+            f"unknown model {name!r}{did_you_mean(name, _ENTRIES)}; choose one of: {', '.join(list_models())}"
+        )
     return _ENTRIES[name]
 
 

@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, describe_error, did_you_mean
 from cnnkit.models.layers import avg_pool, batch_norm, conv, global_pool, max_pool
 from cnnkit.models.network import Network
 from cnnkit.models.registry import list_models, register_model
@@ -101,9 +102,9 @@ def parse_spec(spec: str | Path | list) -> dict[str, Any]:
         path = Path(spec).expanduser()
         try:
             text = path.read_text()
-            document = json.loads(text) if path.suffix == ".json" else __import__("yaml").safe_load(text)
-        except (OSError, ValueError) as error:
-            raise CnnkitError(f"cannot read network spec {path}: {error}") from None
+            document = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (OSError, ValueError, yaml.YAMLError) as error:
+            raise CnnkitError(f"cannot read network spec {path}: {describe_error(error)}") from None
     if isinstance(document, str):
         document = {"layers": document.split()}
     if isinstance(document, list):
@@ -244,9 +245,10 @@ def spec(
     """A network from a layer spec (string, file or list; default: :data:`DEFAULT_SPEC`)."""
     parsed = parse_spec(layers)
     shape = tuple(input or parsed["input"] or (in_channels, img_size, img_size))
-    if input is None and parsed["input"] is not None and len(shape) == 3 and shape != (in_channels, img_size, img_size):
+    if len(shape) == 3 and shape != (in_channels, img_size, img_size):  # a file's input, passed on or not
         raise CnnkitError(
-            f"the spec's input {list(shape)} does not match the data ({in_channels}, {img_size}, {img_size})"
+            f"the spec's input {list(shape)} does not match the data ({in_channels}, {img_size}, {img_size}); "
+            "change or remove its 'input:'"
         )
     return SpecNet(parsed["layers"], num_classes, shape)
 
@@ -263,7 +265,8 @@ def resolve_model(model: str) -> tuple[str, dict[str, Any]]:
             parse_token(model.strip().lower(), 1)
         except CnnkitError:
             raise CnnkitError(
-                f"unknown model {model!r}; choose one of: {', '.join(list_models())}, a spec file, or a layer string "
+                f"unknown model {model!r}{did_you_mean(model, list_models())}; choose one of: "
+                f"{', '.join(list_models())}, a spec file, or a layer string "
                 f"such as {DEFAULT_SPEC!r}"
             ) from None
     parsed = parse_spec(model)

@@ -183,8 +183,10 @@ def summarize_model(
             )
         return summarize(net, (prep.channels, prep.img_size, prep.img_size), model)
     name, kwargs = resolve_model(model)
+    spec_input = kwargs.get("input")
+    if spec_input and len(spec_input) == 3:  # a spec's own input size is its default; the builder refuses others
+        channels, img_size = channels or spec_input[0], img_size or spec_input[1]
     img_size, channels = img_size or 224, channels or 3
     net = create_model(name, num_classes or 10, channels, img_size, **kwargs)
-    spec_input = kwargs.get("input")
     shape = tuple(spec_input) if spec_input else (channels, img_size, img_size)
     return summarize(net, shape, model if name != "spec" else "spec")

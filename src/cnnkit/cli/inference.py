@@ -1,0 +1,155 @@
+"""The commands that run a trained model on images: predict (labels) and explain (what the model looks at)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cnnkit.cli.flags import number_type
+from cnnkit.config import COUNT
+from cnnkit.errors import CnnkitError
+
+PREVIEW_ROWS = 20
+PREDICTIONS = "predictions.csv"
+DEFAULT_CSV = f"runs/{PREDICTIONS}"
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Add predict and explain to the ``cnnkit`` parser."""
+    predict = commands.add_parser(
+        "predict",
+        help="top-k labels for images or folders of images",
+        description="Predict labels; a folder's predictions also go to one CSV file (--out).",
+    )
+    predict.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+    predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    predict.add_argument("--top-k", type=number_type(COUNT), default=3, help="labels to show per image (default: 3)")
+    predict.add_argument("--json", action="store_true", help="print one JSON record per image; writes no file")
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    predict.add_argument(
+        "--out",
+        metavar="CSV",
+        help=f"CSV file (or folder for {PREDICTIONS}) of a folder's predictions, replaced each time "
+        f"(default: {DEFAULT_CSV}; with --json, none)",
+    )
+    predict.add_argument("--pretrained", action="store_true", help="MODEL is an architecture: use its ImageNet weights")
+    predict.add_argument("--weights", help="MODEL is an architecture: its ImageNet weights from this local file")
+
+    explain = commands.add_parser(
+        "explain",
+        help="Grad-CAM, saliency, feature maps and filters for images",
+        description="Show what a model looks at: heatmaps, feature maps and filters, tied together in index.html.",
+    )
+    explain.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+    explain.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    explain.add_argument(
+        "--top-k", type=number_type(COUNT), default=3, help="classes to explain per image (default: 3)"
+    )
+    explain.add_argument("--class", dest="class_name", help="explain this class instead of the top-k")
+    explain.add_argument("--layer", help="target layer name (default: the last convolution)")
+    explain.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    explain.add_argument("--out", default="runs", help="folder that holds the output directory (default: runs)")
+    explain.add_argument("--name", help="output directory name under --out (default: explain, explain2, ...)")
+
+
+def _expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], bool]:
+    """Files as given, folders expanded to their images (recursively, sorted); also whether a folder was seen."""
+    from cnnkit.data.decode import IMAGE_EXTENSIONS
+
+    paths, saw_folder = [], False
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            saw_folder = True
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            if not found:
+                raise CnnkitError(f"no images found in folder {path}")
+            paths += found
+        elif path.exists():
+            paths.append(path)
+        else:
+            raise CnnkitError(f"image not found: {path}")
+    return paths, saw_folder
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from cnnkit.deploy.load import load
+
+    classifier = load(args.checkpoint, device=args.device, pretrained=args.pretrained, weights=args.weights)
+    paths, saw_folder = _expand_inputs(args.inputs)
+    predictions, failures = classifier.predict_files(paths, args.top_k)
+    if len(paths) == 1 and failures:
+        raise CnnkitError(failures[0][1])
+    for path, reason in failures:
+        print(f"warning: skipped {path}: {reason}", file=sys.stderr)
+    if not predictions:
+        raise CnnkitError(f"none of the {len(paths)} images could be read; see the warnings above")
+    if args.json:
+        for prediction in predictions:
+            print(json.dumps(prediction.to_dict()))
+    else:
+        for prediction in predictions[: PREVIEW_ROWS if saw_folder else None]:
+            ranked = "  ".join(f"{label} ({p:.1%})" for label, p in zip(prediction.labels, prediction.probabilities))
+            print(f"{prediction.source}  {ranked}")
+        if saw_folder and len(predictions) > PREVIEW_ROWS:
+            print(f"... {len(predictions) - PREVIEW_ROWS} more")
+    if saw_folder and (args.out or not args.json):
+        csv_path = _write_predictions(predictions, Path(args.out or DEFAULT_CSV).expanduser())
+        print(f"{len(predictions)} predictions written to {csv_path}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def _write_predictions(predictions: list, target: Path) -> Path:
+    """One CSV of top-k labels and probabilities, replaced whole (never half-written); a folder gets predictions.csv."""
+    path = target if target.suffix.lower() == ".csv" else target / PREDICTIONS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    k = len(predictions[0].labels)
+    try:
+        with open(partial, "w", newline="") as stream:
+            writer = csv.writer(stream)
+            writer.writerow(
+                ["path", *[f"{column}_{rank}" for rank in range(1, k + 1) for column in ("label", "probability")]]
+            )
+            for prediction in predictions:
+                ranked = zip(prediction.labels, (f"{p:.6f}" for p in prediction.probabilities))
+                writer.writerow([prediction.source, *[value for pair in ranked for value in pair]])
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    from cnnkit.deploy.load import load
+    from cnnkit.rundir import new_run_dir
+    from cnnkit.understand.explain import explain_images
+
+    classifier = load(args.checkpoint, device=args.device)
+    paths, _ = _expand_inputs(args.inputs)
+    existed = args.name is not None and (Path(args.out).expanduser() / args.name).exists()
+    out_dir = new_run_dir(args.out, args.name, "explain")
+    try:
+        explanation = explain_images(classifier, paths, out_dir, args.top_k, args.class_name, args.layer)
+    except BaseException:  # a bad --class or --layer, Ctrl-C: leave no half-written folder behind
+        if not existed:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    for path, reason in explanation.skipped:
+        print(f"warning: skipped {path}: {reason}", file=sys.stderr)
+    print(f"{len(explanation.images)} image(s) explained (layer {explanation.layer}); open {explanation.page}")
+    return 0
+
+
+COMMANDS = {"predict": run_predict, "explain": run_explain}
