@@ -27,9 +27,8 @@ def test_registered_model_has_a_classifier_and_layer_groups_covering_every_param
     assert early and [id(p) for p in head] == [id(p) for p in classifier.parameters()]
     grouped = [id(p) for group in (early, late, head) for p in group]
     assert sorted(grouped) == sorted(id(p) for p in model.parameters()) and len(set(grouped)) == len(grouped)
-    model.reset_classifier(5)
+    model.reset_classifier(5)  # test_models checks the logits; here, that the new layer is what the model reports
     assert model.get_classifier().out_features == 5 and model.get_classifier() is not classifier
-    assert model.eval()(torch.zeros(2, 1, 28, 28)).shape == (2, 5)
 
 
 @pytest.mark.parametrize("name", list_models(pretrained=True))
