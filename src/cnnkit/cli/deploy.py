@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from cnnkit.cli.flags import number_type
+from cnnkit.config import Range
+from cnnkit.deploy.serve import LIMITS as SERVE_LIMITS
+
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add export, benchmark and serve to the ``cnnkit`` parser."""
@@ -19,9 +23,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--int8", action="store_true", help="also write a static int8 model (QDQ, per-channel)")
     export.add_argument("--atol", type=float, default=1e-3, help="largest allowed logit difference (default: 1e-3)")
     export.add_argument(
-        "--max-accuracy-drop", type=float, default=0.5, help="int8: largest allowed accuracy drop in points (0.5)"
+        "--max-accuracy-drop",
+        type=float,
+        default=0.5,
+        help="int8: largest acceptable accuracy drop in points, shown with 95%% confidence on the validation and "
+        "test images (default: 0.5)",
     )
-    export.add_argument("--out", default="runs", help="folder for the export directory (default: runs)")
+    export.add_argument(
+        "--out", default="runs", help="folder for the export directory, or the .onnx file to write (default: runs)"
+    )
     export.add_argument("--name", help="export directory name under --out (default: export, export2, ...)")
 
     benchmark = commands.add_parser(
@@ -30,22 +40,50 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         description="Batch-1 latency (p50/p99) and batch-32 throughput on this machine.",
     )
     benchmark.add_argument("target", metavar="RUN_OR_MODEL")
-    benchmark.add_argument("--seconds", type=float, default=2.0, help="time per measurement (default: 2)")
-    benchmark.add_argument("--threads", type=int, help="intra-op threads for every runtime (default: all cores)")
+    benchmark.add_argument(
+        "--seconds",
+        type=number_type(Range(float, 0, 3600, low_open=True)),
+        default=2.0,
+        help="time per measurement (default: 2)",
+    )
+    benchmark.add_argument(
+        "--threads",
+        type=number_type(Range(int, 1, 1024)),
+        help="intra-op threads for every runtime (default: all cores)",
+    )
     benchmark.add_argument("--json", action="store_true", help="print the rows as JSON")
 
     serve = commands.add_parser(
         "serve",
         help="HTTP prediction service with a web page",
-        description="Serve POST /predict, GET /health, GET / (a web page) and the OpenAPI schema at /docs.",
+        description="Serve POST /predict, GET /health, GET / (a web page), an API reference at /docs and the "
+        "OpenAPI schema at /openapi.json. Only this machine can connect unless --host says otherwise; then set a "
+        "token.",
     )
     serve.add_argument("checkpoint", metavar="RUN_OR_ONNX")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest request body (default: 10)")
-    serve.add_argument("--max-concurrency", type=int, default=2, help="predictions run at once (default: 2)")
-    serve.add_argument("--max-queue", type=int, default=64, help="requests waiting before 503 (default: 64)")
-    serve.add_argument("--timeout", type=float, default=10.0, help="seconds per request before 504 (default: 10)")
+    for flag, default, text in (
+        ("--port", 8000, "port"),
+        ("--max-upload-mb", 10.0, "largest request body in MiB"),
+        ("--max-concurrency", 2, "predictions run at once"),
+        ("--max-queue", 64, "requests waiting before 503"),
+        ("--timeout", 10.0, "seconds per request before 408 or 504"),
+    ):
+        limits = SERVE_LIMITS[flag[2:].replace("-", "_")]
+        serve.add_argument(flag, type=number_type(limits), default=default, help=f"{text} (default: {default:g})")
+    serve.add_argument(
+        "--token",
+        help="require 'Authorization: Bearer TOKEN' on all but /health (visible in the process list: prefer "
+        "--token-file or $CNNKIT_SERVE_TOKEN)",
+    )
+    serve.add_argument("--token-file", metavar="PATH", help="read the token from this file")
+    serve.add_argument(
+        "--cors",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let pages from ORIGIN (https://host[:port]) call the service; repeatable (default: no other site)",
+    )
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -66,7 +104,18 @@ def run_benchmark(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     from cnnkit.deploy.serve import serve
 
-    serve(args.checkpoint, args.host, args.port, args.max_upload_mb, args.max_concurrency, args.max_queue, args.timeout)
+    serve(
+        args.checkpoint,
+        args.host,
+        args.port,
+        args.max_upload_mb,
+        args.max_concurrency,
+        args.max_queue,
+        args.timeout,
+        token=args.token,
+        token_file=args.token_file,
+        cors_origins=args.cors,
+    )
     return 0
 
 

@@ -6,21 +6,31 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cnnkit.config import Range
 from cnnkit.errors import CnnkitError
 
+# One home for serve's numbers: the command line's flag types and serve()'s own check both read them.
+LIMITS = {
+    "port": Range(int, 1, 65535),
+    "max_upload_mb": Range(float, 0, 4096, low_open=True),
+    "max_concurrency": Range(int, 1, 1024),
+    "max_queue": Range(int, 0, 1_000_000),
+    "timeout": Range(float, 0, 86_400, low_open=True),  # a day
+}
 
-def _check(flag: str, value: float, valid: bool, rule: str) -> None:
-    if not valid:  # a NaN fails every comparison, so it lands here too
-        raise CnnkitError(f"{flag} {value:g} is out of range: {rule}")
 
+def check_limits(**values: float) -> None:
+    """Refuse, in one line naming the flag and its range, a number the service cannot run with.
 
-def check_limits(port: int, max_upload_mb: float, max_concurrency: int, max_queue: int, timeout: float) -> None:
-    """Refuse, in one line naming the flag and its range, a number the service cannot run with."""
-    _check("--port", port, 1 <= port <= 65535, "give a port from 1 to 65535")
-    _check("--max-upload-mb", max_upload_mb, 0 < max_upload_mb <= 4096, "give more than 0 and at most 4096 MiB")
-    _check("--max-concurrency", max_concurrency, 1 <= max_concurrency <= 1024, "give 1 to 1024")
-    _check("--max-queue", max_queue, 0 <= max_queue <= 1_000_000, "give 0 to 1000000")
-    _check("--timeout", timeout, 0 < timeout <= 86_400, "give more than 0 and at most 86400 seconds")
+    Example:
+        >>> check_limits(port=99999)
+        Traceback (most recent call last):
+        cnnkit.errors.CnnkitError: --port must be an integer in [1, 65535] (got 99999)
+    """
+    for key, value in values.items():
+        problem = LIMITS[key].problem(value)
+        if problem:
+            raise CnnkitError(f"--{key.replace('_', '-')} {problem}")
 
 
 def serve(
@@ -56,7 +66,9 @@ def serve(
     """
     from cnnkit.deploy.serve.access import TOKEN_ENV, check_origins, is_loopback, read_token
 
-    check_limits(port, max_upload_mb, max_concurrency, max_queue, timeout)
+    check_limits(
+        port=port, max_upload_mb=max_upload_mb, max_concurrency=max_concurrency, max_queue=max_queue, timeout=timeout
+    )
     token = read_token(token, token_file)
     origins = check_origins(tuple(cors_origins))
 
