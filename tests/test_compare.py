@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -162,6 +163,10 @@ def _fail(error: BaseException):
     return fail
 
 
+def _contents(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir()) if folder.exists() else []
+
+
 def test_compare_failure_leaves_no_run_dir(tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     with pytest.raises(CnnkitError):
@@ -172,9 +177,10 @@ def test_compare_failure_leaves_no_run_dir(tmp_path, monkeypatch):
 
     monkeypatch.setattr(study_module, "load_study", lambda *args: _random_study())
     monkeypatch.setattr(study_module.Study, "fit", _fail(KeyboardInterrupt()))
-    with pytest.raises(KeyboardInterrupt):
-        compare(out=runs, say=lambda line: None)
-    assert list(runs.iterdir()) == []
+    for name in (None, "named"):  # a named folder is claimed before the study, so it must be removed
+        with pytest.raises(KeyboardInterrupt):
+            compare(out=runs, name=name, say=lambda line: None)
+        assert _contents(runs) == []
 
     def half_written(results, out_dir):
         (out_dir / "summary.png").write_bytes(b"partial")
@@ -184,11 +190,11 @@ def test_compare_failure_leaves_no_run_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(report_module, "write_compare_report", half_written)
     with pytest.raises(OSError):
         compare(out=runs)
-    assert list(runs.iterdir()) == []
-    (runs / "mine").mkdir()
+    assert _contents(runs) == []
+    (runs / "mine").mkdir(parents=True)
     with pytest.raises(OSError):
         compare(out=runs, name="mine")
-    assert [path.name for path in runs.iterdir()] == ["mine"] and list((runs / "mine").iterdir()) == []
+    assert _contents(runs) == ["mine"] and _contents(runs / "mine") == []  # the user's folder stays, emptied
 
 
 @pytest.fixture(scope="module")

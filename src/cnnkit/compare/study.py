@@ -296,9 +296,10 @@ def compare(
 ) -> tuple[dict[str, Any], Path]:
     """Run the comparison and write ``report.html``, ``report.md``, ``results.json`` and PNG plots under ``out/name``.
 
-    The data is loaded and the budget checked before the report folder is made, and a
-    study that fails or is interrupted removes the folder again, so ``runs/`` never holds
-    a half-written report.
+    ``runs/`` never holds a half-written report: the data is loaded and the budget checked
+    first; a ``compareN`` folder is made only when the numbers are in (a named one is
+    claimed before the study, so a name already in use is refused at once); and a study
+    that fails or is interrupted removes the folder it made and what it wrote there.
 
     Returns:
         The results (with its ``verdict`` lines) and the report directory.
@@ -308,17 +309,18 @@ def compare(
     from cnnkit.rundir import new_run_dir
 
     study = load_study(data, budget or Budget(), data_dir, device)
-    named = Path(out).expanduser() / name if name is not None else None
-    keep_folder = named is not None and named.is_dir()  # an empty folder the user made stays
-    out_dir = new_run_dir(out, name, "compare")
+    keep_folder = name is not None and (Path(out).expanduser() / name).is_dir()  # an empty folder the user made
+    out_dir = new_run_dir(out, name, "compare") if name is not None else None
     try:
         results = measure(study, data, say)
         results["verdict"] = verdict(results)
+        out_dir = out_dir or new_run_dir(out, None, "compare")
         write_compare_report(results, out_dir)
     except BaseException:  # Ctrl-C included
-        for path in out_dir.iterdir():
-            path.unlink()
-        if not keep_folder:
-            out_dir.rmdir()
+        if out_dir is not None:
+            for path in out_dir.iterdir():
+                path.unlink()
+            if not keep_folder:
+                out_dir.rmdir()
         raise
     return results, out_dir
