@@ -128,3 +128,28 @@ def test_explain_cli_writes_heatmaps_feature_maps_and_a_page(digits_run, tmp_pat
 
     wrong = run_cli("explain", str(digits_run), str(paths[0]), "--layer", "head", "--out", str(out))
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr and "features.0.0" in wrong.stderr
+
+
+@pytest.mark.slow
+def test_explain_shows_the_probabilities_predict_gives_with_the_runs_flip(tmp_path):
+    from cnnkit.deploy.torch_runtime import Classifier
+    from cnnkit.modelinfo import CheckpointInfo, ModelSpec, Preprocessing
+    from cnnkit.understand.explain import explain_images
+
+    torch.manual_seed(0)
+    model = create_model("convnet", num_classes=3, in_channels=1, img_size=12).eval()
+    info = CheckpointInfo(ModelSpec("convnet", 3, 1, 12), ["a", "b", "c"], Preprocessing(12, 1, (0.5,), (0.25,)), {})
+    info.extra["tta"] = "flip"
+    classifier = Classifier(model, info, torch.device("cpu"))
+    paths = []
+    for index in range(2):  # lopsided images, so a view and its mirror image get different predictions
+        pixels = np.zeros((12, 12), np.uint8)
+        pixels[:, : 3 + 4 * index] = 255
+        paths.append(tmp_path / f"left{index}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    (tmp_path / "out").mkdir()
+    explanation = explain_images(classifier, paths, tmp_path / "out", top_k=3)
+    for record, prediction in zip(explanation.images, classifier.predict(paths, top_k=3)):
+        assert [p["label"] for p in record["explained"]] == prediction.labels
+        shown = [p["probability"] for p in record["explained"]]
+        np.testing.assert_allclose(shown, prediction.probabilities, rtol=1e-5, atol=1e-6)

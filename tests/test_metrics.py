@@ -40,3 +40,21 @@ def test_score_of_no_images_is_nan_with_an_empty_matrix():
 
     result = score(torch.zeros(0, 0), torch.zeros(0, dtype=torch.long), ["a", "b"])
     assert result.count == 0 and result.confusion == [[0, 0], [0, 0]] and result.accuracy != result.accuracy
+
+
+def test_eval_result_macro_f1_averages_the_classes_present_like_scikit_learn():
+    from sklearn.metrics import f1_score
+
+    from cnnkit.tasks.classify.evaluate import score
+
+    classes = [str(i) for i in range(10)]
+    labels = torch.tensor([0] * 20 + [1] * 20 + [2] * 5)  # 3 of 10 classes in the data
+    predictions = labels.clone()
+    predictions[:2] = 7  # one absent class is predicted, so it counts (precision 0)
+    result = score(torch.nn.functional.one_hot(predictions, 10).float(), labels, classes)
+    assert abs(result.macro_f1 - f1_score(labels, predictions, average="macro")) < 1e-9
+    assert result.macro_f1 > 0.7  # averaging all ten classes would give about 0.3
+    assert result.absent == ["3", "4", "5", "6", "8", "9"] and result.to_dict()["absent_classes"] == result.absent
+    table = result.format().split("confusion matrix")[0]
+    assert "6 of the model's 10 classes are absent" in table
+    assert [line.split()[0] for line in table.splitlines()[3:7]] == ["0", "1", "2", "7"]

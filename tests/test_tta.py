@@ -1,5 +1,6 @@
 """Test-time flip: the averaged prediction, the automatic choice, and one answer across checkpoint and export."""
 
+import json
 import math
 
 import pytest
@@ -41,6 +42,7 @@ def test_auto_flips_only_when_training_flipped(requested, augment, expected):
     assert resolve_tta(requested, parse_augmentation(augment, "folder", 32)) == expected
 
 
+@pytest.mark.slow
 def test_a_flip_trained_run_predicts_and_exports_with_flip(tmp_path):
     run = cnnkit.train(data="digits", epochs=1, augment="hflip", out=str(tmp_path), verbose=False)
     classifier = cnnkit.load(run.dir, device="cpu")
@@ -49,6 +51,13 @@ def test_a_flip_trained_run_predicts_and_exports_with_flip(tmp_path):
     # The checkpoint's prediction for an image and for its mirror are the same distribution.
     torch.testing.assert_close(classifier.logits(images), classifier.logits(images.flip(-1)), atol=1e-5, rtol=1e-5)
     assert math.isclose(run.test.accuracy, classifier.evaluate()[0].accuracy, abs_tol=1e-9)
+    # The run's report shows the same flipped numbers as the console and results.json, labelled as such.
+    report = json.loads((run.dir / "report" / "report.json").read_text())
+    assert report["test_time_flip"] and report["accuracy"] == run.test.accuracy
+    results = json.loads((run.dir / "results.json").read_text())
+    assert report["confusion"] == run.test.confusion == results["test"]["confusion"]
+    assert report["per_class"] == run.test.to_dict()["per_class"]
+    assert "with test-time flip" in (run.dir / "report" / "report.html").read_text()
     pytest.importorskip("onnxruntime", reason="the deploy extra provides onnxruntime")
     from cnnkit.deploy.export import export_onnx
 

@@ -29,13 +29,7 @@ def labelled_images(
     data = data or trained_on
     if data is None:
         raise CnnkitError("this checkpoint does not record its training data; pass --data")
-    same_folder = (
-        trained_on not in BUILTINS
-        and trained_on is not None
-        and data not in BUILTINS
-        and Path(data).expanduser().resolve() == Path(trained_on).expanduser().resolve()
-    )
-    if data in BUILTINS or same_folder or has_split_folders(Path(data).expanduser()):
+    if takes_split(data, config):
         splits = load_data(
             data,
             img_size,
@@ -54,6 +48,26 @@ def labelled_images(
         workers=os.cpu_count() or 1,
         classes=classes,
     )
+
+
+def takes_split(data: str | None, config: dict) -> bool:
+    """Whether :func:`labelled_images` takes a split of ``data`` (default: the training data in ``config``).
+
+    Built-in datasets, folders with train/val/test subfolders and the model's own training
+    folder (split as in training) are split; any other folder is evaluated whole.
+    """
+    trained_on = config.get("data")
+    data = data or trained_on
+    if data is None:
+        return False
+    if data in BUILTINS:
+        return True
+    same_folder = (
+        trained_on is not None
+        and trained_on not in BUILTINS
+        and Path(data).expanduser().resolve() == Path(trained_on).expanduser().resolve()
+    )
+    return same_folder or has_split_folders(Path(data).expanduser())
 
 
 def relabel(images: ImageSet, classes: list[str], data: str) -> ImageSet:

@@ -19,7 +19,10 @@ from cnnkit.data.decode import ImageDecodeError, ImageSource, decode_image
 from cnnkit.modelinfo import CheckpointInfo, Preprocessing
 
 if TYPE_CHECKING:
+    import torch
+
     from cnnkit.data import ImageSet, SkippedFile
+    from cnnkit.tasks.classify.metrics import EvalResult
 
 
 @dataclass
@@ -101,6 +104,10 @@ class ImageClassifier:
                 predictions += self.rank(self.probabilities(np.stack(arrays)), names, top_k)
         return predictions, failures
 
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (N, K) on the CPU for uint8 images (N, C, H, W), as the model predicts (test-time flip included)."""
+        raise NotImplementedError
+
     def labelled_images(self, data: str | None, split: str) -> tuple[ImageSet, list[SkippedFile]]:
         """The labelled images :meth:`evaluate` uses, relabelled to the model's classes, and any skipped files."""
         from cnnkit.data.labelled import labelled_images  # datasets are torch tensors; prediction needs none
@@ -108,6 +115,26 @@ class ImageClassifier:
         prep = self.preprocessing
         config = self.info.extra.get("config", {})
         return labelled_images(data, split, self.classes, (prep.img_size, prep.channels, prep.resize), config)
+
+    def evaluated_split(self, data: str | None, split: str) -> str | None:
+        """The split :meth:`evaluate` takes of ``data``, or None when it reads a folder whole (``split`` unused)."""
+        from cnnkit.data.labelled import takes_split
+
+        return split if takes_split(data, self.info.extra.get("config", {})) else None
+
+    def evaluate(self, data: str | None = None, split: str = "test") -> tuple[EvalResult, list[SkippedFile]]:
+        """Evaluate on labelled data; returns the result and any images that could not be read.
+
+        Args:
+            data: A built-in dataset name or an image folder; defaults to the data the model was trained on.
+            split: ``train``, ``val`` or ``test``. Built-in datasets, folders with split subfolders and the
+                model's own training folder (split as in training) use this split; any other folder is
+                evaluated whole (:meth:`evaluated_split` says which). Defaults to ``test``.
+        """
+        from cnnkit.tasks.classify.evaluate import score
+
+        images, skipped = self.labelled_images(data, split)
+        return score(self.logits(images.images), images.labels, images.classes), skipped
 
     def rank(self, probabilities: np.ndarray, names: list[str], top_k: int) -> list[Prediction]:
         """One :class:`Prediction` per row of ``probabilities`` (N, K), named by ``names``: the top ``top_k`` labels."""

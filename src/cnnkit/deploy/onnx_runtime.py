@@ -23,9 +23,6 @@ from cnnkit.modelinfo import CheckpointInfo
 if TYPE_CHECKING:
     import torch
 
-    from cnnkit.data import SkippedFile
-    from cnnkit.tasks.classify.metrics import EvalResult
-
 FORMAT = "cnnkit.onnx/1"
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
@@ -114,10 +111,3 @@ class OnnxClassifier(ImageClassifier):
         import torch
 
         return torch.from_numpy(self.run(images.numpy()))
-
-    def evaluate(self, data: str | None = None, split: str = "test") -> tuple[EvalResult, list[SkippedFile]]:
-        """Evaluate the ONNX model on labelled data; the arguments are those of :meth:`Classifier.evaluate`."""
-        from cnnkit.tasks.classify.evaluate import score
-
-        images, skipped = self.labelled_images(data, split)
-        return score(self.logits(images.images), images.labels, images.classes), skipped

@@ -9,12 +9,10 @@ import torch
 
 from cnnkit.checkpoint import load_model, resolve_checkpoint
 from cnnkit.compute import select_device
-from cnnkit.data import SkippedFile
 from cnnkit.data.decode import ImageSource
 from cnnkit.deploy.classifier import ImageClassifier
 from cnnkit.modelinfo import CheckpointInfo, ModelSpec
-from cnnkit.tasks.classify.evaluate import evaluate, predict_logits
-from cnnkit.tasks.classify.metrics import EvalResult
+from cnnkit.tasks.classify.evaluate import predict_logits
 
 
 class Classifier(ImageClassifier):
@@ -41,18 +39,6 @@ class Classifier(ImageClassifier):
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (N, K) on the CPU for uint8 images (N, C, H, W)."""
         return predict_logits(self.model, images, self.preprocessing, self.device, tta=self.info.test_time_flip)
-
-    def evaluate(self, data: str | None = None, split: str = "test") -> tuple[EvalResult, list[SkippedFile]]:
-        """Evaluate on labelled data; returns the result and any images that could not be read.
-
-        Args:
-            data: A built-in dataset name or an image folder; defaults to the data the model was trained on.
-            split: ``train``, ``val`` or ``test``. Built-in datasets, folders with split subfolders and the
-                model's own training folder (split as in training) use this split; any other folder is
-                evaluated whole. Defaults to ``test``.
-        """
-        images, skipped = self.labelled_images(data, split)
-        return evaluate(self.model, images, self.preprocessing, self.device, tta=self.info.test_time_flip), skipped
 
 
 def load_checkpoint_classifier(

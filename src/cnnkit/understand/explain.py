@@ -3,7 +3,7 @@
 Everything here works on any registered model by walking its modules: the target layer
 of a class-activation map is the last convolution (1-D or 2-D) that runs in a forward
 pass, found with hooks rather than by architecture-specific names. The maps are plain
-tensors; :mod:`cnnkit.explain_page` draws them and writes the HTML page.
+tensors; :mod:`cnnkit.understand.figures` draws them and :func:`explain_images` writes the HTML page.
 
 Grad-CAM (Selvaraju et al., 2017) weights each channel of the target layer's output by
 its spatially averaged gradient; Grad-CAM++ (Chattopadhay et al., 2018) weights the
@@ -236,8 +236,7 @@ def explain_images(
         raise CnnkitError(f"none of the {len(paths)} images could be read: {skipped[0][1]}")
     images = torch.from_numpy(np.stack(decoded))  # uint8 (N, C, H, W)
     inputs = prep.normalize(images.to(classifier.device))
-    with torch.no_grad():
-        probabilities = model.eval()(inputs).float().softmax(1).cpu()
+    probabilities = classifier.logits(images).softmax(1)  # as ``predict`` gives them: the run's test-time flip
     targets = _classes_to_explain(probabilities, names, top_k, class_name)
     if layer is None and convolutions(model):
         layer = find_target_layer(model, inputs)

@@ -37,10 +37,10 @@ def show_heatmap(axes, image: torch.Tensor, heatmap: torch.Tensor) -> None:
     axes.axis("off")
 
 
-def save(figure, path: Path) -> None:
+def save(figure, path: Path, dpi: int = 80) -> None:
     plt = pyplot()
     figure.tight_layout()
-    figure.savefig(path, dpi=80)
+    figure.savefig(path, dpi=dpi)
     plt.close(figure)
 
 
@@ -148,13 +148,15 @@ def plot_curves(history: list[dict], path: Path) -> None:
     for axes in (loss_axes, accuracy_axes):
         axes.grid(alpha=0.3)
         axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save(figure, path, dpi=100)
 
 
 def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, title: str = "confusion matrix") -> None:
-    """Counts with rows as true classes, shaded by the share of each row."""
+    """The confusion matrix figure of every run and report: counts (K, K), rows true classes, shaded by row share.
+
+    Training writes it as ``confusion_matrix.png`` and the report as ``confusion.png``, from
+    the same predictions (test-time flip included where the run has it), so they agree.
+    """
     plt = pyplot()
     size = max(4.0, 0.5 * len(classes) + 2)
     figure, axes = plt.subplots(figsize=(size + 1, size))
@@ -164,19 +166,10 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, t
     if len(classes) <= 30:
         for i, row in enumerate(confusion):
             for j, count in enumerate(row):
-                axes.text(
-                    j,
-                    i,
-                    str(count),
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="white" if shares[i][j] > 0.5 else "black",
-                )
+                color = "white" if shares[i][j] > 0.5 else "black"
+                axes.text(j, i, str(count), ha="center", va="center", fontsize=8, color=color)
         axes.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
         axes.set_yticks(range(len(classes)), classes)
     axes.set(xlabel="predicted", ylabel="true", title=title)
     figure.colorbar(image, ax=axes, fraction=0.046, label="share of true class")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save(figure, path, dpi=100)

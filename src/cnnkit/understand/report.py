@@ -1,14 +1,18 @@
 """The evaluation report: one HTML page with the numbers and pictures that say where a model fails.
 
-Accuracy and per-class precision/recall/F1, the confusion matrix (counts and row shares),
-the most confused pairs, a gallery of the most confidently wrong images with their
-Grad-CAM, calibration (reliability diagram and expected calibration error) and
-horizontal-flip test-time augmentation. ``cnnkit evaluate --report`` writes it, and so
-does every training run (``report/`` in the run directory).
+Accuracy and per-class precision/recall/F1, the confusion matrix, the most confused
+pairs, a gallery of the most confidently wrong images (named by file) with their
+Grad-CAM, and calibration (reliability diagram and expected calibration error).
+``cnnkit evaluate --report`` writes it, and so does every training run (``report/`` in
+the run directory). Every number comes from the predictions the model makes, with the
+run's test-time flip where it has one, so the page agrees with the console,
+``results.json`` and ``cnnkit evaluate``; the accuracy of the other view (with or
+without the flip) is shown beside it.
 """
 
 from __future__ import annotations
 
+import html
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,12 +22,13 @@ from torch import nn
 
 from cnnkit.data import ImageSet
 from cnnkit.modelinfo import Preprocessing
-from cnnkit.tasks.classify.evaluate import predict_logits
-from cnnkit.tasks.classify.metrics import confusion_matrix, per_class_report
+from cnnkit.tasks.classify.evaluate import predict_logits, score
+from cnnkit.understand import figures
 
 CALIBRATION_BINS = 10
 GALLERY_SIZE = 12
 CONFUSED_PAIRS = 10
+TITLE_CHARACTERS = 18  # of a file name above its gallery image; the table below holds the full path
 
 
 @dataclass
@@ -72,30 +77,7 @@ def most_confused(confusion: torch.Tensor, classes: list[str], limit: int = CONF
     return [(classes[i // k], classes[i % k], int(off.flatten()[i])) for i in order.tolist() if off.flatten()[i] > 0]
 
 
-def _plot_confusions(confusion: torch.Tensor, classes: list[str], path: Path) -> None:
-    from cnnkit.understand import figures
-
-    plt = figures.pyplot()
-    size = max(4.0, 0.45 * len(classes) + 2)
-    figure, axes_pair = plt.subplots(1, 2, figsize=(2 * size + 1, size))
-    shares = confusion.double() / confusion.sum(1, keepdim=True).clamp(min=1)
-    for axes, values, title in ((axes_pair[0], confusion, "counts"), (axes_pair[1], shares, "share of true class")):
-        axes.imshow(shares.numpy(), cmap="Blues", vmin=0, vmax=1)
-        if len(classes) <= 20:
-            for i in range(len(classes)):
-                for j in range(len(classes)):
-                    text = f"{int(values[i, j])}" if values is confusion else f"{float(values[i, j]):.2f}"
-                    color = "white" if shares[i, j] > 0.5 else "black"
-                    axes.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
-            axes.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
-            axes.set_yticks(range(len(classes)), classes, fontsize=8)
-        axes.set(xlabel="predicted", ylabel="true", title=title)
-    figures.save(figure, path)
-
-
 def _plot_reliability(bins: list[CalibrationBin], ece: float, path: Path) -> None:
-    from cnnkit.understand import figures
-
     plt = figures.pyplot()
     figure, axes = plt.subplots(figsize=(4.5, 4.2))
     filled = [b for b in bins if b.count]
@@ -108,11 +90,9 @@ def _plot_reliability(bins: list[CalibrationBin], ece: float, path: Path) -> Non
 
 
 def _plot_gallery(images: torch.Tensor, heatmaps: list[torch.Tensor] | None, titles: list[str], path: Path) -> None:
-    from cnnkit.understand import figures
-
     plt = figures.pyplot()
     rows = 2 if heatmaps else 1
-    figure, grid = plt.subplots(rows, len(images), figsize=(1.7 * len(images), 1.9 * rows), squeeze=False)
+    figure, grid = plt.subplots(rows, len(images), figsize=(1.7 * len(images), 2.1 * rows), squeeze=False)
     for column, (image, title) in enumerate(zip(images, titles)):
         figures.show_image(grid[0][column], image)
         grid[0][column].set_title(title, fontsize=7)
@@ -121,10 +101,11 @@ def _plot_gallery(images: torch.Tensor, heatmaps: list[torch.Tensor] | None, tit
     figures.save(figure, path)
 
 
-def _gallery(model, images, prep, device, probabilities, labels, classes, out_dir) -> list[dict]:
+def _gallery(model, data: ImageSet, prep, device, probabilities, out_dir) -> list[dict]:
     """The most confidently wrong images, with the Grad-CAM of the class the model wrongly chose."""
     from cnnkit.understand.explain import class_activation_map, convolutions, find_target_layer
 
+    classes, labels = data.classes, data.labels
     confidence, predictions = probabilities.max(1)
     wrong = (predictions != labels).nonzero().flatten()
     if len(wrong) == 0:
@@ -132,15 +113,39 @@ def _gallery(model, images, prep, device, probabilities, labels, classes, out_di
     chosen = wrong[confidence[wrong].argsort(descending=True)[:GALLERY_SIZE]]
     heatmaps = None
     if convolutions(model):
-        inputs = prep.normalize(images[chosen].to(device))
+        inputs = prep.normalize(data.images[chosen].to(device))
         layer = find_target_layer(model, inputs)
         heatmaps = list(class_activation_map(model, inputs, predictions[chosen].to(device), layer).cpu())
-    titles = [f"true {classes[labels[i]]}\npred {classes[predictions[i]]} {confidence[i]:.0%}" for i in chosen]
-    _plot_gallery(images[chosen], heatmaps, titles, out_dir / "top_losses.png")
+    titles = [
+        f"{n}. {Path(data.sources[i]).name[:TITLE_CHARACTERS]}\ntrue {classes[labels[i]]}\n"
+        f"pred {classes[predictions[i]]} {confidence[i]:.0%}"
+        for n, i in enumerate(chosen.tolist(), 1)
+    ]
+    _plot_gallery(data.images[chosen], heatmaps, titles, out_dir / "top_losses.png")
     return [
-        {"index": int(i), "true": classes[labels[i]], "predicted": classes[predictions[i]], "confidence": float(c)}
+        {
+            "index": i,
+            "source": data.sources[i],
+            "true": classes[labels[i]],
+            "predicted": classes[predictions[i]],
+            "confidence": c,
+        }
         for i, c in zip(chosen.tolist(), confidence[chosen].tolist())
     ]
+
+
+def _gallery_section(top_losses: list[dict]) -> str:
+    if not top_losses:
+        return "<p>No image was misclassified.</p>"
+    table = figures.html_table(
+        ["", "file", "true", "predicted as", "confidence"],
+        [(n, t["source"], t["true"], t["predicted"], f"{t['confidence']:.1%}") for n, t in enumerate(top_losses, 1)],
+    )
+    return (
+        '<img src="top_losses.png" alt="top losses"><p>Left to right as in the table. Top row: the image; '
+        "bottom row (convolutional models): the Grad-CAM of the wrongly predicted class. A confident mistake is "
+        f"often a mislabelled file: check these first.</p>{table}"
+    )
 
 
 def write_report(
@@ -150,6 +155,8 @@ def write_report(
     device: torch.device,
     out_dir: Path,
     title: str = "Evaluation report",
+    *,
+    tta: bool,
 ) -> dict:
     """Write ``report.html``, ``report.json`` and their PNGs into ``out_dir`` (created if needed).
 
@@ -160,58 +167,76 @@ def write_report(
         device: Where to run the model.
         out_dir: Output folder.
         title: Heading of the page. Defaults to ``Evaluation report``.
+        tta: Whether the model predicts with test-time flip (the run's
+            ``CheckpointInfo.test_time_flip``); no default, so the report cannot quietly
+            disagree with ``evaluate``.
 
     Returns:
-        The numbers of ``report.json``: accuracy, flip-TTA accuracy, ECE, per-class
-        report, most confused pairs and the top losses.
+        The numbers of ``report.json``: accuracy, loss and macro F1 as the model predicts, the
+        accuracy with and without flip, ECE, per-class report, most confused pairs and the top losses.
     """
-    from cnnkit.understand import figures
-
     out_dir.mkdir(parents=True, exist_ok=True)
     classes, labels = data.classes, data.labels
-    logits = predict_logits(model, data.images, preprocessing, device)  # (N, K)
+    logits = predict_logits(model, data.images, preprocessing, device, tta=tta)  # (N, K)
+    result = score(logits, labels, classes)
+    other = score(predict_logits(model, data.images, preprocessing, device, tta=not tta), labels, classes)
     probabilities = logits.softmax(1)
-    flipped = predict_logits(model, data.images, preprocessing, device, flip=True).softmax(1)
-    predictions = probabilities.argmax(1)
-    confusion = confusion_matrix(predictions, labels, len(classes))
+    confusion = torch.tensor(result.confusion)
     bins, ece = calibration(probabilities, labels)
     results = {
-        "count": len(labels),
-        "accuracy": float((predictions == labels).double().mean()),
-        "loss": float(nn.functional.cross_entropy(logits, labels)),
-        "tta_flip_accuracy": float((((probabilities + flipped) / 2).argmax(1) == labels).double().mean()),
+        "count": result.count,
+        "test_time_flip": tta,
+        "accuracy": result.accuracy,
+        "loss": result.loss,
+        "macro_f1": result.macro_f1,
+        "absent_classes": result.absent,
+        "tta_flip_accuracy": result.accuracy if tta else other.accuracy,
+        "no_flip_accuracy": other.accuracy if tta else result.accuracy,
         "expected_calibration_error": ece,
-        "per_class": [asdict(r) for r in per_class_report(confusion, classes)],
+        "per_class": [asdict(r) for r in result.per_class],
         "most_confused": most_confused(confusion, classes),
         "calibration": [asdict(b) for b in bins],
-        "confusion": confusion.tolist(),
+        "confusion": result.confusion,
         "classes": classes,
     }
-    _plot_confusions(confusion, classes, out_dir / "confusion.png")
+    flip = " (with test-time flip)" if tta else ""
+    figures.plot_confusion(result.confusion, classes, out_dir / "confusion.png", f"confusion matrix{flip}")
     _plot_reliability(bins, ece, out_dir / "reliability.png")
-    results["top_losses"] = _gallery(model, data.images, preprocessing, device, probabilities, labels, classes, out_dir)
+    results["top_losses"] = _gallery(model, data, preprocessing, device, probabilities, out_dir)
     (out_dir / "report.json").write_text(json.dumps(results, indent=2))
+    other_header = "accuracy without flip" if tta else "flip-TTA accuracy"
     summary = figures.html_table(
-        ["images", "accuracy", "loss", "flip-TTA accuracy", "expected calibration error"],
-        [(results["count"], f"{results['accuracy']:.2%}", results["loss"], f"{results['tta_flip_accuracy']:.2%}", ece)],
+        ["images", f"accuracy{flip}", "loss", "macro F1", other_header, "expected calibration error"],
+        [(result.count, f"{result.accuracy:.2%}", result.loss, result.macro_f1, f"{other.accuracy:.2%}", ece)],
     )
+    if tta:
+        note = (
+            "This run predicts with test-time flip: each image's probabilities are averaged with those of its "
+            "mirror image, as <code>cnnkit evaluate</code>, <code>predict</code> and <code>results.json</code> do. "
+            "Every number and picture below uses those predictions."
+        )
+    else:
+        note = (
+            "This run predicts without test-time flip; flip-TTA accuracy shows what averaging each image with its "
+            "mirror image would give. On data whose meaning changes when mirrored (digits, text) it is expected "
+            "to hurt."
+        )
+    present = [row for row, kept in zip(results["per_class"], result.present) if kept]
     per_class = figures.html_table(
         ["class", "precision", "recall", "F1", "support"],
-        [(r["name"], r["precision"], r["recall"], r["f1"], r["support"]) for r in results["per_class"]],
+        [(r["name"], r["precision"], r["recall"], r["f1"], r["support"]) for r in present],
     )
+    if result.absent:
+        per_class += (
+            f"<p>{len(result.absent)} of the model's {len(classes)} classes are absent from these images and were "
+            f"never predicted; they are left out of the table and of macro F1: "
+            f"{html.escape(', '.join(result.absent))}.</p>"
+        )
     pairs = figures.html_table(["true", "predicted as", "count"], results["most_confused"])
-    gallery = (
-        '<img src="top_losses.png" alt="top losses"><p>Top row: the image; bottom row (convolutional models): '
-        "the Grad-CAM of the wrongly predicted class.</p>"
-        if results["top_losses"]
-        else "<p>No image was misclassified.</p>"
-    )
     body = (
-        f"{summary}<p>Flip-TTA averages the probabilities of each image and its mirror image; on data whose "
-        "meaning changes when mirrored (digits, text) it is expected to hurt.</p>"
-        f"<h2>Per class</h2>{per_class}<h2>Confusion matrix</h2>"
+        f"{summary}<p>{note}</p><h2>Per class{flip}</h2>{per_class}<h2>Confusion matrix{flip}</h2>"
         f'<img src="confusion.png" alt="confusion matrix"><h2>Most confused pairs</h2>{pairs}'
-        f"<h2>Most confidently wrong</h2>{gallery}<h2>Calibration</h2>"
+        f"<h2>Most confidently wrong</h2>{_gallery_section(results['top_losses'])}<h2>Calibration</h2>"
         '<img src="reliability.png" alt="reliability diagram"><p>Bars below the diagonal: over-confident.</p>'
     )
     (out_dir / "report.html").write_text(figures.html_page(title, body))

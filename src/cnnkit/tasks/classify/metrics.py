@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
+
+ABSENT_NAMES = 10  # absent classes named in the terminal report (an ImageNet model has 1,000)
 
 
 def confusion_matrix(predictions: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -50,11 +53,34 @@ class EvalResult:
     def count(self) -> int:
         return sum(map(sum, self.confusion))
 
+    @property
+    def present(self) -> list[bool]:
+        """Per class: whether the data holds it or the model predicted it (scikit-learn's labels for averaging)."""
+        predicted = [sum(column) for column in zip(*self.confusion)]
+        return [report.support > 0 or count > 0 for report, count in zip(self.per_class, predicted)]
+
+    @property
+    def macro_f1(self) -> float:
+        """Mean F1 over the :attr:`present` classes; NaN when none is.
+
+        Data holding a few of the model's classes is not scored down by the absent ones,
+        whose F1 is 0 by definition (as scikit-learn's ``f1_score(average="macro")``).
+        """
+        scores = [report.f1 for report, present in zip(self.per_class, self.present) if present]
+        return sum(scores) / len(scores) if scores else math.nan
+
+    @property
+    def absent(self) -> list[str]:
+        """Classes neither in the data nor predicted: left out of :attr:`macro_f1` and the table of :meth:`format`."""
+        return [name for name, present in zip(self.classes, self.present) if not present]
+
     def to_dict(self) -> dict:
         return {
             "loss": self.loss,
             "accuracy": self.accuracy,
             "count": self.count,
+            "macro_f1": self.macro_f1,
+            "absent_classes": self.absent,
             "classes": self.classes,
             "per_class": [asdict(report) for report in self.per_class],
             "confusion": self.confusion,
@@ -68,17 +94,20 @@ class EvalResult:
             "",
             f"{'class':<{width}}  precision  recall     f1  support",
         ]
-        for report in self.per_class:
+        for report, present in zip(self.per_class, self.present):
+            if present:
+                lines.append(
+                    f"{report.name:<{width}}  {report.precision:9.3f}  {report.recall:6.3f}  {report.f1:5.3f}"
+                    f"  {report.support:7d}"
+                )
+        lines.append(f"{'macro F1':<{width}}  {'':9}  {'':6}  {self.macro_f1:5.3f}")
+        if self.absent:
+            names = ", ".join(self.absent[:ABSENT_NAMES]) + (", ..." if len(self.absent) > ABSENT_NAMES else "")
             lines.append(
-                f"{report.name:<{width}}  {report.precision:9.3f}  {report.recall:6.3f}  {report.f1:5.3f}"
-                f"  {report.support:7d}"
+                f"({len(self.absent)} of the model's {len(self.classes)} classes are absent from the data and were "
+                f"never predicted, so they are left out of the table and macro F1: {names})"
             )
-        macro_f1 = sum(r.f1 for r in self.per_class) / max(1, len(self.per_class))
-        lines += [
-            f"{'macro F1':<{width}}  {'':9}  {'':6}  {macro_f1:5.3f}",
-            "",
-            "confusion matrix (rows: true, columns: predicted)",
-        ]
+        lines += ["", "confusion matrix (rows: true, columns: predicted)"]
         cell = max(4, len(str(max(max(row) for row in self.confusion))) + 1)
         short = [name[: cell - 1] for name in self.classes]
         lines.append(" " * width + "".join(f"{name:>{cell}}" for name in short))
