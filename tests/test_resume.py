@@ -3,6 +3,7 @@
 import csv
 import errno
 import json
+import math
 import os
 import random
 import shutil
@@ -20,6 +21,7 @@ import cnnkit
 from cnnkit import checkpoint
 from cnnkit.errors import CnnkitError
 from cnnkit.safeload import load_tensors
+from cnnkit.tasks.classify import ClassifyTask
 from cnnkit.training.resume import STATE, read_state
 
 # One thread: on a shared 2-core machine torch's thread pool spins and runs 10x slower.
@@ -208,3 +210,127 @@ def test_resume_keeps_the_architecture_the_run_started_with(tmp_path, monkeypatc
     resumed = cnnkit.train(resume=str(run.dir), epochs=2, verbose=False)
     _, info = checkpoint.read_checkpoint(resumed.dir / "last.safetensors")
     assert info.model.kwargs == {"hidden": 256} and len(resumed.history) == 2
+
+
+class Killed(BaseException):
+    """What SIGKILL does to a run: it stops at once, past every handler."""
+
+
+def same_run(ours: Path, theirs: Path) -> None:
+    assert (ours / "steps.csv").read_text() == (theirs / "steps.csv").read_text()
+    for name in ("last.safetensors", "best.safetensors"):
+        mine, reference = load_tensors(ours / name), load_tensors(theirs / name)
+        assert mine.keys() == reference.keys()
+        assert all(torch.equal(mine[key], reference[key]) for key in mine), name
+
+
+@pytest.mark.slow
+def test_augmented_run_killed_mid_epoch_resumes_bit_for_bit(shapes_folder, tmp_path):
+    common = dict(data=str(shapes_folder), img_size=16, epochs=2, batch_size=4, save_every=2, seed=3)
+    common.update(augment="crop=2,hflip,rotate=10,erasing=0.5", out=str(tmp_path), verbose=False)
+    reference = cnnkit.train(name="reference", **common)
+
+    class KillAfterSecondSave:
+        def on_checkpoint(self, run_dir, path, epoch, step):
+            if path.name == STATE and step == 4:  # mid-epoch 1: each epoch has 7 steps
+                raise Killed
+
+    with pytest.raises(Killed):
+        cnnkit.train(name="killed", callbacks=[KillAfterSecondSave()], **common)
+    assert read_state(tmp_path / "killed").progress.tally.batches == 4
+    resumed = cnnkit.train(resume=tmp_path / "killed", verbose=False)
+    same_run(resumed.dir, reference.dir)
+
+
+def ctrl_c_at_loss(call: int):
+    """A ClassifyTask.loss that presses Ctrl-C in the middle of training step ``call``."""
+    real_loss, calls = ClassifyTask.loss, []
+
+    def loss(self, outputs, targets):
+        calls.append(1)
+        if len(calls) == call:
+            signal.raise_signal(signal.SIGINT)
+        return real_loss(self, outputs, targets)
+
+    return loss
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_first_epoch_saves_a_state_that_resumes_bit_for_bit(shapes_folder, tmp_path, monkeypatch, capsys):
+    common = dict(data=str(shapes_folder), img_size=16, epochs=1, batch_size=4, seed=3, out=str(tmp_path))
+    reference = cnnkit.train(name="reference", verbose=False, **common)
+    monkeypatch.setattr(ClassifyTask, "loss", ctrl_c_at_loss(3))
+    stopped = cnnkit.train(name="stopped", **common)
+    monkeypatch.undo()
+    assert stopped.interrupted
+    assert f"continue with --resume {stopped.dir}" in capsys.readouterr().out
+    assert read_state(stopped.dir).progress.step == 3  # step 3 was finished, then the run stopped
+    resumed = cnnkit.train(resume=stopped.dir, verbose=False)
+    same_run(resumed.dir, reference.dir)
+
+
+def test_ctrl_c_before_any_state_says_to_start_over(shapes_folder, tmp_path, monkeypatch, capsys):
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt  # during the first validation, outside any step
+
+    monkeypatch.setattr(ClassifyTask, "evaluate", interrupted)
+    run = cnnkit.train(data=str(shapes_folder), img_size=16, epochs=1, out=str(tmp_path), name="early")
+    printed = capsys.readouterr().out
+    assert run.interrupted and not (run.dir / STATE).exists()
+    assert "run the command again to start over" in printed and "--resume" not in printed
+
+
+def test_full_disk_in_the_first_epoch_says_to_start_over_and_leaves_no_run_directory(
+    shapes_folder, tmp_path, monkeypatch
+):
+    real_fsync, disk = os.fsync, {"full": False}
+
+    def fsync(descriptor):
+        if disk["full"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(descriptor)
+
+    class FillDiskAtStart:
+        def on_fit_start(self, run_dir, config):
+            disk["full"] = True  # after the image cache was built, before the first save
+
+    monkeypatch.setattr(checkpoint.os, "fsync", fsync)
+    settings = dict(data=str(shapes_folder), img_size=16, epochs=1, out=str(tmp_path / "runs"), verbose=False)
+    with pytest.raises(CnnkitError, match=r"No space left on device.*free some space, then run the command again") as e:
+        cnnkit.train(callbacks=[FillDiskAtStart()], **settings)
+    assert "--resume" not in str(e.value)
+    assert not (tmp_path / "runs" / "train").exists()
+
+
+def test_state_round_trips_the_fp16_grad_scaler(tmp_path):
+    from cnnkit.models import ModelSpec
+    from cnnkit.training.optim import Optimisation
+    from cnnkit.training.resume import Progress, save_state
+
+    def parts():
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=2)
+        return model, Optimisation(optimizer, scheduler, scaler)
+
+    model, optimisation = parts()
+    for values in (torch.ones(3, 4), torch.full((3, 4), math.inf), torch.ones(3, 4), torch.ones(3, 4)):
+        optimisation.optimizer.zero_grad()
+        optimisation.scaler.scale(model(values).sum()).backward()
+        optimisation.scaler.step(optimisation.optimizer)  # skipped on the inf step, which halves the scale
+        optimisation.scaler.update()
+    expected = optimisation.scaler.state_dict()
+    assert (expected["scale"], expected["_growth_tracker"]) == (2.0**10, 0)  # halved once, then doubled
+    generator = torch.Generator().manual_seed(1)
+    spec, config = ModelSpec("convnet", 2, 1, 4), cnnkit.TrainConfig()
+    save_state(tmp_path, model, None, optimisation, generator.get_state(), generator, Progress(), spec, config)
+    restored_model, restored = parts()
+    read_state(tmp_path).restore(
+        restored_model, restored.optimizer, restored.scheduler, torch.Generator(), restored.scaler
+    )
+    assert restored.scaler.state_dict() == expected
+    optimisation.scaler = torch.amp.GradScaler("cpu", enabled=False)  # fp32 and bf16 keep no scaler state
+    save_state(tmp_path, model, None, optimisation, generator.get_state(), generator, Progress(), spec, config)
+    assert read_state(tmp_path).values["grad_scaler"] is None

@@ -104,3 +104,55 @@ def test_a_bad_augmentation_is_one_clear_error(tmp_path):
     result = run_cli("train", "--augment", "spin=3", "--epochs", "1", "--out", str(tmp_path))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "cannot read augmentation 'spin=3'" in result.stderr and "crop=4,hflip" in result.stderr
+
+
+def test_callbacks_get_every_event_with_its_keyword_arguments(shapes_folder, tmp_path):
+    events = []
+
+    class Recorder:
+        def on_fit_start(self, run_dir, config):
+            events.append(("start", run_dir.name, config.epochs))
+
+        def on_epoch_end(self, run_dir, row):
+            events.append(("epoch", row["epoch"]))
+
+        def on_checkpoint(self, run_dir, path, epoch, step):
+            assert path.is_file() and path.parent == run_dir
+            events.append(("checkpoint", path.name, epoch))
+
+        def on_fit_end(self, run):
+            events.append(("end", run.dir.name, run.test is not None))
+
+    settings = dict(data=str(shapes_folder), img_size=16, epochs=2, batch_size=8, out=str(tmp_path), name="events")
+    cnnkit.train(callbacks=(Recorder(),), save_every=2, verbose=False, **settings)
+    assert events[0] == ("start", "events", 2) and events[-1] == ("end", "events", True)
+    assert [event for event in events if event[0] == "epoch"] == [("epoch", 1), ("epoch", 2)]
+    saved = [event[1:] for event in events if event[0] == "checkpoint"]
+    assert ("state.safetensors", 1) in saved and ("last.safetensors", 2) in saved and ("state.safetensors", 2) in saved
+    first_epoch_end = events.index(("epoch", 1))
+    assert ("checkpoint", "last.safetensors", 1) in events[:first_epoch_end]  # saved before the epoch's event
+
+
+@pytest.mark.slow
+def test_batch_size_one_is_refused_for_batch_norm_with_one_line_and_no_run(tmp_path):
+    from conftest import run_cli
+
+    result = run_cli("train", "--data", "digits", "--batch-size", "1", "--epochs", "1", "--out", str(tmp_path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--batch-size 1: convnet has batch norm" in result.stderr and "--batch-size 2 or more" in result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_batch_size_one_trains_on_every_image_without_batch_norm(shapes_folder, tmp_path):
+    run = cnnkit.train(data=str(shapes_folder), model="mlp", img_size=8, batch_size=1, epochs=1, out=str(tmp_path))
+    split = json.loads((run.dir / "split.json").read_text())
+    with open(run.dir / "steps.csv") as stream:
+        assert len(list(csv.DictReader(stream))) == len(split["train"])
+
+
+def test_bad_share_refusal_leaves_only_the_list_of_bad_files(shapes_folder, tmp_path):
+    for index in range(3):
+        (shapes_folder / "circle" / f"broken{index}.png").write_bytes(b"not an image")
+    with pytest.raises(cnnkit.CnnkitError, match=r"over the --max-bad-share limit"):
+        cnnkit.train(data=str(shapes_folder), img_size=16, epochs=1, out=str(tmp_path / "runs"), verbose=False)
+    assert [p.name for p in (tmp_path / "runs" / "train").iterdir()] == ["skipped.csv"]

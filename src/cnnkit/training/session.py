@@ -252,11 +252,6 @@ def run_epoch(session: Session, epoch: int, steps: StepLog) -> dict[str, float]:
             progress.tally, on_step, session.order,
         )  # fmt: skip
     session.order = None  # the next epoch draws its order from the training generator again
-    if progress.step == 0:
-        raise CnnkitError(
-            f"no training step was taken: {len(splits.train)} training image(s), and {data.spec.name} has batch norm, "
-            "which cannot train on a batch of one image; add training images"
-        )
     recompute_batch_norm(session.model, splits.train, prep, device, config.batch_size)
     val = task.evaluate(session.model, splits.val, prep, device)
     row = {
