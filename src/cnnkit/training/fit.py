@@ -31,6 +31,7 @@ from cnnkit.models.pretrained import create_pretrained, pretrained_preprocessing
 from cnnkit.models.spec import resolve_model
 from cnnkit.rundir import new_run_dir
 from cnnkit.tasks.classify import ClassifyTask
+from cnnkit.tasks.classify.metrics import EvalResult
 from cnnkit.tasks.classify.tta import resolve_tta
 from cnnkit.training import runlog
 from cnnkit.training.loop import has_batch_norm
@@ -164,7 +165,8 @@ def build_model(config: TrainConfig, data: Prepared, device: torch.device) -> tu
             f"--batch-size {config.batch_size}: {spec.name} has batch norm, which cannot train on one image "
             "at a time, so every step would be skipped; use --batch-size 2 or more"
         )
-    settings = compute.resolve(device, config.precision, config.memory_format, config.compile)
+    shape = (spec.in_channels, spec.img_size, spec.img_size)  # auto checks the model for bf16 hazards at this input
+    settings = compute.resolve(device, config.precision, config.memory_format, config.compile, model, shape)
     return compute.prepare_model(model, settings), settings
 
 
@@ -222,7 +224,7 @@ def describe(data: Prepared, model: nn.Module, settings: ComputeSettings, run_di
     )
 
 
-def final_test(session: Session, started: float) -> Any:
+def final_test(session: Session, started: float) -> EvalResult | None:
     """Evaluate the best weights on the test split (else validation), write results and the report; the test result."""
     if session.best_state is None:
         return None
@@ -251,7 +253,7 @@ def final_test(session: Session, started: float) -> Any:
     return test
 
 
-def summarize(session: Session, test: Any, interrupted: bool, seconds: float) -> Run:
+def summarize(session: Session, test: EvalResult | None, interrupted: bool, seconds: float) -> Run:
     """Say how the run ended and return it; a run that never improved on NaN is an error, not a result."""
     config, progress, say = session.config, session.progress, session.say
     if progress.skipped_steps:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -65,7 +65,6 @@ class Session:
     data: Prepared
     task: Task
     model: nn.Module
-    settings: ComputeSettings
     device: torch.device
     run_dir: Path
     say: Callable[..., None]
@@ -150,7 +149,7 @@ def start_session(
     optimizer, scheduler = build_schedule(model, config, progress, first_epoch, steps_per_epoch)
     optimisation = Optimisation(optimizer, scheduler, compute.grad_scaler(settings))
     session = Session(
-        config, data, task, model, settings, device, run_dir, say, verbose, progress, optimisation, steps,
+        config, data, task, model, device, run_dir, say, verbose, progress, optimisation, steps,
         steps_per_epoch, first_epoch, generator,
     )  # fmt: skip
     if saved is not None:
@@ -200,9 +199,8 @@ def train_epochs(session: Session, on_epoch_end: Callable[..., None]) -> bool:
             session.say(f"\ninterrupted: last checkpoint kept at {run_dir / LAST}; {session.resume_hint()}")
             return True
     except NonFiniteStep as error:
-        kept = (
-            f"the last good state is kept in {run_dir / STATE}" if (run_dir / STATE).exists() else "no state was kept"
-        )
+        saved = (run_dir / STATE).exists()
+        kept = f"the last good state is kept in {run_dir / STATE}" if saved else "no resumable state had been saved yet"
         raise CnnkitError(
             f"training stopped at step {progress.step + 1} (epoch {progress.epoch + 1}): {error}; {kept}. "
             f"Lower --lr (now {config.lr}), add --clip-grad-norm 1.0, or pass --nonfinite skip to skip such steps"
@@ -247,10 +245,15 @@ def run_epoch(session: Session, epoch: int, steps: StepLog) -> dict[str, float]:
     epoch_start = time.perf_counter()
     splits, prep, device = data.splits, data.preprocessing, session.device
     with bar, interrupts:
-        train_loss, train_score = train_one_epoch(
-            session.model, splits.train, prep, task, optimisation, device, session.generator, session.steps,
-            progress.tally, on_step, session.order,
-        )  # fmt: skip
+        while True:
+            try:
+                train_loss, train_score = train_one_epoch(
+                    session.model, splits.train, prep, task, optimisation, device, session.generator, session.steps,
+                    progress.tally, on_step, session.order,
+                )  # fmt: skip
+                break
+            except NonFiniteStep as error:
+                fall_back_to_fp32(session, error)
     session.order = None  # the next epoch draws its order from the training generator again
     recompute_batch_norm(session.model, splits.train, prep, device, config.batch_size)
     val = task.evaluate(session.model, splits.val, prep, device)
@@ -280,6 +283,20 @@ def run_epoch(session: Session, epoch: int, steps: StepLog) -> dict[str, float]:
         f"{row['seconds']:.1f}s"
     )
     return row
+
+
+def fall_back_to_fp32(session: Session, error: NonFiniteStep) -> None:
+    """After a NaN or infinite step on ``auto``'s bf16, go on in fp32 from that step; else re-raise.
+
+    The loop raises before the weights change, so the step is repeated from the same weights.
+    """
+    fp32 = compute.fall_back(session.steps.compute, f"step {session.progress.step + 1} ({error})")
+    if fp32 is None:
+        raise error
+    session.steps = replace(session.steps, compute=fp32)
+    session.order = torch.Generator().set_state(session.order_state)  # the epoch's order again, from the failed step
+    runlog.record_compute(session.run_dir, fp32.to_dict())
+    session.say(f"{fp32.precision_note}: the step is repeated and the run goes on in fp32")
 
 
 def replace_moments(old: Optimisation, new: Optimisation) -> Optimisation:
