@@ -153,3 +153,15 @@ def test_explain_shows_the_probabilities_predict_gives_with_the_runs_flip(tmp_pa
         assert [p["label"] for p in record["explained"]] == prediction.labels
         shown = [p["probability"] for p in record["explained"]]
         np.testing.assert_allclose(shown, prediction.probabilities, rtol=1e-5, atol=1e-6)
+
+
+def test_explain_of_an_onnx_export_is_refused_in_one_line(tmp_path):
+    from cnnkit.deploy.classifier import ImageClassifier
+    from cnnkit.modelinfo import CheckpointInfo, ModelSpec, Preprocessing
+    from cnnkit.understand.explain import explain_images
+
+    export = ImageClassifier(
+        CheckpointInfo(ModelSpec("convnet", 2, 1, 8), ["a", "b"], Preprocessing(8, 1, (0.5,), (0.5,)), {})
+    )
+    with pytest.raises(CnnkitError, match=r"explain needs PyTorch weights.*not a \.onnx"):
+        explain_images(export, [tmp_path / "image.png"], tmp_path)

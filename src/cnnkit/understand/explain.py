@@ -224,6 +224,8 @@ def explain_images(
     from cnnkit.data.decode import ImageDecodeError
     from cnnkit.understand import figures
 
+    if not hasattr(classifier, "model"):  # an ONNX export: gradients need the PyTorch weights
+        raise CnnkitError("explain needs PyTorch weights for its gradients: give the run or checkpoint, not a .onnx")
     model, prep, names = classifier.model, classifier.preprocessing, classifier.classes
     decoded, sources, skipped = [], [], []
     for path in paths:
