@@ -34,7 +34,7 @@ def guarded(onnx_classifier):
 
 
 @pytest.fixture(scope="module")
-def digit_png(digits_export):
+def digit_png():
     import io
 
     from PIL import Image
