@@ -38,6 +38,7 @@ from cnnkit.tasks.classify import ClassifyTask
 from cnnkit.tasks.classify.evaluate import evaluate
 from cnnkit.training.loop import StepSettings, train_one_epoch
 from cnnkit.training.optim import Optimisation, build_optimizer
+from cnnkit.understand.summary import count_multiply_adds
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 2.0) -> float:
@@ -52,26 +53,6 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 2.0) 
         count += 1
     _synchronize(device)
     return 2 * side**3 * count / (time.perf_counter() - start)
-
-
-def multiply_adds(model: nn.Module, shape: tuple[int, ...]) -> int:
-    """Multiply-adds of one forward pass of one image through convolutions and linear layers."""
-    total = 0
-
-    def count(module: nn.Module, _inputs, output: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(module, nn.Conv2d):
-            total += output.numel() * module.in_channels * math.prod(module.kernel_size) // module.groups
-        elif isinstance(module, nn.Linear):
-            total += module.in_features * module.out_features
-
-    hooks = [m.register_forward_hook(count) for m in model.modules()]
-    model.eval()
-    with torch.no_grad():
-        model(torch.zeros(1, *shape))
-    for hook in hooks:
-        hook.remove()
-    return total
 
 
 def hand_written(model, splits, preprocessing, config, epochs, device) -> float:
@@ -156,7 +137,7 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {settings.cpu_capability}, "
           f"torch {torch.__version__}; cnnkit chose {settings.describe()}")  # fmt: skip
     shape = tuple(splits.train.images.shape[1:])
-    macs = multiply_adds(build(spec), shape)
+    macs = count_multiply_adds(build(spec), shape)
     peaks = {name: matmul_peak(dtype, device) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     print(f"{args.model}: {macs / 1e6:.2f}M multiply-adds per image; matmul peak "
           + ", ".join(f"{name} {rate / 1e9:.1f} GFLOP/s" for name, rate in peaks.items()))  # fmt: skip
