@@ -18,7 +18,7 @@ SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "valid", "validation"), "te
 DEFAULT_FOLDER_IMG_SIZE = 64
 
 # Files that only cnnkit writes together: a folder holding them is a run directory (train, export,
-# explain, compare), whose report figures must never become training images.
+# explain, compare, evaluate --report), whose figures must never become training images.
 RUN_RECORDS = frozenset({"metrics.csv", "state.safetensors", "results.json", "split.json", "environment.json"})
 RUN_FILES = ("export.json", "explain.json")
 
@@ -32,8 +32,8 @@ def _is_run_dir(folder: Path) -> bool:
         names = set(os.listdir(folder))
     except OSError:
         return False
-    compare = {"results.json", "report.html"} <= names
-    return compare or any(name in names for name in RUN_FILES) or ("config.yaml" in names and bool(names & RUN_RECORDS))
+    report = "report.html" in names and bool(names & {"results.json", "report.json"})  # compare, evaluate --report
+    return report or any(name in names for name in RUN_FILES) or ("config.yaml" in names and bool(names & RUN_RECORDS))
 
 
 def is_cnnkit_output(folder: Path) -> bool:
