@@ -125,3 +125,52 @@ def test_ctrl_c_exits_130_and_keeps_last(tmp_path):
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "interrupted" in stdout
     assert last.is_file()
+
+
+def test_cli_bad_spec_and_config_files_give_one_line_not_a_traceback(shapes_folder, tmp_path):
+    """A YAML layer spec with a syntax error, a config value of the wrong type, a spec input unlike the data."""
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("layers: [conv8k3, {type: relu\n")
+    assert_clean_error(run_cli("train", "--model", str(broken), "--out", str(tmp_path)), str(broken), "line 2")
+    config = tmp_path / "config.yaml"
+    config.write_text("epochs: 1\nlr: fast\n")
+    assert_clean_error(run_cli("train", "--config", str(config)), f"{config}: lr must be a finite number > 0")
+    mismatched = tmp_path / "mismatched.yaml"
+    mismatched.write_text("input: [1, 28, 28]\nlayers: [conv8k3, relu, gap, fc]\n")
+    out = tmp_path / "runs"
+    args = ("--data", str(shapes_folder), "--img-size", "16", "--epochs", "1", "--out", str(out))
+    result = run_cli("train", "--model", str(mismatched), *args)
+    assert_clean_error(result, "the spec's input [1, 28, 28] does not match the data (3, 16, 16)")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_cli_closed_pipe_ends_quietly_with_141(tmp_path):
+    """`cnnkit summary ... | head`: the reader leaves before the output is written."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cnnkit", "summary", "resnet18", "--img-size", "32"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    process.stdout.close()  # as `head` does once it has its lines; cnnkit is still importing
+    stderr = process.stderr.read()
+    assert process.wait(timeout=300) == 141
+    assert stderr == ""
+
+
+@pytest.mark.slow
+def test_cli_config_of_a_named_run_repeats_it_under_the_next_free_name(shapes_folder, tmp_path):
+    out = tmp_path / "runs"
+    args = ("--data", str(shapes_folder), "--epochs", "1", "--img-size", "8", "--out", str(out), "--name", "shapes")
+    assert run_cli("train", *args).returncode == 0
+    for expected in ("shapes2", "shapes3"):
+        again = run_cli("train", "--config", str(out / "shapes" / "config.yaml"))
+        assert again.returncode == 0, again.stderr
+        assert (out / expected / "best.safetensors").is_file()
+    repeated = (out / "shapes3" / "config.yaml").read_text().replace("name: shapes3", "name: shapes")
+    assert repeated == (out / "shapes" / "config.yaml").read_text()  # the same run, under a new name
+    again = run_cli("train", "--config", str(out / "shapes2" / "config.yaml"))  # a repeat of a repeat: shapes4
+    assert again.returncode == 0 and (out / "shapes4").is_dir()
