@@ -44,7 +44,8 @@ CACHE_VERSION = 2  # 2: meta.json records Pillow's warnings per file ("notes")
 PIXELS = "pixels.u8"
 META = "meta.json"
 CHUNK = 128  # files per task: large enough to amortise process hand-offs, small enough to balance cores
-FREE_SPACE_MARGIN = 256 << 20  # bytes a build leaves free on the cache disk, so the disk is never filled to the brim
+# A build leaves this much (at most a tenth of the free space) on the cache disk: it never fills the disk.
+FREE_SPACE_MARGIN = 256 << 20
 SPACE_ADVICE = "free space there, lower --img-size, or set $CNNKIT_CACHE_DIR to a folder on a larger disk"
 
 
@@ -202,10 +203,12 @@ def _check_space(base: Path, count: int, img_size: int, channels: int) -> int:
     """Refuse a build of ``count`` images that would not fit on the cache disk; returns the bytes it needs."""
     needed = count * img_size * img_size * channels
     free = shutil.disk_usage(base).free
-    if needed + FREE_SPACE_MARGIN > free:
+    margin = min(FREE_SPACE_MARGIN, free // 10)
+    if needed > free - margin:
+        kept = f", of which cnnkit leaves {_format_size(margin)} free" if needed <= free else ""
         raise CnnkitError(
             f"the image cache needs {_format_size(needed)} for {count} images at {img_size}x{img_size}x{channels} "
-            f"(--img-size {img_size}), but {base} has {_format_size(free)} free; {SPACE_ADVICE}"
+            f"(--img-size {img_size}), but {base} has {_format_size(free)} free{kept}; {SPACE_ADVICE}"
         )
     return needed
 
