@@ -102,23 +102,29 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted_run_bit_for
     assert not list(run_dir.glob(".*tmp*"))
 
 
-def test_failed_save_keeps_the_previous_state_which_resume_then_uses(tmp_path, monkeypatch):
-    settings = {"data": "digits", "epochs": 2, "batch_size": 128, "save_every": 4, "seed": 2, "verbose": False}
-    reference = cnnkit.train(out=str(tmp_path), name="reference", **settings)
-    disk = {"full": False}
-    real_fsync = os.fsync
+def fillable_disk(monkeypatch) -> dict:
+    """Make every fsync fail with ENOSPC once the returned ``disk["full"]`` is set."""
+    disk, real_fsync = {"full": False}, os.fsync
 
     def fsync(descriptor):
         if disk["full"]:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_fsync(descriptor)
 
+    monkeypatch.setattr(checkpoint.os, "fsync", fsync)
+    return disk
+
+
+def test_failed_save_keeps_the_previous_state_which_resume_then_uses(tmp_path, monkeypatch):
+    settings = {"data": "digits", "epochs": 2, "batch_size": 128, "save_every": 4, "seed": 2, "verbose": False}
+    reference = cnnkit.train(out=str(tmp_path), name="reference", **settings)
+    disk = fillable_disk(monkeypatch)
+
     class FillDiskAfterFirstEpoch:
         def on_epoch_end(self, run_dir, row):
             disk["full"] = True
             disk["state"] = (run_dir / STATE).read_bytes()
 
-    monkeypatch.setattr(checkpoint.os, "fsync", fsync)
     with pytest.raises(CnnkitError, match=r"No space left on device.*intact.*--resume"):
         cnnkit.train(out=str(tmp_path), name="full", callbacks=[FillDiskAfterFirstEpoch()], **settings)
     run_dir = tmp_path / "full"
@@ -126,7 +132,7 @@ def test_failed_save_keeps_the_previous_state_which_resume_then_uses(tmp_path, m
     assert not list(run_dir.glob(".*tmp*"))
     assert read_state(run_dir).progress.epoch == 1
 
-    monkeypatch.setattr(checkpoint.os, "fsync", real_fsync)
+    disk["full"] = False
     resumed = cnnkit.train(resume=run_dir, verbose=False)
     ours, theirs = load_tensors(resumed.last_checkpoint), load_tensors(reference.last_checkpoint)
     assert all(torch.equal(ours[key], theirs[key]) for key in theirs)
@@ -283,18 +289,12 @@ def test_ctrl_c_before_any_state_says_to_start_over(shapes_folder, tmp_path, mon
 def test_full_disk_in_the_first_epoch_says_to_start_over_and_leaves_no_run_directory(
     shapes_folder, tmp_path, monkeypatch
 ):
-    real_fsync, disk = os.fsync, {"full": False}
-
-    def fsync(descriptor):
-        if disk["full"]:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_fsync(descriptor)
+    disk = fillable_disk(monkeypatch)
 
     class FillDiskAtStart:
         def on_fit_start(self, run_dir, config):
             disk["full"] = True  # after the image cache was built, before the first save
 
-    monkeypatch.setattr(checkpoint.os, "fsync", fsync)
     settings = dict(data=str(shapes_folder), img_size=16, epochs=1, out=str(tmp_path / "runs"), verbose=False)
     with pytest.raises(CnnkitError, match=r"No space left on device.*free some space, then run the command again") as e:
         cnnkit.train(callbacks=[FillDiskAtStart()], **settings)
