@@ -45,11 +45,12 @@ class ImageDecodeError(CnnkitError):
     """An image that cannot be decoded; the message names the file and the reason."""
 
 
-def _open(source: ImageSource) -> tuple[Image.Image, str]:
+def _open(source: ImageSource) -> tuple[Image.Image, str, io.IOBase | None]:
+    """The image (not yet decoded), its name for messages, and the stream opened for it (None for images, arrays)."""
     if isinstance(source, Image.Image):
-        return source, "<image>"
+        return source, "<image>", None
     if isinstance(source, np.ndarray):
-        return _array_to_image(source), "<array>"
+        return _array_to_image(source), "<array>", None
     name = "<bytes>" if isinstance(source, bytes) else str(source)
     try:
         stream = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
@@ -63,7 +64,7 @@ def _open(source: ImageSource) -> tuple[Image.Image, str]:
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         stream.close()
         raise ImageDecodeError(f"cannot open {name}: {error}") from None
-    return image, name
+    return image, name, stream
 
 
 def _array_to_image(array: np.ndarray) -> Image.Image:
@@ -164,7 +165,7 @@ def load_image(source: ImageSource, min_side: int | None = None, notes: list[str
 
 
 def _load(source: ImageSource, min_side: int | None) -> Image.Image:
-    image, name = _open(source)
+    image, name, stream = _open(source)
     try:
         width, height = image.size
         if width * height > MAX_PIXELS:
@@ -180,6 +181,9 @@ def _load(source: ImageSource, min_side: int | None) -> Image.Image:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise ImageDecodeError(f"cannot decode {name}: {error}") from None
+    finally:
+        if stream is not None:  # the pixels are loaded; an open file would wait for the garbage collector
+            stream.close()
 
 
 def resize_image(image: Image.Image, img_size: int, resize: str = "crop") -> Image.Image:
