@@ -256,8 +256,9 @@ def test_check_command_prints_a_bounded_summary_of_many_duplicates(tmp_path):
 def test_scan_leaves_out_cnnkit_output(shapes_folder):
     from test_data import fake_run_dir
 
+    assert not scan_folder(shapes_folder).details
     fake_run_dir(shapes_folder / "runs" / "train")
-    report = scan_folder(shapes_folder)
+    report = scan_folder(shapes_folder)  # the same images, but not the cached report: it says what was left out
     assert report.files == 36 and "ignored runs/: cnnkit output" in report.warnings
     assert not [w for w in report.details if "runs/train" in w or "empty class folder" in w]
 

@@ -165,8 +165,10 @@ def _list_files(root: Path) -> tuple[list[str], int, int, list[str], list[str]]:
     return images, hidden, others, sorted(links), outputs
 
 
-def _cache_key(root: Path, images: list[str]) -> str:
-    return fingerprint(f"{SCAN_VERSION}:{MAX_PIXELS}:{root.resolve()}", root, images, follow_links=False)
+def _cache_key(root: Path, images: list[str], left_out: list[str]) -> str:
+    """The files' fingerprint, and the folders left out (links, cnnkit output): each is a warning of the report."""
+    header = f"{SCAN_VERSION}:{MAX_PIXELS}:{root.resolve()}:{chr(0).join(left_out)}"
+    return fingerprint(header, root, images, follow_links=False)
 
 
 def _split_and_class(rel: str) -> tuple[str, str]:
@@ -296,7 +298,7 @@ def scan_folder(
     images, hidden, others, links, outputs = _list_files(root)
     if not images:
         raise no_images_error(root)
-    key = f"{_cache_key(root, images)}{'' if decode else '-nodecode'}"
+    key = f"{_cache_key(root, images, links + outputs)}{'' if decode else '-nodecode'}"
     cache = cache_root() / "scans" / f"{key}.json"
     if use_cache and cache.is_file():
         try:
