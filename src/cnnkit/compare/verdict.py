@@ -144,12 +144,12 @@ def _depth(depth: list[dict[str, Any]], match: dict[str, Any]) -> str:
     by_stages = ", ".join(f"{row['stages']}: {_pct(row['test_accuracy'])}" for row in depth)
     if best["test_accuracy"] > shallowest["test_accuracy"] + MARGIN:
         return (
-            f"Depth paid off {size}: {best['stages']} convolution stage(s) ({best['conv_layers']} layers) reached "
+            f"Depth paid off {size}: {best['stages']} convolution stage(s) ({best['conv_layers']} layer(s)) reached "
             f"{_pct(best['test_accuracy'])} against {_pct(shallowest['test_accuracy'])} with "
             f"{shallowest['stages']} stage(s); accuracy by stages: {by_stages}{caveat}."
         )
     return (
-        f"Depth did not pay off {size}: {shallowest['stages']} stage(s) ({shallowest['conv_layers']} layers) already "
-        f"reached {_pct(shallowest['test_accuracy'])}, and the best depth ({best['stages']} stages) "
+        f"Depth did not pay off {size}: {shallowest['stages']} stage(s) ({shallowest['conv_layers']} layer(s)) already "
+        f"reached {_pct(shallowest['test_accuracy'])}, and the best depth ({best['stages']} stage(s)) "
         f"{_pct(best['test_accuracy'])}; a shallower CNN of the same size is enough for this data{caveat}."
     )
