@@ -185,7 +185,7 @@ def test_a_killed_decoding_process_is_one_line_and_leaves_nothing(
     files = _files(shapes_folder)
     monkeypatch.setattr(cache_module, "CHUNK", 8)
     monkeypatch.setattr(cache_module, "_decode_chunk", _killed)
-    with pytest.raises(CnnkitError, match=r"failed: a decoding process was killed \(out of memory, or the disk"):
+    with pytest.raises(CnnkitError, match=r"failed: a decoding process was killed, by a lack of memory or a full disk"):
         decode_cached(shapes_folder, files, 16, None, "crop", workers=2, cache=tmp_path / "cache")
     assert _left_in(tmp_path / "cache") == ["images"]
     monkeypatch.undo()

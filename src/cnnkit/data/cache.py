@@ -216,7 +216,7 @@ def _check_space(base: Path, count: int, img_size: int, channels: int) -> int:
 def _build_failure(base: Path, needed: int, error: BaseException) -> CnnkitError:
     """One line for a build that stopped: what happened, the space it needed and had, and what to do."""
     if isinstance(error, BrokenProcessPool):
-        what = "a decoding process was killed (out of memory, or the disk filled up)"
+        what = "a decoding process was killed, by a lack of memory or a full disk"
     elif isinstance(error, MemoryError):
         what = "out of memory"
     elif isinstance(error, OSError) and error.errno == errno.ENOSPC:
