@@ -250,3 +250,11 @@ def test_absurd_image_sizes_are_refused_with_the_range(shapes_folder, tmp_path, 
     with pytest.raises(CnnkitError, match="out of range"):
         load_data("digits", img_size=100_000)
     assert not (tmp_path / "cache").exists()  # refused before anything was written
+
+
+def test_pillow_warnings_while_reading_a_folder_are_one_summary_line(shapes_folder, monkeypatch, recwarn):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow warns about each 40x40 image
+    splits = load_data(str(shapes_folder), img_size=16, workers=1)
+    (line,) = [w for w in splits.warnings if "Pillow" in w]
+    assert line.startswith("Pillow warned 36 time(s) while decoding") and "DecompressionBombWarning" in line
+    assert not [w for w in recwarn.list if "decompression" in str(w.message)]  # none printed by Pillow
