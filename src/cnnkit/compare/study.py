@@ -29,6 +29,7 @@ from cnnkit.compare.depth import DEFAULT_STAGES, DEFAULT_WIDTHS, MAX_WIDTH, TOLE
 from cnnkit.compute import select_device
 from cnnkit.config import TrainConfig
 from cnnkit.data import ImageSet, load_data
+from cnnkit.data.augment import parse_augmentation
 from cnnkit.data.loader import channel_stats, num_batches
 from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import Preprocessing
@@ -37,13 +38,14 @@ from cnnkit.tasks.classify import ClassifyTask
 from cnnkit.tasks.classify.evaluate import evaluate
 from cnnkit.training.loop import StepSettings, recompute_batch_norm, train_one_epoch
 from cnnkit.training.optim import Optimisation, build_optimizer
-from cnnkit.understand.robustness import PERTURBATIONS, perturb, random_shift
+from cnnkit.understand.robustness import PERTURBATIONS, perturb
 from cnnkit.understand.summary import count_multiply_adds
 
 CNN, MLP = "convnet", "mlp"
 FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
 # "Regularised" switches on all three at once: random shifts of up to an eighth of the image
-# (at least one pixel), dropout 0.3 before the classifier(s) and AdamW weight decay 0.05.
+# (at least one pixel; the padded random crop of `--augment crop`, edges replicated), dropout
+# 0.3 before the classifier(s) and AdamW weight decay 0.05.
 # "Plain" switches all three off. The headline models use the library defaults.
 REGULARISED = {"augment": True, "dropout": 0.3, "weight_decay": 0.05}
 PLAIN = {"augment": False, "dropout": 0.0, "weight_decay": 0.0}
@@ -100,16 +102,12 @@ class Study:
         steps = num_batches(train, budget.batch_size)
         optimisation = Optimisation(*build_optimizer(model, config, budget.epochs * steps))
         generator = torch.Generator().manual_seed(budget.seed)
-        max_shift = max(1, prep.img_size // 8)
-        task, settings = ClassifyTask(train.classes), StepSettings(budget.batch_size)
+        shifts = parse_augmentation("crop", img_size=prep.img_size) if augment else None  # as `--augment crop`
+        task, settings = ClassifyTask(train.classes), StepSettings(budget.batch_size, augment=shifts)
         started = time.perf_counter()
         for _ in range(budget.epochs):
-            epoch_data = train
-            if augment:
-                shifted = random_shift(train.images, max_shift, generator)
-                epoch_data = ImageSet(shifted, train.labels, train.classes, train.sources)
-            train_one_epoch(model, epoch_data, prep, task, optimisation, self.device, generator, settings)
-            recompute_batch_norm(model, epoch_data, prep, self.device, budget.batch_size)
+            train_one_epoch(model, train, prep, task, optimisation, self.device, generator, settings)
+            recompute_batch_norm(model, train, prep, self.device, budget.batch_size)
         return model.eval(), time.perf_counter() - started
 
     def accuracy(self, model: nn.Module, data: ImageSet | None = None) -> float:

@@ -1,4 +1,4 @@
-"""Perturbed copies of test images (shift, rotation, scale, noise, brightness) and random-shift augmentation.
+"""Perturbed copies of test images: shift, rotation, scale, noise and brightness, as `cnnkit compare` measures them.
 
 Every function takes and returns uint8 images (N, C, H, W) and is deterministic: the
 direction of a shift and the sign of a rotation alternate with the image's index, so
@@ -67,15 +67,3 @@ def perturb(images: torch.Tensor, kind: str, level: float) -> torch.Tensor:
     if kind == "brightness":
         return (images.float() * level).round().clamp(0, 255).to(torch.uint8)
     raise ValueError(f"unknown perturbation {kind!r}; use one of {', '.join(PERTURBATIONS)}")
-
-
-def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Training augmentation: each image moved by a random offset in [-max_shift, max_shift]² pixels, black fill."""
-    count, _, height, width = images.shape
-    padded = torch.nn.functional.pad(images, (max_shift,) * 4)  # (N, C, H + 2m, W + 2m)
-    offsets = torch.randint(0, 2 * max_shift + 1, (count, 2), generator=generator)
-    out = torch.empty_like(images)
-    for dy, dx in offsets.unique(dim=0).tolist():
-        members = ((offsets[:, 0] == dy) & (offsets[:, 1] == dx)).nonzero().flatten()
-        out[members] = padded[members, :, dy : dy + height, dx : dx + width]
-    return out
