@@ -148,13 +148,6 @@ def test_depth_plan_matches_parameter_counts(channels, img_size):
     assert not plan.left_out or img_size > 8  # the 8x8 digits fit every depth: one stage of 608 channels
 
 
-def _fail(error: BaseException):
-    def fail(*args, **kwargs):
-        raise error
-
-    return fail
-
-
 def _contents(folder: Path) -> list[str]:
     return sorted(path.name for path in folder.iterdir()) if folder.exists() else []
 
@@ -168,7 +161,11 @@ def test_compare_failure_leaves_no_run_dir(tmp_path, monkeypatch):
     assert not runs.exists()  # both refused before any folder was made
 
     monkeypatch.setattr(study_module, "load_study", lambda *args: _random_study())
-    monkeypatch.setattr(study_module.Study, "fit", _fail(KeyboardInterrupt()))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study_module.Study, "fit", interrupted)
     for name in (None, "named"):  # a named folder is claimed before the study, so it must be removed
         with pytest.raises(KeyboardInterrupt):
             compare(out=runs, name=name, say=lambda line: None)
