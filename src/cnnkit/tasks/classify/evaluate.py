@@ -22,15 +22,14 @@ def predict_logits(
     preprocessing: Preprocessing,
     device: torch.device,
     batch_size: int = 256,
-    flip: bool = False,
     tta: bool = False,
 ) -> torch.Tensor:
     """Logits (N, K) on the CPU for uint8 images (N, C, H, W).
 
-    ``flip`` mirrors the images left to right; ``tta`` averages the predictions for each
-    image and its mirror (:class:`~cnnkit.tasks.classify.tta.FlipAveraged`). Batches are taken one at a
-    time, so a memory-mapped set is never copied whole, and large images come in smaller
-    batches (at most ``EVAL_BATCH_VALUES`` pixel values), so evaluating 200-pixel photos
+    ``tta`` averages the predictions for each image and its mirror image
+    (:class:`~cnnkit.tasks.classify.tta.FlipAveraged`). Batches are taken one at a time, so a
+    memory-mapped set is never copied whole, and large images come in smaller batches (at
+    most ``EVAL_BATCH_VALUES`` pixel values), so evaluating 200-pixel photos
     needs no more memory than training on them.
     """
     model = FlipAveraged(model) if tta else model
@@ -40,7 +39,7 @@ def predict_logits(
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size].to(device)
-        outputs.append(model(preprocessing.normalize(batch.flip(-1) if flip else batch)).float().cpu())
+        outputs.append(model(preprocessing.normalize(batch)).float().cpu())
     return torch.cat(outputs) if outputs else torch.zeros(0, 0)
 
 
