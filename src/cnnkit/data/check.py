@@ -179,8 +179,8 @@ def _split_and_class(rel: str) -> tuple[str, str]:
     return "all", parts[0] if len(parts) > 1 else ""
 
 
-def _dataset_warnings(root: Path, report: ScanReport, images: list[str], outputs: list[str]) -> list[tuple[str, str]]:
-    """(kind, warning) about the dataset as a whole: loose images, empty classes, imbalance, identical files."""
+def _dataset_warnings(root: Path, report: ScanReport, images: list[str], outputs: list[str]) -> list[tuple[str, ...]]:
+    """(kind, warning[, shorter console line]) about the dataset: loose images, empty classes, imbalance, duplicates."""
     warnings = []
     bad = {item.path for item in report.bad}
     counts: Counter = Counter()
@@ -214,7 +214,11 @@ def _dataset_warnings(root: Path, report: ScanReport, images: list[str], outputs
         if len(paths) > 1:
             leak = len(splits) > 1
             where = "across splits (leakage: test scores will be optimistic)" if leak else "duplicates"
-            warnings.append(("leak" if leak else "duplicate", f"identical files {where}: {', '.join(paths)}"))
+            head = f"identical files {where}"
+            shown = paths[:SHOWN_PATHS]
+            short = f"{head} ({len(paths)} files): {', '.join(shown)} and {len(paths) - len(shown)} more"
+            full = f"{head}: {', '.join(paths)}"
+            warnings.append(("leak" if leak else "duplicate", full, full if len(paths) == len(shown) else short))
     return warnings
 
 
@@ -238,25 +242,19 @@ def imbalance_warnings(counts: dict[str, int]) -> list[str]:
     return warnings
 
 
-def _shorten(warning: str) -> str:
-    """A set of identical files names its first few paths; the full list names them all."""
-    head, _, paths = warning.partition(": ")
-    listed = paths.split(", ")
-    if not head.startswith("identical files") or len(listed) <= SHOWN_PATHS:
-        return warning
-    return f"{head} ({len(listed)} files): {', '.join(listed[:SHOWN_PATHS])} and {len(listed) - SHOWN_PATHS} more"
+def _summarise(warnings: list[tuple[str, ...]], full_list: Path) -> tuple[list[str], bool]:
+    """At most :data:`SHOWN_PER_KIND` lines of each kind, the last counting the rest; True when any was left out.
 
-
-def _summarise(warnings: list[tuple[str, str]], full_list: Path) -> tuple[list[str], bool]:
-    """At most :data:`SHOWN_PER_KIND` lines of each kind, the last counting the rest; True when any was left out."""
-    by_kind: dict[str, list[str]] = {}
-    for kind, warning in warnings:
-        by_kind.setdefault(kind, []).append(warning)
+    ``warnings`` holds (kind, warning) or (kind, warning, shorter line for the console).
+    """
+    by_kind: dict[str, list[tuple[str, str]]] = {}
+    for kind, full, *short in warnings:
+        by_kind.setdefault(kind, []).append((full, short[0] if short else full))
     shown, cut = [], False
     for lines in by_kind.values():
         keep = lines if len(lines) <= SHOWN_PER_KIND else lines[: SHOWN_PER_KIND - 1]
-        shown += [_shorten(line) for line in keep]
-        cut = cut or len(keep) < len(lines) or any(_shorten(line) != line for line in keep)
+        shown += [short for _, short in keep]
+        cut = cut or len(keep) < len(lines) or any(short != full for full, short in keep)
         if len(keep) < len(lines):
             shown.append(f"... and {len(lines) - len(keep)} more like these; every warning is in {full_list}")
     if cut and not any(line.endswith(str(full_list)) for line in shown):
@@ -321,7 +319,7 @@ def scan_folder(
     found += [("link", f"symlinked folder not followed: {link}") for link in links]
     found += _dataset_warnings(root, report, images, outputs)
     full_list = cache_root() / "scans" / f"{key}-warnings.txt"
-    report.details = [warning for _, warning in found]
+    report.details = [warning for _, warning, *_ in found]
     report.warnings, cut = _summarise(found, full_list)
     report.full_list = str(full_list) if cut else None
     report.write_full_list()
