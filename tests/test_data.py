@@ -258,3 +258,10 @@ def test_pillow_warnings_while_reading_a_folder_are_one_summary_line(shapes_fold
     (line,) = [w for w in splits.warnings if "Pillow" in w]
     assert line.startswith("Pillow warned 36 time(s) while decoding") and "DecompressionBombWarning" in line
     assert not [w for w in recwarn.list if "decompression" in str(w.message)]  # none printed by Pillow
+
+
+def test_builtin_sizes_beyond_memory_are_refused_before_resizing(monkeypatch):
+    monkeypatch.setattr(builtin, "_physical_memory", lambda: 1 << 30)
+    monkeypatch.setattr(builtin, "_resize_all", lambda *_: pytest.fail("resized before the check"))
+    with pytest.raises(CnnkitError, match=r"digits at --img-size 1024 needs 3\.8 GB of memory .* 1\.1 GB; lower"):
+        load_data("digits", img_size=1024)  # 1797 x 1024 x 1024 bytes, twice (resized, then stacked)

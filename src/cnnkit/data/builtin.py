@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cnnkit.data.cache import cache_root
+from cnnkit.data.cache import cache_root, format_size
 from cnnkit.data.decode import resize_image, to_array
 from cnnkit.data.imageset import DataSplits, ImageSet, stratified_split
 from cnnkit.errors import CnnkitError
@@ -212,6 +212,24 @@ def locate(dataset: BuiltinDataset, data_dir: str | Path | None) -> Path:
     return target_dir
 
 
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system: no check
+        return None
+
+
+def _check_memory(name: str, count: int, img_size: int, channels: int) -> None:
+    """Refuse sizes whose resized arrays cannot fit in memory (built-ins are held there, not in the image cache)."""
+    needed = count * img_size * img_size * channels
+    total = _physical_memory()
+    if total is not None and 2 * needed > total:  # the resized images, then their stacked copy
+        raise CnnkitError(
+            f"{name} at --img-size {img_size} needs {format_size(2 * needed)} of memory to resize {count} images to "
+            f"{img_size}x{img_size}x{channels}, more than this machine's {format_size(total)}; lower --img-size"
+        )
+
+
 def _resize_all(images: np.ndarray, img_size: int, channels: int, resize: str) -> np.ndarray:
     if images.shape[1] == channels and images.shape[2] == images.shape[3] == img_size:
         return images
@@ -256,6 +274,7 @@ def load_builtin(
     folder = locate(dataset, data_dir) if dataset.files else Path()
     arrays = dataset.reader(folder)
     img_size, channels = img_size or dataset.img_size, channels or dataset.channels
+    _check_memory(name, sum(len(labels) for _, labels in arrays.values()), img_size, channels)
     sets = {
         split: _image_set(name, split, _resize_all(images, img_size, channels, resize), labels, dataset.classes)
         for split, (images, labels) in arrays.items()

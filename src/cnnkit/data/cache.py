@@ -190,7 +190,8 @@ def _allocate(path: Path, size: int) -> None:
         handle.truncate(size)
 
 
-def _format_size(size: float) -> str:
+def format_size(size: float) -> str:
+    """Bytes for a message: ``7.1 MB``, ``3.6 TB`` (powers of 1000, as disk tools report them)."""
     units = ("bytes", "KB", "MB", "GB", "TB", "PB")
     power = 0
     while size >= 1000 and power < len(units) - 1:
@@ -205,10 +206,10 @@ def _check_space(base: Path, count: int, img_size: int, channels: int) -> int:
     free = shutil.disk_usage(base).free
     margin = min(FREE_SPACE_MARGIN, free // 10)
     if needed > free - margin:
-        kept = f", of which cnnkit leaves {_format_size(margin)} free" if needed <= free else ""
+        kept = f", of which cnnkit leaves {format_size(margin)} free" if needed <= free else ""
         raise CnnkitError(
-            f"the image cache needs {_format_size(needed)} for {count} images at {img_size}x{img_size}x{channels} "
-            f"(--img-size {img_size}), but {base} has {_format_size(free)} free{kept}; {SPACE_ADVICE}"
+            f"the image cache needs {format_size(needed)} for {count} images at {img_size}x{img_size}x{channels} "
+            f"(--img-size {img_size}), but {base} has {format_size(free)} free{kept}; {SPACE_ADVICE}"
         )
     return needed
 
@@ -225,8 +226,8 @@ def _build_failure(base: Path, needed: int, error: BaseException) -> CnnkitError
         what = str(getattr(error, "strerror", None) or error)
     free = shutil.disk_usage(base).free if base.is_dir() else 0
     return CnnkitError(
-        f"building the image cache in {base} failed: {what} ({_format_size(needed)} needed, "
-        f"{_format_size(free)} free now); {SPACE_ADVICE}"
+        f"building the image cache in {base} failed: {what} ({format_size(needed)} needed, "
+        f"{format_size(free)} free now); {SPACE_ADVICE}"
     )
 
 
