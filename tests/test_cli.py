@@ -70,7 +70,7 @@ def test_predict_skips_bad_files_among_many(digits_run, tmp_path):
     ("args", "fragments"),
     [
         (["train", "--data", "{tmp}/missing"], ["data not found", "missing"]),
-        (["train", "--epochs", "0"], ["epochs must be at least 1"]),
+        (["train", "--epochs", "0"], ["--epochs must be an integer >= 1 (got 0)"]),
         (["train", "--model", "nonsense"], ["unknown model 'nonsense'"]),
         (["evaluate", "{tmp}/missing"], ["checkpoint not found"]),
         (["evaluate", "{tmp}/fake.safetensors"], ["not a cnnkit checkpoint", "fake.safetensors"]),

@@ -73,7 +73,7 @@ class CommandParser(argparse.ArgumentParser):
 
 
 def _unexpected(parser: argparse.ArgumentParser, extras: list[str]) -> str:
-    """Why each left-over word was not understood: ``unknown flag --lrr for cnnkit train; did you mean '--lr'?``."""
+    """Why the left-over words were not understood: ``unknown flag --lrr for cnnkit train (did you mean '--lr'?)``."""
     flags = [flag for action in parser._actions for flag in action.option_strings]
     unknown = [word.split("=")[0] for word in extras if word.startswith("-")]
     if unknown:  # the words after an unknown flag are most likely its value: not worth a reason of their own

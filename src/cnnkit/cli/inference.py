@@ -29,7 +29,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
     predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     predict.add_argument("--top-k", type=number_type(COUNT), default=3, help="labels to show per image (default: 3)")
-    predict.add_argument("--json", action="store_true", help="print one JSON record per image; writes no file")
+    predict.add_argument(
+        "--json", action="store_true", help="print one JSON record per image (and write a CSV only if --out is given)"
+    )
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     predict.add_argument(
         "--out",
