@@ -1,4 +1,10 @@
-"""Typed training defaults: one key means one thing in YAML, on the command line and in Python."""
+"""Typed training defaults: one key means one thing in YAML, on the command line and in Python.
+
+Each key carries its help text, its ``train --help`` group and the values it accepts (a
+:class:`Range` or a tuple of choices) in its field metadata; the command line builds its flags
+and their type checks from them, and :meth:`TrainConfig.check` and ``from_dict`` refuse the
+same values, so a setting is accepted or refused alike wherever it comes from.
+"""
 
 from __future__ import annotations
 
