@@ -43,7 +43,8 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_state(tmp_path, 
     monkeypatch.setattr(PoisonedLoss, "poisoned", frozenset({6}))
     monkeypatch.setattr(nn, "CrossEntropyLoss", PoisonedLoss)
     with pytest.raises(CnnkitError, match=r"stopped at step 6 \(epoch 1\): loss nan.*Lower --lr \(now 0\.003\)"):
-        cnnkit.train(out=str(tmp_path), name="nan", save_every=2, **SETTINGS)
+        # fp32 as asked: auto's bf16 would repeat the step in fp32 and go on
+        cnnkit.train(out=str(tmp_path), name="nan", save_every=2, precision="fp32", **SETTINGS)
     state = read_state(tmp_path / "nan")  # validated: finite weights only
     assert state.progress.step == 4
     assert len((tmp_path / "nan" / "steps.csv").read_text().splitlines()) == 1 + 5
