@@ -1,3 +1,7 @@
+import csv
+import json
+import math
+
 import pytest
 import torch
 
@@ -40,3 +44,66 @@ def test_prepare_model_uses_channels_last_when_chosen():
     model = compute.prepare_model(torch.nn.Conv2d(3, 8, 3), settings)
     assert model.weight.is_contiguous(memory_format=torch.channels_last)
     assert compute.prepare_inputs(torch.randn(2, 3, 5, 5), settings).is_contiguous(memory_format=torch.channels_last)
+
+
+def one_pixel_stride():
+    """A 3x3 stride-2 convolution that meets a 1-pixel map at a 2-pixel input (the hazard bf16 gets wrong)."""
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(4, 8, 3, stride=2, padding=1))
+
+
+def test_bf16_gradient_hazards_find_a_stride_above_a_one_pixel_map():
+    model = one_pixel_stride().train()
+    assert compute.bf16_gradient_hazards(model, (1, 2, 2)) == ["2"]
+    assert compute.bf16_gradient_hazards(model, (1, 4, 4)) == [] and model.training
+
+
+def test_auto_avoids_bf16_for_a_hazard_and_an_explicit_bf16_is_kept(monkeypatch):
+    monkeypatch.setattr(compute, "cpu_has_fast_bf16", lambda: True)  # the same path on an AVX2-only CPU
+    cpu, model = torch.device("cpu"), one_pixel_stride()
+    hazard = compute.resolve(cpu, model=model, input_shape=(1, 2, 2))
+    assert hazard.precision == "fp32" and "2 are wrong" in hazard.precision_note
+    assert compute.resolve(cpu, model=model, input_shape=(1, 4, 4)).precision == "bf16"
+    asked = compute.resolve(cpu, "bf16", model=model, input_shape=(1, 2, 2))
+    assert asked.precision == "bf16" and "as asked" in asked.precision_note
+
+
+def test_fall_back_leaves_only_autos_bf16(monkeypatch):
+    monkeypatch.setattr(compute, "cpu_has_fast_bf16", lambda: True)
+    cpu = torch.device("cpu")
+    fp32 = compute.fall_back(compute.resolve(cpu), "step 3 (loss nan)")
+    assert fp32.precision == "fp32" and fp32.precision_note == "auto: bf16 until step 3 (loss nan), then fp32"
+    assert compute.fall_back(compute.resolve(cpu, "bf16"), "step 3") is None
+    assert compute.fall_back(fp32, "step 4") is None
+
+
+def breaks_in_bf16(num_classes: int, in_channels: int = 3, img_size: int = 32) -> torch.nn.Module:
+    """The default ConvNet, with infinite logits under autocast: a model whose bf16 steps are never finite."""
+    from cnnkit.models import create_model
+
+    model = create_model("convnet", num_classes, in_channels, img_size)
+    model.register_forward_hook(lambda m, inputs, out: out * math.inf if torch.is_autocast_enabled("cpu") else None)
+    return model
+
+
+@pytest.mark.slow
+def test_auto_bf16_falls_back_to_fp32_at_a_nonfinite_step_and_explicit_bf16_stops(
+    monkeypatch, shapes_folder, tmp_path, capsys
+):
+    import cnnkit
+    from cnnkit.models import registry
+
+    monkeypatch.setattr(compute, "cpu_has_fast_bf16", lambda: True)  # auto picks bf16 on any CPU
+    monkeypatch.setattr(registry, "_ENTRIES", dict(registry._ENTRIES))
+    registry.register_model(breaks_in_bf16)
+    common = dict(data=str(shapes_folder), model="breaks_in_bf16", img_size=16, epochs=2, out=str(tmp_path))
+    run = cnnkit.train(**common, name="auto")
+    environment = json.loads((run.dir / "environment.json").read_text())["compute"]
+    assert environment["precision"] == "fp32" and environment["precision_note"].startswith("auto: bf16 until step 1 (")
+    assert "the step is repeated and the run goes on in fp32" in capsys.readouterr().out
+    steps = list(csv.DictReader((run.dir / "steps.csv").open()))  # the failed bf16 step 1 is repeated, not skipped
+    assert [int(row["step"]) for row in steps] == list(range(1, len(steps) + 1)) and len(steps) >= 2
+    assert all(row["skipped"] == "0" and math.isfinite(float(row["loss"])) for row in steps)
+    assert len(run.history) == 2 and all(math.isfinite(row["train_loss"]) for row in run.history)
+    with pytest.raises(cnnkit.CnnkitError, match="training stopped at step 1"):
+        cnnkit.train(**common, name="bf16", precision="bf16", verbose=False)

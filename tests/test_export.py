@@ -40,17 +40,82 @@ def test_export_metadata_holds_classes_and_exact_preprocessing(digits_run, digit
     assert exported.preprocessing == reference.preprocessing and exported.classes == reference.classes
 
 
-def test_int8_keeps_accuracy_and_refuses_a_larger_drop(digits_run, digits_export, tmp_path):
+def test_int8_export_is_judged_on_validation_and_test_images(digits_run, digits_export, tmp_path):
     from cnnkit.deploy.export import export_onnx
 
     int8 = json.loads((digits_export / "export.json").read_text())["int8"]
-    assert int8["passed"] and int8["accuracy_drop"] <= 0.5 and int8["calibration_images"] > 100
+    assert int8["images"] == 179 + 359 and int8["calibration_images"] > 100
+    assert int8["decision"] in ("accepted", "not enough images to tell")  # never refused for noise
     assert (digits_export / "model.int8.onnx").is_file()
-    int8_accuracy, _ = cnnkit.load(digits_export / "model.int8.onnx").evaluate(split="val")
-    assert int8_accuracy.accuracy == pytest.approx(int8["accuracy_int8"])
-    with pytest.raises(cnnkit.CnnkitError, match="int8 quantization is not a success"):
-        export_onnx(digits_run, out=tmp_path, name="strict", int8=True, max_accuracy_drop=-1.0, verbose=False)
+    assert int8["drop_lower_bound"] <= int8["accuracy_drop"] <= int8["drop_upper_bound"]
+    changed = round((1 - int8["top1_agreement"]) * int8["images"])  # images whose predicted class changed
+    assert changed >= int8["fp32_only"] + int8["int8_only"]
+    scored = [cnnkit.load(digits_export / "model.int8.onnx").evaluate(split=split)[0] for split in ("val", "test")]
+    assert int8["accuracy_int8"] == pytest.approx(sum(r.accuracy * r.count for r in scored) / int8["images"])
+    # Any drop is beyond -50 points with 95% confidence: the int8 model must be refused and removed.
+    with pytest.raises(cnnkit.CnnkitError, match="int8 quantization is not a success: accuracy drop"):
+        export_onnx(digits_run, out=tmp_path, name="strict", int8=True, max_accuracy_drop=-50, verbose=False)
     assert not (tmp_path / "strict" / "model.int8.onnx").exists() and (tmp_path / "strict" / "model.onnx").exists()
+    assert json.loads((tmp_path / "strict" / "export.json").read_text())["int8"]["decision"] == "rejected"
+
+
+@pytest.mark.parametrize(
+    ("images", "fp32_only", "int8_only", "decision"),
+    [
+        (5000, 3, 2, "accepted"),  # clearly fine: 0.02 points, at most 0.12
+        (539, 0, 5, "accepted"),  # int8 better
+        (539, 20, 0, "rejected"),  # clearly bad: 3.7 points, at least 2.6
+        (10, 10, 0, "rejected"),
+        (20, 0, 0, "not enough images to tell"),  # no change, but 20 images bound the drop only to 12 points
+        (179, 1, 0, "not enough images to tell"),  # the one image of 179 that failed the old fixed threshold
+        (539, 3, 0, "not enough images to tell"),
+    ],
+)
+def test_accuracy_drop_decides_on_constructed_counts(images, fp32_only, int8_only, decision):
+    from cnnkit.deploy.quantize import AccuracyDrop
+
+    drop = AccuracyDrop(images, fp32_only, int8_only, max_drop=0.5)
+    assert drop.decision == decision and drop.to_dict()["passed"] == (decision == "accepted")
+    assert drop.lower_bound <= drop.drop <= drop.upper_bound
+    assert f"{images} images" in drop.format() and f"{drop.drop:.2f} points" in drop.format()
+
+
+def test_paired_bound_matches_closed_form_and_covers_the_true_drop():
+    from cnnkit.deploy.quantize import paired_bound
+
+    z2 = 1.6448536269514722**2  # the one-sided 95% normal quantile, squared
+    for images in (20, 539, 10_000):  # no image changed: Tango's bound is z^2 / (n + z^2)
+        assert paired_bound(images, 0, 0) == pytest.approx(z2 / (images + z2))
+    rng = np.random.default_rng(0)
+    for images, losses, gains in ((500, 0.01, 0.005), (200, 0.02, 0.0), (100, 0.05, 0.05)):
+        counts = rng.multinomial(images, [losses, gains, 1 - losses - gains], size=400)
+        covered = np.mean([paired_bound(images, b, c) >= losses - gains for b, c, _ in counts])
+        assert covered >= 0.92  # nominal 0.95; 400 draws put the estimate within about 0.02
+
+
+@pytest.mark.slow
+def test_export_out_ending_in_onnx_names_the_file(digits_run, tmp_path):
+    target = tmp_path / "deploy" / "digits.onnx"
+    result = run_cli("export", str(digits_run), "--int8", "--out", str(target))
+    assert result.returncode == 0, result.stderr
+    written = sorted(path.name for path in target.parent.iterdir())
+    assert written == ["digits.export.json", "digits.int8.onnx", "digits.onnx"] and target.is_file()
+    report = json.loads((target.parent / "digits.export.json").read_text())
+    assert report["model"] == str(target) and report["int8"]["model"] == str(target.parent / "digits.int8.onnx")
+    again = run_cli("export", str(digits_run), "--out", str(target))
+    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_export_paths_refuse_a_name_with_an_onnx_out(tmp_path):
+    from cnnkit.deploy.export import export_paths
+
+    with pytest.raises(cnnkit.CnnkitError, match="leave out --name"):
+        export_paths(tmp_path / "model.onnx", "x")
+    assert export_paths(tmp_path / "a" / "m.ONNX", None) == tuple(
+        tmp_path / "a" / name for name in ("m.ONNX", "m.int8.onnx", "m.export.json")
+    )
+    assert export_paths(tmp_path / "runs", None)[0] == tmp_path / "runs" / "export" / "model.onnx"
+    assert not (tmp_path / "model.onnx").exists()
 
 
 def test_export_above_tolerance_is_an_error(digits_run, tmp_path):

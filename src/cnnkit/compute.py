@@ -5,6 +5,12 @@ with native bf16 instructions (AVX-512 BF16 or AMX); on an AVX2-only CPU it meas
 20x slower than fp32 for the default ConvNet, so it stays off there. channels_last measured
 1.4-1.7x faster than the default layout for training steps on that CPU, so it is on, and
 keeping freed memory in glibc's heap made the step another 1.16x faster.
+
+``auto`` never keeps a precision that fails. Where bf16 is fast, it is still not chosen
+for a model with a convolution whose bf16 weight gradient the CPU computes wrongly
+(:func:`bf16_gradient_hazards`), and a run on ``auto``'s bf16 switches to fp32 at its first
+NaN or infinite step (:func:`fall_back`), repeating that step. An explicit ``--precision
+bf16`` is kept as asked and stops at such a step like any other.
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import platform
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -35,6 +42,8 @@ class ComputeSettings:
     threads: int
     cpu_capability: str
     allocator: str = "default"  # "reuse": glibc keeps freed memory for the next step (keep_freed_memory)
+    precision_requested: str = ""  # what was asked for: "auto" may fall back to fp32, an explicit choice never
+    precision_note: str = ""  # why auto chose as it did, or when it switched
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -42,7 +51,8 @@ class ComputeSettings:
     def describe(self) -> str:
         compiled = ", compiled" if self.compile else ""
         reuse = ", memory reuse" if self.allocator == "reuse" else ""
-        return f"{self.precision}, {self.memory_format}{compiled}{reuse}, {self.threads} threads"
+        note = f"; {self.precision_note}" if self.precision_note else ""
+        return f"{self.precision}, {self.memory_format}{compiled}{reuse}, {self.threads} threads{note}"
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -116,11 +126,70 @@ def keep_freed_memory() -> None:
     libc.mallopt(M_TRIM_THRESHOLD, 256 * 2**20)
 
 
+def bf16_gradient_hazards(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
+    """Names of the convolutions in ``model`` whose bf16 weight gradient the CPU gets wrong, from one forward pass.
+
+    Measured with torch 2.14 (oneDNN) on an AVX-512 BF16 Xeon: when a convolution pads its
+    last spatial axis and its stride there is larger than its input there (a stride-2 3x3
+    convolution on a 1-pixel map: resnet18's last stage and mobilenet_v2's on 8-pixel
+    digits), the bf16 weight gradient was wrong in most random draws and NaN or infinite in
+    a third of them, while fp32 was exact. A wrong but finite gradient trains silently
+    badly, so no NaN check could catch every case. Cheaper shapes of the same kind (a
+    2-pixel input, no padding) were right.
+
+    Args:
+        model: The network, in training or evaluation mode (restored afterwards).
+        input_shape: One input without the batch axis, e.g. ``(C, H, W)``.
+    """
+    found: list[str] = []
+
+    def check(name: str) -> Callable:
+        def hook(module: nn.modules.conv._ConvNd, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            padded = not isinstance(module.padding, str) and module.padding[-1] > 0
+            if padded and module.stride[-1] > inputs[0].shape[-1]:
+                found.append(name)
+
+        return hook
+
+    convolutions = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    handles = [module.register_forward_hook(check(name)) for name, module in convolutions]
+    training = model.training
+    parameter = next(model.parameters(), None)
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_shape, device=parameter.device if parameter is not None else "cpu"))
+    finally:
+        model.train(training)
+        for handle in handles:
+            handle.remove()
+    return found
+
+
 def resolve(
-    device: torch.device, precision: str = "auto", memory_format: str = "auto", compile: bool = False
+    device: torch.device,
+    precision: str = "auto",
+    memory_format: str = "auto",
+    compile: bool = False,
+    model: nn.Module | None = None,
+    input_shape: tuple[int, ...] | None = None,
 ) -> ComputeSettings:
-    """Resolve ``auto`` choices for ``device`` into :class:`ComputeSettings`."""
+    """Resolve ``auto`` choices for ``device`` into :class:`ComputeSettings`.
+
+    Given ``model`` and its ``input_shape`` (C, H, W), ``auto`` on the CPU checks it for
+    :func:`bf16_gradient_hazards` before choosing bf16.
+    """
     chosen = choose_precision(device, precision)
+    note = ""
+    probe = chosen == "bf16" and device.type == "cpu" and model is not None and input_shape is not None
+    if hazards := bf16_gradient_hazards(model, input_shape) if probe else []:
+        shown = ", ".join(hazards[:3]) + (f" and {len(hazards) - 3} more" if len(hazards) > 3 else "")
+        problem = f"bf16 weight gradients of {shown} are wrong on this CPU (stride above a 1-pixel map)"
+        if precision == "auto":
+            chosen, note = "fp32", f"auto: fp32, because {problem}"
+        else:
+            note = f"bf16 as asked, although {problem}"
+    if precision == "auto" and chosen == "bf16":
+        note = "auto: bf16 with fp32 fall-back"
     return ComputeSettings(
         device=str(device),
         precision=chosen,
@@ -129,7 +198,20 @@ def resolve(
         threads=torch.get_num_threads(),
         cpu_capability=torch.backends.cpu.get_cpu_capability(),
         allocator=choose_allocator(device),
+        precision_requested=precision,
+        precision_note=note,
     )
+
+
+def fall_back(settings: ComputeSettings, step: str) -> ComputeSettings | None:
+    """The fp32 settings a run on ``auto``'s bf16 continues with after a NaN or infinite ``step``; else None.
+
+    bf16 keeps fp32's range, so on the CPU such a step comes from a bf16 kernel rather than
+    the learning rate (resnet18 on the digits stopped at step 1 this way); fp32 repeats it.
+    """
+    if settings.precision != "bf16" or settings.precision_requested != "auto":
+        return None
+    return replace(settings, precision="fp32", precision_note=f"auto: bf16 until {step}, then fp32")
 
 
 def autocast(settings: ComputeSettings) -> contextlib.AbstractContextManager:

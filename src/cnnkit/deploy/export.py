@@ -19,7 +19,7 @@ from torch import nn
 
 from cnnkit.checkpoint import versions, write_atomic
 from cnnkit.data import ImageSet
-from cnnkit.deploy.load import load
+from cnnkit.deploy.load import is_onnx, load
 from cnnkit.deploy.onnx_runtime import FORMAT, INPUT_NAME, OUTPUT_NAME, OnnxClassifier, require
 from cnnkit.deploy.torch_runtime import Classifier
 from cnnkit.errors import CnnkitError
@@ -132,6 +132,26 @@ def validation_images(classifier: Classifier) -> ImageSet:
     return images
 
 
+def export_paths(out: str | Path, name: str | None) -> tuple[Path, Path, Path]:
+    """(fp32 model, int8 model, report) paths: in a new export directory under ``out``, or ``out`` and its siblings.
+
+    ``--out deploy/digits.onnx`` writes ``deploy/digits.onnx``, ``deploy/digits.int8.onnx`` and
+    ``deploy/digits.export.json``; as everywhere in cnnkit, no earlier output is overwritten.
+    """
+    out = Path(out).expanduser()
+    if not is_onnx(out):
+        export_dir = new_run_dir(out, name, "export")
+        return export_dir / "model.onnx", export_dir / "model.int8.onnx", export_dir / "export.json"
+    if name is not None:
+        raise CnnkitError(f"--out {out} names the model file itself; leave out --name (it names an export folder)")
+    stem = out.name[: -len(out.suffix)]
+    paths = out, out.with_name(f"{stem}.int8.onnx"), out.with_name(f"{stem}.export.json")
+    if taken := [str(path) for path in paths if path.exists()]:
+        raise CnnkitError(f"{', '.join(taken)} already exists; remove it or pass another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return paths
+
+
 def _reject(path: Path, message: str) -> CnnkitError:
     path.unlink(missing_ok=True)
     return CnnkitError(f"{message}; {path.name} was removed so it cannot be deployed by mistake")
@@ -149,16 +169,22 @@ def export_onnx(
     """Export a run to ONNX, verify it against PyTorch and optionally quantize it to int8.
 
     Writes ``model.onnx`` (and ``model.int8.onnx``) and ``export.json`` (the measurements)
-    to a new directory under ``out``.
+    to a new directory under ``out``, or, when ``out`` ends in ``.onnx``, writes that file
+    with its ``.int8.onnx`` and ``.export.json`` siblings beside it.
+
+    The int8 model is judged on the run's validation and test images against the fp32 one,
+    image by image (:class:`~cnnkit.deploy.quantize.AccuracyDrop`): accepted when the drop is
+    within ``max_accuracy_drop`` with 95% confidence, rejected when it is beyond it with 95%
+    confidence, and otherwise kept with a warning that there are not enough images to tell.
 
     Args:
         checkpoint: A run directory or ``.safetensors`` checkpoint.
-        out: Folder for the export directory. Defaults to ``runs``.
+        out: Folder for the export directory, or the ``.onnx`` file to write. Defaults to ``runs``.
         name: Export directory name under ``out``. Defaults to ``export``, ``export2``, ...
         int8: Also write a statically quantized (QDQ, per-channel) int8 model. Defaults to False.
         atol: Largest allowed absolute logit difference between ONNX Runtime and PyTorch. Defaults to 1e-3.
-        max_accuracy_drop: Largest allowed validation-accuracy drop of the int8 model, in percentage
-            points. Defaults to 0.5.
+        max_accuracy_drop: Largest acceptable accuracy drop of the int8 model, in percentage points.
+            Defaults to 0.5.
         verbose: Print each step. Defaults to True.
 
     Returns:
@@ -166,7 +192,7 @@ def export_onnx(
 
     Raises:
         CnnkitError: the fp32 model is not faithful (parity above ``atol``) or the int8 model loses more
-            than ``max_accuracy_drop`` points; the failing model file is removed.
+            than ``max_accuracy_drop`` points with 95% confidence; the failing model file is removed.
 
     Example:
         >>> report = export_onnx("runs/train", int8=True)
@@ -176,29 +202,21 @@ def export_onnx(
     say = print if verbose else (lambda *args: None)
     reference = load(checkpoint, device="cpu")
     images = validation_images(reference)
-    export_dir = new_run_dir(out, name, "export")
-    path = export_dir / "model.onnx"
+    path, int8_path, report_path = export_paths(out, name)
     write_onnx(reference.model, reference.info, path)
     parity = check_parity(reference, OnnxClassifier(path), images, atol)
     report: dict = {"model": str(path), "parity": {**asdict(parity), "passed": parity.passed}}
-    write_atomic(export_dir / "export.json", json.dumps(report, indent=2).encode())
+    write_atomic(report_path, json.dumps(report, indent=2).encode())
     say(f"wrote {path}\n{parity.format()}")
     if not parity.passed:
         raise _reject(path, f"ONNX Runtime disagrees with PyTorch: {parity.format()}")
     if int8:
-        from cnnkit.deploy.quantize import quantize_run
+        from cnnkit.deploy.quantize import REJECTED, quantize_run
 
-        int8_path = export_dir / "model.int8.onnx"
-        quantization = quantize_run(path, int8_path, reference, images, say)
-        report["int8"] = {**quantization, "max_accuracy_drop": max_accuracy_drop}
-        report["int8"]["passed"] = quantization["accuracy_drop"] <= max_accuracy_drop
-        write_atomic(export_dir / "export.json", json.dumps(report, indent=2).encode())
-        if not report["int8"]["passed"]:
-            raise _reject(
-                int8_path,
-                f"int8 quantization is not a success: validation accuracy fell by "
-                f"{quantization['accuracy_drop']:.2f} points (more than --max-accuracy-drop {max_accuracy_drop}); "
-                "the fp32 model.onnx is fine to use",
-            )
-    say(f"report written to {export_dir / 'export.json'}")
+        report["int8"], drop = quantize_run(path, int8_path, reference, max_accuracy_drop, say)
+        write_atomic(report_path, json.dumps(report, indent=2).encode())
+        if drop.decision == REJECTED:
+            raise _reject(int8_path, f"{drop.format()}; the fp32 {path.name} is fine to use")
+        say(drop.format())
+    say(f"report written to {report_path}")
     return report

@@ -155,6 +155,15 @@ def write_environment(
     path.write_text(json.dumps(environment, indent=2))
 
 
+def record_compute(run_dir: Path, compute: dict[str, Any]) -> None:
+    """Update this session's compute record in ``environment.json``: a run that switched precision mid-way."""
+    path = run_dir / "environment.json"
+    environment = json.loads(path.read_text())
+    record = environment["resumed"][-1] if environment.get("resumed") else environment
+    record["compute"] = {**record.get("compute", {}), **compute}
+    path.write_text(json.dumps(environment, indent=2))
+
+
 def write_results(
     run_dir: Path,
     history: list[dict[str, float]],
