@@ -44,12 +44,12 @@ def count_steps(run_dir: Path) -> int:
         return 0
 
 
-def kill_when(process: subprocess.Popen, ready, timeout: float = 240) -> bool:
-    """SIGKILL the process as soon as ``ready()`` holds; False if it ended first."""
+def kill_when(process: subprocess.Popen, ready, timeout: float = 240, sig: int = signal.SIGKILL) -> bool:
+    """Send ``sig`` (SIGKILL) to the process as soon as ``ready()`` holds; False if it ended first."""
     deadline = time.monotonic() + timeout
     while process.poll() is None and time.monotonic() < deadline:
         if ready():
-            process.send_signal(signal.SIGKILL)
+            process.send_signal(sig)
             process.wait()
             return True
         time.sleep(0.0005)
@@ -273,6 +273,21 @@ def test_ctrl_c_in_the_first_epoch_saves_a_state_that_resumes_bit_for_bit(shapes
     assert read_state(stopped.dir).progress.step == 3  # step 3 was finished, then the run stopped
     resumed = cnnkit.train(resume=stopped.dir, verbose=False)
     same_run(resumed.dir, reference.dir)
+
+
+@pytest.mark.slow
+def test_cli_ctrl_c_mid_epoch_exits_130_and_resumes_bit_for_bit(tmp_path):
+    train = ("--data", "digits", "--epochs", "1", "--batch-size", "64", "--seed", "1", "--out", str(tmp_path))
+    reference = cnnkit_process(*train, "--name", "reference")
+    assert reference.wait() == 0, reference.stderr.read()
+    run_dir = tmp_path / "stopped"
+    stopped = cnnkit_process(*train, "--name", "stopped")
+    assert kill_when(stopped, lambda: count_steps(run_dir) >= 5, sig=signal.SIGINT), stopped.stderr.read()
+    assert stopped.returncode == 130
+    assert read_state(run_dir).progress.step == count_steps(run_dir) >= 5  # no --save-every: saved at Ctrl-C
+    resumed = cnnkit_process("--resume", str(run_dir))
+    assert resumed.wait() == 0, resumed.stderr.read()
+    same_run(run_dir, tmp_path / "reference")
 
 
 def test_ctrl_c_before_any_state_says_to_start_over(shapes_folder, tmp_path, monkeypatch, capsys):
