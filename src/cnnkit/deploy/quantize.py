@@ -38,7 +38,7 @@ class AccuracyDrop:
 
     Only the images the two models score differently carry information: ``fp32_only`` were
     right in fp32 and wrong in int8, ``int8_only`` the reverse. The drop is their difference
-    over all ``images``; its bounds are one-sided Tango score bounds (Tango 1998, the standard
+    over all ``images``; its bounds are one-sided Tango score bounds (Tango 1998, a standard
     interval for a difference of paired proportions), which, unlike a normal approximation,
     stay meaningful when no image, or one, changed. A fixed threshold on the measured drop
     alone flips on one image: on 179 validation images one image is 0.56 points.
@@ -125,6 +125,7 @@ def paired_bound(images: int, losses: int, gains: int, confidence: float = CONFI
     measured = (losses - gains) / images
 
     def statistic(d: float) -> float:
+        # The gain rate's maximum likelihood given d: the root of 2n q² + b q - gains d (1 - d) = 0.
         b = -losses - gains + (2 * images - losses + gains) * d
         gain_rate = (math.sqrt(b * b + 8 * images * gains * d * (1 - d)) - b) / (4 * images)
         variance = images * (2 * gain_rate + d * (1 - d))
