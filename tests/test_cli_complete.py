@@ -59,3 +59,28 @@ def test_completion_zsh_and_fish_name_every_flag_with_its_choices():
     for command in describe_commands(parser):
         assert f"        {command.name}) _arguments" in zsh
         assert f"-a {command.name} " in fish
+
+
+@pytest.mark.skipif(shutil.which("fish") is None, reason="fish is not installed")
+def test_completion_fish_completes_commands_flags_and_choices(tmp_path):
+    path = tmp_path / "cnnkit.fish"
+    path.write_text(completion_script(build_parser(), "fish"))
+
+    def offered(line: str) -> set[str]:
+        command = f"source {path}; complete -C'{line}'"
+        result = subprocess.run(["fish", "-c", command], capture_output=True, text=True, timeout=60)
+        return {row.split("\t")[0] for row in result.stdout.splitlines()}
+
+    assert offered("cnnkit tr") == {"train"}
+    assert offered("cnnkit train --res") == {"--resize", "--resume"}
+    assert offered("cnnkit train --resize ") == {"crop", "squash", "pad"}
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
+def test_completion_zsh_registers_for_cnnkit(tmp_path):
+    path = tmp_path / "_cnnkit"
+    path.write_text(completion_script(build_parser(), "zsh"))
+    program = f"autoload -U compinit; compinit -u -D; source {path}; print -r -- $_comps[cnnkit]"
+    result = subprocess.run(["zsh", "-f", "-c", program], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "_cnnkit", result.stderr
+    assert "{-h,--help}'[" in path.read_text()  # braces outside the quotes, so zsh expands one spec per name

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 SHELLS = ("bash", "zsh", "fish")
 
@@ -25,6 +26,7 @@ class Flag:
     help: str
     takes_value: bool
     choices: list[str]
+    paths: bool  # its value is a file or folder (no type, or Path), so file names complete; numbers do not
 
 
 @dataclass
@@ -58,6 +60,7 @@ def describe_commands(parser: argparse.ArgumentParser) -> list[Command]:
                 _one_line(action.help),
                 action.nargs != 0,
                 [str(choice) for choice in action.choices or ()],
+                action.nargs != 0 and action.type in (None, Path),
             )
             for action in subparser._actions
             if action.option_strings and action.help != argparse.SUPPRESS
@@ -129,11 +132,11 @@ def _zsh(prog: str, commands: list[Command]) -> str:
     for command in commands:
         specs = []
         for flag in command.flags:
-            names = flag.names[0] if len(flag.names) == 1 else "{" + ",".join(flag.names) + "}"
-            value = (
-                f":value:({' '.join(flag.choices)})" if flag.choices else ":value:_files" if flag.takes_value else ""
-            )
-            specs.append(f"'{names}[{_zsh_text(flag.help)}]{value}'")
+            value = ":value:_files" if flag.paths else ":value: " if flag.takes_value else ""
+            value = f":value:({' '.join(flag.choices)})" if flag.choices else value
+            spec = f"'[{_zsh_text(flag.help)}]{value}'"
+            # zsh expands {-h,--help}'[...]' (braces outside the quotes) into one spec per name
+            specs.append(f"'{flag.names[0]}{spec[1:]}" if len(flag.names) == 1 else f"{{{','.join(flag.names)}}}{spec}")
         if command.takes_paths:
             specs.append("'*:file:_files'")
         cases.append(f"        {command.name}) _arguments {' '.join(specs)} ;;")
@@ -176,6 +179,7 @@ def _fish(prog: str, commands: list[Command]) -> str:
             lines.append(f"complete -c {prog} {seen} -F")
         for flag in command.flags:
             options = " ".join(f"-l {name[2:]}" if name.startswith("--") else f"-s {name[1:]}" for name in flag.names)
-            value = f" -x -a '{' '.join(flag.choices)}'" if flag.choices else " -r -F" if flag.takes_value else ""
+            value = " -r -F" if flag.paths else " -x" if flag.takes_value else ""
+            value = f" -x -a '{' '.join(flag.choices)}'" if flag.choices else value
             lines.append(f"complete -c {prog} {seen} {options}{value} -d '{_fish_text(flag.help)}'")
     return "\n".join([*lines, ""])
