@@ -91,6 +91,7 @@ def _build_in_child(args):
     return decoded.images.numpy().tobytes()
 
 
+@pytest.mark.slow
 def test_two_runs_starting_at_once_share_one_whole_entry(shapes_folder: Path, tmp_path: Path):
     files = _files(shapes_folder)
     with multiprocessing.get_context("spawn").Pool(2) as pool:

@@ -126,6 +126,7 @@ def test_scan_finds_every_bad_file_with_its_reason_and_reads_the_odd_ones(dirty_
     assert "across splits (leakage" in warnings and "test/square/leaked.png" in warnings
 
 
+@pytest.mark.slow
 def test_training_skips_and_lists_bad_files_and_leaves_user_files_untouched(dirty_folder, tmp_path, capsys):
     before = tree_fingerprint(dirty_folder)
     run = cnnkit.train(
@@ -153,6 +154,7 @@ def test_too_many_bad_files_abort_with_a_summary(dirty_folder, tmp_path):
     assert tree_fingerprint(dirty_folder) == before
 
 
+@pytest.mark.slow
 def test_check_command_reports_and_sets_the_exit_code(dirty_folder):
     result = run_cli("check", str(dirty_folder))
     assert result.returncode == 1, result.stderr
@@ -197,6 +199,7 @@ def test_heavy_imbalance_warns_and_balanced_options_even_it_out(tmp_path, capsys
     assert 0.45 < (labels[draws] == 1).double().mean().item() < 0.55
 
 
+@pytest.mark.slow
 def test_training_decodes_each_file_once(dirty_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(check, "load_image", lambda *_a, **_k: pytest.fail("the scan decoded a file again"))
     run = cnnkit.train(
@@ -207,6 +210,7 @@ def test_training_decodes_each_file_once(dirty_folder, tmp_path, monkeypatch):
     assert "train/circle/cut.png" in skipped and "train/circle/bomb.png" in skipped  # found by the one decoding pass
 
 
+@pytest.mark.slow
 def test_scan_of_an_empty_folder_is_an_error_and_check_exits_2(tmp_path):
     (tmp_path / "empty" / "cats").mkdir(parents=True)
     with pytest.raises(CnnkitError, match=r"no images found in .*empty \(1 subfolder\(s\), 0 other file\(s\)"):
@@ -251,6 +255,7 @@ def test_a_large_set_of_identical_files_names_four_and_counts_the_rest(tmp_path)
     assert any(line.endswith("square/same9.png") for line in Path(report.full_list).read_text().splitlines())
 
 
+@pytest.mark.slow
 def test_check_command_prints_a_bounded_summary_of_many_duplicates(tmp_path):
     result = run_cli("check", str(duplicated_folder(tmp_path / "dupes", sets=300)))
     assert result.returncode == 0, result.stderr

@@ -16,6 +16,7 @@ def assert_clean_error(result, *fragments):
         assert fragment in lines[0]
 
 
+@pytest.mark.slow
 def test_train_evaluate_predict_on_an_image_folder(shapes_folder, tmp_path):
     out = tmp_path / "runs"
     train = run_cli(
@@ -56,6 +57,7 @@ def test_train_evaluate_predict_on_an_image_folder(shapes_folder, tmp_path):
     assert len(rows) == 36 and {"path", "label_1", "probability_1"} <= set(rows[0])
 
 
+@pytest.mark.slow
 def test_predict_skips_bad_files_among_many(digits_run, tmp_path):
     from PIL import Image
 
@@ -66,6 +68,7 @@ def test_predict_skips_bad_files_among_many(digits_run, tmp_path):
     assert "ok.png" in result.stdout and "skipped" in result.stderr and "bad.jpg" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
@@ -84,6 +87,7 @@ def test_user_mistakes_give_one_line_and_exit_2(args, fragments, tmp_path, digit
     assert_clean_error(result, *fragments)
 
 
+@pytest.mark.slow
 def test_help_and_models():
     assert run_cli("--help").returncode == 0
     models = run_cli("models")
@@ -101,6 +105,7 @@ def test_default_train_reaches_97_percent_on_digits(tmp_path):
     assert (tmp_path / "runs" / "train" / "best.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_and_keeps_last(tmp_path):
     """A real SIGINT in the middle of training, as a user pressing Ctrl-C."""
     import signal
@@ -127,6 +132,7 @@ def test_ctrl_c_exits_130_and_keeps_last(tmp_path):
     assert last.is_file()
 
 
+@pytest.mark.slow
 def test_cli_bad_spec_and_config_files_give_one_line_not_a_traceback(shapes_folder, tmp_path):
     """A YAML layer spec with a syntax error, a config value of the wrong type, a spec input unlike the data."""
     broken = tmp_path / "broken.yaml"
@@ -144,6 +150,7 @@ def test_cli_bad_spec_and_config_files_give_one_line_not_a_traceback(shapes_fold
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.slow
 def test_cli_closed_pipe_ends_quietly_with_141(tmp_path):
     """`cnnkit summary ... | head`: the reader leaves before the output is written."""
     import subprocess

@@ -78,6 +78,7 @@ def run_in(directory: Path, argv: list[str]) -> tuple[int, str]:
     return code, stderr.getvalue()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_cli_random_flag_values_exit_0_or_2_with_one_line_and_write_nothing(command):
     repository = sorted(set(os.listdir()) - {".hypothesis"})  # hypothesis keeps its own cache there

@@ -58,6 +58,7 @@ def _image_model_or_skip(name):
     return model, inputs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_every_registered_model_gets_a_target_layer_or_a_clear_error(name):
     model, inputs = _image_model_or_skip(name)
@@ -93,6 +94,7 @@ def test_unknown_layer_names_the_convolutions():
         class_activation_map(model, torch.randn(1, 1, 8, 8), torch.tensor([0]), "nope")
 
 
+@pytest.mark.slow
 def test_explain_cli_writes_heatmaps_feature_maps_and_a_page(digits_run, tmp_path):
     from sklearn.datasets import load_digits
 

@@ -15,6 +15,7 @@ from cnnkit.data import decode_image, load_data
 onnx = pytest.importorskip("onnx", reason="the deploy extra (pip install -e '.[test]') provides onnx")
 
 
+@pytest.mark.slow
 def test_export_matches_pytorch_on_validation_images(digits_run, digits_export):
     report = json.loads((digits_export / "export.json").read_text())
     assert report["parity"]["passed"] and report["parity"]["images"] == 179
@@ -40,6 +41,7 @@ def test_export_metadata_holds_classes_and_exact_preprocessing(digits_run, digit
     assert exported.preprocessing == reference.preprocessing and exported.classes == reference.classes
 
 
+@pytest.mark.slow
 def test_int8_export_is_judged_on_validation_and_test_images(digits_run, digits_export, tmp_path):
     from cnnkit.deploy.export import export_onnx
 
@@ -118,12 +120,14 @@ def test_export_paths_refuse_a_name_with_an_onnx_out(tmp_path):
     assert not (tmp_path / "model.onnx").exists()
 
 
+@pytest.mark.slow
 def test_export_above_tolerance_is_an_error(digits_run, tmp_path):
     result = run_cli("export", str(digits_run), "--atol", "0", "--out", str(tmp_path), "--name", "x")
     assert result.returncode == 2 and "ONNX Runtime disagrees with PyTorch" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "x" / "model.onnx").exists()
 
 
+@pytest.mark.slow
 def test_predict_cli_with_onnx_gives_the_checkpoints_answers(digits_run, digits_export, tmp_path):
     for index, image in enumerate(load_data("digits").test.images[:3]):
         Image.fromarray(image[0].numpy()).save(tmp_path / f"{index}.png")
@@ -204,6 +208,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_predict_with_onnx_runs_without_pytorch(digits_run, digits_export, tmp_path):
     for index, image in enumerate(load_data("digits").test.images[:3]):
         Image.fromarray(image[0].numpy()).save(tmp_path / f"{index}.png")
@@ -216,6 +221,7 @@ def test_predict_with_onnx_runs_without_pytorch(digits_run, digits_export, tmp_p
     assert len(labels[0]) == 3 and labels[0] == labels[1]
 
 
+@pytest.mark.slow
 def test_export_folds_the_heads_hidden_layer_and_keeps_the_function(tmp_path):
     import torch
 

@@ -10,6 +10,7 @@ from cnnkit.models.convnet import convnet_kwargs_for
 from cnnkit.models.fold import ChannelSign, fold_pooled_batch_norms
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_model_trains_one_step_and_predicts_on_28x28_grayscale(name):
     torch.manual_seed(0)
@@ -34,6 +35,7 @@ def test_model_trains_one_step_and_predicts_on_28x28_grayscale(name):
     assert model.forward_head(features).shape == (2, 5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["alexnet", "vgg11", "googlenet", "inception_v3", "lenet5", "resnet18"])
 def test_model_keeps_a_feature_map_on_8x8_digits(name):
     model = create_model(name, num_classes=10, in_channels=1, img_size=8).eval()

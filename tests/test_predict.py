@@ -49,6 +49,7 @@ def test_predict_files_skips_and_reports_bad_files(digits_run, tmp_path):
     assert failures[0][0] == str(tmp_path / "bad.png")
 
 
+@pytest.mark.slow
 def test_evaluate_folder_without_split_uses_every_image(tmp_path, shapes_folder):
     run = cnnkit.train(data=str(shapes_folder), img_size=16, epochs=1, out=str(tmp_path / "runs"), verbose=False)
     other = tmp_path / "other"

@@ -39,6 +39,7 @@ def test_efficientnet_lite0_recognises_real_photos(lite0):
     assert lite0.preprocessing.mean == (127 / 255,) * 3 and lite0.preprocessing.img_size == 224
 
 
+@pytest.mark.slow
 def test_cli_predicts_imagenet_names(photo):
     result = run_cli("predict", "efficientnet_lite0", "--pretrained", str(photo), "--top-k", "2", "--device", "cpu")
     assert result.returncode == 0, result.stderr

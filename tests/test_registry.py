@@ -16,6 +16,7 @@ IMAGENET_MODELS = ["alexnet", "efficientnet_lite0", "googlenet", "inception_v3",
 IMAGENET_MODELS += ["mobilenet_v3_small", "resnet18", "resnet50", "vgg11", "vgg16"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_registered_model_has_a_classifier_and_layer_groups_covering_every_parameter_once(name):
     model = create_model(name, num_classes=3, in_channels=1, img_size=28, **kwargs_for_data(name, 54_000))

@@ -25,6 +25,7 @@ def test_most_confused_pairs_come_largest_first_without_the_diagonal():
     assert most_confused(confusion, ["a", "b", "c"]) == [("b", "a", 4), ("b", "c", 2), ("a", "b", 1)]
 
 
+@pytest.mark.slow
 def test_evaluate_report_cli_writes_a_page_that_agrees_with_evaluate(digits_run, tmp_path):
     plain = run_cli("evaluate", str(digits_run), "--json")
     assert plain.returncode == 0, plain.stderr

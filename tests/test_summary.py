@@ -41,6 +41,7 @@ def test_summary_receptive_field_through_residual_blocks():
     assert summary.parameters == 11_181_642
 
 
+@pytest.mark.slow
 def test_summary_cli_json_and_checkpoint(digits_run):
     result = run_cli("summary", "lenet5", "--img-size", "28", "--channels", "1", "--json")
     assert result.returncode == 0, result.stderr
@@ -50,6 +51,7 @@ def test_summary_cli_json_and_checkpoint(digits_run):
     assert text.returncode == 0 and "input 1x8x8" in text.stdout and "as FC" in text.stdout
 
 
+@pytest.mark.slow
 def test_summary_of_a_checkpoint_refuses_architecture_flags(digits_run):
     result = run_cli("summary", str(digits_run), "--img-size", "64")
     assert result.returncode == 2 and "Traceback" not in result.stderr
