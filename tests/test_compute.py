@@ -107,3 +107,20 @@ def test_auto_bf16_falls_back_to_fp32_at_a_nonfinite_step_and_explicit_bf16_stop
     assert len(run.history) == 2 and all(math.isfinite(row["train_loss"]) for row in run.history)
     with pytest.raises(cnnkit.CnnkitError, match="training stopped at step 1"):
         cnnkit.train(**common, name="bf16", precision="bf16", verbose=False)
+
+
+@pytest.mark.slow
+def test_resume_after_autos_fall_back_goes_on_in_fp32(monkeypatch, shapes_folder, tmp_path, capsys):
+    import cnnkit
+    from cnnkit.models import registry
+
+    monkeypatch.setattr(compute, "cpu_has_fast_bf16", lambda: True)  # auto picks bf16 on any CPU
+    monkeypatch.setattr(registry, "_ENTRIES", dict(registry._ENTRIES))
+    registry.register_model(breaks_in_bf16)
+    run = cnnkit.train(data=str(shapes_folder), model="breaks_in_bf16", img_size=16, epochs=1, out=str(tmp_path))
+    capsys.readouterr()
+    resumed = cnnkit.train(resume=run.dir, epochs=2)
+    record = json.loads((run.dir / "environment.json").read_text())["resumed"][-1]["compute"]
+    assert record["precision"] == "fp32" and "an earlier session of this run" in record["precision_note"]
+    assert "the step is repeated" not in capsys.readouterr().out  # bf16 was never tried again
+    assert len(resumed.history) == 2 and all(math.isfinite(row["train_loss"]) for row in resumed.history)

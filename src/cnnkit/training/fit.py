@@ -90,6 +90,9 @@ def fit(
     device = select_device(config.device)
     data = prepare(config, saved, say)
     model, settings = build_model(config, data, device)
+    if saved is not None and runlog.recorded_precision(Path(resume).expanduser()) == "fp32":
+        # auto's bf16 fell back to fp32 earlier in this run: the resumed steps must be fp32 too
+        settings = compute.fall_back(settings, "an earlier session of this run") or settings
     run_dir = open_run_dir(config, data, saved, resume, device, settings)
     try:
         task = classify_task(config, data, device)

@@ -155,6 +155,16 @@ def write_environment(
     path.write_text(json.dumps(environment, indent=2))
 
 
+def recorded_precision(run_dir: Path) -> str | None:
+    """The precision the latest session of a run trained in, as ``environment.json`` records it (None if absent)."""
+    path = run_dir / "environment.json"
+    if not path.exists():
+        return None
+    environment = json.loads(path.read_text())
+    record = environment["resumed"][-1] if environment.get("resumed") else environment
+    return record.get("compute", {}).get("precision")
+
+
 def record_compute(run_dir: Path, compute: dict[str, Any]) -> None:
     """Update this session's compute record in ``environment.json``: a run that switched precision mid-way."""
     path = run_dir / "environment.json"
