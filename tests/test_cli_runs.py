@@ -23,6 +23,7 @@ def files_under(path):
     return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
 
 
+@pytest.mark.slow
 def test_predict_folder_replaces_one_csv_instead_of_adding_run_folders(digits_run, digit_folder, tmp_path, monkeypatch):
     work = tmp_path / "work"
     work.mkdir()

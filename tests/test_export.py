@@ -26,6 +26,7 @@ def test_export_matches_pytorch_on_validation_images(digits_run, digits_export):
         np.testing.assert_allclose(exported.logits(batch).numpy(), reference.logits(batch).numpy(), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_export_metadata_holds_classes_and_exact_preprocessing(digits_run, digits_export):
     reference = cnnkit.load(digits_run)
     props = {p.key: p.value for p in onnx.load(digits_export / "model.onnx").metadata_props}

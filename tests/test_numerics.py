@@ -50,6 +50,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_state(tmp_path, 
     assert len((tmp_path / "nan" / "steps.csv").read_text().splitlines()) == 1 + 5
 
 
+@pytest.mark.slow
 def test_skip_option_skips_and_counts_nonfinite_steps(tmp_path, monkeypatch):
     monkeypatch.setattr(PoisonedLoss, "poisoned", frozenset({3, 7}))
     monkeypatch.setattr(nn, "CrossEntropyLoss", PoisonedLoss)
@@ -81,6 +82,7 @@ def test_gradient_clipping_bounds_each_update():
     assert changes[None] > 10 * changes[1e-3]
 
 
+@pytest.mark.slow
 def test_two_runs_with_one_seed_are_bitwise_equal_and_record_their_environment(tmp_path):
     runs = [cnnkit.train(out=str(tmp_path), name=name, **SETTINGS) for name in ("a", "b")]
     first, second = (load_tensors(run.last_checkpoint) for run in runs)
@@ -99,6 +101,7 @@ def test_step_log_round_trips_losses_exactly(tmp_path):
     assert float((tmp_path / "steps.csv").read_text().splitlines()[1].split(",")[2]) == 0.1 + 0.2
 
 
+@pytest.mark.slow
 def test_best_is_never_a_nan_score(tmp_path, monkeypatch):
     from cnnkit.checkpoint import read_checkpoint
 

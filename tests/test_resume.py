@@ -115,6 +115,7 @@ def fillable_disk(monkeypatch) -> dict:
     return disk
 
 
+@pytest.mark.slow
 def test_failed_save_keeps_the_previous_state_which_resume_then_uses(tmp_path, monkeypatch):
     settings = {"data": "digits", "epochs": 2, "batch_size": 128, "save_every": 4, "seed": 2, "verbose": False}
     reference = cnnkit.train(out=str(tmp_path), name="reference", **settings)
@@ -159,6 +160,7 @@ def contents(run_dir: Path) -> dict[str, bytes]:
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_resume_extends_a_finished_run(short_run, tmp_path):
     run_dir = copy_run(short_run, tmp_path / "extended")
     run = cnnkit.train(resume=run_dir, epochs=2, verbose=False)
@@ -207,6 +209,7 @@ def test_a_save_that_reads_back_wrong_never_replaces_the_previous_file(tmp_path,
     assert [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_architecture_the_run_started_with(tmp_path, monkeypatch):
     from cnnkit.models import convnet
 

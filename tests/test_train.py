@@ -39,6 +39,7 @@ def test_fit_writes_a_complete_run_directory(shapes_folder, tmp_path):
     assert run.test is not None and run.test.count == len(split["test"])
 
 
+@pytest.mark.slow
 def test_fit_is_deterministic_for_a_seed(tmp_path):
     weights = []
     for name in ("a", "b"):
@@ -47,6 +48,7 @@ def test_fit_is_deterministic_for_a_seed(tmp_path):
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
 
 
+@pytest.mark.slow
 def test_fit_unnamed_runs_get_fresh_directories(tmp_path):
     names = [cnnkit.train(data="digits", epochs=1, out=str(tmp_path), verbose=False).dir.name for _ in range(2)]
     assert names == ["train", "train2"]
@@ -65,6 +67,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_last(tmp_path):
     assert info.extra["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_callbacks_receive_each_epoch(tmp_path):
     seen = []
 
@@ -87,6 +90,7 @@ def test_config_file_round_trips(tmp_path):
     assert cnnkit.TrainConfig.load(tmp_path / "c.yaml") == config
 
 
+@pytest.mark.slow
 def test_compute_and_augmentation_choices_are_recorded_with_the_run(tmp_path):
     run = cnnkit.train(data="digits", epochs=1, augment="crop=1,hflip", out=str(tmp_path), name="r", verbose=False)
     compute = json.loads((run.dir / "environment.json").read_text())["compute"]
@@ -98,6 +102,7 @@ def test_compute_and_augmentation_choices_are_recorded_with_the_run(tmp_path):
     assert compute["threads"] == torch.get_num_threads()
 
 
+@pytest.mark.slow
 def test_a_bad_augmentation_is_one_clear_error(tmp_path):
     from conftest import run_cli
 
