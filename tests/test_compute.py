@@ -124,3 +124,17 @@ def test_resume_after_autos_fall_back_goes_on_in_fp32(monkeypatch, shapes_folder
     assert record["precision"] == "fp32" and "an earlier session of this run" in record["precision_note"]
     assert "the step is repeated" not in capsys.readouterr().out  # bf16 was never tried again
     assert len(resumed.history) == 2 and all(math.isfinite(row["train_loss"]) for row in resumed.history)
+
+
+@pytest.mark.parametrize(("speedup", "expected"), [(0.55, "fp32"), (3.0, "bf16")])
+def test_auto_picks_bf16_only_where_it_measures_faster(monkeypatch, speedup, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(compute, "bf16_speedup", lambda: speedup)
+    assert compute.resolve(torch.device("cpu")).precision == expected
+
+
+def test_bf16_speedup_is_a_positive_ratio_measured_once():
+    compute.bf16_speedup.cache_clear()
+    ratio = compute.bf16_speedup(size=64, calls=2)
+    assert math.isfinite(ratio) and ratio > 0
+    assert compute.bf16_speedup(size=64, calls=2) == ratio  # cached: one measurement per process
