@@ -32,11 +32,11 @@ def test_monitor_score_prefers_accuracy_then_lower_loss_and_never_nan():
 
 def test_classify_task_records_rank_labels_by_probability():
     task = ClassifyTask(["cat", "dog", "fox"])
-    records = task.records(torch.tensor([[0.0, 2.0, 1.0]]), ["a.png"], top_k=2)
-    assert [record["labels"] for record in records] == [["dog", "fox"]]
-    assert records[0]["path"] == "a.png"
-    probabilities = torch.tensor([0.0, 2.0, 1.0]).softmax(0)
-    assert records[0]["probabilities"] == pytest.approx([probabilities[1].item(), probabilities[2].item()])
+    probabilities = torch.tensor([[0.0, 2.0, 1.0], [1.0, 1.0, 0.0]]).softmax(1).numpy()
+    records = task.records(probabilities, ["a.png", "b.png"], top_k=2)
+    assert [record.labels for record in records] == [["dog", "fox"], ["cat", "dog"]]  # a tie keeps class order
+    assert records[0].source == "a.png" and records[0].label == "dog"
+    assert records[0].probabilities == pytest.approx([probabilities[0, 1], probabilities[0, 2]])
 
 
 def test_tasks_package_imports_without_torch():

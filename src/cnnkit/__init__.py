@@ -19,7 +19,7 @@ __version__ = "0.3.0"
 _EXPORTS = {
     "Classifier": "cnnkit.deploy.torch_runtime",
     "CnnkitError": "cnnkit.errors",
-    "Prediction": "cnnkit.deploy.classifier",
+    "Prediction": "cnnkit.tasks.classify.records",
     "Run": "cnnkit.training.runlog",
     "TrainConfig": "cnnkit.config",
     "create_model": "cnnkit.models",

@@ -9,7 +9,6 @@ This module needs no PyTorch, so an exported model predicts with ONNX Runtime al
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,32 +16,14 @@ import numpy as np
 
 from cnnkit.data.decode import ImageDecodeError, ImageSource, decode_image
 from cnnkit.modelinfo import CheckpointInfo, Preprocessing
+from cnnkit.tasks.classify import ClassifyTask
+from cnnkit.tasks.classify.records import Prediction
 
 if TYPE_CHECKING:
     import torch
 
     from cnnkit.data import ImageSet, SkippedFile
     from cnnkit.tasks.classify.metrics import EvalResult
-
-
-@dataclass
-class Prediction:
-    """Ranked labels and probabilities for one image."""
-
-    source: str
-    labels: list[str]
-    probabilities: list[float]
-
-    @property
-    def label(self) -> str:
-        return self.labels[0]
-
-    @property
-    def probability(self) -> float:
-        return self.probabilities[0]
-
-    def to_dict(self) -> dict:
-        return {"path": self.source, "labels": self.labels, "probabilities": self.probabilities}
 
 
 def _name(source: ImageSource, index: int) -> str:
@@ -138,9 +119,4 @@ class ImageClassifier:
 
     def rank(self, probabilities: np.ndarray, names: list[str], top_k: int) -> list[Prediction]:
         """One :class:`Prediction` per row of ``probabilities`` (N, K), named by ``names``: the top ``top_k`` labels."""
-        k = max(1, min(top_k, len(self.classes)))
-        ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-        return [
-            Prediction(name, [self.classes[j] for j in order], [float(p) for p in row[order]])
-            for name, order, row in zip(names, ranked, probabilities)
-        ]
+        return ClassifyTask(self.classes).records(probabilities, names, top_k)

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from torch import nn
 
@@ -55,8 +56,8 @@ class Task(Protocol):
         """``{"loss": ..., score_name: ...}`` of an :meth:`evaluate` result."""
         ...
 
-    def records(self, outputs: torch.Tensor, sources: Sequence[str], top_k: int = 5) -> list[dict[str, Any]]:
-        """One record per input, as a prediction is written out (``predict --json``, ``predictions.csv``)."""
+    def records(self, probabilities: np.ndarray, sources: Sequence[str], top_k: int = 5) -> list[Any]:
+        """One record per input from its (N, K) model outputs, as a prediction is written out (``predict``)."""
         ...
 
 

@@ -1,15 +1,20 @@
 """Classification: one label per image, learned with cross-entropy and scored by accuracy.
 
-:class:`ClassifyTask` is the :class:`cnnkit.tasks.Task` that ``cnnkit train`` uses. PyTorch
-and the evaluation code are imported inside its methods, so importing this package (as
-every module under it does, ONNX-only prediction included) stays cheap.
+:class:`ClassifyTask` is the :class:`cnnkit.tasks.Task` that ``cnnkit train`` uses, and every
+classifier ranks its predictions through it. PyTorch and the evaluation code are imported
+inside its methods (the loss is made at the first step), so importing this package and
+ranking predictions (as ONNX Runtime-only prediction does) need no PyTorch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cnnkit.tasks.classify.records import Prediction, rank
 
 if TYPE_CHECKING:
     import torch
@@ -45,12 +50,13 @@ class ClassifyTask:
     monitor: tuple[str, ...] = ("val_acc", "-val_loss")
 
     def __post_init__(self) -> None:
-        from torch import nn
-
-        # Looked up when the task is made, so a test can substitute its own loss class.
-        self._loss = nn.CrossEntropyLoss(weight=self.class_weights, label_smoothing=self.label_smoothing)
+        self._loss: nn.Module | None = None  # made at the first loss: a task that only ranks predictions needs no torch
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self._loss is None:
+            from torch import nn
+
+            self._loss = nn.CrossEntropyLoss(weight=self.class_weights, label_smoothing=self.label_smoothing)
         return self._loss(outputs, targets)  # outputs (B, K) logits, targets (B,) class indices
 
     def score_batch(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -66,11 +72,6 @@ class ClassifyTask:
     def metrics(self, result: EvalResult) -> dict[str, float]:
         return {"loss": result.loss, self.score_name: result.accuracy}
 
-    def records(self, outputs: torch.Tensor, sources: Sequence[str], top_k: int = 5) -> list[dict[str, Any]]:
-        """Ranked labels and probabilities of each image from logits (N, K), as ``predict --json`` prints them."""
-        probabilities = outputs.float().softmax(1)
-        best = probabilities.topk(min(top_k, probabilities.shape[1]), dim=1)
-        return [
-            {"path": source, "labels": [self.classes[i] for i in indices], "probabilities": values}
-            for source, indices, values in zip(sources, best.indices.tolist(), best.values.tolist())
-        ]
+    def records(self, probabilities: np.ndarray, sources: Sequence[str], top_k: int = 5) -> list[Prediction]:
+        """The top ``top_k`` labels of each image from class probabilities (N, K), as ``predict`` writes them."""
+        return rank(probabilities, self.classes, sources, top_k)
