@@ -45,6 +45,21 @@ class Network(nn.Module, abc.ABC):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def forward_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, *spatial) input -> (B, in_features) the classifier's input: the image's representation.
+
+        Every architecture ends in one linear classifier, so what enters it is the one place
+        that means "the model's features" for all of them (pooled, after any hidden head
+        layers): similarity search indexes it, and an embedding model returns its own.
+        """
+        captured: list[torch.Tensor] = []
+        hook = self.get_classifier().register_forward_pre_hook(lambda _, args: captured.append(args[0]))
+        try:
+            self(x)
+        finally:
+            hook.remove()
+        return captured[-1].flatten(1)
+
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier with a freshly initialised one for ``num_classes`` outputs."""
         old = self.get_classifier()

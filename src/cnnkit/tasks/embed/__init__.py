@@ -1,0 +1,1 @@
+"""Embeddings: vectors in which images of one class are close, for similarity search."""
