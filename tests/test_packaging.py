@@ -1,16 +1,24 @@
 """The package data a wheel ships: every ``package-data`` entry names a real package and matches files."""
 
-import tomllib
+import json
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def package_data() -> dict[str, list[str]]:
+    """``[tool.setuptools.package-data]`` of pyproject.toml (read by hand: tomllib is missing on Python 3.10)."""
+    text = (ROOT / "pyproject.toml").read_text()
+    section = text.split("[tool.setuptools.package-data]", 1)[1].split("\n[", 1)[0]
+    entries = re.findall(r'^"([\w.]+)"\s*=\s*(\[.*\])\s*$', section, flags=re.MULTILINE)
+    return {package: json.loads(patterns) for package, patterns in entries}
+
+
 def test_package_data_names_existing_packages_and_files():
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    package_data = config["tool"]["setuptools"]["package-data"]
-    assert package_data, "pyproject.toml lists no package data"
-    for package, patterns in package_data.items():
+    entries = package_data()
+    assert entries, "pyproject.toml lists no package data"
+    for package, patterns in entries.items():
         folder = ROOT / "src" / Path(*package.split("."))
         assert (folder / "__init__.py").is_file(), f"package-data names {package}, which is not a package"
         for pattern in patterns:
@@ -18,6 +26,5 @@ def test_package_data_names_existing_packages_and_files():
 
 
 def test_service_page_is_package_data():
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    patterns = config["tool"]["setuptools"]["package-data"].get("cnnkit.deploy.serve", [])
+    patterns = package_data().get("cnnkit.deploy.serve", [])
     assert any(Path("page.html").match(pattern) for pattern in patterns)
