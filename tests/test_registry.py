@@ -76,6 +76,20 @@ def test_register_model_records_facts_given_bare_or_with_arguments(monkeypatch):
     assert "tiny" in list_models() and "tiny" not in list_models(pretrained=True)
 
 
+def test_register_model_records_the_modality_and_list_models_filters_by_it(monkeypatch):
+    monkeypatch.setattr(registry, "_ENTRIES", dict(registry._ENTRIES))
+
+    @registry.register_model(modality="audio")
+    def earful(num_classes: int, in_channels: int = 1, img_size: int = 32) -> nn.Module:
+        return create_model("mlp", num_classes, in_channels, img_size, hidden=(4,))
+
+    assert model_entry("earful").modality == "audio" and model_entry("convnet").modality == "image"
+    assert "earful" in list_models(modality="audio") and "earful" not in list_models(modality="image")
+    assert "convnet" in list_models(modality="image") and "convnet" not in list_models(modality="audio")
+    with pytest.raises(ValueError, match="modality 'photo'"):
+        registry.register_model(modality="photo")
+
+
 class _EmbeddingNet(Network):
     """A classifier followed, in registration order, by another linear layer (an embedding projection)."""
 

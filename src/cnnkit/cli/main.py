@@ -220,7 +220,7 @@ def run_compare(args: argparse.Namespace) -> int:
 def run_models(args: argparse.Namespace) -> int:
     import torch
 
-    from cnnkit.models import create_model, list_models
+    from cnnkit.models import create_model, list_models, model_entry
 
     pretrained = set(list_models(pretrained=True))
     rows = []
@@ -231,7 +231,12 @@ def run_models(args: argparse.Namespace) -> int:
         except (RuntimeError, NotImplementedError):  # a builder that computes with tensors cannot run on meta
             model = create_model(name, num_classes=10, in_channels=3, img_size=32)
         rows.append(
-            {"name": name, "parameters": sum(p.numel() for p in model.parameters()), "pretrained": name in pretrained}
+            {
+                "name": name,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "pretrained": name in pretrained,
+                "modality": model_entry(name).modality,
+            }
         )
     if args.json:
         print(json.dumps(rows))

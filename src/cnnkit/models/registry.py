@@ -27,6 +27,8 @@ from cnnkit.modelinfo import ModelSpec, Preprocessing
 
 ModelBuilder = Callable[..., nn.Module]
 
+MODALITIES = ("image", "series", "audio")  # what a model's input is: (B, C, H, W) images, (B, C, L) series, waveforms
+
 
 class WeightSource(Protocol):
     """Where a model's pretrained weights come from (see :mod:`cnnkit.models.pretrained`)."""
@@ -49,11 +51,13 @@ class ModelEntry:
         builder: The function that builds the model; its name is the model's name.
         pretrained: Where ImageNet weights come from; None when there are none.
         kwargs_for_data: Training-set size -> builder arguments chosen for it; None when none depend on it.
+        modality: The input it is built for, one of ``MODALITIES``.
     """
 
     builder: ModelBuilder
     pretrained: WeightSource | None = None
     kwargs_for_data: Callable[[int], dict[str, Any]] | None = None
+    modality: str = "image"
 
 
 _ENTRIES: dict[str, ModelEntry] = {}
@@ -64,6 +68,7 @@ def register_model(
     *,
     pretrained: WeightSource | None = None,
     kwargs_for_data: Callable[[int], dict[str, Any]] | None = None,
+    modality: str = "image",
 ) -> Any:
     """Register a builder under its function name (the model's one name everywhere), with its facts.
 
@@ -73,23 +78,35 @@ def register_model(
         builder: The builder, when used bare.
         pretrained: Where its pretrained weights come from. Defaults to None (no weights).
         kwargs_for_data: Training-set size -> builder arguments. Defaults to None (none depend on the data).
+        modality: The input it is built for: "image" (B, C, H, W), "series" (B, C, L) or "audio". Defaults to "image".
     """
+    if modality not in MODALITIES:
+        raise ValueError(f"modality {modality!r} is not one of {MODALITIES}")  # a programming error, not user input
 
     def record(function: ModelBuilder) -> ModelBuilder:
-        _ENTRIES[function.__name__] = ModelEntry(function, pretrained, kwargs_for_data)
+        _ENTRIES[function.__name__] = ModelEntry(function, pretrained, kwargs_for_data, modality)
         return function
 
     return record(builder) if builder is not None else record
 
 
-def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
+def list_models(pattern: str = "*", pretrained: bool = False, modality: str | None = None) -> list[str]:
     """Names of registered models matching a shell-style pattern, e.g. ``list_models("res*")``.
 
     Args:
         pattern: Shell-style pattern. Defaults to every model.
         pretrained: Only models with pretrained weights. Defaults to False.
+        modality: Only models built for this input ("image", "series", "audio"). Defaults to None (every one).
+
+    Example:
+        >>> list_models(modality="series")
+        ['fcn', 'inception_time', 'resnet1d']
     """
-    names = [name for name, entry in _ENTRIES.items() if entry.pretrained is not None or not pretrained]
+    names = [
+        name
+        for name, entry in _ENTRIES.items()
+        if (entry.pretrained is not None or not pretrained) and modality in (None, entry.modality)
+    ]
     return sorted(fnmatch.filter(names, pattern))
 
 
