@@ -67,9 +67,12 @@ def global_pool(kind: str = "avg", rank: int = 2) -> nn.Module:
     return layer_class(f"global_{kind}_pool", rank)(1)
 
 
-def batch_norm(num_features: int, eps: float = 1e-5, rank: int = 2) -> nn.Module:
-    """Batch norm over channels; rank 1's ``BatchNorm1d`` also normalises flat ``(B, F)`` features."""
-    return layer_class("batch_norm", rank)(num_features, eps)
+def batch_norm(num_features: int, eps: float = 1e-5, rank: int = 2, affine: bool = True) -> nn.Module:
+    """Batch norm over channels; rank 1's ``BatchNorm1d`` also normalises flat ``(B, F)`` features.
+
+    ``affine=False`` normalises only (no learnt scale and shift), as the audio front end does.
+    """
+    return layer_class("batch_norm", rank)(num_features, eps, affine=affine)
 
 
 def conv_bn_relu(
