@@ -1,0 +1,180 @@
+"""A model as an embedder: images in, L2-normalised vectors out, decoded exactly as in training.
+
+Every model's representation is :meth:`cnnkit.models.network.Network.forward_embedding` (the
+classifier's input; an embedding run's model returns its own embedding), so a classification
+run, an embedding run and an ImageNet-pretrained architecture all index the same way. A folder
+is decoded through the image cache (:func:`cnnkit.data.cache.decode_cached`), so embedding the
+training folder again, or indexing it twice, decodes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnkit.checkpoint import load_model, resolve_checkpoint
+from cnnkit.compute import select_device
+from cnnkit.data.cache import decode_cached
+from cnnkit.data.decode import ImageSource, decode_image
+from cnnkit.data.folder import list_images
+from cnnkit.data.imageset import SkippedFile
+from cnnkit.errors import CnnkitError
+from cnnkit.modelinfo import Preprocessing
+
+# Pixel values per inference batch: 55 images at 224x224 RGB, 256 (the cap) at 28x28; bounds memory on large inputs.
+BATCH_VALUES = 1 << 23
+MAX_BATCH = 256
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes: the identity of a checkpoint, so an index knows which weights made it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def list_folder_images(folder: Path) -> list[str]:
+    """Every image under ``folder`` at any depth (relative paths, sorted; hidden files and cnnkit output left out)."""
+    if not folder.is_dir():
+        what = "is a file" if folder.exists() else "not found"
+        raise CnnkitError(f"image folder {folder} {what}; give a folder of images (class subfolders optional)")
+    files, _, _ = list_images(folder, [""])  # the root as the one "class": every image at any depth
+    return [rel for rel, _ in files]
+
+
+class Embedder:
+    """A model with the preprocessing it was trained with, turning images into unit vectors.
+
+    Args:
+        model: A cnnkit network (anything with ``forward_embedding``), in eval mode.
+        preprocessing: How a decoded image becomes the model's input.
+        identity: What made the vectors: ``kind`` (checkpoint or pretrained), ``name`` (the
+            architecture), ``source`` (the checkpoint file or model name) and ``sha256`` (of the
+            weights file); an index stores it and refuses queries from another model.
+        device: Where the model runs.
+
+    Example:
+        >>> embedder = load_embedder("runs/train")
+        >>> embedder.embed_images(["cat.jpg"]).shape
+        (1, 128)
+    """
+
+    def __init__(self, model: torch.nn.Module, preprocessing: Preprocessing, identity: dict, device: torch.device):
+        self.model = model
+        self.preprocessing = preprocessing
+        self.identity = identity
+        self.device = device
+        self._dim: int | None = None
+
+    @property
+    def dim(self) -> int:
+        """Length D of every vector (found by embedding one blank image the first time it is asked)."""
+        if self._dim is None:
+            prep = self.preprocessing
+            blank = torch.zeros(1, prep.channels, prep.img_size, prep.img_size, dtype=torch.uint8)
+            self._dim = int(self.embed_pixels(blank).shape[1])
+        return self._dim
+
+    def embed_pixels(self, images: torch.Tensor) -> np.ndarray:
+        """Unit vectors (N, D) float32 for uint8 images (N, C, H, W), in bounded batches (a memmap is read in turn)."""
+        per_image = images[0].numel() if len(images) else 1
+        batch = max(1, min(MAX_BATCH, BATCH_VALUES // per_image))
+        outputs = []
+        with torch.inference_mode():
+            for start in range(0, len(images), batch):
+                pixels = self.preprocessing.normalize(images[start : start + batch].to(self.device))
+                features = self.model.forward_embedding(pixels).float()  # (b, D)
+                outputs.append(torch.nn.functional.normalize(features, dim=1).cpu().numpy())
+        if not outputs:
+            return np.zeros((0, self._dim or 0), dtype=np.float32)
+        vectors = np.concatenate(outputs)
+        self._dim = vectors.shape[1]
+        return vectors
+
+    def embed_images(self, images: Sequence[ImageSource]) -> np.ndarray:
+        """Unit vectors (N, D) float32 for files, bytes or PIL images, decoded by the one shared path.
+
+        Raises:
+            ImageDecodeError: an image cannot be decoded (a :class:`CnnkitError` naming it).
+        """
+        prep = self.preprocessing
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        arrays = [decode_image(image, prep.img_size, prep.channels, prep.resize) for image in images]
+        return self.embed_pixels(torch.from_numpy(np.stack(arrays)))
+
+    def embed_folder(
+        self, folder: str | Path, files: Sequence[str] | None = None, workers: int | None = None
+    ) -> tuple[np.ndarray, list[str], list[SkippedFile]]:
+        """Embed every image under ``folder`` (any depth) through the image cache.
+
+        Args:
+            folder: The folder; nothing in it is written.
+            files: Relative paths to embed instead of every image. Defaults to None (all of them).
+            workers: Decoding processes. Defaults to None (all cores).
+
+        Returns:
+            Vectors (N, D) float32, the relative path of each row, and the files that could not be decoded.
+
+        Raises:
+            CnnkitError: the folder is missing or holds no images.
+        """
+        root = Path(folder).expanduser()
+        files = list_folder_images(root) if files is None else list(files)
+        if not files:
+            raise CnnkitError(f"no images found in {root} (at any depth); give a folder that holds image files")
+        prep = self.preprocessing
+        decoded = decode_cached(root, files, prep.img_size, prep.channels, prep.resize, workers or os.cpu_count() or 1)
+        skipped = [SkippedFile(files[row], reason) for row, reason in decoded.failures]
+        if not decoded.kept:
+            return np.zeros((0, self.dim), dtype=np.float32), [], skipped
+        return self.embed_pixels(decoded.images), [files[row] for row in decoded.kept], skipped
+
+
+def load_embedder(model: str | Path, pretrained: bool = False, device: str = "cpu") -> Embedder:
+    """A run directory, a ``.safetensors`` checkpoint, or an architecture's ImageNet weights, as an :class:`Embedder`.
+
+    Args:
+        model: A run directory (its best checkpoint), a checkpoint file, or with ``pretrained`` an architecture name.
+        pretrained: ``model`` is an architecture: use its ImageNet weights. Defaults to False.
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps``. Defaults to ``cpu``.
+
+    Example:
+        >>> load_embedder("efficientnet_lite0", pretrained=True).embed_images(["photo.jpg"]).shape
+        (1, 1280)
+    """
+    target = select_device(device)
+    if pretrained:
+        from cnnkit.models.pretrained import (
+            IMAGENET_CLASSES,
+            create_pretrained,
+            pretrained_preprocessing,
+            weight_source,
+        )
+
+        name = str(model)
+        weights = weight_source(name).locate(name)
+        network = create_pretrained(name, IMAGENET_CLASSES).to(target).eval()
+        identity = {"kind": "pretrained", "name": name, "source": name, "sha256": file_digest(weights)}
+        return Embedder(network, pretrained_preprocessing(name), identity, target)
+    path = Path(model).expanduser()
+    if not path.exists():
+        from cnnkit.models.registry import list_models
+
+        if str(model) in list_models():
+            raise CnnkitError(
+                f"{model} is an architecture, not a trained model: add --pretrained for its ImageNet weights, "
+                "or give a run directory or checkpoint"
+            )
+    checkpoint = resolve_checkpoint(path).resolve()
+    network, info = load_model(checkpoint, target)
+    digest = file_digest(checkpoint)
+    identity = {"kind": "checkpoint", "name": info.model.name, "source": str(checkpoint), "sha256": digest}
+    return Embedder(network, info.preprocessing, identity, target)
