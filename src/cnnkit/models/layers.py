@@ -42,19 +42,23 @@ def conv(
     out_channels: int,
     kernel_size: int,
     stride: int = 1,
-    padding: int = 0,
+    padding: int | str = 0,
     dilation: int = 1,
     groups: int = 1,
     bias: bool = True,
     rank: int = 2,
 ) -> nn.Module:
-    """A convolution over ``rank`` spatial dimensions, with torch.nn's arguments. ``rank`` defaults to 2."""
+    """A convolution over ``rank`` spatial dimensions, with torch.nn's arguments. ``rank`` defaults to 2.
+
+    ``padding="same"`` (stride 1) keeps the size for any kernel; an even one gets its extra
+    step on the right, as Keras and TensorFlow pad.
+    """
     return layer_class("conv", rank)(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
 
 
-def max_pool(kernel_size: int, stride: int | None = None, rank: int = 2) -> nn.Module:
-    """Max pooling; ``stride`` defaults to the window, as in torch.nn."""
-    return layer_class("max_pool", rank)(kernel_size, stride)
+def max_pool(kernel_size: int, stride: int | None = None, padding: int = 0, rank: int = 2) -> nn.Module:
+    """Max pooling; ``stride`` defaults to the window, as in torch.nn; padding counts as minus infinity."""
+    return layer_class("max_pool", rank)(kernel_size, stride, padding)
 
 
 def avg_pool(kernel_size: int, stride: int | None = None, rank: int = 2) -> nn.Module:
@@ -91,4 +95,22 @@ def conv_bn_relu(
         *pooling,
         batch_norm(out_channels, rank=rank),
         nn.ReLU(inplace=True),
+    )
+
+
+def conv_bn(in_channels: int, out_channels: int, kernel_size: int, relu: bool = True, rank: int = 2) -> nn.Sequential:
+    """A stride-1 convolution that keeps the size (``padding="same"``), batch norm and, with ``relu``, ReLU.
+
+    The block of the time-series networks (FCN, ResNet and InceptionTime's shortcut). No
+    convolution bias: the batch norm's shift replaces it.
+
+    Example:
+        >>> conv_bn(1, 128, 8, rank=1)(torch.zeros(2, 1, 150)).shape
+        torch.Size([2, 128, 150])
+    """
+    activation = [nn.ReLU(inplace=True)] if relu else []
+    return nn.Sequential(
+        conv(in_channels, out_channels, kernel_size, padding="same", bias=False, rank=rank),
+        batch_norm(out_channels, rank=rank),
+        *activation,
     )
