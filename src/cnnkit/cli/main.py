@@ -18,6 +18,7 @@ from pathlib import Path
 from cnnkit import __version__
 from cnnkit.cli import deploy as cli_deploy
 from cnnkit.cli import inference as cli_inference
+from cnnkit.cli import search as cli_search
 from cnnkit.cli.complete import add_completion_command, completion_script
 from cnnkit.cli.flags import CommandParser, add_config_flags, config_default, config_type, number_type
 from cnnkit.compare.budget import Budget
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--name", help="report directory name under --out (default: evaluate, evaluate2, ...)")
 
     cli_inference.add_commands(commands)
+    cli_search.add_commands(commands)
 
     check = commands.add_parser(
         "check",
@@ -267,6 +269,7 @@ COMMANDS = {
     "models": run_models,
     **cli_deploy.COMMANDS,
     **cli_inference.COMMANDS,
+    **cli_search.COMMANDS,
     "compare": run_compare,
     "summary": run_summary,
     "completion": run_completion,

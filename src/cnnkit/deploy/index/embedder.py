@@ -20,7 +20,7 @@ import torch
 from cnnkit.checkpoint import load_model, resolve_checkpoint
 from cnnkit.compute import select_device
 from cnnkit.data.cache import decode_cached
-from cnnkit.data.decode import ImageSource, decode_image
+from cnnkit.data.decode import ImageDecodeError, ImageSource, decode_image
 from cnnkit.data.folder import list_images
 from cnnkit.data.imageset import SkippedFile
 from cnnkit.errors import CnnkitError
@@ -109,6 +109,29 @@ class Embedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         arrays = [decode_image(image, prep.img_size, prep.channels, prep.resize) for image in images]
         return self.embed_pixels(torch.from_numpy(np.stack(arrays)))
+
+    def embed_files(
+        self, paths: Sequence[str | Path], batch_size: int = 64
+    ) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+        """Embed files in batches; files that cannot be decoded are left out and returned with the reason.
+
+        Returns:
+            Vectors (N, D) float32 of the decoded files, their paths, and (path, reason) per failure.
+        """
+        prep = self.preprocessing
+        outputs, kept, failures = [], [], []
+        for start in range(0, len(paths), batch_size):
+            arrays = []
+            for path in paths[start : start + batch_size]:
+                try:
+                    arrays.append(decode_image(path, prep.img_size, prep.channels, prep.resize))
+                    kept.append(str(path))
+                except ImageDecodeError as error:
+                    failures.append((str(path), str(error)))
+            if arrays:
+                outputs.append(self.embed_pixels(torch.from_numpy(np.stack(arrays))))
+        vectors = np.concatenate(outputs) if outputs else np.zeros((0, self.dim), dtype=np.float32)
+        return vectors, kept, failures
 
     def embed_folder(
         self, folder: str | Path, files: Sequence[str] | None = None, workers: int | None = None

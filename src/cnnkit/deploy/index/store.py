@@ -188,7 +188,7 @@ def open_index(path: str | Path) -> SearchIndex:
         )
     try:
         files = json.loads((directory / meta["files"]).read_text())
-        vectors = np.load(directory / meta["vectors"], mmap_mode="c", allow_pickle=False)  # copy-on-write: disk untouched
+        vectors = np.load(directory / meta["vectors"], mmap_mode="c", allow_pickle=False)  # copy-on-write
     except (OSError, ValueError, KeyError) as error:
         raise CnnkitError(f"index {directory} is damaged ({error}); {_rebuild_hint(meta, directory)}") from None
     if vectors.ndim != 2 or len(vectors) != len(files["paths"]):
