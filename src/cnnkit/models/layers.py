@@ -40,15 +40,17 @@ def layer_class(kind: str, rank: int) -> type[nn.Module]:
 def conv(
     in_channels: int,
     out_channels: int,
-    kernel_size: int,
-    stride: int = 1,
-    padding: int | str = 0,
-    dilation: int = 1,
+    kernel_size: int | tuple[int, ...],
+    stride: int | tuple[int, ...] = 1,
+    padding: int | tuple[int, ...] | str = 0,
+    dilation: int | tuple[int, ...] = 1,
     groups: int = 1,
     bias: bool = True,
     rank: int = 2,
 ) -> nn.Module:
-    """A convolution over ``rank`` spatial dimensions, with torch.nn's arguments. ``rank`` defaults to 2.
+    """A convolution over ``rank`` spatial dimensions, with torch.nn's arguments (one int, or one per dimension).
+
+    ``rank`` defaults to 2.
 
     ``padding="same"`` (stride 1) keeps the size for any kernel; an even one gets its extra
     step on the right, as Keras and TensorFlow pad.
