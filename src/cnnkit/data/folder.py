@@ -64,9 +64,11 @@ def list_classes(root: Path) -> tuple[list[str], list[str]]:
     return [name for name in folders if name not in outputs], outputs
 
 
-def list_images(root: Path, classes: list[str]) -> tuple[list[tuple[str, int]], int, list[str]]:
-    """(relative path, label) for every image under each class folder, how many other files were seen,
-    and the folders left out as cnnkit output (relative paths)."""
+def list_images(
+    root: Path, classes: list[str], extensions: frozenset[str] = IMAGE_EXTENSIONS
+) -> tuple[list[tuple[str, int]], int, list[str]]:
+    """(relative path, label) for every file with one of ``extensions`` (images by default) under each class
+    folder, how many other files were seen, and the folders left out as cnnkit output (relative paths)."""
     files: list[tuple[str, int]] = []
     others = 0
     outputs: list[str] = []
@@ -81,7 +83,7 @@ def list_images(root: Path, classes: list[str]) -> tuple[list[tuple[str, int]], 
             for file_name in sorted(names):
                 if not _visible(file_name):
                     continue
-                if Path(file_name).suffix.lower() in IMAGE_EXTENSIONS:
+                if Path(file_name).suffix.lower() in extensions:
                     files.append((os.path.relpath(os.path.join(folder, file_name), root), label))
                 else:
                     others += 1
