@@ -124,6 +124,11 @@ def build_index(
     if not files:
         raise CnnkitError(f"no images found in {root} (at any depth); give a folder that holds image files")
     directory = Path(out).expanduser() / (name or f"index_{root.name}")
+    if directory.resolve().is_relative_to(root):
+        raise CnnkitError(
+            f"the index directory {directory} lies inside the indexed folder {root}, which cnnkit only reads; "
+            "give an --out outside it"
+        )
     embedder = model if isinstance(model, Embedder) else load_embedder(model, pretrained=pretrained, device=device)
     kept, previous, previous_paths = _reusable(directory, embedder, root, dtype)
     stats = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from cnnkit.data.decode import ImageDecodeError, ImageSource, load_image
 
@@ -16,13 +16,13 @@ QUERY_FRAME = (230, 120, 0)
 
 
 def _thumbnail(source: ImageSource) -> Image.Image:
-    """The image fitted into THUMB x THUMB on grey (a file that no longer decodes shows as a grey square)."""
+    """The image scaled to fit THUMB x THUMB on grey (a file that no longer decodes shows as a grey square)."""
     tile = Image.new("RGB", (THUMB, THUMB), (128, 128, 128))
     try:
         image = load_image(source).convert("RGB")
     except ImageDecodeError:
         return tile
-    image.thumbnail((THUMB, THUMB))
+    image = ImageOps.contain(image, (THUMB, THUMB))  # small images are enlarged too, so every tile reads alike
     tile.paste(image, ((THUMB - image.width) // 2, (THUMB - image.height) // 2))
     return tile
 

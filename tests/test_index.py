@@ -1,0 +1,213 @@
+"""The similarity-search index: embedding, incremental builds, exact and FAISS search, and refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnkit.checkpoint import save_checkpoint
+from cnnkit.deploy.index import Embedder, build_index, load_embedder, open_index
+from cnnkit.deploy.index import approximate as approximate_module
+from cnnkit.deploy.index.approximate import build_approximate, recall_at_k, search_exact
+from cnnkit.deploy.index.builder import class_label
+from cnnkit.errors import CnnkitError
+from cnnkit.modelinfo import CheckpointInfo, ModelSpec, Preprocessing
+from cnnkit.models import create_model
+
+
+@pytest.fixture(scope="module")
+def convnet_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained (seeded) convnet checkpoint at 32x32 RGB: its features are fixed, and it takes no training."""
+    torch.manual_seed(0)
+    spec = ModelSpec("convnet", 3, 3, 32)
+    info = CheckpointInfo(spec, ["a", "b", "c"], Preprocessing(32, 3, (0.5,) * 3, (0.25,) * 3), {})
+    path = tmp_path_factory.mktemp("model") / "convnet.safetensors"
+    save_checkpoint(path, create_model("convnet", 3, 3, 32), info)
+    return path
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, str]]:
+    return {
+        str(p.relative_to(root)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_build_index_writes_unit_vectors_labels_and_report(convnet_checkpoint, shapes_folder, tmp_path):
+    index = build_index(convnet_checkpoint, shapes_folder, out=tmp_path / "out", name="shapes")
+    assert len(index) == 36 and index.vectors.shape == (36, index.dim)
+    np.testing.assert_allclose(np.linalg.norm(index.vectors, axis=1), 1.0, atol=1e-5)
+    assert sorted(set(index.labels)) == ["circle", "square", "triangle"]
+    assert index.paths == sorted(index.paths) and index.root == shapes_folder.resolve()
+    report = json.loads((tmp_path / "out" / "shapes" / "index.json").read_text())["retrieval"]
+    assert set(report) >= {"recall@1", "recall@2", "recall@4", "recall@8", "map@r"} and report["queries"] == 36
+    assert report["recall@1"] <= report["recall@8"]
+    assert index.meta["changes"] == {"added": 36, "changed": 0, "removed": 0, "unchanged": 0, "skipped": 0}
+
+
+def test_build_index_rebuild_embeds_only_new_and_changed(convnet_checkpoint, shapes_folder, tmp_path, monkeypatch):
+    first = build_index(convnet_checkpoint, shapes_folder, out=tmp_path / "out", name="shapes")
+    kept_row = first.paths.index("square/square_002.jpg")
+    kept_vector = np.array(first.vectors[kept_row])
+    (shapes_folder / "circle" / "circle_000.jpg").unlink()
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(shapes_folder / "circle" / "circle_001.png")
+    Image.new("RGB", (40, 40), (10, 200, 10)).save(shapes_folder / "triangle" / "new.png")
+    embedded: list[int] = []
+    original = Embedder.embed_folder
+
+    def counted(self, root, files=None):
+        embedded.append(len(files))
+        return original(self, root, files)
+
+    monkeypatch.setattr(Embedder, "embed_folder", counted)
+    second = build_index(convnet_checkpoint, shapes_folder, out=tmp_path / "out", name="shapes")
+    assert second.meta["changes"] == {"added": 1, "changed": 1, "removed": 1, "unchanged": 34, "skipped": 0}
+    assert embedded == [2] and len(second) == 36 and "circle/circle_000.jpg" not in second.paths
+    np.testing.assert_array_equal(second.vectors[second.paths.index("square/square_002.jpg")], kept_vector)
+    assert len(list((tmp_path / "out" / "shapes").glob("vectors-*.npy"))) == 1  # the previous build's files are gone
+
+
+def test_build_index_and_search_leave_the_folder_untouched(convnet_checkpoint, shapes_folder, tmp_path):
+    before = _snapshot(shapes_folder)
+    index = build_index(convnet_checkpoint, shapes_folder, out=tmp_path / "out", name="shapes", approximate="on")
+    index.search(index.embedder().embed_images([shapes_folder / "circle" / "circle_000.jpg"]), k=3)
+    build_index(convnet_checkpoint, shapes_folder, out=tmp_path / "out", name="shapes")
+    assert _snapshot(shapes_folder) == before
+
+
+def test_search_exact_matches_brute_force(convnet_checkpoint, shapes_folder, tmp_path):
+    index = build_index(convnet_checkpoint, shapes_folder, out=tmp_path / "out", name="shapes")
+    queries = index.embedder().embed_images([shapes_folder / "square" / "square_003.png", Image.new("RGB", (30, 30))])
+    scores, rows = index.search(queries, k=5)
+    brute = queries @ np.asarray(index.vectors).T  # (2, 36)
+    np.testing.assert_allclose(scores, np.sort(brute, axis=1)[:, ::-1][:, :5], atol=1e-5)
+    assert rows[0, 0] == index.paths.index("square/square_003.png")
+    assert scores.shape == rows.shape == (2, 5)
+
+
+def test_embed_images_equals_embed_folder(convnet_checkpoint, shapes_folder):
+    embedder = load_embedder(convnet_checkpoint)
+    vectors, paths, skipped = embedder.embed_folder(shapes_folder)
+    row = paths.index("triangle/triangle_004.jpg")
+    one = embedder.embed_images([(shapes_folder / paths[row]).read_bytes()])
+    np.testing.assert_allclose(one[0], vectors[row], atol=1e-5)
+    assert skipped == [] and vectors.dtype == np.float32
+
+
+def test_search_exact_in_chunks_equals_one_block(monkeypatch):
+    vectors = torch.nn.functional.normalize(torch.randn(500, 8, generator=torch.Generator().manual_seed(1)), dim=1)
+    queries = vectors[:7].numpy()
+    whole = search_exact(vectors.numpy(), queries, 6)
+    monkeypatch.setattr(approximate_module, "EXACT_CHUNK_VALUES", 8 * 64)  # 64 rows a chunk, 8 chunks
+    chunked = search_exact(vectors.numpy().astype(np.float16), queries, 6)
+    np.testing.assert_array_equal(chunked[1], whole[1])
+    np.testing.assert_allclose(chunked[0], whole[0], atol=2e-3)
+
+
+def test_build_approximate_reaches_target_recall_on_clustered_vectors():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, 16))
+    points = centres[rng.integers(0, 40, 4000)] + 0.3 * rng.normal(size=(4000, 16))
+    vectors = (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+    index = build_approximate(vectors)
+    assert index.info["recall@10"] >= approximate_module.TARGET_RECALL
+    _, exact = search_exact(vectors, vectors[:50], 10)
+    _, found = index.search(vectors[:50], 10)
+    assert recall_at_k(found, exact) >= 0.9  # measured on other queries than the tuning sample
+
+
+def test_build_index_approximate_on_records_recall(convnet_checkpoint, shapes_folder, tmp_path):
+    build_index(convnet_checkpoint, shapes_folder, out=tmp_path / "out", name="shapes", approximate="on")
+    stored = json.loads((tmp_path / "out" / "shapes" / "index.json").read_text())["approximate"]
+    assert stored["kind"] == "faiss-ivf-flat" and 0 <= stored["recall@10"] <= 1 and stored["nprobe"] >= 1
+    reopened = open_index(tmp_path / "out" / "shapes")
+    query = np.asarray(reopened.vectors[:1], dtype=np.float32)
+    assert reopened.approximate is not None and reopened.search(query, k=1)[1][0, 0] == 0
+
+
+def test_open_index_refuses_another_cnnkit_version(convnet_checkpoint, shapes_folder, tmp_path):
+    build_index(convnet_checkpoint, shapes_folder, out=tmp_path / "out", name="shapes")
+    meta_path = tmp_path / "out" / "shapes" / "index.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "cnnkit": "0.0.1"}))
+    with pytest.raises(CnnkitError, match=r"built by cnnkit 0\.0\.1.*rebuild it"):
+        open_index(tmp_path / "out" / "shapes")
+
+
+def test_open_index_refuses_moved_files(convnet_checkpoint, shapes_folder, tmp_path):
+    build_index(convnet_checkpoint, shapes_folder, out=tmp_path / "out", name="shapes")
+    shutil.move(shapes_folder / "square", tmp_path / "elsewhere")
+    with pytest.raises(CnnkitError, match=r"files of index .* moved"):
+        open_index(tmp_path / "out" / "shapes")
+    shutil.move(shapes_folder, tmp_path / "gone")
+    with pytest.raises(CnnkitError, match="is gone"):
+        open_index(tmp_path / "out" / "shapes")
+
+
+def test_index_embedder_refuses_a_changed_checkpoint(convnet_checkpoint, shapes_folder, tmp_path):
+    checkpoint = tmp_path / "model.safetensors"
+    shutil.copy(convnet_checkpoint, checkpoint)
+    index = build_index(checkpoint, shapes_folder, out=tmp_path / "out", name="shapes")
+    with open(checkpoint, "ab") as stream:
+        stream.write(b" ")  # retrained, as far as the bytes say
+    with pytest.raises(CnnkitError, match="built by another model"):
+        index.embedder()
+
+
+def test_build_index_refuses_vectors_of_another_model(convnet_checkpoint, shapes_folder, tmp_path):
+    build_index(convnet_checkpoint, shapes_folder, out=tmp_path / "out", name="shapes")
+    embedder = load_embedder(convnet_checkpoint)
+    other = Embedder(embedder.model, embedder.preprocessing, {**embedder.identity, "sha256": "0" * 64}, embedder.device)
+    with pytest.raises(CnnkitError, match="built by another model"):
+        build_index(other, shapes_folder, out=tmp_path / "out", name="shapes")
+
+
+def test_build_index_refuses_to_write_inside_the_folder(convnet_checkpoint, shapes_folder):
+    before = _snapshot(shapes_folder)
+    with pytest.raises(CnnkitError, match="inside the indexed folder"):
+        build_index(convnet_checkpoint, shapes_folder, out=shapes_folder, name="index")
+    assert _snapshot(shapes_folder) == before
+
+
+def test_build_index_refuses_an_empty_folder(convnet_checkpoint, tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no images")
+    with pytest.raises(CnnkitError, match="no images found"):
+        build_index(convnet_checkpoint, tmp_path / "empty", out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_build_index_skips_undecodable_files(convnet_checkpoint, shapes_folder, tmp_path):
+    (shapes_folder / "circle" / "broken.jpg").write_bytes(b"not a jpeg")
+    index = build_index(convnet_checkpoint, shapes_folder, out=tmp_path / "out", name="shapes")
+    assert "circle/broken.jpg" not in index.paths and len(index) == 36
+    assert index.meta["changes"]["skipped"] == 1 and index.meta["skipped"][0]["path"] == "circle/broken.jpg"
+
+
+def test_load_embedder_asks_for_pretrained_with_an_architecture_name():
+    with pytest.raises(CnnkitError, match="--pretrained"):
+        load_embedder("efficientnet_lite0")
+
+
+@pytest.mark.parametrize(
+    ("rel", "label"), [("cat/1.jpg", "cat"), ("1.jpg", None), ("train/cat/1.jpg", "cat"), ("cat/a/b/1.png", "cat")]
+)
+def test_class_label_is_the_class_subfolder(rel, label):
+    assert class_label(rel) == label
+
+
+def test_build_index_without_class_subfolders_has_no_labels(convnet_checkpoint, tmp_path):
+    folder = tmp_path / "loose"
+    folder.mkdir()
+    for value in range(3):
+        Image.new("RGB", (20, 20), (value * 80, 0, 0)).save(folder / f"{value}.png")
+    index = build_index(convnet_checkpoint, folder, out=tmp_path / "out")
+    assert index.labels is None and index.meta["retrieval"] is None and len(index) == 3
+    assert index.directory == tmp_path / "out" / "index_loose"
