@@ -105,6 +105,22 @@ class TrainConfig:
         "architecture name (see `cnnkit models`), a layer spec string, or a .yaml/.json spec file",
         "model",
     )
+    task: str = _option(
+        "classify",
+        "what the network learns: classify (a label per image) or embed (an embedding for similarity search, "
+        "evaluated by Recall@K on classes held out of training)",
+        "model",
+        choices=("classify", "embed"),
+    )
+    embed_dim: int | None = _option(
+        None, "width of the L2-normalised embedding (--task embed; default: 128)", "model", COUNT
+    )
+    held_out: str | None = _option(
+        None,
+        "comma-separated classes held out of embedding training and searched at test "
+        "(--task embed; default: the last half of the sorted class names)",
+        "data",
+    )
     pretrained: bool = _option(False, "start from ImageNet weights, with the preprocessing they expect", "model")
     weights: str | None = _option(
         None,
@@ -151,6 +167,13 @@ class TrainConfig:
     seed: int = _option(0, "random seed for weights and data order", "optimisation", Range(int, 0, 2**32 - 1))
     device: str = _option("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps", "compute")
     workers: int | None = _option(None, "threads that decode images (default: all cores)", "compute", COUNT)
+    devices: int = _option(
+        1,
+        "worker processes: N CPU processes (gloo) or N GPUs (NCCL) on this machine, splitting --batch-size; "
+        "under torchrun, the world size it started",
+        "compute",
+        COUNT,
+    )
     out: str = _option("runs", "folder that holds run directories", "output")
     name: str | None = _option(None, "run directory name under --out (default: train, train2, ...)", "output")
     save_every: int = _option(
@@ -260,6 +283,11 @@ class TrainConfig:
         ]
         if self.freeze is not None and not self.finetune:
             problems.append("freeze is used only with finetune")
+        problems += [
+            f"{key} is used only with task embed"
+            for key in ("embed_dim", "held_out")
+            if self.task != "embed" and getattr(self, key) is not None
+        ]
         if not problems and self.val_split + self.test_split >= 1:
             total = self.val_split + self.test_split
             problems.append(f"val_split and test_split must sum to less than 1 (got {total:g})")

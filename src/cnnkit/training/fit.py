@@ -27,12 +27,17 @@ from cnnkit.data.loader import channel_stats
 from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import Preprocessing
 from cnnkit.models import ModelSpec, build, kwargs_for_data
+from cnnkit.models.embedding import EMBED_DIM, TEMPERATURE, EmbeddingNetwork
 from cnnkit.models.pretrained import create_pretrained, pretrained_preprocessing
 from cnnkit.models.spec import resolve_model
 from cnnkit.rundir import new_run_dir
+from cnnkit.tasks import Task
 from cnnkit.tasks.classify import ClassifyTask
 from cnnkit.tasks.classify.metrics import EvalResult
 from cnnkit.tasks.classify.tta import resolve_tta
+from cnnkit.tasks.embed import EmbedTask
+from cnnkit.tasks.embed.evaluate import EmbedResult
+from cnnkit.tasks.embed.holdout import held_out_classes, hold_out
 from cnnkit.training import runlog
 from cnnkit.training.loop import has_batch_norm
 from cnnkit.training.prepare import check_bad_share, class_weights, prepare_data
@@ -95,7 +100,7 @@ def fit(
         settings = compute.fall_back(settings, "an earlier session of this run") or settings
     run_dir = open_run_dir(config, data, saved, resume, device, settings)
     try:
-        task = classify_task(config, data, device)
+        task = make_task(config, data, device)
         say(describe(data, model, settings, run_dir))
         session = start_session(config, data, task, model, settings, device, run_dir, saved, say, verbose)
         session.on_checkpoint = partial(call, callbacks, "on_checkpoint", run_dir=run_dir)
@@ -140,6 +145,8 @@ def prepare(config: TrainConfig, saved: SavedState | None, say: Callable[..., No
         channels=config.channels or (reference and 3),
     )
     splits = prepare_data(data_config, say)
+    if config.task == "embed":  # train and validate on the seen classes, test on the held-out ones
+        splits = hold_out(splits, held_out_classes(splits.classes, config.held_out))
     _, channels, img_size, _ = splits.train.images.shape
     if pretrained:
         preprocessing = replace(pretrained_preprocessing(model_name, img_size, channels), resize=config.resize)
@@ -150,16 +157,35 @@ def prepare(config: TrainConfig, saved: SavedState | None, say: Callable[..., No
         model_kwargs = saved.spec.kwargs
     else:
         model_kwargs = model_kwargs or kwargs_for_data(model_name, len(splits.train))
+    if config.task == "embed":  # the backbone under a normalised-softmax head (models/embedding.py)
+        model_kwargs = model_kwargs if saved is not None else embedding_kwargs(config, model_name, model_kwargs)
+        model_name = "embedding"
     spec = ModelSpec(model_name, len(splits.classes), channels, img_size, model_kwargs)
     augment = parse_augmentation(config.augment, splits.name, img_size)
     return Prepared(splits, preprocessing, spec, pretrained, augment, resolve_tta(config.tta, augment))
+
+
+def embedding_kwargs(config: TrainConfig, backbone: str, backbone_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The ``embedding`` model's builder arguments, the temperature included so a checkpoint rebuilds as trained."""
+    if backbone == "embedding":
+        raise CnnkitError("--model embedding is what --task embed builds; give its backbone, e.g. --model convnet")
+    return {
+        "backbone": backbone,
+        "backbone_kwargs": backbone_kwargs,
+        "embed_dim": config.embed_dim or EMBED_DIM,
+        "temperature": TEMPERATURE,
+    }
 
 
 def build_model(config: TrainConfig, data: Prepared, device: torch.device) -> tuple[nn.Module, ComputeSettings]:
     """The seeded model on its device, in the precision and memory format chosen for it."""
     spec = data.spec
     torch.manual_seed(config.seed)
-    if data.pretrained:
+    if data.pretrained and spec.name == "embedding":  # ImageNet weights for the backbone, a fresh head
+        head = spec.kwargs
+        body = create_pretrained(head["backbone"], spec.num_classes, spec.in_channels, spec.img_size, config.weights)
+        model = EmbeddingNetwork(body, spec.num_classes, head["embed_dim"], head["temperature"])
+    elif data.pretrained:
         model = create_pretrained(spec.name, spec.num_classes, spec.in_channels, spec.img_size, config.weights)
     else:
         model = build(spec)
@@ -211,24 +237,32 @@ def discard_unfinished(run_dir: Path) -> None:
         run_dir.rmdir()
 
 
-def classify_task(config: TrainConfig, data: Prepared, device: torch.device) -> ClassifyTask:
-    """What the network learns: the classes, weighted by ``--class-weights``, with ``--label-smoothing``."""
+def make_task(config: TrainConfig, data: Prepared, device: torch.device) -> Task:
+    """What the network learns (``--task``): its classes (an embed run's seen ones), weighted by ``--class-weights``."""
     splits = data.splits
     weights = class_weights(splits.train.labels, len(splits.classes), config.class_weights, device)
-    return ClassifyTask(splits.classes, weights, config.label_smoothing)
+    task = EmbedTask if config.task == "embed" else ClassifyTask
+    return task(splits.classes, weights, config.label_smoothing)
 
 
 def describe(data: Prepared, model: nn.Module, settings: ComputeSettings, run_dir: Path) -> str:
     parameters = sum(p.numel() for p in model.parameters())
     augment = data.augment.describe() if data.augment else "none"
+    splits = data.splits
+    held_out = splits.test.classes != splits.classes  # an embedding run tests on classes it does not train on
     return (
-        f"{runlog.describe(data.splits)}\n{data.spec.name}: {parameters / 1e6:.2f}M parameters on {settings.device} "
+        f"{runlog.describe(splits)}{'; held out of training: ' + ', '.join(splits.test.classes) if held_out else ''}\n"
+        f"{data.spec.name}: {parameters / 1e6:.2f}M parameters on {settings.device} "
         f"({settings.describe()}); augment: {augment}; writing {run_dir}"
     )
 
 
-def final_test(session: Session, started: float) -> EvalResult | None:
-    """Evaluate the best weights on the test split (else validation), write results and the report; the test result."""
+def final_test(session: Session, started: float) -> EvalResult | EmbedResult | None:
+    """Evaluate the best weights on the test split (else validation), write results and the report; the test result.
+
+    An embedding run's test split holds only its held-out classes, and its report is the
+    retrieval report (:mod:`cnnkit.tasks.embed.report`).
+    """
     if session.best_state is None:
         return None
     data, model, task = session.data, session.model, session.task
@@ -237,7 +271,7 @@ def final_test(session: Session, started: float) -> EvalResult | None:
     evaluate = task.evaluate
     test = evaluate(model, splits.test, data.preprocessing, session.device, tta=flip) if len(splits.test) else None
     final = test or evaluate(model, splits.val, data.preprocessing, session.device, tta=flip)
-    progress = session.progress
+    progress, embed = session.progress, session.config.task == "embed"
     runlog.write_results(
         session.run_dir,
         progress.history,
@@ -246,24 +280,34 @@ def final_test(session: Session, started: float) -> EvalResult | None:
         progress.best_epoch,
         time.perf_counter() - started,
         progress.skipped_steps,
+        {"task": "embed", "selected_by": "val_recall@1 of the seen classes"} if embed else None,
     )
     reported = splits.test if len(splits.test) else splits.val
     if len(reported):
+        from cnnkit.tasks.embed.report import write_retrieval_report
         from cnnkit.understand.report import write_report
 
         title = f"{session.config.model} on {splits.name}"
-        write_report(model, reported, data.preprocessing, session.device, session.run_dir / "report", title, tta=flip)
+        write = write_retrieval_report if embed else write_report
+        write(model, reported, data.preprocessing, session.device, session.run_dir / "report", title, tta=flip)
     return test
 
 
-def summarize(session: Session, test: EvalResult | None, interrupted: bool, seconds: float) -> Run:
+def summarize(session: Session, test: EvalResult | EmbedResult | None, interrupted: bool, seconds: float) -> Run:
     """Say how the run ended and return it; a run that never improved on NaN is an error, not a result."""
     config, progress, say = session.config, session.progress, session.say
     if progress.skipped_steps:
         say(f"warning: skipped {progress.skipped_steps} step(s) with a NaN or infinite loss or gradient (steps.csv)")
-    if test is not None:
+    flip = " with flip TTA" if session.data.tta == "flip" else ""
+    if isinstance(test, EmbedResult):
         say(
-            f"test accuracy {test.accuracy:.2%}{' with flip TTA' if session.data.tta == 'flip' else ''} "
+            f"held-out classes {', '.join(test.classes)}: {test.describe()}{flip} "
+            f"(best epoch {progress.best_epoch} by val Recall@1 of the seen classes) in {seconds:.1f}s; "
+            f"run saved to {session.run_dir}"
+        )
+    elif test is not None:
+        say(
+            f"test accuracy {test.accuracy:.2%}{flip} "
             f"on {test.count} images (best epoch {progress.best_epoch}) in {seconds:.1f}s; "
             f"run saved to {session.run_dir}"
         )

@@ -9,7 +9,7 @@ import platform
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -18,6 +18,9 @@ from cnnkit.config import TrainConfig
 from cnnkit.data import DataSplits
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.classify.metrics import EvalResult
+
+if TYPE_CHECKING:
+    from cnnkit.tasks.embed.evaluate import EmbedResult
 
 
 @dataclass
@@ -28,7 +31,7 @@ class Run:
     config: TrainConfig
     classes: list[str]
     history: list[dict[str, float]]
-    test: EvalResult | None
+    test: EvalResult | EmbedResult | None
     best_epoch: int | None
     seconds: float
     interrupted: bool = False
@@ -177,19 +180,26 @@ def record_compute(run_dir: Path, compute: dict[str, Any]) -> None:
 def write_results(
     run_dir: Path,
     history: list[dict[str, float]],
-    test: EvalResult | None,
-    final: EvalResult,
+    test: EvalResult | EmbedResult | None,
+    final: EvalResult | EmbedResult,
     best_epoch: int,
     seconds: float,
     skipped_steps: int,
+    task: dict[str, str] | None = None,
 ) -> None:
-    """``curves.png``, ``confusion_matrix.png`` (test, else validation) and ``results.json``."""
+    """``curves.png``, a classifier's ``confusion_matrix.png`` (test, else validation) and ``results.json``.
+
+    ``task`` names a task other than classification and what picked its best epoch; its
+    ``test`` holds that task's metrics (an embedding's: Recall@K and MAP@R).
+    """
     from cnnkit.understand.figures import plot_confusion, plot_curves
 
     plot_curves(history, run_dir / "curves.png")
-    title = "test confusion matrix" if test else "validation confusion matrix"
-    plot_confusion(final.confusion, final.classes, run_dir / "confusion_matrix.png", title)
+    if isinstance(final, EvalResult):
+        title = "test confusion matrix" if test else "validation confusion matrix"
+        plot_confusion(final.confusion, final.classes, run_dir / "confusion_matrix.png", title)
     results = {
+        **(task or {}),
         "best_epoch": best_epoch,
         "seconds": seconds,
         "skipped_steps": skipped_steps,
