@@ -59,7 +59,7 @@ def _image_model_or_skip(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models(modality="image"))
 def test_every_registered_model_gets_a_target_layer_or_a_clear_error(name):
     model, inputs = _image_model_or_skip(name)
     convolutions = [n for n, m in model.named_modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]

@@ -11,7 +11,7 @@ from cnnkit.models.fold import ChannelSign, fold_pooled_batch_norms
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models(modality="image"))  # series models: tests/test_series_models.py
 def test_model_trains_one_step_and_predicts_on_28x28_grayscale(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=3, in_channels=1, img_size=28)

@@ -60,7 +60,10 @@ def test_summary_of_a_checkpoint_refuses_architecture_flags(digits_run):
 
 @pytest.mark.parametrize(
     "name",
-    [name if name in FAST_MODELS else pytest.param(name, marks=pytest.mark.slow) for name in list_models()],
+    [
+        name if name in FAST_MODELS else pytest.param(name, marks=pytest.mark.slow)
+        for name in list_models(modality="image")  # series models: tests/test_series_models.py
+    ],
 )
 def test_count_multiply_adds_matches_pytorch_flop_counter(name):
     """The hook counter against an independent reference: PyTorch's FlopCounterMode counts 2 FLOPs per mult-add."""

@@ -161,11 +161,11 @@ def summarize_model(
 
     Args:
         model: What to summarize.
-        img_size: Input side (not for checkpoints, which record theirs). Defaults to 224.
+        img_size: Input side, or a series model's length (not for checkpoints, which record theirs). Defaults to 224.
         channels: Input channels (not for checkpoints). Defaults to 3.
         num_classes: Output classes (not for checkpoints). Defaults to 10.
     """
-    from cnnkit.models import create_model
+    from cnnkit.models import create_model, model_entry
     from cnnkit.models.spec import resolve_model
 
     path = Path(model).expanduser()
@@ -188,5 +188,6 @@ def summarize_model(
         channels, img_size = channels or spec_input[0], img_size or spec_input[1]
     img_size, channels = img_size or 224, channels or 3
     net = create_model(name, num_classes or 10, channels, img_size, **kwargs)
-    shape = tuple(spec_input) if spec_input else (channels, img_size, img_size)
+    side = (img_size,) if model_entry(name).modality == "series" else (img_size, img_size)  # a series: (C, L)
+    shape = tuple(spec_input) if spec_input else (channels, *side)
     return summarize(net, shape, model if name != "spec" else "spec")
