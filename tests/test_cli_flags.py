@@ -85,9 +85,9 @@ def test_cli_mistypes_get_did_you_mean(capsys, args, expected):
 
 
 def test_cli_mistyped_model_name_gets_did_you_mean(capsys, tmp_path):
-    code, _, stderr = run_main(capsys, "summary", "resnet19")
+    code, _, stderr = run_main(capsys, "summary", "resnet-18")  # not resnet19: as close to resnet1d as to resnet18
     assert (
-        code == 2 and len(stderr.splitlines()) == 1 and "unknown model 'resnet19' (did you mean 'resnet18'?)" in stderr
+        code == 2 and len(stderr.splitlines()) == 1 and "unknown model 'resnet-18' (did you mean 'resnet18'?)" in stderr
     )
 
 

@@ -82,9 +82,9 @@ def test_yaml_and_json_spec_files(tmp_path):
 
 
 def test_unknown_model_name_lists_the_choices():
-    hint = r"unknown model 'resnet19' \(did you mean 'resnet18'\?\); choose one of: alexnet"
+    hint = r"unknown model 'resnet-18' \(did you mean 'resnet18'\?\); choose one of: alexnet"
     with pytest.raises(CnnkitError, match=hint):
-        resolve_model("resnet19")
+        resolve_model("resnet-18")  # not resnet19: as close to resnet1d as to resnet18
 
 
 @pytest.mark.slow
