@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -79,6 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"exit 1 when more than this share is bad (default: {config_default('max_bad_share')})",
     )
     check.add_argument("--no-cache", action="store_true", help="rescan even if the files did not change")
+    check.add_argument(
+        "--near-duplicates",
+        action="store_true",
+        help="also find resized, re-encoded or cropped copies by embedding, and copies across splits (leaks)",
+    )
+    check.add_argument(
+        "--model",
+        metavar="MODEL",
+        help="--near-duplicates: a run, a checkpoint or a pretrained architecture (default: efficientnet_lite0)",
+    )
+    check.add_argument(
+        "--threshold",
+        type=number_type(Range(float, 0, 1, low_open=True)),
+        help="--near-duplicates: smallest cosine similarity of a pair (default: as measured for efficientnet_lite0)",
+    )
     compare = commands.add_parser(
         "compare",
         help="CNN vs MLP on the same data: accuracy, cost, data efficiency, robustness",
@@ -123,17 +139,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from cnnkit.training import distributed
     from cnnkit.training.fit import fit
 
-    options = {key: value for key, value in vars(args).items() if key not in ("command", "config", "resume")}
+    options = {key: value for key, value in vars(args).items() if key not in ("command", "config", "resume", "argv")}
     config = TrainConfig.load(args.config) if args.config else None
+    if devices := distributed.devices_to_launch(options, config, args.resume):
+        return distributed.launch(args.argv, devices)  # N workers of this same command, through torchrun
     reserved = None
-    if config and config.name and "name" not in options and args.resume is None:
+    leader = distributed.World.from_environment().leader  # of torchrun's workers, rank 0 alone names the run
+    if config and config.name and "name" not in options and args.resume is None and leader:
         # A run's own config.yaml repeats it: the name it records is where to start, not a demand.
         reserved = _reserve_next_run(Path(options.get("out", config.out)).expanduser(), config.name)
         options["name"] = reserved.name if reserved else config.name
     try:
-        run = fit(config, resume=args.resume, **options)
+        with distributed.worker_errors():
+            run = fit(config, resume=args.resume, **options)
     except BaseException:
         if reserved and reserved.is_dir() and not any(reserved.iterdir()):
             reserved.rmdir()
@@ -165,7 +186,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     classifier = load(args.checkpoint, device=args.device)
     split = classifier.evaluated_split(args.data, args.split)  # None: a folder without split subfolders, read whole
     where = f"the {split} split of {args.data or 'the training data'}" if split else f"{args.data} (whole folder)"
-    result, skipped = classifier.evaluate(args.data, args.split)
+    embed = classifier.info.extra.get("config", {}).get("task") == "embed"  # Recall@K and MAP@R, not accuracy
+    if embed:
+        from cnnkit.tasks.embed.evaluate import embedding_images, evaluate_embedding
+
+        result, skipped = evaluate_embedding(classifier, args.data, args.split)
+    else:
+        result, skipped = classifier.evaluate(args.data, args.split)
     for item in skipped:
         print(f"warning: skipped {item.path}: {item.reason}", file=sys.stderr)
     if result.count == 0:
@@ -179,13 +206,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(json.dumps({"split": split, **result.to_dict()}) if args.json else result.format())
     if args.report:
         from cnnkit.rundir import new_run_dir
+        from cnnkit.tasks.embed.report import write_retrieval_report
         from cnnkit.understand.report import write_report
 
         out_dir = new_run_dir(args.out, args.name, "evaluate")
-        images, _ = classifier.labelled_images(args.data, args.split)
+        if embed:
+            images, _ = embedding_images(classifier, args.data, args.split)
+        else:
+            images, _ = classifier.labelled_images(args.data, args.split)
         title = f"{classifier.info.model.name} on {where}"
         tta = classifier.info.test_time_flip
-        write_report(classifier.model, images, classifier.preprocessing, classifier.device, out_dir, title, tta=tta)
+        write = write_retrieval_report if embed else write_report
+        write(classifier.model, images, classifier.preprocessing, classifier.device, out_dir, title, tta=tta)
         print(f"report written to {out_dir / 'report.html'}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
@@ -193,16 +225,28 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_check(args: argparse.Namespace) -> int:
     from cnnkit.data.check import scan_folder
 
+    if not args.near_duplicates and (args.model is not None or args.threshold is not None):
+        raise CnnkitError("--model and --threshold set how --near-duplicates embeds the images; add --near-duplicates")
     report = scan_folder(args.data, use_cache=not args.no_cache)
     share = len(report.bad) / max(1, report.files)
+    near = None
+    if args.near_duplicates:
+        from cnnkit.deploy.index.duplicates import DEFAULT_MODEL, DEFAULT_THRESHOLD, find_near_duplicates
+
+        threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
+        say = functools.partial(print, file=sys.stderr)
+        near = find_near_duplicates(args.data, args.model or DEFAULT_MODEL, threshold, report.digests, "auto", say)
     if args.json:
-        print(json.dumps({**report.to_dict(), "digests": len(report.digests)}))
+        extra = {"near_duplicates": near.to_dict()} if near else {}
+        print(json.dumps({**report.to_dict(), "digests": len(report.digests), **extra}))
     else:
         print(report.summary())
         for item in report.bad:
             print(f"bad: {item.path}: {item.reason}")
         for warning in report.warnings:
             print(f"warning: {warning}")
+        for line in near.lines() if near else []:
+            print(line)
     return 1 if share > args.max_bad_share else 0
 
 
@@ -278,6 +322,7 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `train --devices N` gives its workers
     try:
         code = COMMANDS[args.command](args)
         sys.stdout.flush()  # a reader that left (`| head`) shows here, inside the handlers, not at exit
