@@ -77,8 +77,8 @@ class AudioFormat:
     Args:
         sample_rate: Rate of the clips, in Hz. Defaults to 16000.
         clip_samples: Length of every clip, in samples. Defaults to 16000 (one second at 16 kHz).
-        pad: Where shorter clips get their zeros: ``centre`` (the sound in the middle) or ``end``.
-            Defaults to ``centre``.
+        pad: Where shorter clips get their zeros: ``end`` (after the sound, as series are padded, so
+            a set's ``lengths`` mark where the sound stops) or ``centre``. Defaults to ``end``.
         crop: Which part of a longer clip is kept: ``centre`` or ``start``. Defaults to ``centre``.
 
     Example:
@@ -88,7 +88,7 @@ class AudioFormat:
 
     sample_rate: int = 16_000
     clip_samples: int = 16_000
-    pad: str = "centre"
+    pad: str = "end"
     crop: str = "centre"
 
     def __post_init__(self) -> None:
