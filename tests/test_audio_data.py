@@ -121,6 +121,18 @@ def test_load_spoken_digits_by_speaker_holds_out_whole_speakers(tmp_path: Path):
     assert len(tested) == len(set(tested)) == 60  # every recording is tested exactly once
 
 
+def test_spoken_digits_reads_cnnkit_data_dir_and_refuses_a_wrong_folder_or_share(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    make_fsdd(tmp_path / "data" / "spoken-digits", takes=6)
+    monkeypatch.setenv("CNNKIT_DATA_DIR", str(tmp_path / "data"))
+    assert len(load_spoken_digits(audio_format=FORMAT, workers=1).test) == 100
+    with pytest.raises(CnnkitError, match="does not hold spoken-digits"):
+        load_spoken_digits(tmp_path, FORMAT, workers=1)
+    with pytest.raises(CnnkitError, match=r"val_split 1\.5"):
+        load_spoken_digits(audio_format=FORMAT, val_split=1.5, workers=1)
+
+
 def make_speech_commands(root: Path) -> Path:
     """Speech Commands v2's layout, tiny: word folders, the two lists, background noise."""
     for w, word in enumerate(("cat", "dog", "no", "up", "yes")):

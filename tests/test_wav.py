@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cnnkit.data import wav
 from cnnkit.data.wav import AudioDecodeError, AudioFormat, fit_length, read_wav, resample, to_clip, write_wav
 from cnnkit.errors import CnnkitError
 
@@ -130,6 +131,13 @@ def test_resample_matches_an_ideal_sine_and_scipy(source: int, target: int):
     signal = pytest.importorskip("scipy.signal", reason="scipy (with scikit-learn) is the independent reference")
     reference = signal.resample_poly(np.sin(2 * np.pi * 440 * t), target, source, window=("kaiser", 8.6))
     assert snr_db(reference[inner], out[inner]) > 60
+
+
+def test_resample_gives_the_same_samples_in_blocks(monkeypatch: pytest.MonkeyPatch):
+    signal_ = np.random.default_rng(0).standard_normal(3000)
+    whole = resample(signal_, 44100, 16000)
+    monkeypatch.setattr(wav, "GATHER", 500)  # a few outputs per block
+    np.testing.assert_array_equal(resample(signal_, 44100, 16000), whole)
 
 
 def test_resample_removes_what_would_alias():

@@ -239,6 +239,12 @@ def cropped_warning(cropped: Sequence[str], audio_format: AudioFormat) -> list[s
     ]
 
 
+def check_share(flag: str, share: float, whole: bool = False) -> None:
+    """Refuse a share outside [0, 1), or [0, 1] when ``whole`` may be taken: 0.1 means a tenth."""
+    if not (0 <= share <= 1 if whole else 0 <= share < 1):
+        raise CnnkitError(f"{flag} {share}: use a share from 0 to {'1' if whole else 'below 1'} (0.1 is usual)")
+
+
 def _no_audio_error(folder: Path) -> CnnkitError:
     return CnnkitError(
         f"no WAV files found in class subfolders of {folder}; expected one subfolder per class holding its "
@@ -272,6 +278,8 @@ def load_audio_folder(
         torch.Size([1, 16000])
     """
     workers = workers or os.cpu_count() or 1
+    check_share("val_split", val_split)
+    check_share("test_split", test_split)
     if not root.is_dir():
         raise CnnkitError(f"audio folder not found: {root}; give a folder with one subfolder of WAV files per class")
     train_dir = _split_dir(root, "train") or root

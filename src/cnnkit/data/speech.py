@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from cnnkit.data.archive import DatasetArchive, fetch_archive
-from cnnkit.data.audio import AudioSplits, cropped_warning, read_clips
+from cnnkit.data.audio import AudioSplits, check_share, cropped_warning, read_clips
 from cnnkit.data.imageset import SkippedFile, _stable_order, stratified_split
 from cnnkit.data.series import SeriesSet
 from cnnkit.data.wav import AudioDecodeError, AudioFormat, read_wav, to_mono
@@ -158,6 +158,7 @@ def load_spoken_digits(
         >>> splits = load_spoken_digits("fsdd/", split_by="speaker", test_speaker="theo")  # doctest: +SKIP
     """
     audio_format = _clip_format(audio_format, "spoken-digits")
+    check_share("val_split", val_split)
     clips, skipped, warnings = _read_fsdd(data_dir, audio_format, workers or os.cpu_count() or 1)
     splits = _fsdd_splits(clips, split_by, test_speaker, val_split, audio_format)
     splits.skipped, splits.warnings = skipped, warnings
@@ -172,6 +173,7 @@ def spoken_digit_folds(
 ) -> Iterator[tuple[str, AudioSplits]]:
     """Leave-one-speaker-out: (speaker, splits with that speaker as test) for each speaker, decoded once."""
     audio_format = _clip_format(audio_format, "spoken-digits")
+    check_share("val_split", val_split)
     clips, skipped, warnings = _read_fsdd(data_dir, audio_format, workers or os.cpu_count() or 1)
     for speaker in sorted(set(_speakers(clips))):
         splits = _fsdd_splits(clips, "speaker", speaker, val_split, audio_format)
@@ -266,6 +268,8 @@ def load_speech_commands(
     """
     audio_format = _clip_format(audio_format, "speech-commands")
     workers = workers or os.cpu_count() or 1
+    check_share("silence_share", silence_share, whole=True)
+    check_share("unknown_share", unknown_share, whole=True)
     root = locate_speech(SPEECH_COMMANDS, data_dir)
     words = sorted(e.name for e in root.iterdir() if e.is_dir() and not e.name.startswith(("_", ".")))
     for word in keywords or ():

@@ -35,7 +35,7 @@ ZERO_CROSSINGS = 32
 KAISER_BETA = 8.6
 # Kaiser's width formula: transition width (cycles per sample) = (A - 7.95) / (14.36 x filter length).
 ROLLOFF = 1.0 - (KAISER_BETA / 0.1102 + 8.7 - 7.95) / (14.36 * 2 * ZERO_CROSSINGS)  # 1 - half the width / Nyquist
-BLOCK = 1 << 16  # output samples computed at once: bounds the (block, taps) gather for hour-long recordings
+GATHER = 1 << 22  # elements of the (outputs, taps) arrays computed at once: 32 MB, for recordings of any length
 
 PCM, IEEE_FLOAT, EXTENSIBLE = 0x0001, 0x0003, 0xFFFE
 # Codecs seen in the wild that are compressed or companded: named in the error so the fix is obvious.
@@ -285,8 +285,9 @@ def resample(samples: np.ndarray, source_rate: int, target_rate: int) -> np.ndar
     padded = np.concatenate([np.zeros(reach), np.asarray(samples, np.float64), np.zeros(reach + 1)])
     count = -(-len(samples) * up // down)
     out = np.empty(count, np.float32)
-    for first in range(0, count, BLOCK):
-        position = np.arange(first, min(first + BLOCK, count), dtype=np.int64) * down  # in units of 1/up input samples
+    block = max(1, GATHER // len(taps))
+    for first in range(0, count, block):
+        position = np.arange(first, min(first + block, count), dtype=np.int64) * down  # in units of 1/up input samples
         base, phase = position // up, position % up
         phases, which = np.unique(phase, return_inverse=True)
         weights = _kernel(phases / up, taps, cutoff, half_width)[which]  # (block, taps)
