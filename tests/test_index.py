@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,8 @@ from cnnkit.deploy.index.builder import class_label
 from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import CheckpointInfo, ModelSpec, Preprocessing
 from cnnkit.models import create_model
+
+needs_faiss = pytest.mark.skipif(find_spec("faiss") is None, reason="FAISS comes with pip install -e '.[test]'")
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +78,7 @@ def test_build_index_rebuild_embeds_only_new_and_changed(convnet_checkpoint, sha
     assert len(list((tmp_path / "out" / "shapes").glob("vectors-*.npy"))) == 1  # the previous build's files are gone
 
 
+@needs_faiss
 def test_build_index_and_search_leave_the_folder_untouched(convnet_checkpoint, shapes_folder, tmp_path):
     before = _snapshot(shapes_folder)
     index = build_index(convnet_checkpoint, shapes_folder, out=tmp_path / "out", name="shapes", approximate="on")
@@ -112,6 +116,7 @@ def test_search_exact_in_chunks_equals_one_block(monkeypatch):
     np.testing.assert_allclose(chunked[0], whole[0], atol=2e-3)
 
 
+@needs_faiss
 def test_build_approximate_reaches_target_recall_on_clustered_vectors():
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(40, 16))
@@ -124,6 +129,7 @@ def test_build_approximate_reaches_target_recall_on_clustered_vectors():
     assert recall_at_k(found, exact) >= 0.9  # measured on other queries than the tuning sample
 
 
+@needs_faiss
 def test_build_index_approximate_on_records_recall(convnet_checkpoint, shapes_folder, tmp_path):
     build_index(convnet_checkpoint, shapes_folder, out=tmp_path / "out", name="shapes", approximate="on")
     stored = json.loads((tmp_path / "out" / "shapes" / "index.json").read_text())["approximate"]
