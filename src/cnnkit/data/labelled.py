@@ -14,11 +14,12 @@ from cnnkit.errors import CnnkitError
 
 
 def labelled_images(
-    data: str | None, split: str, classes: list[str], size: tuple[int, int, str], config: dict
+    data: str | None, split: str, classes: list[str] | None, size: tuple[int, int, str], config: dict
 ) -> tuple[ImageSet, list[SkippedFile]]:
     """The labelled images a trained model is evaluated on, and any skipped files.
 
-    The images are relabelled to the model's ``classes`` and decoded at its ``size``
+    The images are relabelled to the model's ``classes`` (None keeps the data's own, as
+    retrieval needs) and decoded at its ``size``
     (img_size, channels, resize rule). ``data`` defaults to the data named in the model's
     training ``config``; the rules are those of ``Classifier.evaluate``.
     """
@@ -70,9 +71,9 @@ def takes_split(data: str | None, config: dict) -> bool:
     return same_folder or has_split_folders(Path(data).expanduser())
 
 
-def relabel(images: ImageSet, classes: list[str], data: str) -> ImageSet:
-    """Map the dataset's class indices onto the model's ``classes``, by name."""
-    if images.classes == classes:
+def relabel(images: ImageSet, classes: list[str] | None, data: str) -> ImageSet:
+    """Map the dataset's class indices onto the model's ``classes``, by name; None keeps them."""
+    if classes is None or images.classes == classes:
         return images
     unknown = sorted(set(images.classes) - set(classes))
     if unknown:

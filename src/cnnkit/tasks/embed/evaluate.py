@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn import functional
 
 from cnnkit.data import ImageSet
+from cnnkit.data.imageset import SkippedFile
+from cnnkit.data.labelled import labelled_images, takes_split
+from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import Preprocessing
 from cnnkit.tasks.classify.evaluate import predict_logits
+from cnnkit.tasks.embed.holdout import held_out_classes, keep_classes
 from cnnkit.tasks.embed.metrics import retrieval_metrics
+
+if TYPE_CHECKING:
+    from cnnkit.deploy.classifier import Classifier
 
 RECALL_AT = (1, 2, 4, 8)  # the Ks the field reports (Musgrave et al. 2020; Zhai & Wu 2019)
 
@@ -102,3 +111,44 @@ def evaluate(
     loss = functional.cross_entropy(logits, data.labels).item()
     accuracy = (logits.argmax(1) == data.labels).double().mean().item()
     return EmbedResult(metrics, len(data), data.classes, loss, accuracy)
+
+
+def embedding_images(classifier: Classifier, data: str | None, split: str) -> tuple[ImageSet, list[SkippedFile]]:
+    """The labelled images ``cnnkit evaluate`` searches for an embedding run, and any skipped files.
+
+    On the run's own data the split keeps the classes it had in training: ``test`` the
+    held-out classes (the run's result), ``train`` and ``val`` the seen ones. Other data is
+    searched with all its classes, whatever the model was trained on.
+
+    Raises:
+        CnnkitError: ``classifier`` runs an ONNX export, which holds the proxies' logits but not the embedding.
+    """
+    if not hasattr(getattr(classifier, "model", None), "forward_embedding"):
+        raise CnnkitError(
+            "an ONNX export of an embedding run gives the class proxies' logits, not the embedding; "
+            "evaluate the run directory or its checkpoint"
+        )
+    prep, config = classifier.preprocessing, classifier.info.extra.get("config", {})
+    images, skipped = labelled_images(data, split, None, (prep.img_size, prep.channels, prep.resize), config)
+    if takes_split(data, config) and _is_training_data(data, config):
+        held_out = held_out_classes(images.classes, config.get("held_out"))
+        kept = held_out if split == "test" else [name for name in images.classes if name not in held_out]
+        images = keep_classes(images, kept)
+    return images, skipped
+
+
+def _is_training_data(data: str | None, config: dict) -> bool:
+    trained_on = config.get("data")
+    if data is None or data == trained_on:
+        return True
+    return trained_on is not None and Path(data).expanduser().resolve() == Path(trained_on).expanduser().resolve()
+
+
+def evaluate_embedding(
+    classifier: Classifier, data: str | None = None, split: str = "test"
+) -> tuple[EmbedResult, list[SkippedFile]]:
+    """Retrieval metrics of an embedding run on :func:`embedding_images`, as ``cnnkit evaluate`` reports them."""
+    images, skipped = embedding_images(classifier, data, split)
+    tta = classifier.info.test_time_flip
+    result = evaluate(classifier.model, images, classifier.preprocessing, classifier.device, classifier.classes, tta)
+    return result, skipped
