@@ -55,12 +55,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
     serve = commands.add_parser(
         "serve",
-        help="HTTP prediction service with a web page",
-        description="Serve POST /predict, GET /health, GET / (a web page), an API reference at /docs and the "
+        help="HTTP prediction or similarity-search service with a web page",
+        description="Serve a model (POST /predict) or an index directory from `cnnkit index` (POST /search, "
+        "GET /thumbnail/POSITION), with GET /health, GET / (a web page), an API reference at /docs and the "
         "OpenAPI schema at /openapi.json. Only this machine can connect unless --host says otherwise; then set a "
         "token.",
     )
-    serve.add_argument("checkpoint", metavar="RUN_OR_ONNX")
+    serve.add_argument("checkpoint", metavar="RUN_ONNX_OR_INDEX")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     for flag, default, text in (
         ("--port", 8000, "port"),

@@ -1,4 +1,4 @@
-"""Serving a trained or exported model over HTTP: ``cnnkit serve RUN_OR_ONNX``."""
+"""Serving a trained or exported model, or a similarity-search index, over HTTP: ``cnnkit serve RUN_ONNX_OR_INDEX``."""
 
 from __future__ import annotations
 
@@ -45,10 +45,13 @@ def serve(
     token_file: str | Path | None = None,
     cors_origins: Sequence[str] = (),
 ) -> None:
-    """Serve a run, checkpoint or ``.onnx`` model with uvicorn until interrupted.
+    """Serve a run, checkpoint or ``.onnx`` model, or an index directory, with uvicorn until interrupted.
+
+    A model answers ``POST /predict`` (:mod:`cnnkit.deploy.serve.app`); an index built by
+    ``cnnkit index`` answers ``POST /search`` and serves thumbnails (:mod:`cnnkit.deploy.serve.search`).
 
     Args:
-        checkpoint: A run directory, ``.safetensors`` checkpoint or ``.onnx`` model.
+        checkpoint: A run directory, ``.safetensors`` checkpoint, ``.onnx`` model or index directory.
         host: Address to listen on. Defaults to ``127.0.0.1`` (this machine only).
         port: Port, 1 to 65535. Defaults to 8000.
         max_upload_mb: Largest request body in MiB. Defaults to 10.
@@ -77,13 +80,20 @@ def serve(
     require("fastapi", "uvicorn", "multipart")
     import uvicorn
 
-    from cnnkit.deploy.load import load
-    from cnnkit.deploy.serve.app import create_app
+    from cnnkit.deploy.serve.search import is_index
 
-    classifier = load(checkpoint, device="cpu", threads=1)  # requests run in parallel, each ONNX one on one core
-    app = create_app(
-        classifier, int(max_upload_mb * 2**20), max_concurrency, max_queue, timeout, token=token, cors_origins=origins
-    )
+    limits = (int(max_upload_mb * 2**20), max_concurrency, max_queue, timeout)
+    if is_index(checkpoint):
+        from cnnkit.deploy.index import open_index
+        from cnnkit.deploy.serve.search import create_search_app
+
+        app = create_search_app(open_index(checkpoint), None, *limits, token=token, cors_origins=origins)
+    else:
+        from cnnkit.deploy.load import load
+        from cnnkit.deploy.serve.app import create_app
+
+        classifier = load(checkpoint, device="cpu", threads=1)  # requests run in parallel, each ONNX one on one core
+        app = create_app(classifier, *limits, token=token, cors_origins=origins)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
     print(f"serving {checkpoint} on {url} (API reference at /docs); Ctrl-C stops", flush=True)
     if token is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -90,6 +91,24 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:  # a host name: it may well resolve to a public address
         return False
+
+
+def add_access_control(app, token: str | None, cors_origins: Sequence[str]) -> None:
+    """Guard a service's app (prediction or search) with the token, then allow the CORS origins.
+
+    CORS is added last, so it is outermost: a browser's preflight is answered before the token is asked for.
+    """
+    if token is not None:
+        app.add_middleware(BearerAuth, token=token)
+    if cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
 
 
 class BearerAuth:

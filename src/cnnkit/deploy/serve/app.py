@@ -43,7 +43,7 @@ from starlette.requests import Request as StarletteRequest
 
 from cnnkit import __version__
 from cnnkit.data.decode import ImageDecodeError
-from cnnkit.deploy.serve.access import BearerAuth
+from cnnkit.deploy.serve.access import add_access_control
 from cnnkit.deploy.serve.reference import render_reference
 
 RETRY_AFTER_SECONDS = 1
@@ -175,6 +175,15 @@ async def uploaded_image(request: Request, body: bytes) -> bytes:
     return await upload.read()
 
 
+async def receive_image(request: Request, max_bytes: int, timeout: float) -> bytes:
+    """The uploaded image's bytes (raw body or form field ``file``): 408 unless the body arrives within ``timeout``."""
+    try:
+        body = await asyncio.wait_for(read_body(request, max_bytes), timeout)
+    except asyncio.TimeoutError:
+        raise HTTPException(408, f"the upload did not arrive within {timeout:g} s") from None
+    return await uploaded_image(request, body)
+
+
 def check_image(data: bytes, max_pixels: int) -> None:
     """Read only the image header: 400 for nothing, 415 for not an image, 413 for too many pixels."""
     if not data:
@@ -285,11 +294,7 @@ def create_app(
         """Classify one image sent as the raw body or as the multipart field ``file``."""
         deadline = asyncio.get_running_loop().time() + timeout
         async with gate.admit():
-            try:
-                body = await asyncio.wait_for(read_body(request, max_upload_bytes), timeout)
-            except asyncio.TimeoutError:
-                raise HTTPException(408, f"the upload did not arrive within {timeout:g} s") from None
-            data = await uploaded_image(request, body)
+            data = await receive_image(request, max_upload_bytes, timeout)
             return await gate.run(lambda: predict_image(data, min(top_k, num_classes), explain), deadline, timeout)
 
     @app.get("/health", response_model=Health)
@@ -314,17 +319,7 @@ def create_app(
     async def reference() -> str:
         return render_reference(app.openapi())
 
-    if token is not None:
-        app.add_middleware(BearerAuth, token=token)
-    if cors_origins:  # added last, so it is outermost: preflights are answered before the token is asked for
-        from starlette.middleware.cors import CORSMiddleware
-
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=list(cors_origins),
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type"],
-        )
+    add_access_control(app, token, cors_origins)
     app.state.gate = gate
     return app
 
