@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from cnnkit import compute
-from cnnkit.compute import ComputeSettings, select_device
+from cnnkit.compute import ComputeSettings
 from cnnkit.config import TrainConfig
 from cnnkit.data.augment import parse_augmentation
 from cnnkit.data.loader import channel_stats
@@ -39,6 +39,7 @@ from cnnkit.tasks.embed import EmbedTask
 from cnnkit.tasks.embed.evaluate import EmbedResult
 from cnnkit.tasks.embed.holdout import held_out_classes, hold_out
 from cnnkit.training import runlog
+from cnnkit.training.distributed import World
 from cnnkit.training.loop import has_batch_norm
 from cnnkit.training.prepare import check_bad_share, class_weights, prepare_data
 from cnnkit.training.resume import STATE, SavedState, read_state, resume_config
@@ -89,26 +90,33 @@ def fit(
         True
     """
     started = time.perf_counter()
-    say = print if verbose else _silent
+    world = World.from_environment()  # one process, or a torchrun worker (training/distributed.py)
+    say = print if verbose and world.leader else _silent
     callbacks = list(callbacks)
-    config, saved = resolve_config(config, resume, overrides)
-    device = select_device(config.device)
+    resume = resume or world.restarted_run(overrides.get("out", (config or TrainConfig()).out))
+    config, saved = resolve_config(config, resume, world.claim(overrides))
+    device = world.start(config)
     data = prepare(config, saved, say)
     model, settings = build_model(config, data, device)
+    settings = world.agree(settings)
     if saved is not None and runlog.recorded_precision(Path(resume).expanduser()) == "fp32":
         # auto's bf16 fell back to fp32 earlier in this run: the resumed steps must be fp32 too
         settings = compute.fall_back(settings, "an earlier session of this run") or settings
-    run_dir = open_run_dir(config, data, saved, resume, device, settings)
+    opened = open_run_dir(config, data, saved, resume, device, settings) if world.leader else None
+    run_dir = Path(world.share(opened and str(opened)))  # rank 0 opens it; the other ranks learn where
     try:
         task = make_task(config, data, device)
         say(describe(data, model, settings, run_dir))
-        session = start_session(config, data, task, model, settings, device, run_dir, saved, say, verbose)
+        session = start_session(
+            config, data, task, model, settings, device, run_dir, saved, say, verbose and world.leader, world
+        )
         session.on_checkpoint = partial(call, callbacks, "on_checkpoint", run_dir=run_dir)
         call(callbacks, "on_fit_start", run_dir=run_dir, config=config)
         interrupted = train_epochs(session, partial(call, callbacks, "on_epoch_end", run_dir=run_dir))
-        test = None if interrupted else final_test(session, started)
+        test = None if interrupted or not world.leader else final_test(session, started)
+        session.close()
     except BaseException:
-        if saved is None:
+        if saved is None and world.leader:
             discard_unfinished(run_dir)
         raise
     run = summarize(session, test, interrupted, time.perf_counter() - started)

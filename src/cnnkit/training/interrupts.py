@@ -4,6 +4,10 @@ A ``KeyboardInterrupt`` raised in the middle of a step can leave the weights hal
 updated, so no exact state could be saved then. While a :class:`DeferredInterrupts` is
 active, the first Ctrl-C only sets a flag; the loop calls :meth:`DeferredInterrupts.check`
 after each step, which raises :class:`StepInterrupt` there. A second Ctrl-C stops at once.
+
+The processes of a distributed run must all stop after the same step, or the others would
+wait for the one that left: there each step's all-reduce carries every rank's flag, and
+:meth:`DeferredInterrupts.agree` hands back whether any was set; only that stops them.
 """
 
 from __future__ import annotations
@@ -21,10 +25,15 @@ class DeferredInterrupts:
     """Hold a Ctrl-C until the running step is done (a context manager; a no-op outside the main thread).
 
     Only Python's default SIGINT handler is replaced, so a program that installed its own keeps it.
+
+    Args:
+        shared: Several processes run the steps together: stop only where :meth:`agree` says. Defaults to False.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, shared: bool = False) -> None:
         self.pending = False
+        self.shared = shared
+        self._agreed = False
         self._previous: object = None
 
     def __enter__(self) -> DeferredInterrupts:
@@ -38,10 +47,14 @@ class DeferredInterrupts:
             raise KeyboardInterrupt
         self.pending = True
 
+    def agree(self, anyone: bool) -> None:
+        """Record whether Ctrl-C reached any of the processes (summed with this step's numbers)."""
+        self._agreed = anyone
+
     def check(self) -> None:
-        """Raise :class:`StepInterrupt` if Ctrl-C was pressed since the last check."""
-        if self.pending:
-            self.pending = False
+        """Raise :class:`StepInterrupt` if Ctrl-C was pressed since the last check (on any process, when shared)."""
+        if self._agreed if self.shared else self.pending:
+            self.pending = self._agreed = False
             raise StepInterrupt
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, trace: TracebackType | None):

@@ -42,6 +42,8 @@ class StepSettings:
         sample_weights: Per-image weights (N,) to draw the epoch with replacement; None shuffles. Defaults to None.
         augment: Augmentation applied to each batch on the device. Defaults to None.
         compute: Precision and memory format. Defaults to float32, contiguous.
+        shard: ``(rank, world_size)``: this process takes ``batch_size // world_size`` images of
+            each global batch of ``batch_size``. Defaults to ``(0, 1)``, one process.
     """
 
     batch_size: int
@@ -50,6 +52,7 @@ class StepSettings:
     sample_weights: torch.Tensor | None = None
     augment: Augmentation | None = None
     compute: ComputeSettings = FP32
+    shard: tuple[int, int] = (0, 1)
 
 
 def has_batch_norm(model: nn.Module) -> bool:
@@ -68,6 +71,7 @@ def train_one_epoch(
     tally: EpochTally | None = None,
     on_step: Callable[[float, bool], None] | None = None,
     order: torch.Generator | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[float, float]:
     """One pass over ``data`` in shuffled batches; returns the mean loss and the mean batch score (accuracy).
 
@@ -81,17 +85,33 @@ def train_one_epoch(
     skipped. In fp16 an infinite gradient with a finite loss is the grad scaler probing
     its range: that step is skipped by the scaler and is not an error. A batch of one
     image is skipped when the model has batch norm, which cannot train on it.
+
+    With ``settings.shard`` of several processes each takes its share of every global batch
+    (the shares of the last one cut to equal sizes, so every rank runs the same steps on the
+    same number of images and DDP's mean gradient is the global batch's); ``reduce`` sums
+    each step's (loss x images, hits, images) over the processes, so the logged loss, the
+    tally and the NaN check are the global batch's on every rank.
     """
     tally = tally or EpochTally()
     optimizer, scheduler = optimisation.optimizer, optimisation.scheduler
     scaler = optimisation.scaler or grad_scaler(settings.compute)
     single_ok = not has_batch_norm(model)
     model.train()
+    world_size = settings.shard[1]
     batches = iterate_batches(
-        data, settings.batch_size, True, order or generator, start=tally.batches, weights=settings.sample_weights
+        data,
+        settings.batch_size // world_size,
+        True,
+        order or generator,
+        start=tally.batches,
+        weights=settings.sample_weights,
+        shard=settings.shard,
     )
-    for images, labels in batches:
-        if len(labels) < 2 and not single_ok:
+    for index, (images, labels) in enumerate(batches, start=tally.batches):
+        # This rank's share of global batch `index`: equal on every rank (the last batch's remainder is dropped).
+        share = min(settings.batch_size, len(data) - index * settings.batch_size) // world_size
+        images, labels = images[:share], labels[:share]
+        if share < (1 if single_ok else 2):
             tally.batches += 1
             continue
         images = images.to(device, non_blocking=True)  # (B, C, H, W) uint8
@@ -108,8 +128,13 @@ def train_one_epoch(
         # With no limit this only measures the norm (the scale factor is exactly 1).
         norm = nn.utils.clip_grad_norm_(model.parameters(), settings.clip_grad_norm or math.inf)
         hits = task.score_batch(outputs, labels)
-        # One transfer for all three numbers: each .item() would make the GPU drain its queue.
-        value, norm_value, score = torch.stack([loss.detach().float(), norm.float(), hits.float()]).tolist()
+        numbers = torch.stack([loss.detach().float(), norm.float(), hits.float()])
+        if reduce is not None:  # (loss x images, hits, images) of the global batch; the norm is already global (DDP)
+            total = reduce(torch.stack([numbers[0] * len(labels), numbers[2], numbers.new_tensor(len(labels))]))
+            numbers = torch.stack([total[0] / total[2], numbers[1], total[1], total[2]])
+        # One transfer for all the numbers: each .item() would make the GPU drain its queue.
+        value, norm_value, score, *seen = numbers.tolist()
+        count = round(seen[0]) if seen else len(labels)
         finite = math.isfinite(value) and math.isfinite(norm_value)
         overflow = scaler.is_enabled() and math.isfinite(value) and not finite
         if not finite and not overflow and not settings.skip_nonfinite:
@@ -120,7 +145,7 @@ def train_one_epoch(
         if finite:
             tally.total_loss += value * len(labels)
             tally.correct += int(score)
-            tally.seen += len(labels)
+            tally.seen += count
         scheduler.step()
         tally.batches += 1
         if on_step is not None:

@@ -262,6 +262,12 @@ def resume_config(state: SavedState, overrides: dict[str, Any]) -> TrainConfig:
     """The run's own config with the few keys that may change on resume; any other change is refused."""
     config = state.config
     saved = config.to_dict()
+    if overrides.get("devices", saved["devices"]) != saved["devices"]:
+        raise CnnkitError(
+            f"{state.path.parent} was trained on {saved['devices']} process(es) and is resumed on "
+            f"{overrides['devices']}; resume it with --devices {saved['devices']}: each process's share of the batch "
+            "would change, and the run would no longer continue bit for bit"
+        )
     changed = sorted(k for k, v in overrides.items() if k not in RESUME_OVERRIDES and k in saved and saved[k] != v)
     if changed:
         details = ", ".join(f"{k} ({saved[k]!r} -> {overrides[k]!r})" for k in changed)

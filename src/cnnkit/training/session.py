@@ -28,6 +28,7 @@ from cnnkit.modelinfo import CheckpointInfo, Preprocessing
 from cnnkit.models import ModelSpec
 from cnnkit.tasks import Task, monitor_score
 from cnnkit.training import runlog
+from cnnkit.training.distributed import World, shut_down
 from cnnkit.training.interrupts import DeferredInterrupts, StepInterrupt
 from cnnkit.training.loop import NonFiniteStep, StepSettings, recompute_batch_norm, train_one_epoch
 from cnnkit.training.optim import Optimisation, build_optimizer, finetune_optimizer, starts_phase
@@ -59,7 +60,11 @@ class Prepared:
 
 @dataclass
 class Session:
-    """What the epoch loop reads and updates; ``order`` draws the data order of an epoch resumed part-way."""
+    """What the epoch loop reads and updates; ``order`` draws the data order of an epoch resumed part-way.
+
+    ``trainer`` is the module the steps run: DDP around ``model`` in a distributed run (same
+    parameters), else ``model``; evaluation, checkpoints and the state use ``model``.
+    """
 
     config: TrainConfig
     data: Prepared
@@ -79,6 +84,8 @@ class Session:
     order_state: torch.Tensor | None = None
     best_state: dict[str, torch.Tensor] | None = None
     on_checkpoint: Callable[..., None] = field(default=lambda **_: None)  # (path=, epoch=, step=)
+    world: World = field(default_factory=World)
+    trainer: nn.Module | None = None
 
     def schedule(self, epoch: int) -> Optimisation:
         """A new optimizer and schedule for ``epoch``, keeping the grad scaler."""
@@ -89,14 +96,24 @@ class Session:
         return epoch > 1 and self.progress.cycle(epoch)[0] == epoch and self.progress.tally.batches == 0
 
     def save_state(self, epoch: int) -> None:
-        """Write the resumable state as of the last finished step of ``epoch``."""
+        """Write the resumable state as of the last finished step of ``epoch`` (rank 0 alone writes)."""
+        if not self.world.leader:
+            return
         state = (self.model, self.best_state, self.optimisation, self.order_state, self.generator)
         save_state(self.run_dir, *state, self.progress, self.data.spec, self.config)
         self.on_checkpoint(path=self.run_dir / STATE, epoch=epoch, step=self.progress.step)
 
     def save_checkpoint(self, name: str, epoch: int, row: dict[str, float]) -> None:
+        if not self.world.leader:
+            return
         save_checkpoint(self.run_dir / name, self.model, checkpoint_info(self, epoch, row))
         self.on_checkpoint(path=self.run_dir / name, epoch=epoch, step=self.progress.step)
+
+    def close(self) -> None:
+        """Release DDP and the optimizer, then leave the process group: in this order gloo exits cleanly."""
+        if self.world.active:
+            self.trainer = self.optimisation = None
+            shut_down()
 
     def resume_hint(self) -> str:
         """What to do next: resume from the saved state, or start over when none was saved yet."""
@@ -129,8 +146,14 @@ def start_session(
     saved: SavedState | None,
     say: Callable[..., None],
     verbose: bool,
+    world: World | None = None,
 ) -> Session:
-    """Progress, optimizer, generator and step settings at the first step to run; a saved state is loaded back."""
+    """Progress, optimizer, generator and step settings at the first step to run; a saved state is loaded back.
+
+    In a distributed run (``world``) every rank loads the same state and draws the same
+    generator, and takes its shard of each batch; rank 0 alone truncates and writes the logs.
+    """
+    world = world or World()
     splits = data.splits
     progress = saved.progress if saved is not None else Progress(cycles=[[1, config.epochs]])
     if progress.cycles[-1][1] < config.epochs:  # a resumed run extended with more epochs: one more cycle
@@ -142,6 +165,7 @@ def start_session(
         sampling_weights(splits.train.labels, config.sampler),
         data.augment,
         settings,
+        (world.rank, world.size),
     )
     generator = torch.Generator().manual_seed(config.seed)
     first_epoch = min(progress.epoch + 1, config.epochs)
@@ -150,7 +174,7 @@ def start_session(
     optimisation = Optimisation(optimizer, scheduler, compute.grad_scaler(settings))
     session = Session(
         config, data, task, model, device, run_dir, say, verbose, progress, optimisation, steps,
-        steps_per_epoch, first_epoch, generator,
+        steps_per_epoch, first_epoch, generator, world=world,
     )  # fmt: skip
     if saved is not None:
         # At the first step of a new fine-tuning phase the uninterrupted run starts a fresh optimizer too.
@@ -160,8 +184,11 @@ def start_session(
             model, None if fresh else optimisation.optimizer, kept_scheduler, generator, optimisation.scaler
         )
         session.order = saved.order_generator()
-        truncate_logs(run_dir, progress)
+        if world.leader:
+            truncate_logs(run_dir, progress)
         say(f"resuming {run_dir} at epoch {progress.epoch + 1}, step {progress.step}")
+    session.trainer = world.wrap(model, device)
+    world.record(run_dir, "nccl" if device.type == "cuda" else "gloo")
     return session
 
 
@@ -186,7 +213,7 @@ def train_epochs(session: Session, on_epoch_end: Callable[..., None]) -> bool:
     Ctrl-C between two steps saves the exact state; at any time it saves ``last``.
     """
     config, progress, run_dir = session.config, session.progress, session.run_dir
-    steps = StepLog(run_dir / STEPS)
+    steps = StepLog(run_dir / STEPS) if session.world.leader else None
     try:
         try:
             for epoch in range(progress.epoch + 1, config.epochs + 1):
@@ -208,11 +235,12 @@ def train_epochs(session: Session, on_epoch_end: Callable[..., None]) -> bool:
     except CheckpointWriteError as error:
         raise CnnkitError(f"{error}; free some space, then {session.resume_hint()}") from None
     finally:
-        steps.close()
+        if steps is not None:
+            steps.close()
     return False
 
 
-def run_epoch(session: Session, epoch: int, steps: StepLog) -> dict[str, float]:
+def run_epoch(session: Session, epoch: int, steps: StepLog | None) -> dict[str, float]:
     """Train one epoch, validate, write its row, ``last``, ``best`` when better, and the state; returns the row."""
     config, progress, task, data = session.config, session.progress, session.task, session.data
     optimisation = session.optimisation
@@ -227,13 +255,20 @@ def run_epoch(session: Session, epoch: int, steps: StepLog) -> dict[str, float]:
     bar = tqdm(
         total=session.steps_per_epoch, initial=progress.tally.batches, desc=description, leave=False, disable=quiet
     )
-    interrupts = DeferredInterrupts()
+    world = session.world
+    interrupts = DeferredInterrupts(shared=world.active)
     name = task.score_name
+
+    def reduce(numbers: torch.Tensor) -> torch.Tensor:  # one all-reduce a step: its numbers and any rank's Ctrl-C
+        total = world.all_sum(torch.cat([numbers, numbers.new_tensor([float(interrupts.pending)])]))
+        interrupts.agree(bool(total[-1] > 0))
+        return total[:-1]
 
     def on_step(loss: float, skipped: bool) -> None:
         progress.step += 1
         progress.skipped_steps += skipped
-        steps.write(progress.step, epoch, loss, skipped)
+        if steps is not None:
+            steps.write(progress.step, epoch, loss, skipped)
         tally = progress.tally
         bar.update()
         if tally.batches % 10 == 0 and tally.seen:
@@ -248,8 +283,9 @@ def run_epoch(session: Session, epoch: int, steps: StepLog) -> dict[str, float]:
         while True:
             try:
                 train_loss, train_score = train_one_epoch(
-                    session.model, splits.train, prep, task, optimisation, device, session.generator, session.steps,
-                    progress.tally, on_step, session.order,
+                    session.trainer or session.model, splits.train, prep, task, optimisation, device,
+                    session.generator, session.steps, progress.tally, on_step, session.order,
+                    reduce if world.active else None,
                 )  # fmt: skip
                 break
             except NonFiniteStep as error:
@@ -266,7 +302,8 @@ def run_epoch(session: Session, epoch: int, steps: StepLog) -> dict[str, float]:
         "seconds": time.perf_counter() - epoch_start,
     }
     progress.history.append(row)
-    runlog.append_row(session.run_dir / "metrics.csv", row)
+    if world.leader:
+        runlog.append_row(session.run_dir / "metrics.csv", row)
     session.save_checkpoint(LAST, epoch, row)
     monitor = task.monitor if len(splits.val) else tuple(key.replace("val_", "train_") for key in task.monitor)
     score = monitor_score(row, monitor)
@@ -295,7 +332,8 @@ def fall_back_to_fp32(session: Session, error: NonFiniteStep) -> None:
         raise error
     session.steps = replace(session.steps, compute=fp32)
     session.order = torch.Generator().set_state(session.order_state)  # the epoch's order again, from the failed step
-    runlog.record_compute(session.run_dir, fp32.to_dict())
+    if session.world.leader:
+        runlog.record_compute(session.run_dir, fp32.to_dict())
     session.say(f"{fp32.precision_note}: the step is repeated and the run goes on in fp32")
 
 

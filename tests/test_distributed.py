@@ -1,0 +1,249 @@
+"""Distributed training on CPU (gloo, 127.0.0.1): torchrun workers train one run, resume bit for bit, exit cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import cnnkit
+from cnnkit.config import TrainConfig
+from cnnkit.errors import CnnkitError
+from cnnkit.safeload import load_tensors
+from cnnkit.training.distributed import RECORD, World, devices_to_launch, report_failure
+from cnnkit.training.resume import read_state, resume_config
+
+# Digits, 2 epochs: long enough to kill a worker mid-run, short enough for a test.
+TRAIN = ("train", "--data", "digits", "--epochs", "2", "--batch-size", "32", "--seed", "3")
+WORKER_ENV = {key: value for key, value in os.environ.items() if key not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+ABORT = "terminate called"
+
+
+def cnnkit_command(*args: str, out: Path) -> list[str]:
+    return [sys.executable, "-m", "cnnkit", *args, "--out", str(out)]
+
+
+def run(command: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, env=WORKER_ENV, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_tensors(run_dir / "last.safetensors")
+
+
+def assert_same_weights(first: Path, second: Path) -> None:
+    a, b = weights(first), weights(second)
+    assert a.keys() == b.keys()
+    different = [key for key in a if not torch.equal(a[key], b[key])]
+    assert not different, f"weights differ in {different[:3]}"
+
+
+def worker_pid(launcher: int, rank: int, timeout: float = 120) -> int:
+    """The pid of the launcher's child of ``rank`` (torchrun sets RANK in each worker's environment)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split():
+            try:
+                environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"RANK={rank}".encode() in environ:
+                return int(child)
+        time.sleep(0.05)
+    raise AssertionError(f"no worker of rank {rank} under {launcher}")
+
+
+def kill_after_first_save(launcher: subprocess.Popen, run_dir: Path) -> None:
+    """SIGKILL rank 1 as soon as rank 0 has saved a state (save-every 5 steps, of 80)."""
+    victim = worker_pid(launcher.pid, 1)
+    deadline = time.monotonic() + 240
+    while not (run_dir / "state.safetensors").exists():
+        assert launcher.poll() is None and time.monotonic() < deadline, "the run ended before its first save"
+        time.sleep(0.005)
+    os.kill(victim, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted 2-process run: what every interrupted one must end as, bit for bit."""
+    out = tmp_path_factory.mktemp("reference")
+    result = run(cnnkit_command(*TRAIN, "--devices", "2", "--name", "reference", out=out))
+    assert result.returncode == 0, result.stderr
+    assert ABORT not in result.stderr and "Traceback" not in result.stderr
+    return out / "reference"
+
+
+@pytest.mark.slow
+def test_train_two_processes_write_one_run_as_accurate_as_one(reference_run: Path, tmp_path: Path, one_thread):
+    single = cnnkit.train(data="digits", epochs=2, batch_size=32, seed=3, out=str(tmp_path), verbose=False)
+    both = json.loads((reference_run / "results.json").read_text())["test"]["accuracy"]
+    assert both > 0.9 and single.test.accuracy > 0.9  # two shards of one shuffled epoch learn as one process does
+    assert [path.name for path in reference_run.parent.iterdir()] == ["reference"]
+    record = json.loads((reference_run / RECORD).read_text())
+    assert record["world_size"] == 2 and record["sessions"][0]["backend"] == "gloo"
+    assert TrainConfig.load(reference_run / "config.yaml").devices == 2
+    steps = (reference_run / "steps.csv").read_text().splitlines()
+    assert len(steps) == 1 + 2 * 40  # rank 0 alone logs: one row per global step (1259 images / 32 per batch)
+
+
+@pytest.mark.slow
+def test_torchrun_two_nodes_on_loopback_train_one_run(tmp_path: Path):
+    node = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
+    node += ["--master-addr", "127.0.0.1", "--master-port", str(free_port())]
+    one_epoch = [*TRAIN[:4], "1", *TRAIN[5:]]
+    nodes = [
+        subprocess.Popen(
+            [*node, "--node-rank", str(rank), "-m", "cnnkit", *one_epoch, "--out", str(tmp_path), "--name", "nodes"],
+            env=WORKER_ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    record = json.loads((tmp_path / "nodes" / RECORD).read_text())
+    assert record["sessions"][0]["nodes"] == 2 and record["world_size"] == 2
+    assert [path.name for path in tmp_path.iterdir()] == ["nodes"]
+    assert "test accuracy" in outputs[0][0] and "test accuracy" not in outputs[1][0]  # rank 0 alone speaks
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_of_a_worker_matches_uninterrupted_run(reference_run: Path, tmp_path: Path):
+    command = cnnkit_command(*TRAIN, "--devices", "2", "--save-every", "5", "--name", "killed", out=tmp_path)
+    launcher = subprocess.Popen(command, env=WORKER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    kill_after_first_save(launcher, tmp_path / "killed")
+    _, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode == 1
+    lines = stderr.strip().splitlines()
+    assert lines[-1].startswith("cnnkit: error: rank 1 was stopped by SIGKILL") and "--resume" in lines[-1]
+    assert "Traceback" not in stderr
+    resumed = run(cnnkit_command("train", "--resume", str(tmp_path / "killed"), "--devices", "2", out=tmp_path))
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_weights(tmp_path / "killed", reference_run)
+
+
+@pytest.mark.slow
+def test_torchrun_max_restarts_recovers_a_killed_worker_exactly(reference_run: Path, tmp_path: Path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command = [*torchrun, "--max-restarts", "1", "-m", "cnnkit", *TRAIN, "--save-every", "5", "--out", str(tmp_path)]
+    launcher = subprocess.Popen(command, env=WORKER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    kill_after_first_save(launcher, tmp_path / "train")
+    _, stderr = launcher.communicate(timeout=300)
+    assert launcher.returncode == 0, stderr
+    assert [path.name for path in tmp_path.iterdir()] == ["train"]  # the restart continued the same run
+    record = json.loads((tmp_path / "train" / RECORD).read_text())
+    assert [session["restart"] for session in record["sessions"]] == [0, 1]
+    assert_same_weights(tmp_path / "train", reference_run)
+
+
+TEARDOWN = """
+import sys, torch
+from torch import nn
+from cnnkit.training.distributed import shut_down
+rank, path = int(sys.argv[1]), sys.argv[2]
+for cycle in range(int(sys.argv[3])):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{path}.{cycle}", rank=rank, world_size=2)
+    model = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Linear(8, 2)))
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 8)).sum().backward()
+    optimizer.step()
+    del model, optimizer  # what Session.close does before the process group goes
+    shut_down()
+"""
+
+
+@pytest.mark.slow
+def test_teardown_repeated_never_aborts(tmp_path: Path):
+    script = tmp_path / "teardown.py"
+    script.write_text(TEARDOWN)
+    for run_index in range(4):  # each pair runs 5 init/teardown cycles, then exits as a worker does
+        store = str(tmp_path / f"store{run_index}")
+        pair = [
+            subprocess.Popen(
+                [sys.executable, str(script), str(rank), store, "5"],
+                env={**WORKER_ENV, "OMP_NUM_THREADS": "1"},
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for rank in (0, 1)
+        ]
+        errors = [process.communicate(timeout=120)[1] for process in pair]
+        assert [process.returncode for process in pair] == [0, 0], errors
+        assert not any(ABORT in error for error in errors), errors
+
+
+def test_world_refuses_a_batch_that_does_not_split_evenly():
+    with pytest.raises(CnnkitError, match=r"multiple of 3, e\.g\. 63 or 66"):
+        World(0, 3, 0, 3).start(TrainConfig(batch_size=64, device="cpu"))
+
+
+def test_world_claim_refuses_devices_other_than_the_world_size():
+    assert World(1, 2, 1, 2).claim({"lr": 0.1}) == {"lr": 0.1, "devices": 2}
+    with pytest.raises(CnnkitError, match="torchrun started 2 workers"):
+        World(1, 2, 1, 2).claim({"devices": 4})
+    with pytest.raises(CnnkitError, match="cnnkit train --devices 2"):
+        World().claim({"devices": 2})
+
+
+def test_world_from_environment_reads_torchrun_variables():
+    environ = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    world = World.from_environment({**environ, "TORCHELASTIC_RESTART_COUNT": "1", "TORCHELASTIC_RUN_ID": "job"})
+    assert world == World(3, 8, 1, 2, 1, "job") and not world.leader and world.active
+    assert World.from_environment({}) == World()
+
+
+def test_devices_to_launch_follows_flag_then_resumed_run(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    TrainConfig(devices=2).save(tmp_path / "config.yaml")
+    assert devices_to_launch({"devices": 3}, None, str(tmp_path)) == 3
+    assert devices_to_launch({}, None, str(tmp_path)) == 2
+    assert devices_to_launch({}, None, None) == 0
+    monkeypatch.setenv("WORLD_SIZE", "2")  # inside a torchrun worker: never launch again
+    assert devices_to_launch({"devices": 2}, None, None) == 0
+
+
+def test_resume_at_another_world_size_is_refused(digits_run: Path):
+    with pytest.raises(CnnkitError, match=r"process\(es\) and is resumed on 2; resume it with --devices 1"):
+        resume_config(read_state(digits_run), {"devices": 2})
+
+
+def failure(exitcode: int, timestamp: int, message: str = "", own: bool = False) -> SimpleNamespace:
+    data = {"traceback": ""} if own else {}
+    name = signal.Signals(-exitcode).name if exitcode < 0 else ""
+    return SimpleNamespace(
+        exitcode=exitcode, timestamp=timestamp, message=message, error_file_data=data, signal_name=lambda: name
+    )
+
+
+def test_report_failure_names_the_cause_not_the_ranks_that_lost_it(tmp_path: Path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "state.safetensors").write_bytes(b"")
+    (tmp_path / "file").write_text(str(run_dir))
+    failures = {0: failure(1, 5, "rank 0: lost contact with another rank: x", own=True), 1: failure(-9, 6)}
+    assert report_failure(failures, tmp_path / "file", 2) == 1
+    line = capsys.readouterr().err.strip()
+    assert (
+        line == f"cnnkit: error: rank 1 was stopped by SIGKILL; the run keeps its last saved state: "
+        f"continue with --resume {run_dir} --devices 2"
+    )
+    assert report_failure({1: failure(2, 5, "rank 1: bad data", own=True)}, tmp_path / "none", 2) == 2
+    assert capsys.readouterr().err.strip() == "cnnkit: error: rank 1: bad data"
+    assert report_failure({0: failure(130, 5), 1: failure(130, 5)}, tmp_path / "none", 2) == 130
