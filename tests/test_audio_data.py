@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
 import tarfile
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnkit.data import speech
+from cnnkit.data import audio, speech
 from cnnkit.data.archive import DatasetArchive, content_digest, extract_archive, fetch_archive
 from cnnkit.data.audio import load_audio_folder
 from cnnkit.data.speech import SILENCE, UNKNOWN, load_speech_commands, load_spoken_digits, spoken_digit_folds
@@ -52,8 +53,11 @@ def test_load_audio_folder_skips_a_bad_file_and_reports_it(tmp_path: Path):
     assert splits.facts()["clip_samples"] == 800 and "stratified" in splits.facts()["split_rule"]
 
 
-def test_load_audio_folder_decodes_the_same_through_the_cache_and_sees_changed_files(tmp_path: Path):
+def test_load_audio_folder_decodes_the_same_through_the_cache_and_sees_changed_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     root = make_keyword_folder(tmp_path / "words")
+    monkeypatch.setattr(audio, "CHUNK", 4)  # several tasks: the worker processes decode
     first = load_audio_folder(root, FORMAT, workers=2)
     again = load_audio_folder(root, FORMAT, workers=1)
     assert again.train.sources == first.train.sources
@@ -63,6 +67,19 @@ def test_load_audio_folder_decodes_the_same_through_the_cache_and_sees_changed_f
     parts = (changed.train, changed.val, changed.test)
     part = next(p for p in parts if "no/no_0.wav" in p.sources)
     assert float(part.values[part.sources.index("no/no_0.wav")].abs().max()) == 0
+
+
+def test_a_failed_audio_cache_build_is_one_line_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    root = make_keyword_folder(tmp_path / "words")
+    monkeypatch.setenv("CNNKIT_CACHE_DIR", str(tmp_path / "cache"))
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(audio, "_build", full_disk)
+    with pytest.raises(CnnkitError, match=r"building the audio cache .* failed: No space left") as raised:
+        load_audio_folder(root, FORMAT, workers=1)
+    assert "\n" not in str(raised.value) and list((tmp_path / "cache" / "audio").iterdir()) == []
 
 
 def test_load_audio_folder_uses_given_split_folders(tmp_path: Path):

@@ -16,6 +16,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from cnnkit.data.folder import _split_dir, ignored_output_warning, list_classes,
 from cnnkit.data.imageset import SkippedFile, stratified_split
 from cnnkit.data.series import SeriesSet
 from cnnkit.data.wav import WAV_EXTENSIONS, AudioDecodeError, AudioFormat, fit_length, read_wav, to_mono
-from cnnkit.errors import CnnkitError
+from cnnkit.errors import CnnkitError, describe_error
 
 AUDIO_CACHE_VERSION = 1
 VALUES = "values.f32"
@@ -204,8 +205,17 @@ def decode_clips(
             )
         try:
             _build(entry, root, files, audio_format, workers)
-        except BaseException:
+        except (OSError, MemoryError, BrokenProcessPool) as error:
             lock.unlink(missing_ok=True)  # a run waiting on this lock builds the entry itself
+            what = getattr(error, "strerror", None) or describe_error(error) or type(error).__name__
+            if isinstance(error, BrokenProcessPool):
+                what = "a decoding process was killed, by a lack of memory or a full disk"
+            raise CnnkitError(
+                f"building the audio cache in {base} failed: {what} "
+                f"({format_size(needed)} needed); free memory or disk space, or set $CNNKIT_CACHE_DIR"
+            ) from None
+        except BaseException:
+            lock.unlink(missing_ok=True)
             raise
     found = _open_entry(entry)
     if found is None:
