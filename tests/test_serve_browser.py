@@ -115,3 +115,29 @@ def test_page_works_with_a_token_given_once(start_server, browser, digits_export
     page.set_input_files("#file", str(digit_file))
     wait_for_label(page)
     assert page.text_content("#top-label") == classifier.predict(str(digit_file))[0].label
+
+
+@pytest.mark.slow
+def test_search_page_shows_the_neighbours_as_a_grid_of_pictures(start_server, browser, digits_run, tmp_path):
+    from conftest import make_shapes_folder
+
+    from cnnkit.deploy.index import build_index
+    from cnnkit.deploy.serve.search import PAGE_K, create_search_app
+
+    index = build_index(digits_run, make_shapes_folder(tmp_path / "shapes"), out=tmp_path / "indexes", name="shapes")
+    page = browser.new_page()
+    page.goto(start_server(create_search_app(index, token="grid-token")) + "/?token=grid-token")  # thumbnails too
+    page.set_input_files("#file", str(index.file(4)))
+    page.wait_for_function(
+        f"[...document.querySelectorAll('#neighbours img')].filter(i => i.complete && i.naturalWidth > 0).length"
+        f" === {PAGE_K}",
+        timeout=15_000,
+    )
+    cells = page.locator("#neighbours figure")
+    assert cells.count() == PAGE_K == 12
+    assert cells.nth(0).locator(".path").text_content() == index.paths[4]  # the query itself, first
+    assert cells.nth(0).locator(".score").text_content() == "1.000"
+    scores = [float(text) for text in page.locator("#neighbours .score").all_text_contents()]
+    assert scores == sorted(scores, reverse=True)
+    box = cells.nth(0).locator("img").bounding_box()
+    assert box["width"] >= 100 and box["height"] >= 100  # a 40x40 file, shown large enough to see
