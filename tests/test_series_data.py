@@ -254,3 +254,11 @@ def test_load_series_refuses_a_folder_with_two_pairs_or_none(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CnnkitError, match=r"no Name_TRAIN\.tsv/Name_TEST\.tsv pair"):
         load_series(tmp_path / "empty")
+
+
+def test_load_series_refuses_a_share_out_of_range_and_a_csv_with_only_a_header(tmp_path):
+    with pytest.raises(CnnkitError, match=r"val_split 1\.5: use a share from 0 to below 1"):
+        load_series(ucr_pair(tmp_path / "toy"), val_split=1.5)
+    (tmp_path / "head.csv").write_text("label,t0,t1\n")
+    with pytest.raises(CnnkitError, match=r"head\.csv: a header and no series"):
+        load_series(tmp_path / "head.csv")
