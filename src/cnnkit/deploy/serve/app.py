@@ -215,6 +215,15 @@ PREDICT_BODY = {
         },
     }
 }
+# The statuses an endpoint taking an image upload can answer (the schema's list; /predict and /search alike).
+UPLOAD_RESPONSES = {
+    400: {"description": "empty, malformed or undecodable upload"},
+    408: {"description": "the upload did not arrive in time"},
+    413: {"description": "upload too large, or too many pixels"},
+    415: {"description": "not an image"},
+    503: {"description": "busy; retry after the Retry-After header's seconds"},
+    504: {"description": "the answer took longer than the timeout"},
+}
 
 
 def create_app(
@@ -277,14 +286,7 @@ def create_app(
         "/predict",
         response_model=PredictionResponse,
         openapi_extra=PREDICT_BODY,
-        responses={
-            400: {"description": "empty, malformed or undecodable upload"},
-            408: {"description": "the upload did not arrive in time"},
-            413: {"description": "upload too large, or too many pixels"},
-            415: {"description": "not an image"},
-            503: {"description": "busy; retry after the Retry-After header's seconds"},
-            504: {"description": "the prediction took too long"},
-        },
+        responses=UPLOAD_RESPONSES,
     )
     async def predict(
         request: Request,

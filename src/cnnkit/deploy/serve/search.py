@@ -31,7 +31,14 @@ from pydantic import BaseModel
 from cnnkit import __version__
 from cnnkit.data.decode import ImageDecodeError, load_image
 from cnnkit.deploy.serve.access import add_access_control
-from cnnkit.deploy.serve.app import DEFAULT_MAX_PIXELS, PREDICT_BODY, Gate, check_image, receive_image
+from cnnkit.deploy.serve.app import (
+    DEFAULT_MAX_PIXELS,
+    PREDICT_BODY,
+    UPLOAD_RESPONSES,
+    Gate,
+    check_image,
+    receive_image,
+)
 from cnnkit.deploy.serve.reference import render_reference
 
 THUMBNAIL_SIDE = 160  # pixels, longer side: sharp in the page's 10rem grid cells on a 2x screen
@@ -162,14 +169,7 @@ def create_search_app(
         "/search",
         response_model=SearchResponse,
         openapi_extra=PREDICT_BODY,
-        responses={
-            400: {"description": "empty, malformed or undecodable upload"},
-            408: {"description": "the upload did not arrive in time"},
-            413: {"description": "upload too large, or too many pixels"},
-            415: {"description": "not an image"},
-            503: {"description": "busy; retry after the Retry-After header's seconds"},
-            504: {"description": "the search took too long"},
-        },
+        responses=UPLOAD_RESPONSES,
     )
     async def search(
         request: Request, k: int = Query(10, ge=1, le=1000, description="how many neighbours to return")
