@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from cnnkit.checkpoint import save_checkpoint
-from cnnkit.deploy.index import Embedder, build_index, load_embedder, open_index
+from cnnkit.deploy.index import Embedder, SearchIndex, build_index, load_embedder, open_index
 from cnnkit.deploy.index import approximate as approximate_module
 from cnnkit.deploy.index.approximate import build_approximate, recall_at_k, search_exact
 from cnnkit.deploy.index.builder import class_label
@@ -118,15 +118,31 @@ def test_search_exact_in_chunks_equals_one_block(monkeypatch):
 
 @needs_faiss
 def test_build_approximate_reaches_target_recall_on_clustered_vectors():
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(40, 16))
-    points = centres[rng.integers(0, 40, 4000)] + 0.3 * rng.normal(size=(4000, 16))
-    vectors = (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+    vectors = _clustered(4000)
     index = build_approximate(vectors)
     assert index.info["recall@10"] >= approximate_module.TARGET_RECALL
     _, exact = search_exact(vectors, vectors[:50], 10)
     _, found = index.search(vectors[:50], 10)
     assert recall_at_k(found, exact) >= 0.9  # measured on other queries than the tuning sample
+
+
+def _clustered(count: int, dim: int = 16, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(40, dim))
+    points = centres[rng.integers(0, 40, count)] + 0.3 * rng.normal(size=(count, dim))
+    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+
+
+@needs_faiss
+def test_search_answers_exactly_where_faiss_finds_too_few():
+    vectors = _clustered(4000)
+    approximate = build_approximate(vectors)
+    approximate.index.nprobe = 1  # one cell of ~40 vectors cannot give 200 neighbours
+    files = {"paths": [f"{i}.png" for i in range(4000)], "sizes": [], "mtimes_ns": []}
+    index = SearchIndex(Path("."), {"root": "."}, files, vectors, approximate)
+    scores, rows = index.search(vectors[:5], k=200)
+    np.testing.assert_array_equal(rows, search_exact(vectors, vectors[:5], 200)[1])
+    assert (rows >= 0).all() and scores.shape == (5, 200)
 
 
 @needs_faiss

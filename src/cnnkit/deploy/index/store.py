@@ -105,7 +105,7 @@ class SearchIndex:
             exact: Search exactly even when the index has a FAISS index. Defaults to False.
 
         Returns:
-            Cosine similarities (Q, k) float32 and row indices (Q, k) int64 into ``paths``.
+            Cosine similarities (Q, k) float32 and row indices (Q, k) int64 into ``paths`` (every one valid).
         """
         queries = np.asarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
@@ -115,9 +115,13 @@ class SearchIndex:
             )
         if k < 1:
             raise CnnkitError(f"k must be at least 1; got {k}")
-        if self.approximate is not None and not exact:
-            return self.approximate.search(queries, k)
-        return search_exact(self.vectors, queries, k)
+        if self.approximate is None or exact:
+            return search_exact(self.vectors, queries, k)
+        scores, rows = self.approximate.search(queries, k)
+        short = (rows < 0).any(1)  # the probed cells held fewer than k vectors: answer those queries exactly
+        if short.any():
+            scores[short], rows[short] = search_exact(self.vectors, queries[short], k)
+        return scores, rows
 
     def embedder(self, device: str = "cpu") -> Embedder:
         """The model the index was built with, loaded once; refused when its weights changed since the build."""
