@@ -222,7 +222,7 @@ def test_load_spoken_digits_downloads_checks_and_unpacks_into_the_cache(
     monkeypatch.setattr(speech, "FSDD", dataclasses.replace(speech.FSDD, url=archive.as_uri(), content_sha256=digest))
     splits = load_spoken_digits(audio_format=FORMAT, workers=1)
     assert len(splits.test) == 100 and (empty_download_cache / "spoken-digits" / "recordings").is_dir()
-    assert sorted(p.name for p in empty_download_cache.iterdir()) == ["spoken-digits"]  # archive deleted, no staging
+    assert sorted(p.name for p in empty_download_cache.iterdir()) == ["spoken-digits", "spoken-digits.lock"]
     archive.unlink()  # a second run needs no download
     assert len(load_spoken_digits(audio_format=FORMAT, workers=1).train) == len(splits.train)
 
@@ -235,9 +235,12 @@ def test_fetch_archive_refuses_a_checksum_mismatch_and_keeps_nothing(tmp_path: P
     other = dataclasses.replace(wrong, archive_sha256=None, content_sha256="0" * 64, content_dir="recordings")
     with pytest.raises(CnnkitError, match="not the expected ones"):
         fetch_archive(other)
-    assert list(empty_download_cache.iterdir()) == []
+    assert [p.name for p in empty_download_cache.iterdir()] == ["spoken-digits.lock"]  # no archive, no dataset
     with pytest.raises(CnnkitError, match="could not be downloaded"):
         fetch_archive(dataclasses.replace(wrong, url=(tmp_path / "absent.tar.gz").as_uri()))
+
+
+FSDD_LIKE = DatasetArchive("spoken-digits", "file:///nowhere", "recordings")
 
 
 @pytest.mark.parametrize("name", ["../evil.txt", "/tmp/evil.txt", "recordings/../../evil.txt"])
@@ -246,7 +249,7 @@ def test_extract_archive_refuses_members_outside_the_target(tmp_path: Path, name
     target = tmp_path / "out" / "dataset"
     target.parent.mkdir()
     with pytest.raises(CnnkitError, match="refused to unpack"):
-        extract_archive(archive, target, "recordings")
+        extract_archive(archive, target, FSDD_LIKE)
     assert not (tmp_path / "evil.txt").exists() and list(target.parent.iterdir()) == []
 
 
@@ -257,12 +260,12 @@ def test_extract_archive_refuses_a_link_out_of_the_target(tmp_path: Path):
         link.type, link.linkname = tarfile.SYMTYPE, "../../../../etc/passwd"
         tar.addfile(link)
     with pytest.raises(CnnkitError, match="refused to unpack"):
-        extract_archive(archive, tmp_path / "dataset", "recordings")
+        extract_archive(archive, tmp_path / "dataset", FSDD_LIKE)
     assert not (tmp_path / "dataset").exists()
 
 
 def test_extract_archive_refuses_a_file_that_is_not_a_tarball(tmp_path: Path):
     (tmp_path / "fake.tar.gz").write_bytes(b"<html>rate limited</html>")
     with pytest.raises(CnnkitError, match="not a readable tar archive"):
-        extract_archive(tmp_path / "fake.tar.gz", tmp_path / "dataset", "recordings")
+        extract_archive(tmp_path / "fake.tar.gz", tmp_path / "dataset", FSDD_LIKE)
     assert not (tmp_path / "dataset").exists()

@@ -12,7 +12,6 @@ rename: an interrupted run never leaves a half-unpacked dataset that a later run
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tarfile
 import urllib.error
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from cnnkit.data.builtin import cache_dir, download
+from cnnkit.data.cache import _locked, staged
 from cnnkit.errors import CnnkitError
 
 
@@ -61,29 +61,31 @@ def content_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def _dataset_root(staging: Path, marker: str) -> Path:
-    """The unpacked folder holding ``marker``: the staging folder itself or its one top-level folder."""
+def _lift(staging: Path, marker: str) -> None:
+    """Make ``staging`` the dataset root: an archive's one top-level folder holding ``marker`` is emptied into it."""
     if (staging / marker).exists():
-        return staging
+        return
     entries = list(staging.iterdir())
-    if len(entries) == 1 and (entries[0] / marker).exists():
-        return entries[0]
-    raise CnnkitError(f"the archive does not hold {marker}; it is not this dataset (delete it and retry)")
+    if len(entries) != 1 or not (entries[0] / marker).exists():
+        raise CnnkitError(f"the archive does not hold {marker}; it is not this dataset (delete it and retry)")
+    top = entries[0].rename(staging / f".top-{uuid.uuid4().hex[:8]}")  # a child may share its name
+    for child in top.iterdir():
+        child.rename(staging / child.name)
+    top.rmdir()
 
 
-def extract_archive(archive: Path, target: Path, marker: str) -> Path:
-    """Unpack a tarball into ``target`` safely and atomically; returns ``target``.
+def extract_archive(archive: Path, target: Path, dataset: DatasetArchive) -> Path:
+    """Unpack a tarball into ``target`` safely and atomically, checking its files; returns ``target``.
 
     Members with absolute or ``..`` names are refused; tarfile's ``data`` filter refuses links out
-    of the folder and devices.
+    of the folder and devices. The files are checked against ``dataset.content_sha256`` before
+    ``target`` appears, so a copy that is there is a checked one.
 
     Raises:
-        CnnkitError: the file is not a readable tarball, a member would land outside ``target``
-            (absolute paths, ``..``, links out, devices), or the archive lacks ``marker``.
+        CnnkitError: the file is not a readable tarball, a member would land outside ``target``,
+            the archive lacks ``dataset.marker``, or its files are not the expected ones.
     """
-    staging = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    staging.mkdir(parents=True)
-    try:
+    with staged(target, dataset.marker) as staging:
         try:
             with tarfile.open(archive, "r:*") as tar:
                 for member in tar.getmembers():  # the filter would unpack "/x" as "x": refuse it, as ".." is
@@ -94,45 +96,42 @@ def extract_archive(archive: Path, target: Path, marker: str) -> Path:
             raise CnnkitError(f"refused to unpack {archive}: {error} (an unsafe archive); delete it") from None
         except (tarfile.TarError, EOFError, OSError) as error:
             raise CnnkitError(f"{archive} is not a readable tar archive ({error}); delete it and retry") from None
-        root = _dataset_root(staging, marker)
-        try:
-            os.rename(root, target)
-        except OSError:
-            if not (target / marker).exists():  # not a run that finished first: a real error
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        _lift(staging, dataset.marker)
+        if dataset.content_sha256 and content_digest(staging / dataset.content_dir) != dataset.content_sha256:
+            raise CnnkitError(f"the {dataset.name} files in {archive} are not the expected ones; delete it, retry")
     return target
 
 
 def fetch_archive(dataset: DatasetArchive) -> Path:
     """The dataset's unpacked folder in the download cache, downloaded, checked and unpacked if not there yet.
 
-    The archive is deleted once unpacked (Speech Commands' is 2.3 GB); a checksum mismatch
-    deletes it and stops.
+    A lock makes a second run wait for the first download instead of fetching it twice. The
+    archive is deleted once unpacked (Speech Commands' is 2.3 GB) or when it fails a check.
     """
     target = cache_dir() / dataset.name
     if (target / dataset.marker).exists():
         return target
-    archive = cache_dir() / f"{dataset.name}.tar.gz"
-    if not archive.is_file():
+    with _locked(cache_dir() / f"{dataset.name}.lock"):
+        if (target / dataset.marker).exists():  # fetched by a run that held the lock before us
+            return target
+        for stale in cache_dir().glob(f"{dataset.name}.tmp-*"):  # left by an interrupted unpacking
+            shutil.rmtree(stale, ignore_errors=True)
+        archive = cache_dir() / f"{dataset.name}.tar.gz"
+        if not archive.is_file():
+            try:
+                download(dataset.url, archive)
+            except (urllib.error.URLError, OSError, TimeoutError) as error:
+                raise CnnkitError(
+                    f"{dataset.name} is not on this machine and could not be downloaded from {dataset.url} "
+                    f"({getattr(error, 'reason', error)}); download and unpack it yourself and pass --data-dir "
+                    f"(or set $CNNKIT_DATA_DIR)"
+                ) from None
         try:
-            download(dataset.url, archive)
-        except (urllib.error.URLError, OSError, TimeoutError) as error:
-            raise CnnkitError(
-                f"{dataset.name} is not on this machine and could not be downloaded from {dataset.url} "
-                f"({getattr(error, 'reason', error)}); download and unpack it yourself and pass --data-dir "
-                f"(or set $CNNKIT_DATA_DIR)"
-            ) from None
-    if dataset.archive_sha256 and file_sha256(archive) != dataset.archive_sha256:
-        archive.unlink()
-        raise CnnkitError(f"the {dataset.name} download from {dataset.url} has the wrong SHA-256; deleted it, retry")
-    if target.exists():  # an earlier unpacked copy without its marker: incomplete
-        shutil.rmtree(target)
-    extract_archive(archive, target, dataset.marker)
-    if dataset.content_sha256 and content_digest(target / dataset.content_dir) != dataset.content_sha256:
-        shutil.rmtree(target)
-        archive.unlink()
-        raise CnnkitError(f"the {dataset.name} files from {dataset.url} are not the expected ones; deleted, retry")
-    archive.unlink()
+            if dataset.archive_sha256 and file_sha256(archive) != dataset.archive_sha256:
+                raise CnnkitError(f"the {dataset.name} download from {dataset.url} has the wrong SHA-256; retry")
+            if target.exists():  # an earlier copy without its marker: incomplete
+                shutil.rmtree(target)
+            extract_archive(archive, target, dataset)
+        finally:
+            archive.unlink()  # unpacked, or failed a check: a retry downloads afresh
     return target

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -24,7 +23,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnkit.data.cache import FREE_SPACE_MARGIN, _allocate, _locked, _pool, cache_root, fingerprint, format_size
+from cnnkit.data.cache import (
+    FREE_SPACE_MARGIN,
+    META,
+    _allocate,
+    _pool,
+    cache_root,
+    fingerprint,
+    format_size,
+    open_or_build,
+    staged,
+)
 from cnnkit.data.folder import _split_dir, ignored_output_warning, list_classes, list_images
 from cnnkit.data.imageset import SkippedFile, stratified_split
 from cnnkit.data.series import SeriesSet
@@ -33,7 +42,6 @@ from cnnkit.errors import CnnkitError, describe_error
 
 AUDIO_CACHE_VERSION = 1
 VALUES = "values.f32"
-META = "meta.json"
 CHUNK = 64  # files per worker task
 
 
@@ -108,9 +116,7 @@ def _decode_chunk(root: str, rows: list[tuple[int, str]], audio_format: AudioFor
 
 def _build(entry: Path, root: Path, files: Sequence[str], audio_format: AudioFormat, workers: int) -> None:
     """Decode every file into a staging directory, clips of kept files in order, and publish it as ``entry``."""
-    staging = entry.with_name(f"{entry.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    staging.mkdir(parents=True)
-    try:
+    with staged(entry) as staging:
         width = audio_format.clip_samples
         _allocate(staging / VALUES, 4 * len(files) * width)
         values = np.memmap(staging / VALUES, np.float32, "r+", shape=(len(files), width))
@@ -129,13 +135,6 @@ def _build(entry: Path, root: Path, files: Sequence[str], audio_format: AudioFor
             os.fsync(handle.fileno())
         meta.update(version=AUDIO_CACHE_VERSION, shape=[len(meta["kept"]), width])
         (staging / META).write_text(json.dumps(meta))
-        try:
-            os.rename(staging, entry)
-        except OSError:
-            if not (entry / META).is_file():  # not a build that finished first: a real error
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _store(values: np.memmap, results: Any) -> dict[str, list]:
@@ -184,18 +183,8 @@ def decode_clips(
     base = (cache or cache_root()) / "audio"
     header = f"{AUDIO_CACHE_VERSION}:{json.dumps(audio_format.facts(), sort_keys=True)}:{root.resolve()}"
     entry = base / fingerprint(header, root, files)[:32]
-    found = _open_entry(entry)
-    if found is not None:
-        return found
-    lock = entry.with_name(entry.name + ".lock")
-    with _locked(lock):
-        found = _open_entry(entry)  # built by a run that held the lock before us
-        if found is not None:
-            return found
-        if entry.exists():  # another cnnkit version's entry, or a damaged one: replace it
-            shutil.rmtree(entry)
-        for stale in base.glob(f"{entry.name}.tmp-*"):  # left by an interrupted build of this key
-            shutil.rmtree(stale, ignore_errors=True)
+
+    def build() -> None:
         needed, free = 4 * len(files) * audio_format.clip_samples, shutil.disk_usage(base).free
         if needed > free - min(FREE_SPACE_MARGIN, free // 10):
             raise CnnkitError(
@@ -206,7 +195,6 @@ def decode_clips(
         try:
             _build(entry, root, files, audio_format, workers)
         except (OSError, MemoryError, BrokenProcessPool) as error:
-            lock.unlink(missing_ok=True)  # a run waiting on this lock builds the entry itself
             what = getattr(error, "strerror", None) or describe_error(error) or type(error).__name__
             if isinstance(error, BrokenProcessPool):
                 what = "a decoding process was killed, by a lack of memory or a full disk"
@@ -214,13 +202,8 @@ def decode_clips(
                 f"building the audio cache in {base} failed: {what} "
                 f"({format_size(needed)} needed); free memory or disk space, or set $CNNKIT_CACHE_DIR"
             ) from None
-        except BaseException:
-            lock.unlink(missing_ok=True)
-            raise
-    found = _open_entry(entry)
-    if found is None:
-        raise OSError(f"the audio cache entry {entry} could not be read back after building it")
-    return found
+
+    return open_or_build(entry, _open_entry, build)
 
 
 def read_clips(

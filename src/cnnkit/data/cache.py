@@ -28,11 +28,12 @@ import multiprocessing
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ META = "meta.json"
 CHUNK = 128  # files per task: large enough to amortise process hand-offs, small enough to balance cores
 # A build leaves this much (at most a tenth of the free space) on the cache disk: it never fills the disk.
 FREE_SPACE_MARGIN = 256 << 20
+Entry = TypeVar("Entry")  # what a cache opens: DecodedImages here, the audio cache's clips
 SPACE_ADVICE = "free space there, lower --img-size, or set $CNNKIT_CACHE_DIR to a folder on a larger disk"
 
 
@@ -125,13 +127,31 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=workers, mp_context=context)
 
 
+@contextlib.contextmanager
+def staged(entry: Path, marker: str = META) -> Iterator[Path]:
+    """A private folder beside ``entry`` to build it in, published as ``entry`` by one rename if the block succeeds.
+
+    The folder is removed in any case, so a failed or interrupted build leaves nothing that
+    could be read; when another run published an entry holding ``marker`` first, its copy stands.
+    """
+    staging = entry.with_name(f"{entry.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        try:
+            os.rename(staging, entry)
+        except OSError:
+            if not (entry / marker).exists():  # not a build that finished first: a real error
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def _build(
     entry: Path, root: Path, files: Sequence[str], img_size: int, channels: int | None, resize: str, workers: int
 ) -> None:
     """Decode every file into a temporary directory, drop failed rows, and publish it as ``entry``."""
-    staging = entry.with_name(f"{entry.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    staging.mkdir(parents=True)
-    try:
+    with staged(entry) as staging:
         stored_channels = channels or 3
         shape = (len(files), img_size, img_size, stored_channels)
         pixels_path = staging / PIXELS
@@ -168,13 +188,6 @@ def _build(
         for name in (PIXELS, META):
             with open(staging / name, "rb") as handle:
                 os.fsync(handle.fileno())
-        try:
-            os.rename(staging, entry)
-        except OSError:
-            if not (entry / META).is_file():  # not a build that finished first: a real error
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _allocate(path: Path, size: int) -> None:
@@ -303,29 +316,42 @@ def decode_cached(
     """
     base = (cache or cache_root()) / "images"
     entry = base / cache_key(root, files, img_size, channels, resize)
-    found = _open_entry(entry)
+
+    def build() -> None:
+        needed = _check_space(base, len(files), img_size, channels or 3)
+        try:
+            _build(entry, root, files, img_size, channels, resize, workers)
+        except (OSError, MemoryError, BrokenProcessPool) as error:
+            raise _build_failure(base, needed, error) from None
+
+    return open_or_build(entry, _open_entry, build)
+
+
+def open_or_build(entry: Path, open_entry: Callable[[Path], Entry | None], build: Callable[[], None]) -> Entry:
+    """The cache entry at ``entry``, opened if whole, else built once under a lock (a second run waits and reuses it).
+
+    ``open_entry`` returns None for a missing, damaged or other-version entry, which is
+    replaced; ``build`` publishes the entry atomically. The image and audio caches share this.
+    """
+    found = open_entry(entry)
     if found is not None:
         return found
     lock = entry.with_name(entry.name + ".lock")
     with _locked(lock):
-        found = _open_entry(entry)  # built by a run that held the lock before us
+        found = open_entry(entry)  # built by a run that held the lock before us
         if found is not None:
             return found
         if entry.exists():  # an entry from another cnnkit version or damaged: replace it
             shutil.rmtree(entry)
-        for stale in base.glob(f"{entry.name}.tmp-*"):  # left by an interrupted build of this key
+        for stale in entry.parent.glob(f"{entry.name}.tmp-*"):  # left by an interrupted build of this key
             shutil.rmtree(stale, ignore_errors=True)
         try:
-            needed = _check_space(base, len(files), img_size, channels or 3)
-            try:
-                _build(entry, root, files, img_size, channels, resize, workers)
-            except (OSError, MemoryError, BrokenProcessPool) as error:
-                raise _build_failure(base, needed, error) from None
+            build()
         except BaseException:
             # Nothing of a failed build stays; a run waiting on this lock builds (entries are published atomically).
             lock.unlink(missing_ok=True)
             raise
-    found = _open_entry(entry)
+    found = open_entry(entry)
     if found is None:
-        raise OSError(f"the image cache entry {entry} could not be read back after building it")
+        raise OSError(f"the cache entry {entry} could not be read back after building it")
     return found
