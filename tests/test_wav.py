@@ -147,6 +147,13 @@ def test_resample_removes_what_would_alias():
     assert np.sqrt(np.mean(out[800:-800] ** 2)) < 1e-3  # a 7 kHz tone would alias to 1 kHz at rms 0.7
 
 
+def test_to_clip_keeps_a_resampled_full_scale_square_wave_within_one(tmp_path: Path):
+    square = np.where(np.arange(800) % 80 < 40, 1.0, -1.0)  # full-scale steps: the sinc rings past them
+    write_wav(tmp_path / "sq.wav", square, RATE)
+    clip, _ = to_clip(tmp_path / "sq.wav", AudioFormat(16000, 1600))
+    assert float(np.abs(clip).max()) == 1.0
+
+
 def test_fit_length_pads_and_crops_by_the_recorded_rule():
     wave_ = np.arange(1, 7, dtype=np.float32)
     padded, change = fit_length(wave_, AudioFormat(RATE, 10, pad="centre"))

@@ -311,9 +311,12 @@ def fit_length(wave: np.ndarray, audio_format: AudioFormat) -> tuple[np.ndarray,
 
 
 def to_mono(samples: np.ndarray, source_rate: int, audio_format: AudioFormat) -> np.ndarray:
-    """Samples (frames, channels) to a mono float32 signal at the format's rate, of any length."""
+    """Samples (frames, channels) to a mono float32 signal in [-1, 1] at the format's rate, of any length.
+
+    A band-limited resampler rings past a full-scale step (Gibbs), so its output is clipped back to ±1.
+    """
     mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
-    return resample(mono, source_rate, audio_format.sample_rate)
+    return np.clip(resample(mono, source_rate, audio_format.sample_rate), -1.0, 1.0)
 
 
 def to_clip(source: str | Path | bytes, audio_format: AudioFormat) -> tuple[np.ndarray, str | None]:
