@@ -113,7 +113,7 @@ class TrainConfig:
         choices=("classify", "embed"),
     )
     embed_dim: int | None = _option(
-        None, "width of the L2-normalised embedding (--task embed; default: 128)", "model", COUNT
+        None, "width of the L2-normalised embedding (--task embed; default: 512)", "model", COUNT
     )
     held_out: str | None = _option(
         None,

@@ -28,7 +28,7 @@ from cnnkit.models.network import Network, replace_module
 from cnnkit.models.registry import create_model, register_model
 
 TEMPERATURE = 0.05  # Zhai & Wu's: at 1.0 the cosine logits span [-1, 1] and the softmax barely separates classes
-EMBED_DIM = 128
+EMBED_DIM = 512  # Zhai & Wu's width; digits, held-out R@1, one seed: 0.84 at 128, 0.90 at 512, 0.86 at 2048
 
 
 class CosineClassifier(nn.Linear):
@@ -64,7 +64,7 @@ class EmbeddingNetwork(Network):
         backbone: A :class:`Network`; its classifier becomes an identity, so its head ends in
             the features that classifier took (pooled, after any hidden head layers).
         num_classes: Classes trained on, one proxy each.
-        embed_dim: Width of the embedding. Defaults to 128.
+        embed_dim: Width of the embedding. Defaults to 512.
         temperature: Of the cosine logits. Defaults to 0.05.
 
     Example:

@@ -314,9 +314,11 @@ def run_epoch(session: Session, epoch: int, steps: StepLog | None) -> dict[str, 
     progress.epoch, progress.tally = epoch, EpochTally()
     session.order_state = session.generator.get_state()
     session.save_state(epoch)
+    shown = ("val_loss", f"val_{name}")  # a task's further validation metrics follow, e.g. an embedding's recall@1
+    more = "".join(f" {key[4:]} {row[key]:.2%}" for key in row if key.startswith("val_") and key not in shown)
     session.say(
         f"epoch {epoch:>{len(str(config.epochs))}}/{config.epochs}  train loss {train_loss:.4f} "
-        f"{name} {train_score:.2%}  val loss {row['val_loss']:.4f} {name} {row[f'val_{name}']:.2%}  "
+        f"{name} {train_score:.2%}  val loss {row['val_loss']:.4f} {name} {row[f'val_{name}']:.2%}{more}  "
         f"{row['seconds']:.1f}s"
     )
     return row
