@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import run_cli
 from PIL import Image
 
@@ -127,3 +128,16 @@ def test_split_of_names_the_split_folder_of_a_path():
     ]
     assert NearDuplicate("train/a.jpg", "val/b.jpg", 0.9, ("train", "val"), False).leak
     assert not NearDuplicate("cat/a.jpg", "dog/b.jpg", 0.9, (None, None), False).leak
+
+
+def test_find_near_duplicates_embeds_with_a_trained_run(digits_run, tmp_path):
+    root = tmp_path / "digits"
+    (root / "a").mkdir(parents=True)
+    image = Image.new("L", (8, 8))
+    image.putdata([(i * 37) % 256 for i in range(64)])
+    image.save(root / "a/original.png")
+    image.save(root / "a/reencoded.jpg", quality=90)
+    Image.new("L", (8, 8), 255).save(root / "a/blank.png")
+    report = find_near_duplicates(root, model=digits_run, threshold=0.95)  # measured: copy 0.998, blank 0.41
+    assert report.images == 3 and report.model == yaml.safe_load((digits_run / "config.yaml").read_text())["model"]
+    assert [(pair.first, pair.second) for pair in report.pairs] == [("a/original.png", "a/reencoded.jpg")]

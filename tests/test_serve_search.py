@@ -144,3 +144,18 @@ def test_is_index_tells_an_index_from_a_run_and_a_file(shapes_index, digits_run)
     assert not is_index(digits_run)
     assert not is_index(shapes_index.file(0))
     assert open_index(shapes_index.directory).paths == shapes_index.paths
+
+
+def test_serve_given_an_index_directory_serves_the_search_app(shapes_index, monkeypatch, capsys):
+    import uvicorn
+
+    from cnnkit.deploy.serve import serve
+
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.append(app))
+    serve(shapes_index.directory, port=8124, max_upload_mb=1)
+    [app] = started
+    data = (shapes_index.root / "triangle/triangle_002.png").read_bytes()
+    neighbours = TestClient(app).post("/search?k=2", content=data).json()["neighbours"]
+    assert neighbours[0]["path"] == "triangle/triangle_002.png"
+    assert f"serving {shapes_index.directory}" in capsys.readouterr().out
