@@ -13,7 +13,7 @@ import pytest
 
 from cnnkit.data import audio, speech
 from cnnkit.data.archive import DatasetArchive, content_digest, extract_archive, fetch_archive
-from cnnkit.data.audio import load_audio_folder
+from cnnkit.data.audio import is_audio_folder, load_audio_folder
 from cnnkit.data.speech import SILENCE, UNKNOWN, load_speech_commands, load_spoken_digits, spoken_digit_folds
 from cnnkit.data.wav import AudioFormat, write_wav
 from cnnkit.errors import CnnkitError
@@ -80,6 +80,11 @@ def test_a_failed_audio_cache_build_is_one_line_and_leaves_nothing(tmp_path: Pat
     with pytest.raises(CnnkitError, match=r"building the audio cache .* failed: No space left") as raised:
         load_audio_folder(root, FORMAT, workers=1)
     assert "\n" not in str(raised.value) and list((tmp_path / "cache" / "audio").iterdir()) == []
+
+
+def test_is_audio_folder_tells_wav_class_folders_from_image_folders(tmp_path: Path, shapes_folder: Path):
+    assert is_audio_folder(make_keyword_folder(tmp_path / "words"))
+    assert not is_audio_folder(shapes_folder) and not is_audio_folder(tmp_path / "absent")
 
 
 def test_load_audio_folder_uses_given_split_folders(tmp_path: Path):

@@ -34,6 +34,7 @@ from cnnkit.data.cache import (
     open_or_build,
     staged,
 )
+from cnnkit.data.decode import IMAGE_EXTENSIONS
 from cnnkit.data.folder import _split_dir, ignored_output_warning, list_classes, list_images
 from cnnkit.data.imageset import SkippedFile, stratified_split
 from cnnkit.data.series import SeriesSet
@@ -73,6 +74,15 @@ class AudioSplits:
     @property
     def classes(self) -> list[str]:
         return self.train.classes
+
+    @property
+    def channels(self) -> int:
+        return 1
+
+    @property
+    def length(self) -> int:
+        """Samples per clip, L of ``values`` (N, 1, L)."""
+        return self.audio_format.clip_samples
 
     def facts(self) -> dict[str, Any]:
         """What a run stores about its data, JSON-ready: enough to decode new recordings the same way."""
@@ -236,6 +246,17 @@ def check_share(flag: str, share: float, whole: bool = False) -> None:
     """Refuse a share outside [0, 1), or [0, 1] when ``whole`` may be taken: 0.1 means a tenth."""
     if not (0 <= share <= 1 if whole else 0 <= share < 1):
         raise CnnkitError(f"{flag} {share}: use a share from 0 to {'1' if whole else 'below 1'} (0.1 is usual)")
+
+
+def is_audio_folder(root: str | Path) -> bool:
+    """Whether ``root`` (or its ``train/``) has class subfolders holding WAV files and no images (for a dispatcher)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        return False
+    train_dir = _split_dir(root, "train") or root
+    classes, _ = list_classes(train_dir)
+    found = {Path(file).suffix.lower() for label in classes for file in os.listdir(train_dir / label)}
+    return bool(found & WAV_EXTENSIONS) and not found & IMAGE_EXTENSIONS
 
 
 def _no_audio_error(folder: Path) -> CnnkitError:

@@ -319,3 +319,7 @@ def load_speech_commands(
         warnings + cropped_warning(cropped, audio_format),
         train_noise,
     )
+
+
+# The built-in audio datasets by name, for a dispatcher beside cnnkit.data.builtin.BUILTINS.
+AUDIO_BUILTINS = {"spoken-digits": load_spoken_digits, "speech-commands": load_speech_commands}
