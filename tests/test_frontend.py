@@ -93,14 +93,13 @@ def test_logmel_onnx_runtime_matches_pytorch_on_any_clip_length(tmp_path):
         frontend(torch.randn(4, 1, 16000))  # running statistics away from 0 and 1
     frontend.eval()
     path = tmp_path / "logmel.onnx"
-    time = torch.export.Dim("time", min=1024, max=10**7)
     with torch.no_grad():
         torch.onnx.export(
             frontend,
             (torch.randn(2, 1, 16000),),
             str(path),
             input_names=["waves"],
-            dynamic_shapes={"waves": {0: torch.export.Dim("batch"), 2: time}},
+            dynamic_shapes=({0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC},),
             dynamo=True,
             verbose=False,
         )

@@ -4,6 +4,7 @@ from cnnkit.models import classic as _classic  # noqa: F401  (importing a module
 from cnnkit.models import convnet as _convnet  # noqa: F401
 from cnnkit.models import efficientnet_lite as _efficientnet_lite  # noqa: F401
 from cnnkit.models import embedding as _embedding  # noqa: F401
+from cnnkit.models import kws as _kws  # noqa: F401
 from cnnkit.models import mlp as _mlp  # noqa: F401
 from cnnkit.models import series as _series  # noqa: F401
 from cnnkit.models import spec as _spec  # noqa: F401

@@ -157,7 +157,7 @@ class LogMel(nn.Module):
                 power = spectrum.real.square() + spectrum.imag.square()  # (N, n_freq, frames)
             mel = torch.matmul(self.filters, power)  # (N, n_mels, frames)
             logmel = self.norm(torch.log(mel + self.log_offset))
-        return logmel.reshape(batch, channels, self.n_mels, -1)  # (B, C, n_mels, frames)
+        return logmel.reshape(batch, channels, self.n_mels, logmel.shape[-1])  # (B, C, n_mels, frames)
 
     def extra_repr(self) -> str:
         return (
