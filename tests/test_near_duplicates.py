@@ -31,7 +31,7 @@ def centre_crop(image: Image.Image, share: float) -> Image.Image:
 @pytest.fixture(scope="module")
 def photo_folder(tmp_path_factory) -> Path:
     """train/ holds china and two copies of it (half size as PNG, JPEG quality 60) and flower; test/ holds a
-    90% crop of flower (a leak) and the unrelated portrait."""
+    90% crop of flower (a leak) and the unrelated portrait with a byte-identical copy."""
     photos = real_photos()
     root = tmp_path_factory.mktemp("near") / "photos"
     for folder in ("train/scene", "train/plant", "test/plant", "test/person"):
@@ -43,6 +43,7 @@ def photo_folder(tmp_path_factory) -> Path:
     photos["flower"].save(root / "train/plant/flower.jpg", quality=95)
     centre_crop(photos["flower"], 0.9).save(root / "test/plant/flower_crop.jpg", quality=90)
     photos["portrait"].save(root / "test/person/portrait.jpg", quality=95)
+    (root / "test/person/same.jpg").write_bytes((root / "test/person/portrait.jpg").read_bytes())
     return root
 
 
@@ -64,6 +65,7 @@ COPIES = {
     frozenset({"train/scene/china.jpg", "train/scene/q60.jpg"}),
     frozenset({"train/scene/half.png", "train/scene/q60.jpg"}),
     frozenset({"train/plant/flower.jpg", "test/plant/flower_crop.jpg"}),
+    frozenset({"test/person/portrait.jpg", "test/person/same.jpg"}),
 }
 
 
@@ -71,7 +73,7 @@ COPIES = {
 def test_find_near_duplicates_finds_the_copies_and_no_unrelated_pair(photo_report):
     found = {frozenset({pair.first, pair.second}) for pair in photo_report.pairs}
     assert found == COPIES
-    assert photo_report.images == 6 and photo_report.model == "efficientnet_lite0"
+    assert photo_report.images == 7 and photo_report.model == "efficientnet_lite0"
     scores = [pair.score for pair in photo_report.pairs]
     assert scores == sorted(scores, reverse=True) and min(scores) >= photo_report.threshold
     assert photo_report.note is None
@@ -94,10 +96,13 @@ def test_check_near_duplicates_cli_lists_pairs_as_json_and_leaves_files_alone(ph
     near = json.loads(result.stdout)["near_duplicates"]
     assert {frozenset({pair["first"], pair["second"]}) for pair in near["pairs"]} == COPIES
     assert near["leaks"] == 1 and [pair["leak"] for pair in near["pairs"]].count(True) == 1
-    assert not any(pair["identical"] for pair in near["pairs"])
+    identical = [pair for pair in near["pairs"] if pair["identical"]]  # marked from the scan's hashes
+    assert [(pair["first"], pair["second"], pair["score"]) for pair in identical] == [
+        ("test/person/portrait.jpg", "test/person/same.jpg", pytest.approx(1.0, abs=1e-4))
+    ]
     text = run_cli("check", str(photo_folder), "--near-duplicates")
     assert text.returncode == 0, text.stderr
-    assert "4 pair(s) among 6 images, 1 across splits" in text.stdout
+    assert "5 pair(s) among 7 images, 1 across splits" in text.stdout
     assert "warning: leak: near-duplicate train/plant/flower.jpg ~ test/plant/flower_crop.jpg" in text.stdout
     assert snapshot(photo_folder) == before
 

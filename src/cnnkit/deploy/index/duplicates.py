@@ -112,13 +112,16 @@ class NearDuplicateReport:
         }
 
     def lines(self) -> list[str]:
-        """The console report: a summary, the leaks first, at most :data:`SHOWN_PAIRS` pairs, and the note."""
+        """The console report: a summary, the leaks first, at most :data:`SHOWN_PAIRS` pairs, and the note.
+
+        Unreadable files are only counted: the scan that runs before lists each with its reason.
+        """
         shown = sorted(self.pairs, key=lambda pair: not pair.leak)[:SHOWN_PAIRS]
+        unreadable = f" ({len(self.skipped)} unreadable file(s) left out)" if self.skipped else ""
         lines = [
             f"near-duplicates by {self.model} (cosine >= {self.threshold:.2f}): {len(self.pairs)} pair(s) among "
-            f"{self.images} images, {len(self.leaks)} across splits",
+            f"{self.images} images, {len(self.leaks)} across splits{unreadable}",
             *(f"warning: {pair.describe()}" for pair in shown),
-            *(f"skipped: {item.path}: {item.reason}" for item in self.skipped),
         ]
         if len(shown) < len(self.pairs):
             lines.append(f"... and {len(self.pairs) - len(shown)} more pair(s); --json lists them all")
