@@ -1,0 +1,281 @@
+"""Augmentation of whole batches of waveforms (B, C, T), and SpecAugment masks on their log-mels (B, C, M, F).
+
+The conventions of :mod:`cnnkit.data.augment`: every random number comes from one
+``torch.Generator`` (so a seeded or resumed run draws the same stream), each operation
+is vectorised over the batch, and it runs on the device the batch is on. Each random
+operation is a thin wrapper that draws its amounts and calls a deterministic function of
+them (``shift``, ``gain``, ``mix_noise``, ``resample``, ``mask_bands``), which the tests
+check exactly.
+
+The masks act on the spectrogram, which the model computes, so they are applied by a
+forward hook on the model's front end (:meth:`AudioAugmentation.attach`) in training mode
+only: evaluation, checkpoints and exports never see them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from cnnkit.data.augment import _uniform
+from cnnkit.errors import CnnkitError
+
+
+@dataclass(frozen=True)
+class AudioAugmentation:
+    """Which waveform augmentations and spectrogram masks to apply, and how strongly.
+
+    Args:
+        shift: Maximum time shift as a share of the clip, drawn in [-shift, shift]; the gap is silence. Defaults to 0.
+        gain: Maximum gain in dB, drawn in [-gain, gain]. Defaults to 0.
+        noise: Probability that a clip gets background noise mixed in. Defaults to 0.
+        snr_min: Lowest signal-to-noise ratio of the mix in dB. Defaults to 5.
+        snr_max: Highest signal-to-noise ratio in dB (drawn uniformly in dB between the two). Defaults to 20.
+        speed: Maximum relative speed change, drawn in [1 - speed, 1 + speed]: resampling, so pitch
+            moves with it. Defaults to 0.
+        time_masks: SpecAugment masks over time per clip. Defaults to 0.
+        time_width: Widest time mask in frames. Defaults to 20 (0.2 s at a 10 ms hop).
+        freq_masks: SpecAugment masks over frequency per clip. Defaults to 0.
+        freq_width: Widest frequency mask in mel bands. Defaults to 7 (of 40).
+    """
+
+    shift: float = 0.0
+    gain: float = 0.0
+    noise: float = 0.0
+    snr_min: float = 5.0
+    snr_max: float = 20.0
+    speed: float = 0.0
+    time_masks: int = 0
+    time_width: int = 20
+    freq_masks: int = 0
+    freq_width: int = 7
+
+    def __post_init__(self) -> None:
+        problems = [f"{key}={getattr(self, key)} must be >= 0" for key in _KEYS if getattr(self, key) < 0]
+        problems += [f"noise={self.noise} is a probability in [0, 1]"] if self.noise > 1 else []
+        problems += [f"speed={self.speed} must be below 1"] if self.speed >= 1 else []
+        problems += [f"snr_min={self.snr_min} is above snr_max={self.snr_max}"] if self.snr_min > self.snr_max else []
+        if problems:
+            raise CnnkitError(f"audio augmentation: {'; '.join(problems)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """The settings that act, e.g. ``shift=0.1, noise=0.8 at 5-20 dB, time_masks=2x20``."""
+        parts = [f"{key}={getattr(self, key)}" for key in ("shift", "gain", "speed") if getattr(self, key)]
+        if self.noise:
+            parts.append(f"noise={self.noise} at {self.snr_min:g}-{self.snr_max:g} dB")
+        parts += [f"time_masks={self.time_masks}x{self.time_width}"] if self.time_masks else []
+        parts += [f"freq_masks={self.freq_masks}x{self.freq_width}"] if self.freq_masks else []
+        return ", ".join(parts) or "none"
+
+    def __call__(
+        self, waves: torch.Tensor, generator: torch.Generator, noise_bank: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Augment a batch of waveforms (B, C, T); returns float32 (B, C, T).
+
+        Args:
+            waves: The batch.
+            generator: Draws every random amount.
+            noise_bank: (N, L) background recordings to mix in; None mixes white noise. Defaults to None.
+        """
+        x = waves.float()
+        if self.speed:
+            x = random_resample(x, self.speed, generator)
+        if self.shift:
+            x = random_shift(x, self.shift, generator)
+        if self.noise:
+            x = random_noise(x, self.noise, self.snr_min, self.snr_max, generator, noise_bank)
+        if self.gain:
+            x = random_gain(x, self.gain, generator)
+        return x
+
+    def mask(self, spectrograms: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """SpecAugment masks on log-mels (B, C, M, F): zero (the normalised mean) in random bands and frame spans."""
+        x = spectrograms
+        if self.freq_masks:
+            x = random_masks(x, self.freq_masks, self.freq_width, dim=2, generator=generator)
+        if self.time_masks:
+            x = random_masks(x, self.time_masks, self.time_width, dim=3, generator=generator)
+        return x
+
+    def attach(self, frontend: nn.Module, generator: torch.Generator) -> RemovableHandle | None:
+        """Mask the output of ``frontend`` (a model's log-mel module) in training mode; None when there are no masks.
+
+        Example:
+            >>> handle = augmentation.attach(model.frontend, generator)  # training steps now see masked log-mels
+            >>> handle.remove()
+        """
+        if not (self.time_masks or self.freq_masks):
+            return None
+
+        def masked(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            return self.mask(output, generator) if module.training else None
+
+        return frontend.register_forward_hook(masked)
+
+
+def shift(x: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+    """Delay each clip of (B, C, T) by its (B,) integer ``samples`` (negative: earlier), filling with silence."""
+    length = x.shape[-1]
+    source = torch.arange(length, device=x.device) - samples.to(x.device)[:, None]  # (B, T) where each sample was
+    inside = (source >= 0) & (source < length)
+    moved = x.gather(2, source.clamp(0, length - 1)[:, None, :].expand_as(x))
+    return torch.where(inside[:, None, :], moved, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def random_shift(x: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """Shift each clip by up to ``share`` of its length, either way."""
+    limit = round(share * x.shape[-1])
+    samples = torch.randint(-limit, limit + 1, (len(x),), generator=generator, device=generator.device)
+    return shift(x, samples)
+
+
+def gain(x: torch.Tensor, decibels: torch.Tensor) -> torch.Tensor:
+    """Scale each clip of (B, C, T) by its (B,) gain in dB: amplitude times 10^(dB / 20)."""
+    return x * (10.0 ** (decibels.to(x.device) / 20.0))[:, None, None]
+
+
+def random_gain(x: torch.Tensor, decibels: float, generator: torch.Generator) -> torch.Tensor:
+    return gain(x, _uniform(len(x), -decibels, decibels, generator, x.device))
+
+
+def mix_noise(x: torch.Tensor, noise: torch.Tensor, snr: torch.Tensor) -> torch.Tensor:
+    """Add ``noise`` (B, C, T) to ``x`` (B, C, T), scaled per clip to the (B,) signal-to-noise ratios in dB.
+
+    Powers are mean squares over the whole clip. A silent clip (a background example, say)
+    or silent noise is left as it is: no scale gives it a ratio.
+    """
+    signal_power = x.square().mean(dim=(1, 2))
+    noise_power = noise.square().mean(dim=(1, 2))
+    wanted = signal_power / 10.0 ** (snr.to(x.device) / 10.0)  # the noise power that gives the ratio
+    scale = torch.where(noise_power > 0, wanted / noise_power.clamp_min(1e-20), torch.zeros_like(wanted)).sqrt()
+    return x + noise * scale[:, None, None]
+
+
+def noise_excerpts(bank: torch.Tensor, batch: int, length: int, generator: torch.Generator) -> torch.Tensor:
+    """(batch, length) excerpts of the (N, L) recordings, each from a random recording at a random offset.
+
+    Recordings shorter than ``length`` are repeated end to end first.
+    """
+    if bank.dim() != 2 or bank.shape[1] == 0 or len(bank) == 0:
+        raise CnnkitError(f"noise bank of shape {tuple(bank.shape)}: expected (recordings, samples), both above 0")
+    if bank.shape[1] < length:
+        bank = bank.repeat(1, -(-length // bank.shape[1]))
+    device = generator.device
+    choice = torch.randint(0, len(bank), (batch,), generator=generator, device=device).to(bank.device)
+    offset = (torch.rand(batch, generator=generator, device=device) * (bank.shape[1] - length + 1)).long()
+    index = offset.to(bank.device)[:, None] + torch.arange(length, device=bank.device)  # (batch, length)
+    return bank[choice[:, None], index]
+
+
+def random_noise(
+    x: torch.Tensor,
+    probability: float,
+    snr_min: float,
+    snr_max: float,
+    generator: torch.Generator,
+    bank: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mix background noise into a ``probability`` share of the clips, at SNRs drawn in [snr_min, snr_max] dB.
+
+    Every channel of a clip gets the same excerpt; without a ``bank``, Gaussian white noise.
+    """
+    batch, _, length = x.shape
+    if bank is None:
+        draws = torch.randn(batch, length, generator=generator, device=generator.device)
+    else:
+        draws = noise_excerpts(bank.float(), batch, length, generator)
+    noise = draws.to(x.device)[:, None, :].expand_as(x)
+    snr = _uniform(batch, snr_min, snr_max, generator, x.device)
+    chosen = _uniform(batch, 0, 1, generator, x.device) < probability
+    return torch.where(chosen[:, None, None], mix_noise(x, noise, snr), x)
+
+
+def resample(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Play each clip of (B, C, T) at its (B,) speed factor about its centre, keeping T samples.
+
+    Output sample t reads the input at ``centre + factor * (t - centre)``, linearly
+    interpolated: faster clips (factor > 1) come out shorter, with silence at both ends,
+    and higher in pitch; slower ones lose their ends. Linear interpolation does not
+    low-pass first, so speeding up by 10% aliases only what lies within 10% of the
+    Nyquist frequency.
+    """
+    length = x.shape[-1]
+    centre = (length - 1) / 2
+    time = torch.arange(length, device=x.device, dtype=torch.float32)
+    position = centre + factors.to(x.device).float()[:, None] * (time - centre)  # (B, T) in input samples
+    grid_x = position * (2 / max(length - 1, 1)) - 1  # grid_sample's [-1, 1], align_corners=True
+    grid = torch.stack([grid_x, torch.zeros_like(grid_x)], dim=-1)[:, None]  # (B, 1, T, 2)
+    out = F.grid_sample(x[:, :, None, :], grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out[:, :, 0, :]  # (B, C, T)
+
+
+def random_resample(x: torch.Tensor, speed: float, generator: torch.Generator) -> torch.Tensor:
+    return resample(x, _uniform(len(x), 1 - speed, 1 + speed, generator, x.device))
+
+
+def mask_bands(x: torch.Tensor, starts: torch.Tensor, widths: torch.Tensor, dim: int) -> torch.Tensor:
+    """Zero, along ``dim`` (2 frequency, 3 time) of (B, C, M, F), the spans [start, start + width) of each clip.
+
+    ``starts`` and ``widths`` are (B, K): K spans per clip, which may overlap; a width of 0 masks nothing.
+    """
+    size = x.shape[dim]
+    position = torch.arange(size, device=x.device)  # (S,)
+    starts, widths = starts.to(x.device)[..., None], widths.to(x.device)[..., None]  # (B, K, 1)
+    masked = ((position >= starts) & (position < starts + widths)).any(dim=1)  # (B, S)
+    shape = [len(x), 1, 1, 1]
+    shape[dim] = size
+    return x.masked_fill(masked.view(shape), 0.0)
+
+
+def random_masks(x: torch.Tensor, count: int, max_width: int, dim: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` spans per clip along ``dim``, each of a width drawn in [0, max_width] at a uniform start."""
+    size = x.shape[dim]
+    widths = (_uniform(len(x) * count, 0, 1, generator, x.device) * (min(max_width, size) + 1)).long()
+    starts = (_uniform(len(x) * count, 0, 1, generator, x.device) * (size - widths + 1)).long()
+    return mask_bands(x, starts.view(-1, count), widths.view(-1, count), dim)
+
+
+# The Speech Commands recipe of TensorFlow's tutorial (time shift 100 ms of a 1 s clip,
+# background noise on 80% of the clips) with gain and SpecAugment masks (2 + 2) as in
+# BC-ResNet's training; not tuned here.
+AUTO_AUDIO_AUGMENTATION = "shift=0.1,gain=6,noise=0.8,time_masks=2,freq_masks=2"
+
+_KEYS = tuple(f.name for f in fields(AudioAugmentation) if not f.name.startswith("snr"))
+_INT_KEYS = tuple(f.name for f in fields(AudioAugmentation) if f.type == "int")
+
+
+def parse_audio_augmentation(spec: str) -> AudioAugmentation | None:
+    """Turn ``--augment`` of an audio run into an :class:`AudioAugmentation`, or None for no augmentation.
+
+    ``auto`` is :data:`AUTO_AUDIO_AUGMENTATION`; otherwise a comma-separated list of
+    ``key=value`` of the fields, e.g. ``shift=0.1,noise=0.8,snr_min=0,speed=0.1,time_masks=2``.
+
+    Example:
+        >>> parse_audio_augmentation("shift=0.1,gain=6").describe()
+        'shift=0.1, gain=6.0'
+    """
+    spec = AUTO_AUDIO_AUGMENTATION if spec == "auto" else spec
+    if spec in ("none", ""):
+        return None
+    values: dict[str, float | int] = {}
+    names = {f.name for f in fields(AudioAugmentation)}
+    for item in spec.split(","):
+        key, _, value = item.strip().partition("=")
+        try:
+            if key not in names:
+                raise KeyError(key)
+            values[key] = int(value) if key in _INT_KEYS else float(value)
+        except (KeyError, ValueError):
+            raise CnnkitError(
+                f"cannot read audio augmentation {item!r} in --augment {spec!r}; use none, auto, or a list such as "
+                "shift=0.1,gain=6,noise=0.8,snr_min=5,snr_max=20,speed=0.1,time_masks=2,time_width=20,"
+                "freq_masks=2,freq_width=7"
+            ) from None
+    return AudioAugmentation(**values)
