@@ -173,11 +173,11 @@ for cycle in range(int(sys.argv[3])):
 def test_teardown_repeated_never_aborts(tmp_path: Path):
     script = tmp_path / "teardown.py"
     script.write_text(TEARDOWN)
-    for run_index in range(4):  # each pair runs 5 init/teardown cycles, then exits as a worker does
+    for run_index in range(2):  # each pair runs 10 init/teardown cycles, then exits as a worker does
         store = str(tmp_path / f"store{run_index}")
         pair = [
             subprocess.Popen(
-                [sys.executable, str(script), str(rank), store, "5"],
+                [sys.executable, str(script), str(rank), store, "10"],
                 env={**WORKER_ENV, "OMP_NUM_THREADS": "1"},
                 stderr=subprocess.PIPE,
                 text=True,
@@ -237,7 +237,8 @@ def test_report_failure_names_the_cause_not_the_ranks_that_lost_it(tmp_path: Pat
     run_dir.mkdir()
     (run_dir / "state.safetensors").write_bytes(b"")
     (tmp_path / "file").write_text(str(run_dir))
-    failures = {0: failure(1, 5, "rank 0: lost contact with another rank: x", own=True), 1: failure(-9, 6)}
+    lost = failure(1, 5, "rank 0: lost contact with another rank: x", own=True)
+    failures = {0: lost, 1: failure(-9, 6), 2: failure(-15, 5)}  # SIGTERM: the launcher stopping a survivor
     assert report_failure(failures, tmp_path / "file", 2) == 1
     line = capsys.readouterr().err.strip()
     assert (

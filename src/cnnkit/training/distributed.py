@@ -25,6 +25,7 @@ import gc
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -139,7 +140,11 @@ class World:
         else:
             torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // self.local_size))
         if not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            # torchrun's store outlives a restart; keys of each attempt's own (its ranks' addresses) keep them apart.
+            store, _, _ = next(torch.distributed.rendezvous("env://"))
+            store = torch.distributed.PrefixStore(f"cnnkit/restart{self.restart}", store)
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            torch.distributed.init_process_group(backend, store=store, rank=self.rank, world_size=self.size)
         return device
 
     def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
@@ -302,7 +307,8 @@ def report_failure(failures: Mapping[int, Any], run_file: Path, devices: int) ->
 
     def weight(item: tuple[int, Any]) -> tuple[int, int, int]:
         rank, failure = item
-        own = failure.exitcode == 2 or failure.exitcode < 0  # a cnnkit error or a signal: the cause, not a symptom
+        # A cnnkit error or a signal is the cause; SIGTERM is how the launcher stops the survivors, a symptom.
+        own = failure.exitcode == 2 or (failure.exitcode < 0 and failure.exitcode != -signal.SIGTERM)
         return (0 if own else 1, failure.timestamp, rank)
 
     rank, failure = min(failures.items(), key=weight)
