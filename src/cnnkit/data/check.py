@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -209,8 +210,17 @@ def _dataset_warnings(root: Path, report: ScanReport, images: list[str], outputs
                 warnings.append(("empty", f"empty class folder (no readable images): {rel}"))
     train_counts = {name: n for (split, name), n in counts.items() if split in ("train", "all")}
     warnings += [("imbalance", warning) for warning in imbalance_warnings(train_counts)]
-    for paths in by_digest.values():
-        splits = {_split_and_class(p)[0] for p in paths}
+    return warnings + duplicate_warnings(by_digest.values(), lambda path: _split_and_class(path)[0])
+
+
+def duplicate_warnings(groups: Iterable[list[str]], split_of: Callable[[str], str]) -> list[tuple[str, str, str]]:
+    """(kind, warning, shorter console line) for each group of paths with identical bytes (groups of one pass).
+
+    ``split_of`` names a path's split: identical files in two splits are leakage, not mere duplicates.
+    """
+    warnings = []
+    for paths in groups:
+        splits = {split_of(p) for p in paths}
         if len(paths) > 1:
             leak = len(splits) > 1
             where = "across splits (leakage: test scores will be optimistic)" if leak else "duplicates"
@@ -262,6 +272,16 @@ def _summarise(warnings: list[tuple[str, ...]], full_list: Path) -> tuple[list[s
     return shown, cut
 
 
+def check_files(
+    root: Path, images: list[str], decode: bool = True, workers: int | None = None
+) -> list[tuple[str | None, str | None, str | None]]:
+    """(reason it is bad, warning, digest of its bytes) for each file under ``root``, read by parallel threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with capture_warnings(), ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        return list(pool.map(lambda rel: _check_file(root, rel, decode), images))
+
+
 def scan_folder(
     root: str | Path, use_cache: bool = True, workers: int | None = None, decode: bool = True
 ) -> ScanReport:
@@ -288,8 +308,6 @@ def scan_folder(
         >>> report = scan_folder("photos")
         >>> [(item.path, item.reason) for item in report.bad]
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     root = Path(root).expanduser()
     if not root.is_dir():
         raise CnnkitError(f"data folder not found: {root}; give a folder with one subfolder per class")
@@ -306,8 +324,7 @@ def scan_folder(
         except (ValueError, TypeError, KeyError):
             pass  # an unreadable cache entry is rescanned and rewritten below
     report = ScanReport(str(root), len(images), hidden=hidden, others=others)
-    with capture_warnings(), ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        verdicts = list(pool.map(lambda rel: _check_file(root, rel, decode), images))
+    verdicts = check_files(root, images, decode, workers)
     found = [("output", ignored_output_warning(rel)) for rel in outputs]
     for rel, (reason, warning, digest) in zip(images, verdicts):
         if reason:
