@@ -159,3 +159,25 @@ def test_serve_given_an_index_directory_serves_the_search_app(shapes_index, monk
     neighbours = TestClient(app).post("/search?k=2", content=data).json()["neighbours"]
     assert neighbours[0]["path"] == "triangle/triangle_002.png"
     assert f"serving {shapes_index.directory}" in capsys.readouterr().out
+
+
+def test_concurrent_searches_and_thumbnails_each_get_their_own_answer(shapes_index):
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows = list(range(0, len(shapes_index), 3))  # 12 queries, each an indexed file
+    queries = [shapes_index.file(row).read_bytes() for row in rows]
+    with TestClient(create_search_app(shapes_index, max_concurrency=4), raise_server_exceptions=False) as app_client:
+
+        def send(job: int):
+            if job % 2:
+                return app_client.get(f"/thumbnail/{rows[job // 2]}")
+            return app_client.post("/search?k=3", content=queries[job // 2])
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(send, range(2 * len(rows))))
+    assert all(answer.status_code == 200 for answer in answers), [a.text for a in answers if a.status_code != 200][:2]
+    for job, answer in enumerate(answers):
+        if job % 2:
+            assert answer.headers["content-type"] == "image/jpeg"
+        else:
+            assert answer.json()["neighbours"][0]["position"] == rows[job // 2]
