@@ -9,15 +9,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import make_shapes_folder, run_cli
 
 import cnnkit
+from cnnkit.checkpoint import read_checkpoint
 from cnnkit.data import DataSplits, ImageSet, load_data
 from cnnkit.errors import CnnkitError
 from cnnkit.models import create_model
 from cnnkit.models.embedding import CosineClassifier, EmbeddingNetwork
 from cnnkit.safeload import load_tensors
 from cnnkit.tasks.embed import EmbedTask
+from cnnkit.tasks.embed.evaluate import evaluate_embedding
 from cnnkit.tasks.embed.holdout import held_out_classes, hold_out
 from cnnkit.tasks.embed.metrics import retrieval_metrics
 from cnnkit.tasks.embed.report import shown_queries
@@ -209,3 +211,23 @@ def test_embed_images_of_a_classifier_run_are_its_normalised_features(digits_run
         features = model.forward_embedding(info.preprocessing.normalize(test.images[:50]))
     assert torch.allclose(vectors, torch.nn.functional.normalize(features, dim=1), atol=1e-5)
     assert retrieval_metrics(vectors, test.labels[:50])["queries"] == 50
+
+
+@pytest.mark.slow
+def test_finetuned_embed_run_on_pretrained_weights_rebuilds_from_its_checkpoint(tmp_path, one_thread):
+    folder = make_shapes_folder(tmp_path / "shapes", per_class=20)
+    make_shapes_folder(tmp_path / "more", per_class=20, seed=5)
+    (tmp_path / "more" / "circle").rename(folder / "disc")  # a fourth class: two seen, two held out
+    run = cnnkit.train(
+        task="embed", data=str(folder), model="efficientnet_lite0", finetune=True, img_size=16, epochs=2,
+        batch_size=8, embed_dim=32, out=str(tmp_path / "runs"), verbose=False,
+    )  # fmt: skip
+    tensors, info = read_checkpoint(run.best_checkpoint)
+    assert info.model.name == "embedding" and info.model.kwargs["backbone"] == "efficientnet_lite0"
+    assert info.classes == ["circle", "disc"] and tensors["classifier.weight"].shape == (2, 32)
+    assert run.test.classes == ["square", "triangle"]
+    classifier = cnnkit.load(run.dir)
+    prediction = classifier.predict(str(next((folder / "square").iterdir())))[0]
+    assert prediction.labels[0] in info.classes  # predict names the nearest seen class
+    result, _ = evaluate_embedding(classifier)
+    assert result.metrics == run.test.metrics
