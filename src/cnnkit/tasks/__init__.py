@@ -3,8 +3,9 @@
 A task supplies the loss of a batch, how a training batch is scored, which metrics of an
 epoch pick the best weights, how a split is evaluated, and the records a prediction
 becomes. ``training/`` calls only these, so a new task (embeddings, detection) plugs in
-by implementing them in its own package here, without a change to the loop. Today there
-is one, :class:`cnnkit.tasks.classify.ClassifyTask`.
+by implementing them in its own package here, without a change to the loop. There are
+two, chosen by ``--task``: :class:`cnnkit.tasks.classify.ClassifyTask` and
+:class:`cnnkit.tasks.embed.EmbedTask` (an embedding for similarity search).
 
 This module imports no PyTorch, so the packages under it stay light to import.
 """
