@@ -161,7 +161,8 @@ def load_detection(
         reviewed[split] = []
         for raw in parsed.images:
             image, dropped, distance = review(raw, index)
-            reviewed[split].append(image)
+            if image is not None:
+                reviewed[split].append(image)
             skipped += dropped
             if distance:
                 clipped.append((distance, raw.source))

@@ -29,6 +29,7 @@ Box = tuple[float, float, float, float]
 # EXIF orientations 5 to 8 turn the image a quarter: the upright image has width and height swapped.
 _QUARTER_TURNS = frozenset({5, 6, 7, 8})
 _ORIENTATION_TAG = 0x0112
+_EXIF_IN_HEADER = frozenset({"JPEG", "MPO", "TIFF", "WEBP"})
 
 # A pixel-format box whose four coordinates all lie in [0, 1] is normalised by mistake once the
 # image is larger than this: a real box there would be under one pixel in a corner.
@@ -66,6 +67,7 @@ class RawAnnotations:
         where: Where each box is in ``source``: ``line 3``, ``annotation 12``, ``object 2``.
         crowd: COCO's ``iscrowd`` per box.
         difficult: Pascal VOC's ``difficult`` per box.
+        dropped: Annotations of this image its reader already skipped (malformed, wrong convention).
     """
 
     path: str
@@ -76,6 +78,12 @@ class RawAnnotations:
     where: list[str] = field(default_factory=list)
     crowd: list[bool] = field(default_factory=list)
     difficult: list[bool] = field(default_factory=list)
+    dropped: int = 0
+
+    @property
+    def negative(self) -> bool:
+        """The file states no objects at all: an image without objects, to train on as background."""
+        return not self.boxes and not self.dropped
 
     def add(self, box: Box, name: str, where: str, crowd: bool = False, difficult: bool = False) -> None:
         self.boxes.append(box)
@@ -198,12 +206,19 @@ def clip(box: Box, size: tuple[int, int]) -> Box:
     return max(x1, 0.0), max(y1, 0.0), min(x2, float(size[0])), min(y2, float(size[1]))
 
 
-def review(raw: RawAnnotations, class_index: dict[str, int]) -> tuple[BoxedImage, list[SkippedAnnotation], float]:
+def review(
+    raw: RawAnnotations, class_index: dict[str, int]
+) -> tuple[BoxedImage | None, list[SkippedAnnotation], float]:
     """Apply the box rules to one image: unusable boxes and unknown classes skipped, the rest clipped.
 
+    An image whose every annotation was skipped is skipped too: it is not a negative, since
+    its objects are there, only unusable, and training on it as background would teach the
+    model to miss them.
+
     Returns:
-        The image with its kept boxes, one skipped annotation per dropped box, and the largest
-        overshoot among boxes reported as reaching past the image (0 when none did).
+        The image with its kept boxes (None when it is skipped), one skipped annotation per
+        dropped box (and one for a skipped image), and the largest overshoot among boxes
+        reported as reaching past the image (0 when none did).
     """
     kept: list[int] = []
     skipped: list[SkippedAnnotation] = []
@@ -220,6 +235,9 @@ def review(raw: RawAnnotations, class_index: dict[str, int]) -> tuple[BoxedImage
             kept.append(i)
             if (distance := overshoot(box, raw.size)) > REPORTED_OVERSHOOT:
                 reported = max(reported, distance)
+    if not kept and not raw.negative:
+        reason = "every annotation of this image was skipped (see above); not used as a negative"
+        return None, [*skipped, SkippedAnnotation(raw.path, reason, "box")], reported
     boxes = np.array([clip(raw.boxes[i], raw.size) for i in kept], dtype=np.float32).reshape(-1, 4)  # (M, 4)
     image = BoxedImage(
         raw.path,
@@ -248,7 +266,9 @@ def _upright_size(path: Path) -> tuple[int, int] | str:
     try:
         with Image.open(path) as image:
             width, height = image.size
-            turned = image.getexif().get(_ORIENTATION_TAG) in _QUARTER_TURNS
+            # PNG may store EXIF after its pixels: asking for it then decodes the whole image.
+            header_exif = image.format in _EXIF_IN_HEADER or "exif" in image.info
+            turned = header_exif and image.getexif().get(_ORIENTATION_TAG) in _QUARTER_TURNS
     except UnidentifiedImageError:
         return "not an image Pillow can read (empty, truncated or another format)"
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:

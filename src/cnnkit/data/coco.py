@@ -111,18 +111,22 @@ def read(root: Path, annotation_file: Path, image_dir: Path, workers: int | None
                 )
     for i, annotation in enumerate(data.get("annotations") or []):
         problem, where, kind = _annotation_problem(annotation, categories, entries, i)
+        image_id = annotation.get("image_id") if isinstance(annotation, dict) else None
+        image = listed.get(image_id) if isinstance(image_id, int | str) else None
+        if not problem and image is None:
+            continue  # the image itself was skipped and named above
+        if not problem and looks_normalised(annotation["bbox"], image.size):
+            problem, kind = (
+                (
+                    f"bbox {annotation['bbox']} looks normalised to [0, 1], but COCO's bbox is "
+                    "[x, y, w, h] in pixels: multiply by the image's width and height"
+                ),
+                "convention",
+            )
         if problem:
             skipped.append(SkippedAnnotation(source, f"{where}: {problem}; skipped", kind))
-            continue
-        image = listed.get(annotation["image_id"])
-        if image is None:
-            continue  # the image itself was skipped and named above
-        if looks_normalised(annotation["bbox"], image.size):
-            reason = (
-                f"{where}: bbox {annotation['bbox']} looks normalised to [0, 1], but COCO's bbox is "
-                "[x, y, w, h] in pixels: multiply by the image's width and height; skipped"
-            )
-            skipped.append(SkippedAnnotation(source, reason, "convention"))
+            if image is not None:
+                image.dropped += 1
             continue
         name = categories[annotation["category_id"]]
         image.add(from_coco(*(float(v) for v in annotation["bbox"])), name, where, bool(annotation.get("iscrowd")))

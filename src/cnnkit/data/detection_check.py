@@ -89,7 +89,9 @@ def _measure(report: DetectionReport, raw: RawAnnotations, classes: set[str]) ->
         else:
             counts[name] += 1
             if (distance := overshoot(box, raw.size)) > REPORTED_OVERSHOOT:
-                report.add("outside", f"{raw.source}: {where}: reaches {distance:.1f} px past the image")
+                shown = ", ".join(f"{value:g}" for value in box)
+                line = f"box [{shown}] reaches {distance:.1f} px past the {raw.size[0]}x{raw.size[1]} image (clipped)"
+                report.add("outside", f"{raw.source}: {where}: {line}")
             side = ((box[2] - box[0]) * (box[3] - box[1])) ** 0.5
             report.size_histogram[size_bin(side)] = report.size_histogram.get(size_bin(side), 0) + 1
     return counts
@@ -128,7 +130,7 @@ def scan_detection(folder: str | Path, workers: int | None = None) -> DetectionR
             counts += _measure(report, raw, set(classes))
             split_of[raw.path] = name
         report.images[name] = len(parsed.images)
-        report.negatives[name] = sum(1 for raw in parsed.images if not raw.boxes)
+        report.negatives[name] = sum(1 for raw in parsed.images if raw.negative)
         report.class_counts[name] = {cls: counts[cls] for cls in classes}
     paths = list(split_of)
     digests: dict[str, list[str]] = {}

@@ -75,12 +75,14 @@ def _read_xml(path: Path, raw: RawAnnotations, skipped: list[SkippedAnnotation],
         if not name or len(values) != 4 or None in values:
             problem = "has no <name>" if not name else "needs a <bndbox> with numeric xmin, ymin, xmax, ymax"
             skipped.append(SkippedAnnotation(raw.source, f"{where} {problem}; skipped"))
+            raw.dropped += 1
         elif looks_normalised(values, raw.size):
             reason = (
                 f"{where} ({name}): bndbox {values} looks normalised to [0, 1], but VOC's bndbox is in "
                 "1-based pixels: multiply by the image's width and height; skipped"
             )
             skipped.append(SkippedAnnotation(raw.source, reason, "convention"))
+            raw.dropped += 1
         else:
             raw.add(from_voc(*values), name, where, difficult=(element.findtext("difficult") or "").strip() == "1")
     return True

@@ -145,6 +145,7 @@ def read(root: Path, images_dir: Path, labels_dir: Path, workers: int | None = N
             problem, values, kind = _parse_line(line, classes)
             if values is None:
                 skipped.append(SkippedAnnotation(source, f"line {number}: {problem}; skipped", kind))
+                raw.dropped += 1
                 continue
             raw.add(from_yolo(*values[1:], size=size), classes[int(values[0])], f"line {number}")
         images.append(raw)
