@@ -97,10 +97,15 @@ def test_thumbnail_of_a_file_gone_or_changed_since_the_build_is_410(digits_run, 
     app_client = TestClient(create_search_app(index))
     index.file(0).unlink()
     detail = assert_one_line_refusal(app_client.get("/thumbnail/0"), 410)
-    assert index.paths[0] in detail and "cnnkit index" in detail
+    assert index.paths[0] in detail and "cnnkit index" in detail and str(root) not in detail
     index.file(1).write_bytes(index.file(2).read_bytes())
     assert "has changed" in assert_one_line_refusal(app_client.get("/thumbnail/1"), 410)
     assert app_client.get("/thumbnail/2").status_code == 200
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(index.file(2).read_bytes())
+    index.file(3).unlink()
+    index.file(3).symlink_to(outside)  # an indexed name now leading out of the folder
+    assert "no longer a file inside" in assert_one_line_refusal(app_client.get("/thumbnail/3"), 410)
 
 
 def test_search_refuses_bad_uploads_with_one_line_4xx(client):
@@ -155,9 +160,9 @@ def test_serve_given_an_index_directory_serves_the_search_app(shapes_index, monk
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.append(app))
     serve(shapes_index.directory, port=8124, max_upload_mb=1)
     [app] = started
-    data = (shapes_index.root / "triangle/triangle_002.png").read_bytes()
+    data = (shapes_index.root / "triangle/triangle_003.png").read_bytes()
     neighbours = TestClient(app).post("/search?k=2", content=data).json()["neighbours"]
-    assert neighbours[0]["path"] == "triangle/triangle_002.png"
+    assert neighbours[0]["path"] == "triangle/triangle_003.png"
     assert f"serving {shapes_index.directory}" in capsys.readouterr().out
 
 

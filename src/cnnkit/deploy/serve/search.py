@@ -146,20 +146,21 @@ def create_search_app(
     def thumbnail_bytes(row: int) -> bytes:
         rel = index.paths[row]
         path = index.file(row)
-        gone = f"the image at position {row} ({rel}) {{}} since the index was built; rebuild it with `cnnkit index`"
+        # The message names the file as the index does (relative), never the server's own folders.
+        gone = f"the image at position {row} ({rel}) {{}}; rebuild the index with `cnnkit index`"
         try:
             inside = path.resolve(strict=True).is_relative_to(root)
         except (OSError, RuntimeError):
-            raise HTTPException(410, gone.format(f"is no longer in {index.root}")) from None
+            raise HTTPException(410, gone.format("is gone from the indexed folder")) from None
         if not inside or not path.is_file():
-            raise HTTPException(410, gone.format(f"no longer lies in {index.root} as a file"))
+            raise HTTPException(410, gone.format("is no longer a file inside the indexed folder"))
         status = path.stat()
         if (status.st_size, status.st_mtime_ns) != (index.sizes[row], index.mtimes_ns[row]):
-            raise HTTPException(410, gone.format("has changed"))  # its neighbours' scores are the old file's
+            raise HTTPException(410, gone.format("has changed since the index was built"))  # scores are the old file's
         try:
             image = load_image(path, min_side=THUMBNAIL_SIDE)
-        except ImageDecodeError as error:
-            raise HTTPException(410, gone.format(f"changed and no longer decodes ({error})")) from None
+        except ImageDecodeError:
+            raise HTTPException(410, gone.format("can no longer be decoded")) from None
         image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
         stream = io.BytesIO()
         image.save(stream, "JPEG", quality=THUMBNAIL_QUALITY)
