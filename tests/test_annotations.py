@@ -404,3 +404,20 @@ def test_load_detection_reads_boxes_against_the_upright_image(tmp_path: Path):
     np.testing.assert_array_equal(yolo_image.boxes[0], np.array(BOX, dtype=np.float32))
     warnings = load_all(tmp_path / "coco").warnings
     assert any("image id 1 declares 48x64 but images/a.png is 64x48 upright" in line for line in warnings)
+
+
+def test_load_detection_yolo_names_inside_labels_and_byte_order_marks(tmp_path: Path):
+    write_yolo(tmp_path, TWO, names=False)
+    (tmp_path / "labels" / "classes.txt").write_text("\ufeffcat\ndog\n", encoding="utf-8")  # as LabelImg writes it
+    (tmp_path / "labels" / "a.txt").write_text("\ufeff0 0.375 0.5 0.5 0.5\n", encoding="utf-8")
+    splits = load_all(tmp_path)
+    assert splits.classes == ["cat", "dog"] and not splits.skipped
+    np.testing.assert_array_equal(by_path(splits.train)["images/a.png"].boxes, np.array([BOX], dtype=np.float32))
+
+
+def test_load_detection_coco_file_without_annotations_list_is_not_all_negatives(tmp_path: Path):
+    write_coco(tmp_path / "train", TWO)
+    edit_coco(write_coco(tmp_path / "val", TWO), lambda d: d.pop("annotations"))
+    splits = load_detection(tmp_path, test_split=0.0)
+    assert not splits.val
+    assert named(splits, "val/annotations.json: not a COCO instances file")

@@ -79,12 +79,13 @@ def read(root: Path, annotation_file: Path, image_dir: Path, workers: int | None
     """Read one COCO file; every entry that cannot be used is skipped and named, the rest kept."""
     source = str(annotation_file.relative_to(root))
     try:
-        data = json.loads(annotation_file.read_text(encoding="utf-8"))
+        data = json.loads(annotation_file.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, ValueError) as error:
         reason = f"malformed COCO JSON ({' '.join(str(error).split())}); no image of this file is used"
         return ParsedSplit([], [], source, [SkippedAnnotation(source, reason)])
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        reason = "not a COCO file: needs an object with images, annotations and categories lists"
+    if not isinstance(data, dict) or not all(isinstance(data.get(key), list) for key in ("images", "annotations")):
+        # Without an annotations list (COCO's image_info files) every image would pass for a negative.
+        reason = "not a COCO instances file: needs an object with images, annotations and categories lists"
         return ParsedSplit([], [], source, [SkippedAnnotation(source, reason)])
     skipped: list[SkippedAnnotation] = []
     categories = _categories(data, source, skipped)

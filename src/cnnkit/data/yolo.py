@@ -21,6 +21,7 @@ from cnnkit.data.folder import list_images
 from cnnkit.errors import CnnkitError, describe_error
 
 NAME_FILES = ("data.yaml", "dataset.yaml", "classes.txt", "obj.names")
+TEXT = frozenset({".txt"})
 
 
 def locate(folder: Path) -> dict[str | None, tuple[Path, Path]]:
@@ -56,7 +57,7 @@ def find_names(folder: Path, root: Path) -> tuple[list[str], str]:
 
 def _read_names(path: Path) -> list[str]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # Windows tools write a byte-order mark
         if path.suffix != ".yaml":
             return [line.strip() for line in text.splitlines() if line.strip()]
         data = yaml.safe_load(text)
@@ -110,7 +111,7 @@ def read(root: Path, images_dir: Path, labels_dir: Path, workers: int | None = N
     image_prefix, label_prefix = images_dir.relative_to(root), labels_dir.relative_to(root)
     by_label = {str(Path(rel).with_suffix(".txt")): str(image_prefix / rel) for rel, _ in files}
     skipped: list[SkippedAnnotation] = []
-    labels = sorted(str(p.relative_to(labels_dir)) for p in labels_dir.rglob("*.txt")) if labels_dir.is_dir() else []
+    labels = [rel for rel, _ in list_images(labels_dir, [""], TEXT)[0]]
     for rel in labels:
         if rel not in by_label and Path(rel).name not in NAME_FILES:
             reason = f"label file for a missing image: no {image_prefix / Path(rel).with_suffix('')}.* image; skipped"
@@ -133,7 +134,7 @@ def read(root: Path, images_dir: Path, labels_dir: Path, workers: int | None = N
             skipped.append(SkippedAnnotation(image, f"{size}; its labels skipped", "unreadable-image"))
             continue
         try:
-            lines = (labels_dir / rel).read_text(encoding="utf-8").splitlines()
+            lines = (labels_dir / rel).read_text(encoding="utf-8-sig").splitlines()
         except (OSError, UnicodeDecodeError) as error:
             reason = f"cannot read as text ({describe_error(error)}); its image skipped"
             skipped.append(SkippedAnnotation(source, reason))
