@@ -72,7 +72,7 @@ def hold_out(splits: DataSplits, held_out: list[str]) -> DataSplits:
     if not len(val) or int(torch.bincount(val.labels).max()) < 2:
         raise CnnkitError(
             f"--task embed picks the best epoch by Recall@1 on validation images of the seen classes, and "
-            f"{splits.name} has {len(val)} (a class needs two); raise --val-split (now gives {len(val)}) "
+            f"{splits.name} has {len(val)}, no class with two (a class needs two); raise --val-split "
             "or add a val/ folder"
         )
     if not len(test):
