@@ -146,3 +146,13 @@ def test_find_near_duplicates_embeds_with_a_trained_run(digits_run, tmp_path):
     report = find_near_duplicates(root, model=digits_run, threshold=0.95)  # measured: copy 0.998, blank 0.41
     assert report.images == 3 and report.model == yaml.safe_load((digits_run / "config.yaml").read_text())["model"]
     assert [(pair.first, pair.second) for pair in report.pairs] == [("a/original.png", "a/reencoded.jpg")]
+
+
+def test_check_help_states_the_default_threshold():
+    from cnnkit.cli.main import build_parser
+    from cnnkit.deploy.index.duplicates import DEFAULT_MODEL, DEFAULT_THRESHOLD
+
+    commands = next(action for action in build_parser()._actions if action.dest == "command").choices
+    flags = {action.dest: action.help for action in commands["check"]._actions}
+    assert f"(default: {DEFAULT_THRESHOLD:g}, measured for {DEFAULT_MODEL})" in flags["threshold"]
+    assert f"(default: {DEFAULT_MODEL})" in flags["model"]

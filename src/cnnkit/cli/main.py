@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--threshold",
         type=number_type(Range(float, 0, 1, low_open=True)),
-        help="--near-duplicates: smallest cosine similarity of a pair (default: as measured for efficientnet_lite0)",
+        help="--near-duplicates: smallest cosine similarity of a pair (default: 0.8, measured for efficientnet_lite0)",
     )
     compare = commands.add_parser(
         "compare",
