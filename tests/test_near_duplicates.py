@@ -156,3 +156,15 @@ def test_check_help_states_the_default_threshold():
     flags = {action.dest: action.help for action in commands["check"]._actions}
     assert f"(default: {DEFAULT_THRESHOLD:g}, measured for {DEFAULT_MODEL})" in flags["threshold"]
     assert f"(default: {DEFAULT_MODEL})" in flags["model"]
+
+
+def test_near_duplicate_report_notes_a_model_that_cannot_tell_the_images_apart():
+    from cnnkit.deploy.index.duplicates import CROWDED_SHARE, NEIGHBOURS, NearDuplicateReport
+
+    crowded = int(CROWDED_SHARE * 200)  # images whose NEIGHBOURS nearest are all over the threshold
+    assert NearDuplicateReport("data", "efficientnet_lite0", 0.8, 200, crowded=crowded).note is None
+    note = NearDuplicateReport("data", "efficientnet_lite0", 0.8, 200, crowded=crowded + 1).note
+    assert f"{crowded + 1} of 200 images have {NEIGHBOURS} or more near-duplicates" in note and "--threshold" in note
+    lines = NearDuplicateReport("data", "efficientnet_lite0", 0.8, 200, crowded=crowded + 1).lines()
+    assert lines[0].startswith("near-duplicates by efficientnet_lite0 (cosine >= 0.80): 0 pair(s) among 200 images")
+    assert lines[-1] == f"note: {note}"
