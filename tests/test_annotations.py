@@ -421,3 +421,26 @@ def test_load_detection_coco_file_without_annotations_list_is_not_all_negatives(
     splits = load_detection(tmp_path, test_split=0.0)
     assert not splits.val
     assert named(splits, "val/annotations.json: not a COCO instances file")
+
+
+def test_load_detection_repeated_class_name_is_one_error(tmp_path: Path):
+    write_yolo(tmp_path, TWO)
+    (tmp_path / "data.yaml").write_text("names: [cat, dog, cat]\n")
+    with pytest.raises(CnnkitError, match=r"data\.yaml names class\(es\) cat more than once"):
+        load_all(tmp_path)
+
+
+def test_load_detection_finds_roboflow_coco_files_with_images_beside(tmp_path: Path):
+    for split in ("train", "valid"):
+        folder = tmp_path / split
+        write_coco(folder, {f"{split}.png": [("cat", *BOX)]}, name="_annotations.coco.json", image_dir=folder)
+    splits = load_detection(tmp_path, test_split=0.0)
+    assert [image.path for image in splits.val] == ["valid/valid.png"]
+    assert [image.path for image in splits.train] == ["train/train.png"] and not splits.skipped
+
+
+def test_load_detection_refuses_mixed_formats_across_split_folders(tmp_path: Path):
+    write_coco(tmp_path / "train", TWO)
+    write_voc(tmp_path / "val", TWO)
+    with pytest.raises(CnnkitError, match=r"val holds voc annotations, but .*train holds coco; use one format in all"):
+        load_detection(tmp_path)

@@ -92,6 +92,12 @@ def parse_dataset(root: str | Path, workers: int | None = None) -> ParsedDataset
         raise CnnkitError(f"{root} names no training split (found {', '.join(map(str, located))}); add one")
     module = FORMATS[name]
     splits = {split: module.read(root, *args, workers=workers) for split, args in located.items()}
+    for parsed in splits.values():
+        if repeated := sorted({cls for cls in parsed.classes if parsed.classes.count(cls) > 1}):
+            raise CnnkitError(
+                f"{root / parsed.classes_source} names class(es) {', '.join(repeated)} more than once; "
+                "give each class one name"
+            )
     return ParsedDataset(root, name, splits, given)
 
 
