@@ -289,7 +289,9 @@ def launch(argv: list[str], devices: int) -> int:
     os.environ[LAUNCHED] = "1"
     with tempfile.TemporaryDirectory(prefix="cnnkit-launch-") as folder:
         os.environ[RUN_FILE] = str(Path(folder) / "run")
-        logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+        for name in list(logging.root.manager.loggerDict):  # torch's own loggers: the launcher speaks in one line
+            if name.startswith("torch.distributed"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
         arguments = ["--standalone", "--nproc-per-node", str(devices), "--monitor-interval", "0.1"]
         try:
             run(parse_args([*arguments, "-m", "cnnkit", *argv]))
