@@ -114,3 +114,13 @@ def test_kws_model_exports_to_onnx_taking_waveforms(name, tmp_path):
             expected = model(waves).numpy()
         assert np.abs(expected[0] - expected[2]).max() > 1e-3  # the check can tell the clips apart
         np.testing.assert_allclose(exported, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_summary_takes_a_waveform_for_audio_models():
+    from cnnkit.understand.summary import summarize_model
+
+    summary = summarize_model("bcresnet", num_classes=12)  # one second of mono 16 kHz audio by default
+    rows = {row.name: row for row in summary.layers}
+    assert summary.parameters == 9_232 and rows["features.0"].output_shape == [16, 20, 101]  # the stem on 40x101
+    m5 = summarize_model("m5", img_size=8000, num_classes=10)
+    assert m5.layers[0].output_shape == [128, 2000] and m5.parameters == 558_090  # stride 4

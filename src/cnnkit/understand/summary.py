@@ -186,8 +186,11 @@ def summarize_model(
     spec_input = kwargs.get("input")
     if spec_input and len(spec_input) == 3:  # a spec's own input size is its default; the builder refuses others
         channels, img_size = channels or spec_input[0], img_size or spec_input[1]
+    modality = model_entry(name).modality
+    if modality == "audio":  # a waveform (C, samples): one second of mono 16 kHz audio unless told otherwise
+        img_size, channels = img_size or 16000, channels or 1
     img_size, channels = img_size or 224, channels or 3
     net = create_model(name, num_classes or 10, channels, img_size, **kwargs)
-    side = (img_size,) if model_entry(name).modality == "series" else (img_size, img_size)  # a series: (C, L)
+    side = (img_size,) if modality in ("series", "audio") else (img_size, img_size)  # a series or waveform: (C, L)
     shape = tuple(spec_input) if spec_input else (channels, *side)
     return summarize(net, shape, model if name != "spec" else "spec")
