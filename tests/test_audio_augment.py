@@ -174,6 +174,7 @@ def test_parse_audio_augmentation_round_trips_and_describes():
         ("gain=-3", "gain=-3.0 must be >= 0"),
         ("speed=1", "speed=1.0 must be below 1"),
         ("snr_min=30", "snr_min=30.0 is above snr_max=20.0"),
+        ("shift=nan", "shift=nan is not a number"),
     ],
 )
 def test_parse_audio_augmentation_refuses_bad_settings_in_one_line(spec, message):

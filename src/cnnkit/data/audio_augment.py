@@ -14,6 +14,7 @@ only: evaluation, checkpoints and exports never see them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -55,7 +56,9 @@ class AudioAugmentation:
     freq_width: int = 7
 
     def __post_init__(self) -> None:
-        problems = [f"{key}={getattr(self, key)} must be >= 0" for key in _KEYS if getattr(self, key) < 0]
+        values = asdict(self)
+        problems = [f"{key}={value} is not a number" for key, value in values.items() if not math.isfinite(value)]
+        problems += [f"{key}={values[key]} must be >= 0" for key in _KEYS if values[key] < 0]
         problems += [f"noise={self.noise} is a probability in [0, 1]"] if self.noise > 1 else []
         problems += [f"speed={self.speed} must be below 1"] if self.speed >= 1 else []
         problems += [f"snr_min={self.snr_min} is above snr_max={self.snr_max}"] if self.snr_min > self.snr_max else []
