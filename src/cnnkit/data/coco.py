@@ -117,12 +117,10 @@ def read(root: Path, annotation_file: Path, image_dir: Path, workers: int | None
         if not problem and image is None:
             continue  # the image itself was skipped and named above
         if not problem and looks_normalised(annotation["bbox"], image.size):
-            problem, kind = (
-                (
-                    f"bbox {annotation['bbox']} looks normalised to [0, 1], but COCO's bbox is "
-                    "[x, y, w, h] in pixels: multiply by the image's width and height"
-                ),
-                "convention",
+            kind = "convention"
+            problem = (
+                f"bbox {annotation['bbox']} looks normalised to [0, 1], but COCO's bbox is "
+                "[x, y, w, h] in pixels: multiply by the image's width and height"
             )
         if problem:
             skipped.append(SkippedAnnotation(source, f"{where}: {problem}; skipped", kind))
