@@ -211,3 +211,14 @@ def test_load_detection_refuses_mixed_formats_across_split_folders(tmp_path: Pat
     write_voc(tmp_path / "val", TWO)
     with pytest.raises(CnnkitError, match=r"val holds voc annotations, but .*train holds coco; use one format in all"):
         load_detection(tmp_path)
+
+
+def test_load_detection_image_listed_in_two_splits_is_a_leak(tmp_path: Path):
+    write_voc(tmp_path, {f"{i}.png": [("cat", *BOX)] for i in range(3)})
+    (tmp_path / "ImageSets" / "Main").mkdir(parents=True)
+    (tmp_path / "ImageSets" / "Main" / "train.txt").write_text("0\n1\n")
+    (tmp_path / "ImageSets" / "Main" / "val.txt").write_text("1\n2\n")
+    splits = load_detection(tmp_path, test_split=0.0)
+    assert splits.warnings == [
+        "JPEGImages/1.png is in both train and val (leakage: test scores will be optimistic); list it in one split only"
+    ]

@@ -110,3 +110,13 @@ def test_scan_detection_leaves_files_untouched(tmp_path: Path):
     scan_detection(tmp_path, workers=1)
     after = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in tmp_path.rglob("*") if path.is_file()}
     assert after == before
+
+
+def test_scan_detection_reports_an_image_listed_in_two_splits(tmp_path: Path):
+    write_coco(tmp_path / "annotations", TWO, name="instances_train.json", image_dir=tmp_path / "images")
+    write_coco(tmp_path / "annotations", TWO, name="instances_val.json", image_dir=tmp_path / "images")
+    report = scan_detection(tmp_path, workers=1)
+    assert lines(report, "leak") == [
+        f"images/{name} is in both train and val (leakage: test scores will be optimistic); list it in one split only"
+        for name in TWO
+    ]

@@ -120,6 +120,21 @@ def class_warnings(dataset: ParsedDataset) -> list[str]:
     return lines
 
 
+def shared_images(dataset: ParsedDataset) -> list[str]:
+    """One line per image file that two splits list (COCO files or ImageSets lists that overlap): leakage."""
+    seen: dict[str, str] = {}
+    lines = []
+    for split, parsed in dataset.splits.items():
+        for raw in parsed.images:
+            if raw.path in seen and seen[raw.path] != split:
+                lines.append(
+                    f"{raw.path} is in both {seen[raw.path]} and {split} (leakage: test scores will be optimistic); "
+                    f"list it in one split only"
+                )
+            seen.setdefault(raw.path, str(split))
+    return lines
+
+
 def _carve(images: list[BoxedImage], fractions: list[float]) -> list[list[BoxedImage]]:
     """Test, val and train parts of ``images`` by the image folders' rule (one stratum: images have many labels)."""
     parts = stratified_split(torch.zeros(len(images), dtype=torch.long), [image.path for image in images], fractions)
@@ -158,7 +173,7 @@ def load_detection(
     classes = dataset.base.classes
     index = {name: i for i, name in enumerate(classes)}
     skipped: list[SkippedFile] = []
-    warnings = class_warnings(dataset)
+    warnings = class_warnings(dataset) + shared_images(dataset)
     reviewed: dict[str | None, list[BoxedImage]] = {}
     clipped: list[tuple[float, str]] = []
     for split, parsed in dataset.splits.items():

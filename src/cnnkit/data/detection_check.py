@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cnnkit.data.annotations import class_warnings, parse_dataset
+from cnnkit.data.annotations import class_warnings, parse_dataset, shared_images
 from cnnkit.data.boxes import REPORTED_OVERSHOOT, RawAnnotations, box_issue, overshoot
 from cnnkit.data.check import check_files, duplicate_warnings
 from cnnkit.data.imageset import SkippedFile
@@ -143,6 +143,8 @@ def scan_detection(folder: str | Path, workers: int | None = None) -> DetectionR
             digests.setdefault(digest, []).append(path)
     for kind, line, _ in duplicate_warnings(digests.values(), split_of.__getitem__):
         report.add(kind, line)
+    for line in shared_images(dataset):
+        report.add("leak", line)
     report.warnings += _size_warnings(report.size_histogram)
     return report
 
