@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -85,17 +87,11 @@ def test_logmel_refuses_filters_beyond_nyquist():
         LogMel(n_mels=0)
 
 
-@pytest.mark.slow
-def test_logmel_onnx_runtime_matches_pytorch_on_any_clip_length(tmp_path):
-    ort = pytest.importorskip("onnxruntime", reason="the deploy extra provides onnxruntime")
-    frontend = LogMel()
-    for _ in range(3):
-        frontend(torch.randn(4, 1, 16000))  # running statistics away from 0 and 1
-    frontend.eval()
-    path = tmp_path / "logmel.onnx"
+def export_taking_waveforms(model: torch.nn.Module, path: Path) -> Path:
+    """Export ``model`` as cnnkit exports (the dynamo exporter), its input ``waves`` (B, C, T) of any B and T."""
     with torch.no_grad():
         torch.onnx.export(
-            frontend,
+            model,
             (torch.randn(2, 1, 16000),),
             str(path),
             input_names=["waves"],
@@ -103,7 +99,17 @@ def test_logmel_onnx_runtime_matches_pytorch_on_any_clip_length(tmp_path):
             dynamo=True,
             verbose=False,
         )
-    session = ort.InferenceSession(str(path))
+    return path
+
+
+@pytest.mark.slow
+def test_logmel_onnx_runtime_matches_pytorch_on_any_clip_length(tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason="the deploy extra provides onnxruntime")
+    frontend = LogMel()
+    for _ in range(3):
+        frontend(torch.randn(4, 1, 16000))  # running statistics away from 0 and 1
+    frontend.eval()
+    session = ort.InferenceSession(str(export_taking_waveforms(frontend, tmp_path / "logmel.onnx")))
     for length in (16000, 8000):
         waves = torch.randn(3, 1, length)
         exported = session.run(None, {"waves": waves.numpy()})[0]

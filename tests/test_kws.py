@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_frontend import export_taking_waveforms
 from torch import nn
 
 from cnnkit.models import create_model, list_models, model_entry
@@ -95,18 +96,7 @@ def test_kws_model_exports_to_onnx_taking_waveforms(name, tmp_path):
         for scale in (0.01, 0.1, 1.0):
             model(scale * torch.randn(8, 1, 16000))
     model.eval()
-    path = tmp_path / f"{name}.onnx"
-    with torch.no_grad():
-        torch.onnx.export(
-            model,
-            (torch.randn(2, 1, 16000),),
-            str(path),
-            input_names=["waves"],
-            dynamic_shapes=({0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC},),
-            dynamo=True,
-            verbose=False,
-        )
-    session = ort.InferenceSession(str(path))
+    session = ort.InferenceSession(str(export_taking_waveforms(model, tmp_path / f"{name}.onnx")))
     for length in (16000, 8000):  # the window a spotter slides need not be the training clip's
         waves = torch.randn(3, 1, length) * torch.tensor([0.01, 0.1, 1.0])[:, None, None]  # distinct spectra
         exported = session.run(None, {"waves": waves.numpy()})[0]
