@@ -6,9 +6,9 @@ Large indexes also get a FAISS inverted-file index (IVF-Flat, inner product): th
 are clustered into ``nlist`` cells by k-means and a query scans only the ``nprobe`` cells
 nearest to it. ``nprobe`` is chosen at build time, doubling from 1 until recall@10 against
 exact search on a sample of the index's own vectors reaches :data:`TARGET_RECALL`, and that
-measured recall is stored and printed. IVF-Flat rather than HNSW: it builds in one k-means
-pass (HNSW's graph takes minutes at a million 1280-d vectors) and its recall is tuned by one
-number at query time.
+measured recall is stored and printed. IVF-Flat rather than HNSW: its recall is tuned by one
+number at query time against a measured target, and it keeps no graph links beside each vector
+(HNSW's extra memory).
 
 Why :data:`APPROXIMATE_THRESHOLD`: an exact query costs N x D multiply-adds and grows linearly
 with N, while FAISS's cost grows with sqrt(N) but needs a k-means build first. Measured with
