@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cnnkit.errors import CnnkitError
+from cnnkit.tasks.detect.coco import to_coco
 from cnnkit.tasks.detect.metrics import IOU_THRESHOLDS, RECALL_THRESHOLDS, evaluate_detections
 
 CLASSES = ["car", "sign", "person"]
@@ -19,37 +20,18 @@ def _coco_eval(predictions, targets, num_classes, max_detections=100):
     """pycocotools' COCOeval on the same records: its eval dict (precision (T, R, K, A, M), ...) and stats (12,)."""
     coco = pytest.importorskip("pycocotools.coco", reason="pycocotools is the reference (pip install -e .[test])")
     cocoeval = pytest.importorskip("pycocotools.cocoeval")
-
-    def xywh(box):
-        x1, y1, x2, y2 = (float(v) for v in box)
-        return [x1, y1, x2 - x1, y2 - y1]
-
-    images = [{"id": i + 1, "width": 640, "height": 480} for i in range(len(targets))]
-    categories = [{"id": k + 1, "name": str(k)} for k in range(num_classes)]
-    truth, found = [], []
-    for i, (target, prediction) in enumerate(zip(targets, predictions)):
-        crowd = np.zeros(len(target["labels"]), bool)
-        for flag in ("crowd", "difficult"):
-            crowd |= np.asarray(target.get(flag, crowd), bool)
-        for box, label, is_crowd in zip(target["boxes"], target["labels"], crowd):
-            w, h = xywh(box)[2:]
-            truth.append(
-                {"id": len(truth) + 1, "image_id": i + 1, "category_id": int(label) + 1, "bbox": xywh(box)}
-                | {"area": w * h, "iscrowd": int(is_crowd)}
-            )
-        for box, label, score in zip(prediction["boxes"], prediction["labels"], prediction["scores"]):
-            bbox = xywh(box)  # loadRes's fields: area w*h, iscrowd 0, ids from 1
-            found.append(
-                {"id": len(found) + 1, "image_id": i + 1, "category_id": int(label) + 1, "bbox": bbox}
-                | {"score": float(score), "area": bbox[2] * bbox[3], "iscrowd": 0}
-            )
+    dataset, results = to_coco(predictions, targets, CLASSES[:num_classes], [(640, 480)] * len(targets))
     with contextlib.redirect_stdout(io.StringIO()):
-        gt, dt = coco.COCO(), coco.COCO()
-        gt.dataset = {"images": images, "categories": categories, "annotations": truth}
-        dt.dataset = {"images": images, "categories": categories, "annotations": found}
-        gt.createIndex()
-        dt.createIndex()
-        evaluator = cocoeval.COCOeval(gt, dt, "bbox")
+        truth = coco.COCO()
+        truth.dataset = dataset
+        truth.createIndex()
+        if results:
+            found = truth.loadRes(results)
+        else:  # loadRes cannot read an empty list
+            found = coco.COCO()
+            found.dataset = dataset | {"annotations": []}
+            found.createIndex()
+        evaluator = cocoeval.COCOeval(truth, found, "bbox")
         evaluator.params.maxDets = [1, 10, max_detections]
         evaluator.evaluate()
         evaluator.accumulate()
