@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -151,6 +152,15 @@ def test_torchrun_max_restarts_recovers_a_killed_worker_exactly(reference_run: P
     record = json.loads((tmp_path / "train" / RECORD).read_text())
     assert [session["restart"] for session in record["sessions"]] == [0, 1]
     assert_same_weights(tmp_path / "train", reference_run)
+
+
+@pytest.mark.slow
+def test_train_devices_worker_error_is_one_line_naming_the_rank(tmp_path: Path):
+    result = run(cnnkit_command(*TRAIN, "--devices", "2", "--batch-size", "33", out=tmp_path))
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()  # the first failing rank's, whichever it was
+    assert re.fullmatch(r"cnnkit: error: rank [01]: --batch-size 33 is the global batch, .* e\.g\. 32 or 34", line)
+    assert not any(tmp_path.iterdir())
 
 
 TEARDOWN = """
