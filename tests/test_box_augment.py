@@ -34,7 +34,11 @@ def _painted(seed: int, batch: int = 6, count: int = 4) -> tuple[torch.Tensor, B
             rows.append(box)
         boxes.append(torch.tensor(rows, dtype=torch.float32).reshape(-1, 4))
         labels.append(torch.arange(len(rows)) % 3)
-    return images, BoxBatch.from_lists(boxes, labels)
+    return images, _batch(boxes, labels)
+
+
+def _batch(boxes, labels) -> BoxBatch:
+    return BoxBatch.from_targets([{"boxes": b, "labels": c} for b, c in zip(boxes, labels)])
 
 
 def _assert_valid(boxes: BoxBatch, size: int = SIZE, min_size: float = 2.0) -> None:
@@ -47,13 +51,13 @@ def _assert_valid(boxes: BoxBatch, size: int = SIZE, min_size: float = 2.0) -> N
 
 def test_box_batch_round_trips_variable_lengths():
     boxes = [torch.tensor([[0.0, 0, 4, 4], [1, 1, 3, 5]]), torch.zeros(0, 4), torch.tensor([[2.0, 2, 9, 9]])]
-    batch = BoxBatch.from_lists(boxes, [[1, 0], [], [2]])
+    batch = _batch(boxes, [[1, 0], [], [2]])
     assert batch.boxes.shape == (3, 2, 4) and batch.mask.tolist() == [[True, True], [False, False], [True, False]]
-    back, labels = batch.to_lists()
-    assert all(torch.equal(a, b) for a, b in zip(back, boxes))
-    assert [label.tolist() for label in labels] == [[1, 0], [], [2]]
+    back = batch.to_targets()
+    assert all(torch.equal(target["boxes"], b) for target, b in zip(back, boxes))
+    assert [target["labels"].tolist() for target in back] == [[1, 0], [], [2]]
     with pytest.raises(CnnkitError, match="image 0 of the batch has 2 boxes but 1 labels"):
-        BoxBatch.from_lists(boxes, [[1], [], [2]])
+        _batch(boxes, [[1], [], [2]])
 
 
 def test_hflip_twice_is_identity():
@@ -70,7 +74,7 @@ def test_hflip_twice_is_identity():
 def test_hflip_mirrors_boxes():
     images = torch.zeros(2, 1, 4, 10, dtype=torch.uint8)
     images[:, :, :, 1:3] = 255  # columns 1-2 lit: the box [1, 0, 3, 4]
-    boxes = BoxBatch.from_lists([torch.tensor([[1.0, 0, 3, 4]])] * 2, [[0], [0]])
+    boxes = _batch([torch.tensor([[1.0, 0, 3, 4]])] * 2, [[0], [0]])
     flipped, moved = hflip(images, boxes, torch.tensor([True, False]))
     assert moved.boxes[:, 0].tolist() == [[7.0, 0, 9, 4], [1.0, 0, 3, 4]]
     assert flipped[0, 0, 0].nonzero().flatten().tolist() == [7, 8] and torch.equal(flipped[1], images[1])
@@ -80,11 +84,22 @@ def test_zoom_crop_keeps_the_right_boxes():
     # Zoom 2 about the top-left corner: the view is the image's top-left quarter.
     images = torch.zeros(1, 1, SIZE, SIZE)
     inside, cut, mostly_out, outside = [4, 4, 12, 10], [24, 4, 40, 10], [30, 30, 60, 40], [40, 40, 60, 60]
-    boxes = BoxBatch.from_lists([torch.tensor([inside, cut, mostly_out, outside], dtype=torch.float32)], [[0, 1, 2, 3]])
+    boxes = _batch([torch.tensor([inside, cut, mostly_out, outside], dtype=torch.float32)], [[0, 1, 2, 3]])
     _, kept = zoom(images, boxes, torch.tensor([2.0]), torch.zeros(1, 2))
     assert kept.mask.tolist() == [[True, True, False, False]]
     assert kept.boxes[0, :2].tolist() == [[8, 8, 24, 20], [48, 8, 64, 20]]  # doubled; the cut one clipped at x = 64
     assert kept.labels.tolist() == [[0, 1, -1, -1]]
+
+
+def test_zoom_moves_pixels_and_boxes_alike_on_a_wide_image():
+    images = torch.zeros(1, 1, 32, 64)
+    images[:, :, 4:20, 8:40] = 255  # the box [8, 4, 40, 20]
+    boxes = _batch([torch.tensor([[8.0, 4, 40, 20]])], [[0]])
+    out, moved = zoom(images, boxes, torch.tensor([0.5]), torch.tensor([[16.0, 8.0]]))  # x -> x / 2 + (16, 8)
+    assert moved.boxes[0, 0].tolist() == [20, 10, 36, 18]
+    assert (out[0, 0, 11:17, 21:35] > 254).all() and (out[0, 0, 9:19, 16:19] < 1).all()
+    # beyond the shrunken image, the image's mean colour
+    assert (out[0, 0, :, :15] - images.mean()).abs().max() < 1e-3
 
 
 def test_clip_boxes_drops_by_the_stated_rule():
@@ -97,10 +112,10 @@ def test_clip_boxes_drops_by_the_stated_rule():
             [5.0, 5, 6, 40],  # 1 px wide from the start: dropped
         ]
     )
-    clipped = clip_boxes(BoxBatch.from_lists([boxes], [[0, 1, 2, 3, 4]]), (SIZE, SIZE))
+    clipped = clip_boxes(_batch([boxes], [[0, 1, 2, 3, 4]]), (SIZE, SIZE))
     assert clipped.mask.tolist() == [[True, False, True, False, False]]
     assert clipped.boxes[0, 0].tolist() == [0, 0, 10, 10]
-    relaxed = clip_boxes(BoxBatch.from_lists([boxes], [[0, 1, 2, 3, 4]]), (SIZE, SIZE), min_visible=0.2, min_size=1)
+    relaxed = clip_boxes(_batch([boxes], [[0, 1, 2, 3, 4]]), (SIZE, SIZE), min_visible=0.2, min_size=1)
     assert relaxed.mask.tolist() == [[True, True, True, True, True]]
 
 
@@ -119,8 +134,8 @@ def test_box_augmentation_moves_pixels_with_their_boxes(seed):
     images, boxes = _painted(seed, batch=12)
     augmented, moved = BoxAugmentation(hflip=True, scale=0.4, crop=0.4)(images, boxes, torch.Generator().manual_seed(9))
     checked = 0
-    for image, box_list in zip(augmented, moved.to_lists()[0]):
-        for x1, y1, x2, y2 in box_list.tolist():
+    for image, target in zip(augmented, moved.to_targets()):
+        for x1, y1, x2, y2 in target["boxes"].tolist():
             if x2 - x1 >= 5 and y2 - y1 >= 5:  # the interior, 2 px from the edges that bilinear blends
                 inner = image[:, round(y1) + 2 : int(y2) - 2, round(x1) + 2 : int(x2) - 2]
                 assert inner.numel() == 0 or inner.min() > 200
@@ -180,8 +195,7 @@ def test_box_augmentation_on_the_gpu_matches_the_cpu():
     images, boxes = _painted(6)
     augmentation = parse_box_augmentation("auto")
     cpu = augmentation(images, boxes, torch.Generator().manual_seed(2))
-    on_gpu = BoxBatch(boxes.boxes.cuda(), boxes.labels.cuda(), boxes.mask.cuda())
-    gpu = augmentation(images.cuda(), on_gpu, torch.Generator().manual_seed(2))  # the CPU generator's stream
+    gpu = augmentation(images.cuda(), boxes.to("cuda"), torch.Generator().manual_seed(2))  # the CPU generator's stream
     assert (gpu[0].cpu() - cpu[0]).abs().max() <= 0.5
     both = gpu[1].mask.cpu() & cpu[1].mask  # a box at the drop rule's edge may fall either way by rounding
     assert (gpu[1].mask.cpu() != cpu[1].mask).sum() <= 1 and both.sum() >= 10

@@ -9,9 +9,11 @@ check exactly.
 
 Boxes follow :mod:`cnnkit.data.boxes`: ``[x1, y1, x2, y2]`` in continuous pixel coordinates
 of the batch's images, ``(0, 0)`` the top-left corner and ``(W, H)`` the bottom-right one.
-They travel as a :class:`BoxBatch`, padded to the most boxes any image holds, because a
-batched detector loss assigns anchors or points to every image's boxes in one (B, A, M)
-tensor operation; :meth:`BoxBatch.to_lists` gives torchvision's detectors their per-image lists.
+They travel as a :class:`BoxBatch`, padded to the most boxes any image holds with a mask,
+so that every step here is one tensor operation over the whole batch (no loop over images)
+and a batched loss can assign anchors or points to every image's boxes in one (B, A, M)
+operation; :meth:`BoxBatch.to_targets` gives the per-image ``{"boxes", "labels"}`` dicts
+that cnnkit's and torchvision's detectors take (:mod:`cnnkit.models.detector`).
 
 Scale jitter and crops are one affine resample per image (bilinear), so an image is
 interpolated once however many of them act. A box cut by the new image border is clipped
@@ -22,8 +24,9 @@ is left to ask the detector to find it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,27 +50,21 @@ class BoxBatch:
     mask: torch.Tensor
 
     @classmethod
-    def from_lists(
-        cls, boxes: Sequence[torch.Tensor], labels: Sequence[torch.Tensor], device: torch.device | str | None = None
-    ) -> BoxBatch:
-        """Pad per-image boxes (M_i, 4) and labels (M_i,), e.g. :class:`cnnkit.data.boxes.BoxedImage`'s, into a batch.
+    def from_targets(cls, targets: Sequence[Mapping[str, Any]], device: torch.device | str | None = None) -> BoxBatch:
+        """Pad per-image targets ``{"boxes": (M_i, 4), "labels": (M_i,)}`` (arrays, lists or tensors) into a batch.
 
         Example:
-            >>> batch = BoxBatch.from_lists([torch.tensor([[0.0, 0, 4, 4]]), torch.zeros(0, 4)], [[1], []])
+            >>> batch = BoxBatch.from_targets([{"boxes": [[0.0, 0, 4, 4]], "labels": [1]}, {"boxes": [], "labels": []}])
             >>> batch.mask.tolist()
             [[True], [False]]
         """
-        if len(boxes) != len(labels):
-            raise CnnkitError(
-                f"{len(boxes)} images' boxes but {len(labels)} images' labels; give one of each per image"
-            )
+        boxes = [torch.as_tensor(t["boxes"], dtype=torch.float32).reshape(-1, 4) for t in targets]
+        labels = [torch.as_tensor(t["labels"], dtype=torch.int64).reshape(-1) for t in targets]
         count = max((len(b) for b in boxes), default=0)
         padded = torch.zeros(len(boxes), count, 4, dtype=torch.float32, device=device)
         classes = torch.full((len(boxes), count), -1, dtype=torch.int64, device=device)
         mask = torch.zeros(len(boxes), count, dtype=torch.bool, device=device)
         for i, (box, label) in enumerate(zip(boxes, labels)):
-            box = torch.as_tensor(box, dtype=torch.float32).reshape(-1, 4)
-            label = torch.as_tensor(label, dtype=torch.int64).reshape(-1)
             if len(box) != len(label):
                 raise CnnkitError(f"image {i} of the batch has {len(box)} boxes but {len(label)} labels")
             padded[i, : len(box)] = box.to(padded.device)
@@ -75,9 +72,13 @@ class BoxBatch:
             mask[i, : len(box)] = True
         return cls(padded, classes, mask)
 
-    def to_lists(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Each image's real boxes (M_i, 4) and labels (M_i,), as torchvision's detectors take their targets."""
-        return [b[m] for b, m in zip(self.boxes, self.mask)], [c[m] for c, m in zip(self.labels, self.mask)]
+    def to(self, device: torch.device | str) -> BoxBatch:
+        """The same boxes on ``device``, the device of the images they go with."""
+        return BoxBatch(self.boxes.to(device), self.labels.to(device), self.mask.to(device))
+
+    def to_targets(self) -> list[dict[str, torch.Tensor]]:
+        """Each image's real boxes (M_i, 4) and labels (M_i,) as ``{"boxes", "labels"}``, as detectors take targets."""
+        return [{"boxes": b[m], "labels": c[m]} for b, c, m in zip(self.boxes, self.labels, self.mask)]
 
 
 @dataclass(frozen=True)
