@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import nn
 
 import cnnkit
 from cnnkit.config import TrainConfig
@@ -165,7 +166,7 @@ def test_train_devices_worker_error_is_one_line_naming_the_rank(tmp_path: Path):
 
 TEARDOWN = """
 import sys, torch
-from torch import nn
+
 from cnnkit.training.distributed import shut_down
 rank, path = int(sys.argv[1]), sys.argv[2]
 for cycle in range(int(sys.argv[3])):
@@ -258,3 +259,45 @@ def test_report_failure_names_the_cause_not_the_ranks_that_lost_it(tmp_path: Pat
     assert report_failure({1: failure(2, 5, "rank 1: bad data", own=True)}, tmp_path / "none", 2) == 2
     assert capsys.readouterr().err.strip() == "cnnkit: error: rank 1: bad data"
     assert report_failure({0: failure(130, 5), 1: failure(130, 5)}, tmp_path / "none", 2) == 130
+
+
+class RecordingTask:
+    """A task that remembers which images (labels = their indices) each step trained on."""
+
+    def __init__(self) -> None:
+        self.steps: list[list[int]] = []
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        self.steps.append(targets.tolist())
+        return outputs.sum()
+
+    def score_batch(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(())
+
+
+def shard_steps(shard: tuple[int, int], count: int = 23, batch_size: int = 6) -> list[list[int]]:
+    from cnnkit.data import ImageSet
+    from cnnkit.modelinfo import Preprocessing
+    from cnnkit.training.loop import StepSettings, train_one_epoch
+    from cnnkit.training.optim import Optimisation
+
+    data = ImageSet(torch.zeros(count, 1, 1, 1, dtype=torch.uint8), torch.arange(count), ["x"], [""] * count)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(1, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimisation = Optimisation(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0), None)
+    task = RecordingTask()
+    preprocessing = Preprocessing(1, 1, (0.0,), (1.0,), "crop")
+    settings = StepSettings(batch_size, shard=shard)
+    generator = torch.Generator().manual_seed(5)  # seeded alike on every rank: one shuffled epoch
+    train_one_epoch(model, data, preprocessing, task, optimisation, torch.device("cpu"), generator, settings)
+    return task.steps
+
+
+def test_train_one_epoch_shards_split_each_global_batch_evenly_and_disjointly():
+    single, first, second = shard_steps((0, 1)), shard_steps((0, 2)), shard_steps((1, 2))
+    assert len(single) == len(first) == len(second) == 4  # 23 images, batches of 6: every rank runs every step
+    for whole, mine, theirs in zip(single, first, second):
+        assert len(mine) == len(theirs) and not set(mine) & set(theirs) and set(mine) | set(theirs) <= set(whole)
+    assert [len(step) for step in first] == [3, 3, 3, 2]  # the last batch's odd image is dropped on both ranks
+    for whole, mine, theirs in zip(single[:3], first, second):  # full batches: exactly the single-process images
+        assert sorted(mine + theirs) == sorted(whole)
