@@ -79,6 +79,34 @@ def test_build_index_rebuild_embeds_only_new_and_changed(convnet_checkpoint, sha
 
 
 @needs_faiss
+def test_build_index_interrupted_keeps_the_previous_build_and_leaves_nothing(
+    convnet_checkpoint, shapes_folder, tmp_path, monkeypatch
+):
+    build_index(convnet_checkpoint, shapes_folder, out=tmp_path / "out", name="shapes")
+    before = _snapshot(tmp_path / "out" / "shapes")
+    Image.new("RGB", (40, 40)).save(shapes_folder / "circle" / "new.png")
+
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("cnnkit.deploy.index.builder._report", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(convnet_checkpoint, shapes_folder, out=tmp_path / "out", name="shapes")
+    assert _snapshot(tmp_path / "out" / "shapes") == before and len(open_index(tmp_path / "out" / "shapes")) == 36
+    with pytest.raises(KeyboardInterrupt):
+        build_index(convnet_checkpoint, shapes_folder, out=tmp_path / "out", name="fresh")
+    assert not (tmp_path / "out" / "fresh").exists()
+
+
+def test_build_index_float16_rebuild_recomputes_and_searches(convnet_checkpoint, shapes_folder, tmp_path):
+    exact = build_index(convnet_checkpoint, shapes_folder, out=tmp_path / "out", name="shapes")
+    reference = np.array(exact.vectors)
+    half = build_index(convnet_checkpoint, shapes_folder, out=tmp_path / "out", name="shapes", dtype="float16")
+    assert half.vectors.dtype == np.float16 and half.meta["changes"]["added"] == 36  # another dtype: all again
+    np.testing.assert_allclose(half.vectors, reference, atol=2e-3)
+    assert half.search(reference[:3], k=1)[1][:, 0].tolist() == [0, 1, 2]
+
+
 def test_build_index_and_search_leave_the_folder_untouched(convnet_checkpoint, shapes_folder, tmp_path):
     before = _snapshot(shapes_folder)
     index = build_index(convnet_checkpoint, shapes_folder, out=tmp_path / "out", name="shapes", approximate="on")
@@ -171,6 +199,9 @@ def test_open_index_refuses_moved_files(convnet_checkpoint, shapes_folder, tmp_p
     shutil.move(shapes_folder, tmp_path / "gone")
     with pytest.raises(CnnkitError, match="is gone"):
         open_index(tmp_path / "out" / "shapes")
+    notes: list[str] = []
+    rebuilt = build_index(convnet_checkpoint, tmp_path / "gone", out=tmp_path / "out", name="shapes", say=notes.append)
+    assert len(rebuilt) == 24 and "another folder" in notes[0]  # the rebuild the message asks for works
 
 
 def test_index_embedder_refuses_a_changed_checkpoint(convnet_checkpoint, shapes_folder, tmp_path):

@@ -3,7 +3,7 @@
 A rebuild compares each file's size and modification time with the previous build's list:
 unchanged files keep their vectors, new and changed files are embedded (through the image
 cache), deleted files are dropped. Vectors from another model are never mixed in (the build
-is refused); vectors from another cnnkit version, dtype or preprocessing are all recomputed.
+is refused); vectors from another folder, cnnkit version, dtype or preprocessing are all recomputed.
 The indexed folder is only read.
 """
 
@@ -25,6 +25,7 @@ from cnnkit.deploy.index.store import (
     SearchIndex,
     allocate_vectors,
     check_same_model,
+    discard_build,
     open_index,
     publish_index,
     read_meta,
@@ -51,26 +52,30 @@ def _stat(root: Path, rel: str) -> tuple[int, int]:
 
 
 def _reusable(
-    directory: Path, embedder: Embedder, root: Path, dtype: str
+    directory: Path, embedder: Embedder, root: Path, dtype: str, say: Callable[[str], None]
 ) -> tuple[dict[str, int], np.ndarray | None, list[str]]:
     """The previous build's rows to keep (path -> row), its vectors and its file list; nothing when none is reusable."""
     if not (directory / "index.json").is_file():
         return {}, None, []
     meta = read_meta(directory)
     check_same_model(meta, embedder.identity, directory)
-    if meta["root"] != str(root):
-        raise CnnkitError(
-            f"index {directory} was built from another folder ({meta['root']}); give another --name for {root}"
-        )
     from cnnkit import __version__
 
-    same = (meta.get("cnnkit"), meta.get("dtype"), meta.get("preprocessing"))
-    if same != (__version__, dtype, json.loads(json.dumps(embedder.preprocessing.to_dict()))):  # tuples as lists
+    differences = {
+        "folder": (meta.get("root"), str(root)),
+        "cnnkit version": (meta.get("cnnkit"), __version__),
+        "dtype": (meta.get("dtype"), dtype),
+        "preprocessing": (meta.get("preprocessing"), json.loads(json.dumps(embedder.preprocessing.to_dict()))),
+    }
+    changed = [name for name, (built, now) in differences.items() if built != now]
+    if changed:
+        say(f"note: {directory} was built with another {' and '.join(changed)}: every image is embedded again")
         return {}, None, []
     try:
         files = json.loads((directory / meta["files"]).read_text())
         vectors = np.load(directory / meta["vectors"], mmap_mode="c", allow_pickle=False)
-    except (OSError, ValueError, KeyError):  # a damaged build: embed everything again
+    except (OSError, ValueError, KeyError):
+        say(f"note: {directory} is damaged: every image is embedded again")
         return {}, None, []
     kept = {}
     for row, (rel, size, mtime) in enumerate(zip(files["paths"], files["sizes"], files["mtimes_ns"])):
@@ -130,7 +135,7 @@ def build_index(
             "give an --out outside it"
         )
     embedder = model if isinstance(model, Embedder) else load_embedder(model, pretrained=pretrained, device=device)
-    kept, previous, previous_paths = _reusable(directory, embedder, root, dtype)
+    kept, previous, previous_paths = _reusable(directory, embedder, root, dtype, say)
     stats = {}
     for rel in files:
         try:
@@ -143,53 +148,58 @@ def build_index(
     paths = [rel for rel in files if rel in kept or rel in fresh_rows]
     if not paths:
         raise CnnkitError(f"none of the {len(files)} images under {root} could be decoded (e.g. {skipped[0].reason})")
+    created = not directory.exists()
     vectors, vectors_name = allocate_vectors(directory, len(paths), embedder.dim, dtype)
-    for row, rel in enumerate(paths):  # row order: the sorted file list
-        vectors[row] = previous[kept[rel]] if rel in kept else fresh[fresh_rows[rel]]
-    vectors.flush()
-    previous_set = set(previous_paths)
-    changes = {
-        "added": sum(1 for rel in embedded if rel not in previous_set),
-        "changed": sum(1 for rel in embedded if rel in previous_set),
-        "removed": len(previous_set - set(paths) - {s.path for s in skipped}),
-        "unchanged": len(kept),
-        "skipped": len(skipped),
-    }
-    labels = [class_label(rel) for rel in paths]
-    report = _report(vectors, labels)
-    approximate_index = None
-    if wants_approximate(len(paths), approximate):
-        approximate_index = build_approximate(vectors)
-        info = approximate_index.info
-        say(
-            f"approximate search: FAISS IVF-Flat, {info['nlist']} cells, nprobe {info['nprobe']}, "
-            f"recall@10 {info['recall@10']:.3f} against exact search on {info['sample']} sampled queries"
-        )
-    from cnnkit import __version__
+    try:
+        for row, rel in enumerate(paths):  # row order: the sorted file list
+            vectors[row] = previous[kept[rel]] if rel in kept else fresh[fresh_rows[rel]]
+        vectors.flush()
+        previous_set = set(previous_paths)
+        changes = {
+            "added": sum(1 for rel in embedded if rel not in previous_set),
+            "changed": sum(1 for rel in embedded if rel in previous_set),
+            "removed": len(previous_set - set(paths) - {s.path for s in skipped}),
+            "unchanged": len(kept),
+            "skipped": len(skipped),
+        }
+        labels = [class_label(rel) for rel in paths]
+        report = _report(vectors, labels)
+        approximate_index = None
+        if wants_approximate(len(paths), approximate):
+            approximate_index = build_approximate(vectors)
+            info = approximate_index.info
+            say(
+                f"approximate search: FAISS IVF-Flat, {info['nlist']} cells, nprobe {info['nprobe']}, "
+                f"recall@10 {info['recall@10']:.3f} against exact search on {info['sample']} sampled queries"
+            )
+        from cnnkit import __version__
 
-    meta = {
-        "format": INDEX_FORMAT,
-        "cnnkit": __version__,
-        "model": embedder.identity,
-        "preprocessing": embedder.preprocessing.to_dict(),
-        "root": str(root),
-        "count": len(paths),
-        "dim": embedder.dim,
-        "dtype": dtype,
-        "vectors": vectors_name,
-        "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "changes": changes,
-        "skipped": [{"path": s.path, "reason": s.reason} for s in skipped],
-        "retrieval": report,
-    }
-    files_record = {
-        "paths": paths,
-        "sizes": [stats[rel][0] for rel in paths],
-        "mtimes_ns": [stats[rel][1] for rel in paths],
-        "labels": labels if all(label is not None for label in labels) else None,
-    }
-    del vectors  # flushed; the published file is reopened read-only
-    publish_index(directory, meta, files_record, approximate_index)
+        meta = {
+            "format": INDEX_FORMAT,
+            "cnnkit": __version__,
+            "model": embedder.identity,
+            "preprocessing": embedder.preprocessing.to_dict(),
+            "root": str(root),
+            "count": len(paths),
+            "dim": embedder.dim,
+            "dtype": dtype,
+            "vectors": vectors_name,
+            "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "changes": changes,
+            "skipped": [{"path": s.path, "reason": s.reason} for s in skipped],
+            "retrieval": report,
+        }
+        files_record = {
+            "paths": paths,
+            "sizes": [stats[rel][0] for rel in paths],
+            "mtimes_ns": [stats[rel][1] for rel in paths],
+            "labels": labels if all(label is not None for label in labels) else None,
+        }
+        del vectors  # flushed; the published file is reopened read-only
+        publish_index(directory, meta, files_record, approximate_index)
+    except BaseException:  # Ctrl-C, a full disk: the previous build stays whole and this one leaves nothing
+        discard_build(directory, vectors_name, remove_directory=created)
+        raise
     return open_index(directory)
 
 

@@ -11,6 +11,7 @@ old index or the new one, never a mix, and an interrupted build leaves the old o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -32,11 +33,11 @@ def _version() -> str:
     return __version__
 
 
-def _rebuild_hint(meta: dict, directory: Path) -> str:
+def _rebuild_hint(meta: dict, directory: Path, folder: str | None = None) -> str:
     model = meta.get("model", {})
     flag = " --pretrained" if model.get("kind") == "pretrained" else ""
     return (
-        f"rebuild it with `cnnkit index {model.get('source', 'MODEL')}{flag} {meta.get('root', 'FOLDER')} "
+        f"rebuild it with `cnnkit index {model.get('source', 'MODEL')}{flag} {folder or meta.get('root', 'FOLDER')} "
         f"--out {directory.parent} --name {directory.name}`"
     )
 
@@ -163,14 +164,14 @@ def _check_files_present(meta: dict, files: dict, directory: Path) -> None:
     if not root.is_dir():
         raise CnnkitError(
             f"the folder index {directory} was built from, {root}, is gone (moved or deleted); "
-            f"{_rebuild_hint(meta, directory)}"
+            f"{_rebuild_hint(meta, directory, 'FOLDER')} (FOLDER: where the images are now)"
         )
     rows = sorted({round(i * (len(paths) - 1) / (MOVED_SAMPLE - 1)) for i in range(MOVED_SAMPLE)}) if paths else []
     missing = [paths[i] for i in rows if not (root / paths[i]).is_file()]
     if missing:
         raise CnnkitError(
             f"the files of index {directory} moved: {len(missing)} of {len(rows)} checked are missing under {root} "
-            f"(e.g. {missing[0]}); {_rebuild_hint(meta, directory)}"
+            f"(e.g. {missing[0]}); {_rebuild_hint(meta, directory, 'FOLDER')} (FOLDER: where the images are now)"
         )
 
 
@@ -214,6 +215,15 @@ def allocate_vectors(directory: Path, count: int, dim: int, dtype: str) -> tuple
     return np.lib.format.open_memmap(directory / name, mode="w+", dtype=dtype, shape=(count, dim)), name
 
 
+def discard_build(directory: Path, vectors_name: str, remove_directory: bool = False) -> None:
+    """Remove an unpublished build's files (and ``directory`` itself when the build created it and it is now empty)."""
+    build_id = vectors_name.removeprefix("vectors-").removesuffix(".npy")
+    for name in (vectors_name, f"files-{build_id}.json", f"faiss-{build_id}.index", f".{INDEX_FILE}.{build_id}"):
+        (directory / name).unlink(missing_ok=True)
+    if remove_directory and directory.is_dir() and not any(directory.iterdir()):
+        directory.rmdir()
+
+
 def publish_index(directory: Path, meta: dict, files: dict, approximate: ApproximateIndex | None = None) -> None:
     """Write the file list (and FAISS index) beside ``meta["vectors"]``, then replace ``index.json`` atomically.
 
@@ -236,4 +246,5 @@ def publish_index(directory: Path, meta: dict, files: dict, approximate: Approxi
     stale = [previous.get("vectors"), previous.get("files"), (previous.get("approximate") or {}).get("file")]
     for name in filter(None, stale):
         if name not in (meta["vectors"], meta["files"]):
-            (directory / name).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # published already: a leftover file must not undo it
+                (directory / name).unlink(missing_ok=True)
