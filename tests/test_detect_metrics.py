@@ -171,6 +171,18 @@ def test_evaluate_detections_reads_tensors_and_returns_curves():
     assert metrics.to_dict()["per_class"]["sign"] == {"ap": metrics.map, "ap50": pytest.approx(1.0), "targets": 1}
 
 
+def test_to_coco_writes_xywh_boxes_crowds_and_one_based_ids():
+    truth = [{"boxes": [[10, 20, 50, 60]], "labels": [1], "difficult": [True]}, {"boxes": [], "labels": []}]
+    found = [{"boxes": [], "labels": [], "scores": []}, {"boxes": [[1, 2, 4, 8]], "labels": [0], "scores": [0.5]}]
+    dataset, results = to_coco(found, truth, ["car", "sign"], [(64, 48), (32, 32)])
+    assert dataset["images"][0] == {"id": 1, "width": 64, "height": 48}
+    assert dataset["categories"] == [{"id": 1, "name": "car"}, {"id": 2, "name": "sign"}]
+    assert dataset["annotations"] == [
+        {"id": 1, "image_id": 1, "category_id": 2, "bbox": [10, 20, 40, 40], "area": 1600, "iscrowd": 1}
+    ]
+    assert results == [{"image_id": 2, "category_id": 1, "bbox": [1, 2, 3, 6], "score": 0.5}]
+
+
 @pytest.mark.parametrize(
     ("prediction", "message"),
     [
