@@ -2,6 +2,8 @@
 
 from cnnkit.models import classic as _classic  # noqa: F401  (importing a module registers its builders)
 from cnnkit.models import convnet as _convnet  # noqa: F401
+from cnnkit.models import detection as _detection  # noqa: F401
+from cnnkit.models import detector as _detector  # noqa: F401
 from cnnkit.models import efficientnet_lite as _efficientnet_lite  # noqa: F401
 from cnnkit.models import embedding as _embedding  # noqa: F401
 from cnnkit.models import kws as _kws  # noqa: F401

@@ -28,6 +28,7 @@ from cnnkit.modelinfo import ModelSpec, Preprocessing
 ModelBuilder = Callable[..., nn.Module]
 
 MODALITIES = ("image", "series", "audio")  # what a model's input is: (B, C, H, W) images, (B, C, L) series, waveforms
+TASKS = ("classify", "detect")  # what it returns: (B, K) logits (embedding models too), or boxes (models/detector.py)
 
 
 class WeightSource(Protocol):
@@ -52,12 +53,14 @@ class ModelEntry:
         pretrained: Where ImageNet weights come from; None when there are none.
         kwargs_for_data: Training-set size -> builder arguments chosen for it; None when none depend on it.
         modality: The input it is built for, one of ``MODALITIES``.
+        task: What it returns, one of ``TASKS``.
     """
 
     builder: ModelBuilder
     pretrained: WeightSource | None = None
     kwargs_for_data: Callable[[int], dict[str, Any]] | None = None
     modality: str = "image"
+    task: str = "classify"
 
 
 _ENTRIES: dict[str, ModelEntry] = {}
@@ -69,6 +72,7 @@ def register_model(
     pretrained: WeightSource | None = None,
     kwargs_for_data: Callable[[int], dict[str, Any]] | None = None,
     modality: str = "image",
+    task: str = "classify",
 ) -> Any:
     """Register a builder under its function name (the model's one name everywhere), with its facts.
 
@@ -79,24 +83,31 @@ def register_model(
         pretrained: Where its pretrained weights come from. Defaults to None (no weights).
         kwargs_for_data: Training-set size -> builder arguments. Defaults to None (none depend on the data).
         modality: The input it is built for: "image" (B, C, H, W), "series" (B, C, L) or "audio". Defaults to "image".
+        task: What it returns: "classify" (B, K) logits or "detect" boxes. Defaults to "classify".
     """
     if modality not in MODALITIES:
         raise ValueError(f"modality {modality!r} is not one of {MODALITIES}")  # a programming error, not user input
+    if task not in TASKS:
+        raise ValueError(f"task {task!r} is not one of {TASKS}")
 
     def record(function: ModelBuilder) -> ModelBuilder:
-        _ENTRIES[function.__name__] = ModelEntry(function, pretrained, kwargs_for_data, modality)
+        _ENTRIES[function.__name__] = ModelEntry(function, pretrained, kwargs_for_data, modality, task)
         return function
 
     return record(builder) if builder is not None else record
 
 
-def list_models(pattern: str = "*", pretrained: bool = False, modality: str | None = None) -> list[str]:
+def list_models(
+    pattern: str = "*", pretrained: bool = False, modality: str | None = None, task: str | None = "classify"
+) -> list[str]:
     """Names of registered models matching a shell-style pattern, e.g. ``list_models("res*")``.
 
     Args:
         pattern: Shell-style pattern. Defaults to every model.
         pretrained: Only models with pretrained weights. Defaults to False.
         modality: Only models built for this input ("image", "series", "audio"). Defaults to None (every one).
+        task: Only models for this task ("classify", "detect"); None for every one. Defaults to "classify",
+            so callers that build classifiers never meet a detector.
 
     Example:
         >>> list_models(modality="series")
@@ -105,7 +116,9 @@ def list_models(pattern: str = "*", pretrained: bool = False, modality: str | No
     names = [
         name
         for name, entry in _ENTRIES.items()
-        if (entry.pretrained is not None or not pretrained) and modality in (None, entry.modality)
+        if (entry.pretrained is not None or not pretrained)
+        and modality in (None, entry.modality)
+        and task in (None, entry.task)
     ]
     return sorted(fnmatch.filter(names, pattern))
 
