@@ -83,6 +83,16 @@ def test_evaluate_detections_agrees_with_cocoeval_on_random_scenes(seed):
     assert 0 < ours.map < ours.map50 < 1
 
 
+def test_evaluate_detections_agrees_with_cocoeval_on_tiny_scenes():
+    # 40 scenes of 1-3 images with 0-3 boxes: empty images, lone boxes, one class missing, integer ties.
+    for seed in range(40):
+        rng = np.random.default_rng(100 + seed)
+        predictions, targets = _scene(rng, num_images=int(rng.integers(1, 4)), max_boxes=3, crowd=0.2)
+        for record in predictions + targets:
+            record["boxes"] = record["boxes"].round()
+        _assert_agrees(predictions, targets)
+
+
 def test_evaluate_detections_agrees_with_cocoeval_on_small_boxes():
     rng = np.random.default_rng(7)
     predictions, targets = _scene(rng, num_images=20, side=(2, 40))
