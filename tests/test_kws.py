@@ -8,6 +8,7 @@ import torch
 from test_frontend import export_taking_waveforms
 from torch import nn
 
+from cnnkit.errors import CnnkitError
 from cnnkit.models import create_model, list_models, model_entry
 from cnnkit.models.fold import fold_pooled_batch_norms
 from cnnkit.models.network import Network
@@ -114,3 +115,12 @@ def test_summary_takes_a_waveform_for_audio_models():
     assert summary.parameters == 9_232 and rows["features.0"].output_shape == [16, 20, 101]  # the stem on 40x101
     m5 = summarize_model("m5", img_size=8000, num_classes=10)
     assert m5.layers[0].output_shape == [128, 2000] and m5.parameters == 558_090  # stride 4
+
+
+def test_kws_models_refuse_input_they_cannot_take_in_one_line():
+    m5 = create_model("m5", num_classes=3, in_channels=1, img_size=8000).eval()
+    with pytest.raises(CnnkitError, match="at least 256 samples; got 255"):
+        m5(torch.zeros(1, 1, 255))
+    assert m5(torch.zeros(1, 1, 256)).shape == (1, 3)
+    with pytest.raises(CnnkitError, match=r"takes waveforms \(batch, channels, samples\), not \[2, 16000\]"):
+        create_model("bcresnet", num_classes=3, in_channels=1, img_size=16000)(torch.zeros(2, 16000))

@@ -148,6 +148,9 @@ class LogMel(nn.Module):
         return 1 + length // self.hop_length
 
     def forward(self, waves: torch.Tensor) -> torch.Tensor:
+        if waves.dim() != 3:
+            shape = list(waves.shape)
+            raise CnnkitError(f"the log-mel front end takes waveforms (batch, channels, samples), not {shape}")
         batch, channels, length = waves.shape
         with torch.autocast(waves.device.type, enabled=False):
             x = waves.float().reshape(batch * channels, length)

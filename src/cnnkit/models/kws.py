@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnkit.errors import CnnkitError
 from cnnkit.models.frontend import LogMel
 from cnnkit.models.layers import batch_norm, conv, global_pool, max_pool
 from cnnkit.models.network import Network
@@ -201,8 +202,11 @@ class M5(Network):
         self.features = nn.Sequential(*layers)
         self.num_features = channels
         self.head = nn.Sequential(global_pool("avg", rank=1), nn.Flatten(), nn.Linear(channels, num_classes))
+        self.min_samples = 4 ** (len(widths) - 1) * stride  # one value left after the poolings
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] < self.min_samples:
+            raise CnnkitError(f"m5 needs clips of at least {self.min_samples} samples; got {x.shape[-1]}: pad them")
         return self.features(x)  # (B, num_features, T / (4 * stride * 16))
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
