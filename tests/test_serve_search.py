@@ -1,6 +1,7 @@
 """The similarity-search service: neighbours of an upload, thumbnails by position only, each refusal in one line."""
 
 import io
+import time
 import warnings
 
 import pytest
@@ -131,6 +132,49 @@ def test_search_health_and_page_describe_the_index_and_load_nothing_from_elsewhe
     assert 'id="neighbours"' in page and ">36<" in page and shapes_index.meta["model"]["name"] in page
     assert "<script src" not in page and "://" not in page  # works offline: no CDN, no external script
     assert "/search" in client.get("/docs").text
+
+
+def test_both_pages_inline_the_one_shared_upload_script(client, digits_run):
+    from importlib import resources
+
+    import cnnkit
+    from cnnkit.deploy.serve.app import create_app
+
+    shared = resources.files("cnnkit.deploy.serve").joinpath("upload_script.html").read_text(encoding="utf-8")
+    prediction_page = TestClient(create_app(cnnkit.load(digits_run, device="cpu"))).get("/").text
+    for page in (prediction_page, client.get("/").text):
+        assert page.count(shared) == 1 and "$upload_script" not in page
+        assert page.count("sessionStorage.setItem") == 1 and page.count('addEventListener("drop"') == 1
+
+
+class SlowEmbedder:
+    """The index's embedder, taking ``seconds`` longer per query."""
+
+    def __init__(self, embedder, seconds: float) -> None:
+        self.embedder, self.seconds = embedder, seconds
+
+    def __getattr__(self, name: str):  # identity and the rest: the real embedder's
+        return getattr(self.embedder, name)
+
+    def embed_images(self, images):
+        time.sleep(self.seconds)
+        return self.embedder.embed_images(images)
+
+
+def test_slow_search_and_thumbnail_time_out_with_504_naming_the_operation(shapes_index, monkeypatch):
+    import cnnkit.deploy.serve.search as search_module
+
+    app = create_search_app(shapes_index, SlowEmbedder(shapes_index.embedder(), 0.3), timeout=0.1)
+    with TestClient(app) as client:  # one event loop throughout, as under uvicorn: the one the slots live on
+        slow_search = client.post("/search", content=shapes_index.file(0).read_bytes())
+        assert assert_one_line_refusal(slow_search, 504) == "the search took longer than the 0.1 s limit"
+        load_image = search_module.load_image
+        monkeypatch.setattr(search_module, "load_image", lambda *args, **kw: time.sleep(0.3) or load_image(*args, **kw))
+        slow_thumbnail = client.get("/thumbnail/0")
+        assert assert_one_line_refusal(slow_thumbnail, 504) == "the thumbnail took longer than the 0.1 s limit"
+        monkeypatch.undo()
+        time.sleep(0.35)  # both workers finish and free their slots, and the server answers again
+        assert client.get("/thumbnail/0").status_code == 200
 
 
 def test_search_app_with_a_token_guards_search_and_thumbnails_but_not_health(shapes_index):

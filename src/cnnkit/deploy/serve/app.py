@@ -126,8 +126,15 @@ class Gate:
         finally:
             self.in_progress -= 1
 
-    async def run(self, work, deadline: float, timeout: float):
-        """Run ``work`` on a worker thread; 503 if no worker frees up, 504 if it ends after ``deadline``."""
+    async def run(self, work, deadline: float, timeout: float, operation: str):
+        """Run ``work`` on a worker thread; 503 if no worker frees up, 504 if it ends after ``deadline``.
+
+        Args:
+            work: What to run, called with no arguments.
+            deadline: Event-loop time by which it must end.
+            timeout: The request's limit in seconds, for the 504's message.
+            operation: What ``work`` makes (``prediction``, ``search``, ``thumbnail``), for the 504's message.
+        """
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(self.slots.acquire(), max(0.0, deadline - loop.time()))
@@ -140,7 +147,7 @@ class Gate:
         try:
             return await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - loop.time()))
         except asyncio.TimeoutError:
-            raise HTTPException(504, f"the prediction took longer than the {timeout:g} s limit") from None
+            raise HTTPException(504, f"the {operation} took longer than the {timeout:g} s limit") from None
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -297,7 +304,9 @@ def create_app(
         deadline = asyncio.get_running_loop().time() + timeout
         async with gate.admit():
             data = await receive_image(request, max_upload_bytes, timeout)
-            return await gate.run(lambda: predict_image(data, min(top_k, num_classes), explain), deadline, timeout)
+            return await gate.run(
+                lambda: predict_image(data, min(top_k, num_classes), explain), deadline, timeout, "prediction"
+            )
 
     @app.get("/health", response_model=Health)
     async def health() -> Health:
@@ -333,11 +342,22 @@ def render_page(classifier, runtime: str) -> str:
     if len(classes) > PAGE_CLASSES:
         shown += f" and {len(classes) - PAGE_CLASSES} more"
     colour = {1: "grayscale", 3: "RGB"}.get(prep.channels, f"{prep.channels}-channel")
-    template = Template(resources.files("cnnkit.deploy.serve").joinpath("page.html").read_text(encoding="utf-8"))
-    return template.substitute(
+    return fill_page(
+        "page.html",
         model=html.escape(classifier.info.model.name),
         runtime=runtime,
         input=f"{prep.img_size}x{prep.img_size} {colour}",
         count=len(classes),
         classes=html.escape(shown),
     )
+
+
+def fill_page(name: str, **values: object) -> str:
+    """The package's page ``name`` with ``values`` put in, and the script both pages share in ``$upload_script``.
+
+    The shared script (token, image picking) is inlined rather than served at a route of its own, so each
+    page stays one self-contained document: it loads nothing else, with or without a token.
+    """
+    package = resources.files("cnnkit.deploy.serve")
+    template = Template(package.joinpath(name).read_text(encoding="utf-8"))
+    return template.substitute(values, upload_script=package.joinpath("upload_script.html").read_text(encoding="utf-8"))

@@ -20,9 +20,7 @@ import asyncio
 import html
 import io
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
-from string import Template
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
@@ -37,6 +35,7 @@ from cnnkit.deploy.serve.app import (
     UPLOAD_RESPONSES,
     Gate,
     check_image,
+    fill_page,
     receive_image,
 )
 from cnnkit.deploy.serve.reference import render_reference
@@ -179,7 +178,7 @@ def create_search_app(
         deadline = asyncio.get_running_loop().time() + timeout
         async with gate.admit():
             data = await receive_image(request, max_upload_bytes, timeout)
-            return await gate.run(lambda: search_image(data, min(k, len(index))), deadline, timeout)
+            return await gate.run(lambda: search_image(data, min(k, len(index))), deadline, timeout, "search")
 
     @app.get(
         "/thumbnail/{position}",
@@ -199,7 +198,7 @@ def create_search_app(
             )
         deadline = asyncio.get_running_loop().time() + timeout
         async with gate.admit():
-            data = await gate.run(lambda: thumbnail_bytes(int(position)), deadline, timeout)
+            data = await gate.run(lambda: thumbnail_bytes(int(position)), deadline, timeout, "thumbnail")
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=600"})
 
     @app.get("/health", response_model=SearchHealth)
@@ -233,7 +232,10 @@ def create_search_app(
 
 def render_search_page(index, model: str) -> str:
     """The web page, naming the model, the indexed folder and its size."""
-    template = Template(resources.files("cnnkit.deploy.serve").joinpath("search_page.html").read_text(encoding="utf-8"))
-    return template.substitute(
-        model=html.escape(model), folder=html.escape(index.root.name), count=len(index), k=min(PAGE_K, len(index))
+    return fill_page(
+        "search_page.html",
+        model=html.escape(model),
+        folder=html.escape(index.root.name),
+        count=len(index),
+        k=min(PAGE_K, len(index)),
     )
