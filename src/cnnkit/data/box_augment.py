@@ -89,7 +89,7 @@ class BoxAugmentation:
         hflip: Mirror half of the images left to right, their boxes with them. Defaults to False.
         scale: Maximum relative zoom, drawn in [1 - scale, 1 + scale] per image and placed at a
             random offset: a smaller image sits inside a border of its mean colour, a larger one
-            is cut to the frame. Defaults to 0.
+            is cut to the frame. Bilinear without anti-aliasing, so keep it at 0.5 or below. Defaults to 0.
         crop: Largest share of the side a crop removes: a window of side share drawn in
             [1 - crop, 1] (aspect kept), at a random position, is resized to the full image. Defaults to 0.
         brightness: Maximum relative brightness change. Defaults to 0.
