@@ -141,3 +141,27 @@ def test_search_page_shows_the_neighbours_as_a_grid_of_pictures(start_server, br
     assert scores == sorted(scores, reverse=True)
     box = cells.nth(0).locator("img").bounding_box()
     assert box["width"] >= 100 and box["height"] >= 100  # a 40x40 file, shown large enough to see
+
+
+DROP_TEXT_FILE = """() => {
+  const files = new DataTransfer();
+  files.items.add(new File(["not pixels"], "notes.txt", { type: "text/plain" }));
+  const drop = document.getElementById("drop");
+  drop.dispatchEvent(new DragEvent("dragover", { dataTransfer: files, bubbles: true, cancelable: true }));
+  const highlighted = drop.classList.contains("over");
+  drop.dispatchEvent(new DragEvent("drop", { dataTransfer: files, bubbles: true, cancelable: true }));
+  return highlighted && !drop.classList.contains("over");
+}"""
+
+
+@pytest.mark.slow
+def test_page_takes_a_dropped_file_and_shows_the_refusal_in_one_line(start_server, browser, digits_export):
+    page = browser.new_page()
+    page.goto(
+        start_server(create_app(cnnkit.load(digits_export / "model.onnx"), token="drop-token")) + "/?token=drop-token"
+    )
+    assert page.evaluate(DROP_TEXT_FILE)  # highlighted while dragged over, plain again once dropped
+    page.wait_for_function("document.getElementById('status').className === 'error'", timeout=15_000)
+    status = page.text_content("#status")  # 415, not 401: the token went along
+    assert status.startswith("Could not classify notes.txt: not an image") and "\n" not in status
+    assert page.text_content("#top-label") == "none yet"
