@@ -23,6 +23,8 @@ from cnnkit.data.audio_augment import (
 )
 from cnnkit.errors import CnnkitError
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: two threads only spin on a loaded machine
+
 
 def _seeded(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)

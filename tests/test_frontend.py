@@ -11,6 +11,8 @@ import torch
 from cnnkit.errors import CnnkitError
 from cnnkit.models.frontend import LogMel, dft_power
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: two threads only spin on a loaded machine
+
 
 def numpy_logmel(wave: np.ndarray, sample_rate: int, n_fft: int, hop: int, n_mels: int, f_min: float, f_max: float):
     """(T,) -> (n_mels, frames): centred zero-padded frames, periodic Hann, rfft power, HTK triangles, log."""

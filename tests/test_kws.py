@@ -15,6 +15,8 @@ from cnnkit.models.network import Network
 
 AUDIO_MODELS = ["bcresnet", "m5"]
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: two threads only spin on a loaded machine
+
 
 def test_kws_models_are_registered_for_audio():
     assert list_models(modality="audio") == AUDIO_MODELS
