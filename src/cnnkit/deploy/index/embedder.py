@@ -9,7 +9,6 @@ training folder again, or indexing it twice, decodes nothing.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 
 from cnnkit.checkpoint import load_model, resolve_checkpoint
 from cnnkit.compute import choose_memory_format, select_device
+from cnnkit.data.archive import file_sha256
 from cnnkit.data.cache import decode_cached
 from cnnkit.data.decode import ImageDecodeError, ImageSource, decode_image
 from cnnkit.data.folder import list_images
@@ -29,15 +29,6 @@ from cnnkit.modelinfo import Preprocessing
 # Pixel values per inference batch: 55 images at 224x224 RGB, 256 (the cap) at 28x28; bounds memory on large inputs.
 BATCH_VALUES = 1 << 23
 MAX_BATCH = 256
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes: the identity of a checkpoint, so an index knows which weights made it."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while block := stream.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def list_folder_images(folder: Path) -> list[str]:
@@ -190,7 +181,7 @@ def load_embedder(model: str | Path, pretrained: bool = False, device: str = "cp
         name = str(model)
         weights = weight_source(name).locate(name)
         network = _channels_last(create_pretrained(name, IMAGENET_CLASSES).to(target).eval(), target)
-        identity = {"kind": "pretrained", "name": name, "source": name, "sha256": file_digest(weights)}
+        identity = {"kind": "pretrained", "name": name, "source": name, "sha256": file_sha256(weights)}
         return Embedder(network, pretrained_preprocessing(name), identity, target)
     path = Path(model).expanduser()
     if not path.exists():
@@ -204,6 +195,6 @@ def load_embedder(model: str | Path, pretrained: bool = False, device: str = "cp
     checkpoint = resolve_checkpoint(path).resolve()
     network, info = load_model(checkpoint, target)
     network = _channels_last(network, target)
-    digest = file_digest(checkpoint)
+    digest = file_sha256(checkpoint)
     identity = {"kind": "checkpoint", "name": info.model.name, "source": str(checkpoint), "sha256": digest}
     return Embedder(network, info.preprocessing, identity, target)

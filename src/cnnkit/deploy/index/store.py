@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cnnkit.data.archive import file_sha256
 from cnnkit.deploy.index.approximate import ApproximateIndex, search_exact
-from cnnkit.deploy.index.embedder import Embedder, file_digest, load_embedder
+from cnnkit.deploy.index.embedder import Embedder, load_embedder
 from cnnkit.errors import CnnkitError
 
 INDEX_FORMAT = "cnnkit.index/1"
@@ -135,7 +136,7 @@ class SearchIndex:
                     f"index {self.directory} was built with the checkpoint {source}, which is gone; "
                     f"{_rebuild_hint(self.meta, self.directory)}"
                 )
-            if kind == "checkpoint" and file_digest(Path(source)) != identity["sha256"]:
+            if kind == "checkpoint" and file_sha256(Path(source)) != identity["sha256"]:
                 raise CnnkitError(
                     f"index {self.directory} was built by another model: {source} has changed since "
                     f"(retrained or replaced); {_rebuild_hint(self.meta, self.directory)}"
