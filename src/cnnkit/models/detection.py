@@ -16,6 +16,8 @@ What changes from torchvision's COCO recipes, and why:
   boxes from 3 strides instead of a fifth of the image): a 20-40 px object then overlaps
   an anchor by more than the 0.5 IoU the matchers ask for. FCOS has no anchor boxes; its
   levels take objects up to 8 strides (P3: 64 px), so 20-40 px boxes land on P3.
+- One score threshold for all, ``score_threshold`` (0.05, as COCO evaluation wants the
+  low-scored tail; torchvision's defaults range from 0.01 to 0.2).
 - Labels are cnnkit's 0..K-1 in and out; Faster R-CNN and SSD reserve class 0 for the
   background, so their labels are shifted by one inside.
 """
@@ -38,7 +40,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
-from cnnkit.models.detector import Detections, Detector, Targets
+from cnnkit.models.detector import MAX_DETECTIONS, SCORE_THRESHOLD, Detections, Detector, Targets
 from cnnkit.models.efficientnet_lite import EfficientNetLite
 from cnnkit.models.layers import conv_bn_relu
 from cnnkit.models.pretrained import IMAGENET_CLASSES, create_pretrained
@@ -142,25 +144,45 @@ def _anchor_sizes(levels: int) -> tuple[tuple[int, ...], ...]:
 
 
 @register_model(task="detect")
-def fcos(num_classes: int, in_channels: int = 3, img_size: int = 320, pretrained_backbone: bool = False) -> Detector:
+def fcos(
+    num_classes: int,
+    in_channels: int = 3,
+    img_size: int = 320,
+    pretrained_backbone: bool = False,
+    score_threshold: float = SCORE_THRESHOLD,
+) -> Detector:
     """torchvision's FCOS (anchor-free, P3-P7) on EfficientNet-Lite0; ``pretrained_backbone``: ImageNet weights."""
     backbone = lite0_fpn(pretrained_backbone, in_channels, LastLevelP6P7(FPN_CHANNELS, FPN_CHANNELS))
-    return TorchvisionDetector(FCOS(backbone, num_classes), num_classes)  # its default "anchors": one per cell
+    # torchvision's default "anchors": one per cell, of the level's stride
+    detector = FCOS(backbone, num_classes, score_thresh=score_threshold, detections_per_img=MAX_DETECTIONS)
+    return TorchvisionDetector(detector, num_classes)
 
 
 @register_model(task="detect")
 def retinanet(
-    num_classes: int, in_channels: int = 3, img_size: int = 320, pretrained_backbone: bool = False
+    num_classes: int,
+    in_channels: int = 3,
+    img_size: int = 320,
+    pretrained_backbone: bool = False,
+    score_threshold: float = SCORE_THRESHOLD,
 ) -> Detector:
     """torchvision's RetinaNet (focal loss, P3-P7) on EfficientNet-Lite0, anchors 16-406 px for small objects."""
     backbone = lite0_fpn(pretrained_backbone, in_channels, LastLevelP6P7(FPN_CHANNELS, FPN_CHANNELS))
     anchors = AnchorGenerator(_anchor_sizes(5), ((0.5, 1.0, 2.0),) * 5)
     head = RetinaNetHead(FPN_CHANNELS, anchors.num_anchors_per_location()[0], num_classes)
-    return TorchvisionDetector(RetinaNet(backbone, num_classes, anchor_generator=anchors, head=head), num_classes)
+    detector = RetinaNet(backbone, num_classes, anchor_generator=anchors, head=head, score_thresh=score_threshold)
+    detector.detections_per_img = MAX_DETECTIONS
+    return TorchvisionDetector(detector, num_classes)
 
 
 @register_model(task="detect")
-def ssdlite(num_classes: int, in_channels: int = 3, img_size: int = 320, pretrained_backbone: bool = False) -> Detector:
+def ssdlite(
+    num_classes: int,
+    in_channels: int = 3,
+    img_size: int = 320,
+    pretrained_backbone: bool = False,
+    score_threshold: float = SCORE_THRESHOLD,
+) -> Detector:
     """torchvision's SSDlite (depthwise heads) on EfficientNet-Lite0's strides 8-128; boxes from 24 px at 320."""
     backbone = SSDFeatures(pretrained_backbone, in_channels)
     strides = [stride for stride, _ in LITE0_TAPS.values()] + [64, 128]
@@ -169,20 +191,26 @@ def ssdlite(num_classes: int, in_channels: int = 3, img_size: int = 320, pretrai
     anchors = DefaultBoxGenerator([[2, 3]] * len(strides), scales=scales)
     norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)  # torchvision's SSDlite settings
     head = SSDLiteHead(backbone.out_channels, anchors.num_anchors_per_location(), num_classes + 1, norm)
-    ssd = SSD(backbone, anchors, (img_size, img_size), num_classes + 1, head=head, detections_per_img=100)
-    return TorchvisionDetector(ssd, num_classes, label_offset=1)
+    size = (img_size, img_size)
+    detector = SSD(backbone, anchors, size, num_classes + 1, head=head, score_thresh=score_threshold)
+    detector.detections_per_img = MAX_DETECTIONS
+    return TorchvisionDetector(detector, num_classes, label_offset=1)
 
 
 @register_model(task="detect")
 def faster_rcnn(
-    num_classes: int, in_channels: int = 3, img_size: int = 320, pretrained_backbone: bool = False
+    num_classes: int,
+    in_channels: int = 3,
+    img_size: int = 320,
+    pretrained_backbone: bool = False,
+    score_threshold: float = SCORE_THRESHOLD,
 ) -> Detector:
     """torchvision's Faster R-CNN (two-stage, FPN) on EfficientNet-Lite0, with a 256-unit box head for CPUs."""
     backbone = lite0_fpn(pretrained_backbone, in_channels, LastLevelMaxPool())
     anchors = AnchorGenerator(tuple((16 * 2**level,) for level in range(4)), ((0.5, 1.0, 2.0),) * 4)
     pool = MultiScaleRoIAlign(["0", "1", "2"], output_size=7, sampling_ratio=2)
     representation = 256  # torchvision's 1024 would hold 6.4M of the weights on 128-channel levels
-    rcnn = FasterRCNN(
+    detector = FasterRCNN(
         backbone,
         rpn_anchor_generator=anchors,
         box_roi_pool=pool,
@@ -190,5 +218,7 @@ def faster_rcnn(
         box_predictor=FastRCNNPredictor(representation, num_classes + 1),
         rpn_pre_nms_top_n_test=500,  # torchvision's low-resolution mobile recipe keeps fewer proposals on small images
         rpn_post_nms_top_n_test=300,
+        box_score_thresh=score_threshold,
+        box_detections_per_img=MAX_DETECTIONS,
     )
-    return TorchvisionDetector(rcnn, num_classes, label_offset=1)
+    return TorchvisionDetector(detector, num_classes, label_offset=1)

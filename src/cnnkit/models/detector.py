@@ -51,6 +51,8 @@ Detections = list[dict[str, torch.Tensor]]
 STRIDE = 4  # of the map boxnet predicts on
 RECEPTIVE_FIELD = 119  # px one stride-4 cell sees before the head: 3 + 4 + 8 + 8 + 16 + 16 + 32 + 32 (3x3 convs)
 CENTRE_RADIUS = 1.5  # cells around a box centre that learn it (FCOS's centre sampling)
+SCORE_THRESHOLD = 0.05  # lowest score an eval detection keeps, every detector: COCO mAP counts the low tail
+MAX_DETECTIONS = 100  # per image, every detector: COCO's maxDets
 PRIOR = 0.01  # initial object probability of every cell (RetinaNet's), so the focal loss starts near its minimum
 
 
@@ -94,9 +96,9 @@ class BoxNet(Detector):
         num_classes: int,
         in_channels: int = 3,
         width: int = 64,
-        score_threshold: float = 0.05,
+        score_threshold: float = SCORE_THRESHOLD,
         nms_threshold: float = 0.6,
-        max_detections: int = 100,
+        max_detections: int = MAX_DETECTIONS,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
