@@ -126,3 +126,14 @@ def test_kws_models_refuse_input_they_cannot_take_in_one_line():
     assert m5(torch.zeros(1, 1, 256)).shape == (1, 3)
     with pytest.raises(CnnkitError, match=r"takes waveforms \(batch, channels, samples\), not \[2, 16000\]"):
         create_model("bcresnet", num_classes=3, in_channels=1, img_size=16000)(torch.zeros(2, 16000))
+
+
+@pytest.mark.parametrize(
+    ("frontend", "groups"),
+    [({"n_mels": 32}, {1}), ({"n_mels": 80}, {5}), ({"sample_rate": 8000, "n_fft": 256, "hop_length": 80}, {5})],
+)
+def test_bcresnet_takes_other_front_ends(frontend, groups):
+    model = create_model("bcresnet", num_classes=4, in_channels=1, img_size=8000, **frontend)
+    assert model(torch.randn(2, 1, 8000)).shape == (2, 4) and model.frontend.n_mels == frontend.get("n_mels", 40)
+    # 5 frequency groups where the bands divide (40 mels: 20, 10, 5), else plain batch norm (32 mels: 16, 8, 4)
+    assert {m.sub_bands for m in model.modules() if type(m).__name__ == "SubSpectralNorm"} == groups
