@@ -165,7 +165,7 @@ def build_index(
         labels = [class_label(rel) for rel in paths]
         report = _report(vectors, labels)
         approximate_index = None
-        if wants_approximate(len(paths), approximate):
+        if wants_approximate(len(paths), approximate) and len(paths) > 1:  # one vector has no neighbour to miss
             approximate_index = build_approximate(vectors)
             info = approximate_index.info
             say(
@@ -214,4 +214,6 @@ def _report(vectors: np.ndarray, labels: list[str | None]) -> dict | None:
         rows = np.sort(np.random.default_rng(0).choice(len(rows), METRICS_SAMPLE, replace=False))
     embeddings = torch.from_numpy(np.asarray(vectors[rows], dtype=np.float32))
     metrics = retrieval_metrics(embeddings, torch.from_numpy(codes[rows]))
+    if not metrics["queries"]:  # every class has one image: nothing of its class to find
+        return None
     return {**metrics, "classes": len(names), "sampled": len(rows) < len(labels)}
