@@ -19,7 +19,7 @@ import torch
 
 from cnnkit.data.folder import SPLIT_FOLDERS
 from cnnkit.deploy.index.approximate import build_approximate, wants_approximate
-from cnnkit.deploy.index.embedder import Embedder, list_folder_images, load_embedder
+from cnnkit.deploy.index.embedder import Embedder, empty_folder_error, list_folder_images, load_embedder
 from cnnkit.deploy.index.store import (
     INDEX_FORMAT,
     SearchIndex,
@@ -127,7 +127,7 @@ def build_index(
     root = Path(folder).expanduser().resolve()
     files = list_folder_images(root)
     if not files:
-        raise CnnkitError(f"no images found in {root} (at any depth); give a folder that holds image files")
+        raise empty_folder_error(root)
     directory = Path(out).expanduser() / (name or f"index_{root.name}")
     if directory.resolve().is_relative_to(root):
         raise CnnkitError(

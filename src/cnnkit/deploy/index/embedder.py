@@ -40,6 +40,11 @@ def list_folder_images(folder: Path) -> list[str]:
     return [rel for rel, _ in files]
 
 
+def empty_folder_error(folder: Path) -> CnnkitError:
+    """The one line for a folder (to index, or of queries) that holds no image at any depth."""
+    return CnnkitError(f"no images found in {folder} (at any depth); give a folder that holds image files")
+
+
 class Embedder:
     """A model with the preprocessing it was trained with, turning images into unit vectors.
 
@@ -143,7 +148,7 @@ class Embedder:
         root = Path(folder).expanduser()
         files = list_folder_images(root) if files is None else list(files)
         if not files:
-            raise CnnkitError(f"no images found in {root} (at any depth); give a folder that holds image files")
+            raise empty_folder_error(root)
         prep = self.preprocessing
         decoded = decode_cached(root, files, prep.img_size, prep.channels, prep.resize, workers or os.cpu_count() or 1)
         skipped = [SkippedFile(files[row], reason) for row, reason in decoded.failures]
