@@ -93,6 +93,14 @@ def test_detector_parameter_count_is_the_documented_size(name):
     assert low <= sum(p.numel() for p in create_model(name, num_classes=3).parameters()) <= high
 
 
+@pytest.mark.parametrize("name", ["boxnet", "fcos"])
+def test_detector_returns_float32_boxes_under_bf16_autocast(name, one_thread):
+    model = create_model(name, num_classes=2, score_threshold=0.0).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        found = model(torch.randn(1, 3, 64, 64))[0]
+    assert len(found["boxes"]) and found["boxes"].dtype == found["scores"].dtype == torch.float32
+
+
 def test_torchvision_detector_feeds_the_batch_unresized_and_unnormalised():
     model = create_model("fcos", num_classes=2).eval()
     images = torch.rand(2, 3, 96, 128)

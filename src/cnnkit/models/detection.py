@@ -135,7 +135,11 @@ class TorchvisionDetector(Detector):
             shifted = [{"boxes": t["boxes"], "labels": t["labels"] + self.label_offset} for t in targets]
             return self.detector(images, shifted)
         detections = self.detector(images)
-        return [{**d, "labels": d["labels"] - self.label_offset} for d in detections]
+        # float32 boxes even under bf16 autocast, where 8 mantissa bits would round a 320 px coordinate to 2 px
+        return [
+            {"boxes": d["boxes"].float(), "scores": d["scores"].float(), "labels": d["labels"] - self.label_offset}
+            for d in detections
+        ]
 
 
 def _anchor_sizes(levels: int) -> tuple[tuple[int, ...], ...]:

@@ -53,6 +53,7 @@ RECEPTIVE_FIELD = 119  # px one stride-4 cell sees before the head: 3 + 4 + 8 + 
 CENTRE_RADIUS = 1.5  # cells around a box centre that learn it (FCOS's centre sampling)
 SCORE_THRESHOLD = 0.05  # lowest score an eval detection keeps, every detector: COCO mAP counts the low tail
 MAX_DETECTIONS = 100  # per image, every detector: COCO's maxDets
+CANDIDATES = 1000  # best-scored cells and classes that NMS sees (FCOS's); NMS over all 19,200 at 320 px took 0.4 s
 PRIOR = 0.01  # initial object probability of every cell (RetinaNet's), so the focal loss starts near its minimum
 
 
@@ -175,8 +176,9 @@ class BoxNet(Detector):
         detections = []
         for logit, box, centre_logit in zip(logits, boxes, centerness):
             scores = torch.sqrt(logit.sigmoid() * centre_logit.sigmoid()[:, None])  # (h*w, K), FCOS's ranking score
-            cell, label = torch.nonzero(scores > self.score_threshold, as_tuple=True)
-            score = scores[cell, label]
+            score, flat = scores.flatten().topk(min(CANDIDATES, scores.numel()))
+            kept = score > self.score_threshold
+            score, cell, label = score[kept], flat[kept] // self.num_classes, flat[kept] % self.num_classes
             kept_box = clip_boxes_to_image(box[cell], tuple(size))
             keep = batched_nms(kept_box, score, label, self.nms_threshold)[: self.max_detections]
             detections.append({"boxes": kept_box[keep], "scores": score[keep], "labels": label[keep]})
