@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from cnnkit.models import create_model, list_models, model_entry
+from cnnkit.models import create_model, list_models, model_entry, register_model
 from cnnkit.models.detection import lite0_body
 from cnnkit.models.detector import BoxNet, assign, cell_centres
 from cnnkit.models.pretrained import create_pretrained
@@ -49,6 +49,8 @@ def test_detectors_are_registered_apart_from_classifiers():
     assert not set(DETECTORS) & set(list_models()) and not set(DETECTORS) & set(list_models(modality="image"))
     assert {"boxnet", "convnet"} <= set(list_models(task=None))
     assert all(model_entry(name).task == "detect" and model_entry(name).modality == "image" for name in DETECTORS)
+    with pytest.raises(ValueError, match="task 'segment'"):
+        register_model(task="segment")
 
 
 SLOW_TO_TRAIN = {"faster_rcnn"}  # over 1.5 s a step on a loaded CPU

@@ -2,8 +2,9 @@
 
 Every builder takes ``num_classes``, ``in_channels`` and ``img_size`` plus its own
 keyword arguments and returns a :class:`cnnkit.models.network.Network`, which maps
-(B, C, H, W) images (or (B, C, L) signals) to (B, K) logits. A checkpoint stores a
-:class:`ModelSpec`, which is enough to rebuild the model.
+(B, C, H, W) images (or (B, C, L) signals) to (B, K) logits; a detector (``task="detect"``)
+returns a :class:`cnnkit.models.detector.Detector`, which maps images to boxes. A
+checkpoint stores a :class:`ModelSpec`, which is enough to rebuild the model.
 
 What is true of a model rather than of one instance is recorded with its builder, as
 timm's ``default_cfgs``: where its pretrained weights come from and the preprocessing
