@@ -19,6 +19,7 @@ from torch import nn
 
 import cnnkit
 from cnnkit.config import TrainConfig
+from cnnkit.data.augment import Augmentation
 from cnnkit.errors import CnnkitError
 from cnnkit.safeload import load_tensors
 from cnnkit.training.distributed import RECORD, World, devices_to_launch, report_failure
@@ -166,6 +167,7 @@ def test_train_devices_worker_error_is_one_line_naming_the_rank(tmp_path: Path):
 
 TEARDOWN = """
 import sys, torch
+from torch import nn
 
 from cnnkit.training.distributed import shut_down
 rank, path = int(sys.argv[1]), sys.argv[2]
@@ -301,3 +303,20 @@ def test_train_one_epoch_shards_split_each_global_batch_evenly_and_disjointly():
     assert [len(step) for step in first] == [3, 3, 3, 2]  # the last batch's odd image is dropped on both ranks
     for whole, mine, theirs in zip(single[:3], first, second):  # full batches: exactly the single-process images
         assert sorted(mine + theirs) == sorted(whole)
+
+
+EVERY_AUGMENTATION = Augmentation(crop_padding=2, hflip=True, rotate=10, scale=0.1, translate=0.1, brightness=0.2,
+                                  contrast=0.2, saturation=0.2, erasing=0.5)  # fmt: skip
+
+
+def test_augmentation_shards_take_their_own_draws_of_the_global_batch():
+    images = torch.randint(0, 256, (8, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    single = torch.Generator().manual_seed(4)
+    whole = EVERY_AUGMENTATION(images, single)  # one process augmenting the global batch of 8
+    for rank in (0, 1):  # the loader gives rank r images r, r + 2, ... of the global batch
+        generator = torch.Generator().manual_seed(4)
+        torch.testing.assert_close(EVERY_AUGMENTATION(images[rank::2], generator, (rank, 2)), whole[rank::2])
+        assert torch.equal(generator.get_state(), single.get_state())  # every rank's generator stays in step
+    same = images[:4]  # the same images at the same positions of both shares get different draws
+    first, second = (EVERY_AUGMENTATION(same, torch.Generator().manual_seed(4), (rank, 2)) for rank in (0, 1))
+    assert not any(torch.equal(a, b) for a, b in zip(first, second))

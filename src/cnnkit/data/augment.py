@@ -3,6 +3,14 @@
 Every operation draws its random numbers from one ``torch.Generator`` so a seeded run is
 repeatable, and runs on whatever device the batch is on, so CPU and GPU give the same
 results up to floating-point rounding.
+
+In a distributed run each process holds one share of a global batch, and all processes
+hold generators in the same state. With ``shard=(rank, world_size)`` every process draws
+the parameters of the whole global batch (a few numbers per image) and applies those of
+its own images, which the loader deals out as every ``world_size``-th image of the global
+batch: each image gets its own draw, exactly the one a single process augmenting the
+whole global batch would give it, and the generators stay in step on every rank, so the
+state rank 0 saves resumes every rank exactly.
 """
 
 from __future__ import annotations
@@ -48,20 +56,30 @@ class Augmentation:
         chosen = {key: value for key, value in asdict(self).items() if value}
         return ", ".join(key if value is True else f"{key}={value}" for key, value in chosen.items()) or "none"
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Augment a batch of images (B, C, H, W) with pixel values in [0, 255]; returns float32."""
+    def __call__(
+        self, images: torch.Tensor, generator: torch.Generator, shard: tuple[int, int] = (0, 1)
+    ) -> torch.Tensor:
+        """Augment a batch of images (B, C, H, W) with pixel values in [0, 255]; returns float32.
+
+        Args:
+            images: The batch, or with ``shard`` this process's share of the global batch.
+            generator: Draws every random amount.
+            shard: ``(rank, world_size)``: ``images`` are images ``rank``, ``rank + world_size``, ...
+                of a global batch of ``B * world_size``, whose parameters are drawn whole. Defaults to
+                ``(0, 1)``, one process.
+        """
         x = images  # crops and flips move pixels, so they run on the 4x smaller uint8 batch
         if self.crop_padding:
-            x = random_crop(x, self.crop_padding, generator, hflip=self.hflip)
+            x = random_crop(x, self.crop_padding, generator, hflip=self.hflip, shard=shard)
         elif self.hflip:
-            x = random_hflip(x, generator)
+            x = random_hflip(x, generator, shard)
         x = x.float()
         if self.rotate or self.scale or self.translate:
-            x = random_affine(x, self.rotate, self.scale, self.translate, generator)
+            x = random_affine(x, self.rotate, self.scale, self.translate, generator, shard)
         if self.brightness or self.contrast or self.saturation:
-            x = colour_jitter(x, self.brightness, self.contrast, self.saturation, generator)
+            x = colour_jitter(x, self.brightness, self.contrast, self.saturation, generator, shard)
         if self.erasing:
-            x = random_erasing(x, self.erasing, generator)
+            x = random_erasing(x, self.erasing, generator, shard)
         return x
 
 
@@ -69,7 +87,15 @@ def _uniform(count: int, low: float, high: float, generator: torch.Generator, de
     return torch.rand(count, generator=generator, device=generator.device).to(device) * (high - low) + low
 
 
-def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator, hflip: bool = False) -> torch.Tensor:
+def _own(drawn: torch.Tensor, shard: tuple[int, int], dim: int = 0) -> torch.Tensor:
+    """This rank's rows (along ``dim``) of draws made for the whole global batch: every world_size-th, from rank."""
+    rank, world_size = shard
+    return drawn[(slice(None),) * dim + (slice(rank, None, world_size),)]
+
+
+def random_crop(
+    x: torch.Tensor, padding: int, generator: torch.Generator, hflip: bool = False, shard: tuple[int, int] = (0, 1)
+) -> torch.Tensor:
     """Pad every image (edges replicated) and cut a same-sized window at a per-image random offset.
 
     With ``hflip``, half of the windows are also mirrored left to right in the same gather,
@@ -80,12 +106,14 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator, hflip
     on uint8 as well as float images, and ran 2.5x faster than advanced indexing.
     """
     batch, channels, height, width = x.shape
-    top = torch.randint(0, 2 * padding + 1, (batch,), generator=generator, device=generator.device).to(x.device)
-    left = torch.randint(0, 2 * padding + 1, (batch,), generator=generator, device=generator.device).to(x.device)
+    drawn = (batch * shard[1],)  # the global batch's
+    top = _own(torch.randint(0, 2 * padding + 1, drawn, generator=generator, device=generator.device), shard)
+    left = _own(torch.randint(0, 2 * padding + 1, drawn, generator=generator, device=generator.device), shard)
+    top, left = top.to(x.device), left.to(x.device)
     rows = (top[:, None] - padding + torch.arange(height, device=x.device)).clamp(0, height - 1)[:, :, None]
     cols = (left[:, None] - padding + torch.arange(width, device=x.device)).clamp(0, width - 1)[:, None, :]
     if hflip:
-        flip = torch.rand(batch, generator=generator, device=generator.device).to(x.device) < 0.5
+        flip = _own(torch.rand(drawn, generator=generator, device=generator.device), shard).to(x.device) < 0.5
         cols = torch.where(flip[:, None, None], cols.flip(-1), cols)
     first = torch.arange(batch, device=x.device)[:, None, None] * (height * width)
     pixels = x.permute(0, 2, 3, 1).reshape(batch * height * width, channels)  # (B*H*W, C)
@@ -93,19 +121,25 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator, hflip
     return cropped.view(batch, height, width, channels).permute(0, 3, 1, 2)  # (B, C, H, W), channels last
 
 
-def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    flip = torch.rand(len(x), generator=generator, device=generator.device).to(x.device) < 0.5
+def random_hflip(x: torch.Tensor, generator: torch.Generator, shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    drawn = torch.rand(len(x) * shard[1], generator=generator, device=generator.device)
+    flip = _own(drawn, shard).to(x.device) < 0.5
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
 def random_affine(
-    x: torch.Tensor, rotate: float, scale: float, translate: float, generator: torch.Generator
+    x: torch.Tensor,
+    rotate: float,
+    scale: float,
+    translate: float,
+    generator: torch.Generator,
+    shard: tuple[int, int] = (0, 1),
 ) -> torch.Tensor:
     """Rotate, zoom and shift each image by its own random amount (bilinear, edges replicated)."""
-    batch = len(x)
-    degrees = _uniform(batch, -rotate, rotate, generator, x.device)
-    zoom = _uniform(batch, 1 - scale, 1 + scale, generator, x.device)
-    shift = _uniform(2 * batch, -translate, translate, generator, x.device).view(batch, 2)
+    batch = len(x) * shard[1]  # the global batch's draws
+    degrees = _own(_uniform(batch, -rotate, rotate, generator, x.device), shard)
+    zoom = _own(_uniform(batch, 1 - scale, 1 + scale, generator, x.device), shard)
+    shift = _own(_uniform(2 * batch, -translate, translate, generator, x.device).view(batch, 2), shard)
     return affine(x, degrees, zoom, shift)
 
 
@@ -121,11 +155,16 @@ def affine(x: torch.Tensor, degrees: torch.Tensor, zoom: torch.Tensor, shift: to
 
 
 def colour_jitter(
-    x: torch.Tensor, brightness: float, contrast: float, saturation: float, generator: torch.Generator
+    x: torch.Tensor,
+    brightness: float,
+    contrast: float,
+    saturation: float,
+    generator: torch.Generator,
+    shard: tuple[int, int] = (0, 1),
 ) -> torch.Tensor:
     """Scale brightness, contrast (around each image's mean) and saturation (around its grayscale)."""
-    batch = len(x)
-    factor = _uniform(3 * batch, -1, 1, generator, x.device).view(3, batch, 1, 1, 1)
+    batch = len(x) * shard[1]  # the global batch's draws
+    factor = _own(_uniform(3 * batch, -1, 1, generator, x.device).view(3, batch, 1, 1, 1), shard, dim=1)
     x = x * (1 + brightness * factor[0])
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * (1 + contrast * factor[1]) + mean
@@ -135,16 +174,23 @@ def colour_jitter(
     return x.clamp(0, 255)
 
 
-def random_erasing(x: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
+def random_erasing(
+    x: torch.Tensor, probability: float, generator: torch.Generator, shard: tuple[int, int] = (0, 1)
+) -> torch.Tensor:
     """Blank one rectangle (2-25% of the area, aspect 0.3-3.3) per chosen image with its mean value."""
     batch, _, height, width = x.shape
-    area = _uniform(batch, 0.02, 0.25, generator, x.device) * height * width
-    aspect = torch.exp(_uniform(batch, math.log(0.3), math.log(3.3), generator, x.device))
+    batch *= shard[1]  # the global batch's draws
+
+    def draw(low: float, high: float) -> torch.Tensor:  # (B,) of this rank's images
+        return _own(_uniform(batch, low, high, generator, x.device), shard)
+
+    area = draw(0.02, 0.25) * height * width
+    aspect = torch.exp(draw(math.log(0.3), math.log(3.3)))
     box_h = (area * aspect).sqrt().clamp(1, height)
     box_w = (area / aspect).sqrt().clamp(1, width)
-    top = _uniform(batch, 0, 1, generator, x.device) * (height - box_h)
-    left = _uniform(batch, 0, 1, generator, x.device) * (width - box_w)
-    chosen = _uniform(batch, 0, 1, generator, x.device) < probability
+    top = draw(0, 1) * (height - box_h)
+    left = draw(0, 1) * (width - box_w)
+    chosen = draw(0, 1) < probability
     rows = torch.arange(height, device=x.device).view(1, height, 1)
     cols = torch.arange(width, device=x.device).view(1, 1, width)
     inside = (rows >= top.view(-1, 1, 1)) & (rows < (top + box_h).view(-1, 1, 1))

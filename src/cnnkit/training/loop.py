@@ -90,7 +90,9 @@ def train_one_epoch(
     (the shares of the last one cut to equal sizes, so every rank runs the same steps on the
     same number of images and DDP's mean gradient is the global batch's); ``reduce`` sums
     each step's (loss x images, hits, images) over the processes, so the logged loss, the
-    tally and the NaN check are the global batch's on every rank.
+    tally and the NaN check are the global batch's on every rank. The augmentation draws its
+    parameters for the whole global batch on every rank and applies those of the rank's own
+    images, so no two images share a draw and ``generator`` stays in step across the ranks.
     """
     tally = tally or EpochTally()
     optimizer, scheduler = optimisation.optimizer, optimisation.scheduler
@@ -116,7 +118,7 @@ def train_one_epoch(
             continue
         images = images.to(device, non_blocking=True)  # (B, C, H, W) uint8
         if settings.augment is not None:
-            images = settings.augment(images, generator)
+            images = settings.augment(images, generator, settings.shard)  # draws for the global batch, own slice
         inputs = prepare_inputs(preprocessing.normalize(images), settings.compute)
         labels = labels.to(device, non_blocking=True)
         with autocast(settings.compute):
