@@ -8,7 +8,8 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from cnnkit.models import create_model, list_models, model_entry, register_model
+from cnnkit.errors import CnnkitError
+from cnnkit.models import ModelSpec, build, create_model, list_models, model_entry, register_model
 from cnnkit.models.detection import lite0_body
 from cnnkit.models.detector import BoxNet, assign, cell_centres
 from cnnkit.models.pretrained import create_pretrained
@@ -101,6 +102,36 @@ def test_detector_returns_float32_boxes_under_bf16_autocast(name, one_thread):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         found = model(torch.randn(1, 3, 64, 64))[0]
     assert len(found["boxes"]) and found["boxes"].dtype == found["scores"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", ["boxnet", "ssdlite"])
+def test_detector_refuses_targets_it_cannot_learn_from_in_one_line(name):
+    model = create_model(name, num_classes=3, img_size=64).train()
+    images = torch.zeros(1, 3, 64, 64)
+    box = {"boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]]), "labels": torch.tensor([0])}
+    cases = {
+        "one target per image": [box, box],
+        "'boxes' \\(M, 4\\)": [{"boxes": torch.zeros(4), "labels": torch.zeros(1, dtype=torch.long)}],
+        "box 0.*label 3": [{**box, "labels": torch.tensor([3])}],
+        "box 0.*positive size": [{**box, "boxes": torch.tensor([[30.0, 4.0, 4.0, 30.0]])}],
+    }
+    for message, targets in cases.items():
+        with pytest.raises(CnnkitError, match=message) as error:
+            model(images, targets)
+        assert "\n" not in str(error.value)
+    with pytest.raises(CnnkitError, match="1 images, none targets"):
+        model(images)
+
+
+@pytest.mark.parametrize("name", ["boxnet", "ssdlite"])
+def test_detector_rebuilt_from_its_spec_gives_the_same_detections(name):
+    spec = ModelSpec(name, num_classes=2, in_channels=3, img_size=64, kwargs={"score_threshold": 0.0})
+    model, rebuilt = build(spec).eval(), build(spec).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        first, second = model(images)[0], rebuilt(images)[0]
+    assert len(first["boxes"]) and all(torch.equal(first[key], second[key]) for key in first)
 
 
 def test_torchvision_detector_feeds_the_batch_unresized_and_unnormalised():

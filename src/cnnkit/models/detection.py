@@ -130,9 +130,8 @@ class TorchvisionDetector(Detector):
 
     def forward(self, images: torch.Tensor, targets: Targets | None = None) -> dict[str, torch.Tensor] | Detections:
         if self.training:
-            if targets is None:
-                raise ValueError("a detector in training mode needs targets")  # a programming error
-            shifted = [{"boxes": t["boxes"], "labels": t["labels"] + self.label_offset} for t in targets]
+            checked = self.check_targets(images, targets)
+            shifted = [{"boxes": t["boxes"], "labels": t["labels"] + self.label_offset} for t in checked]
             return self.detector(images, shifted)
         detections = self.detector(images)
         # float32 boxes even under bf16 autocast, where 8 mantissa bits would round a 320 px coordinate to 2 px

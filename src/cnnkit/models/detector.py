@@ -42,6 +42,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.ops import batched_nms, clip_boxes_to_image, generalized_box_iou_loss, sigmoid_focal_loss
 
+from cnnkit.errors import CnnkitError
 from cnnkit.models.layers import conv, conv_bn_relu
 from cnnkit.models.registry import register_model
 
@@ -71,6 +72,36 @@ class Detector(nn.Module, abc.ABC):
     @abc.abstractmethod
     def forward(self, images: torch.Tensor, targets: Targets | None = None) -> dict[str, torch.Tensor] | Detections:
         """Training: (B, 3, H, W) images and their targets -> losses; eval: images -> detections."""
+
+    def check_targets(self, images: torch.Tensor, targets: Targets | None) -> Targets:
+        """The training targets, refused in one line when they cannot be learnt from (which image, which box).
+
+        The annotation readers already drop such boxes; this catches a caller that bypassed
+        them (or a checkpoint of another class count) before a loss fails deep inside.
+        """
+        if targets is None or len(targets) != len(images):
+            got = "none" if targets is None else len(targets)
+            raise CnnkitError(f"a detector in training needs one target per image: {len(images)} images, {got} targets")
+        for index, target in enumerate(targets):
+            boxes, labels = target.get("boxes"), target.get("labels")
+            shapes = {key: tuple(value.shape) for key, value in target.items() if isinstance(value, torch.Tensor)}
+            if (
+                boxes is None
+                or labels is None
+                or boxes.dim() != 2
+                or boxes.shape[1] != 4
+                or labels.shape != (len(boxes),)
+            ):
+                raise CnnkitError(f"target {index}: want 'boxes' (M, 4) and 'labels' (M,), got shapes {shapes}")
+            bad = ~torch.isfinite(boxes).all(1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+            bad |= (labels < 0) | (labels >= self.num_classes)
+            if bad.any():
+                box = int(torch.nonzero(bad)[0])
+                raise CnnkitError(
+                    f"target {index}, box {box}: {boxes[box].tolist()} label {int(labels[box])} is not a box of "
+                    f"positive size with a label in 0..{self.num_classes - 1}; fix or drop it in the annotations"
+                )
+        return targets
 
 
 class BoxNet(Detector):
@@ -136,9 +167,7 @@ class BoxNet(Detector):
         boxes = decode(centres, distances.flatten(2).transpose(1, 2))  # (B, h*w, 4)
         centerness = centerness.flatten(2).squeeze(1).float()  # (B, h*w)
         if self.training:
-            if targets is None:
-                raise ValueError("a detector in training mode needs targets")  # a programming error
-            return self.losses(logits, boxes, centerness, centres, targets)
+            return self.losses(logits, boxes, centerness, centres, self.check_targets(images, targets))
         return self.detect(logits, boxes, centerness, images.shape[-2:])
 
     def losses(
