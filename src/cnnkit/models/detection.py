@@ -12,10 +12,14 @@ What changes from torchvision's COCO recipes, and why:
   sees the batch as given and its boxes come back in the input's pixel coordinates.
 - Feature maps at strides 8, 16 and 32 (Lite0's 40-, 112- and 320-channel stages) with
   128-channel FPN levels instead of 256: the heads cost a quarter on a CPU.
-- Anchors half torchvision's size (16-128 px on P3-P6 instead of 32-512 on P3-P7, SSDlite's
-  boxes from 3 strides instead of a fifth of the image): a 20-40 px object then overlaps
-  an anchor by more than the 0.5 IoU the matchers ask for. FCOS has no anchor boxes; its
-  levels take objects up to 8 strides (P3: 64 px), so 20-40 px boxes land on P3.
+- Anchors half torchvision's size: two strides per level (RetinaNet 16-25 px on P3 up to
+  406 px on P7, Faster R-CNN 16-128 px on its four levels; torchvision starts at 32), and
+  SSDlite's default boxes from 3 strides (24 px on a stride-8 map) instead of a fifth of
+  the image. A 20-40 px object then overlaps an anchor by more than the 0.5 IoU the
+  matchers ask for. FCOS has no anchor boxes; its levels take objects up to 8 strides
+  (P3: 64 px), so 20-40 px boxes land on P3.
+- ``img_size`` only sets SSDlite's default box scales (fractions of the image side); every
+  detector runs at any input size.
 - One score threshold for all, ``score_threshold`` (0.05, as COCO evaluation wants the
   low-scored tail; torchvision's defaults range from 0.01 to 0.2).
 - Labels are cnnkit's 0..K-1 in and out; Faster R-CNN and SSD reserve class 0 for the

@@ -267,5 +267,5 @@ def centerness_of(centres: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
 
 @register_model(task="detect")
 def boxnet(num_classes: int, in_channels: int = 3, img_size: int = 320, **kwargs) -> BoxNet:
-    """cnnkit's compact anchor-free detector for 20-40 px objects on small images and CPUs (0.4M parameters)."""
+    """cnnkit's compact anchor-free detector for 20-40 px objects on small images and CPUs (0.5M parameters)."""
     return BoxNet(num_classes, in_channels, **kwargs)
