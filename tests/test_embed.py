@@ -66,6 +66,25 @@ def test_embedding_network_embeds_on_the_unit_sphere_and_its_logits_are_scaled_c
     assert isinstance(net.get_classifier(), CosineClassifier) and net(images).shape == (3, 6)
 
 
+def test_embedding_network_features_embedding_is_the_normalised_backbone_output_and_the_head_stays_for_the_loss():
+    torch.manual_seed(0)
+    net = EmbeddingNetwork(create_model("convnet", 4, 1, 8), 4, embed_dim=16, embedding="features").eval()
+    images = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        features, vectors, logits = net.backbone(images), net.forward_embedding(images), net(images)
+        head = net.get_classifier()(net.projection(features))
+    assert vectors.shape == (3, net.projection.in_features) and net.projection.in_features != 16
+    assert torch.allclose(vectors, torch.nn.functional.normalize(features, dim=1), atol=1e-6)
+    assert logits.shape == (3, 4) and torch.allclose(logits, head, atol=1e-5)  # the proxies score the projection
+
+
+def test_embedding_model_without_an_embedding_choice_rebuilds_as_the_projection():
+    old = create_model("embedding", 4, 1, 8, embed_dim=16)  # a checkpoint's kwargs from before the choice
+    assert old.embedding == "projection" and old.forward_embedding(torch.zeros(2, 1, 8, 8)).shape == (2, 16)
+    with pytest.raises(CnnkitError, match="embedding 'pixels' is not one of features, projection"):
+        create_model("embedding", 4, 1, 8, embedding="pixels")
+
+
 def test_held_out_classes_are_the_last_half_sorted_or_those_named():
     assert held_out_classes(["b", "d", "a", "c", "e"]) == ["d", "c", "e"]  # sorted a..e: c, d, e, in label order
     assert held_out_classes(["cat", "dog", "emu", "fox"], " dog,cat") == ["cat", "dog"]
@@ -120,6 +139,8 @@ def test_train_embed_writes_recall_metrics_and_a_retrieval_report(embed_run):
     report = json.loads((embed_run / "report" / "report.json").read_text())
     assert report["recall@1"] == results["test"]["recall@1"] and len(report["per_class"]) == 5
     assert (embed_run / "report" / "neighbours.png").exists() and not (embed_run / "confusion_matrix.png").exists()
+    _, info = read_checkpoint(embed_run / "best.safetensors")
+    assert info.model.kwargs["embedding"] == "features"  # new runs search the features under the projection
 
 
 @pytest.mark.slow

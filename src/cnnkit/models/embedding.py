@@ -12,8 +12,15 @@ on CUB, Cars and SOP at temperature 0.05), and it keeps the classifier interface
 proxies are the model's ``get_classifier()``, a :class:`CosineClassifier`.
 
 ``forward`` returns the scaled cosine logits (B, K), so training is classification;
-``forward_embedding`` returns the L2-normalised embedding (B, embed_dim), the vector
-similarity search indexes.
+``forward_embedding`` returns the L2-normalised vector similarity search indexes. Which
+vector is the ``embedding`` choice: ``"features"`` (what ``cnnkit train --task embed``
+builds) takes the backbone's features, before the projection, so the projection and the
+proxies are a head for the loss only, as SimCLR's projection head is (Chen et al. 2020:
+the layer before the head transfers better). With five training classes the loss pulls
+the projected vectors onto five proxies, and that collapse is what hurts classes never
+seen; the features under the head keep more of what tells them apart. ``"projection"``
+(the projected vector, width ``embed_dim``) is what runs trained before this choice
+existed rebuild with.
 """
 
 from __future__ import annotations
@@ -24,11 +31,14 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from cnnkit.errors import CnnkitError
 from cnnkit.models.network import Network, replace_module
 from cnnkit.models.registry import create_model, register_model
 
 TEMPERATURE = 0.05  # Zhai & Wu's: at 1.0 the cosine logits span [-1, 1] and the softmax barely separates classes
 EMBED_DIM = 512  # Zhai & Wu's width; digits, held-out R@1, one seed: 0.84 at 128, 0.90 at 512, 0.86 at 2048
+EMBEDDINGS = ("features", "projection")  # what forward_embedding returns: the backbone's features or the head's vector
+EMBEDDING = "features"  # new runs' choice (see the module docstring); checkpoints without one rebuild as "projection"
 
 
 class CosineClassifier(nn.Linear):
@@ -66,6 +76,9 @@ class EmbeddingNetwork(Network):
         num_classes: Classes trained on, one proxy each.
         embed_dim: Width of the embedding. Defaults to 512.
         temperature: Of the cosine logits. Defaults to 0.05.
+        embedding: What :meth:`forward_embedding` returns: ``"projection"``, the projected
+            vector (B, embed_dim), or ``"features"``, the backbone's pooled features (B, F),
+            what its classifier took. Defaults to ``"projection"``, how older runs rebuild.
 
     Example:
         >>> net = EmbeddingNetwork(create_model("convnet", 10, 1, 28), num_classes=5, embed_dim=16)
@@ -74,8 +87,15 @@ class EmbeddingNetwork(Network):
     """
 
     def __init__(
-        self, backbone: Network, num_classes: int, embed_dim: int = EMBED_DIM, temperature: float = TEMPERATURE
+        self,
+        backbone: Network,
+        num_classes: int,
+        embed_dim: int = EMBED_DIM,
+        temperature: float = TEMPERATURE,
+        embedding: str = "projection",
     ) -> None:
+        if embedding not in EMBEDDINGS:
+            raise CnnkitError(f"embedding {embedding!r} is not one of {', '.join(EMBEDDINGS)}; pick one of those")
         super().__init__()
         old = backbone.get_classifier()
         path = next(name for name, module in backbone.named_modules() if module is old)
@@ -84,6 +104,7 @@ class EmbeddingNetwork(Network):
         self.num_features = backbone.num_features
         self.projection = nn.Linear(old.in_features, embed_dim)
         self.classifier = CosineClassifier(embed_dim, num_classes, temperature)
+        self.embedding = embedding
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_features(x)
@@ -95,8 +116,9 @@ class EmbeddingNetwork(Network):
         return self.classifier
 
     def forward_embedding(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) input -> (B, embed_dim) embedding, already L2-normalised (normalising again changes nothing)."""
-        return functional.normalize(self.projection(self.backbone(x)), dim=1)
+        """(B, C, H, W) input -> (B, D) L2-normalised: D is embed_dim, or the backbone's F for ``"features"``."""
+        features = self.backbone(x)  # (B, F) pooled, the backbone's classifier an identity
+        return functional.normalize(features if self.embedding == "features" else self.projection(features), dim=1)
 
     def reset_classifier(self, num_classes: int) -> None:
         """New proxies for ``num_classes`` classes, at the same width and temperature."""
@@ -113,7 +135,8 @@ def embedding(
     backbone_kwargs: dict[str, Any] | None = None,
     embed_dim: int = EMBED_DIM,
     temperature: float = TEMPERATURE,
+    embedding: str = "projection",
 ) -> EmbeddingNetwork:
     """What ``cnnkit train --task embed`` trains: a registered ``backbone`` under a normalised-softmax head."""
     body = create_model(backbone, num_classes, in_channels, img_size, **(backbone_kwargs or {}))
-    return EmbeddingNetwork(body, num_classes, embed_dim, temperature)
+    return EmbeddingNetwork(body, num_classes, embed_dim, temperature, embedding)

@@ -27,7 +27,7 @@ from cnnkit.data.loader import channel_stats
 from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import Preprocessing
 from cnnkit.models import ModelSpec, build, kwargs_for_data
-from cnnkit.models.embedding import EMBED_DIM, TEMPERATURE, EmbeddingNetwork
+from cnnkit.models.embedding import EMBED_DIM, EMBEDDING, TEMPERATURE, EmbeddingNetwork
 from cnnkit.models.pretrained import create_pretrained, pretrained_preprocessing
 from cnnkit.models.spec import resolve_model
 from cnnkit.rundir import new_run_dir
@@ -182,6 +182,7 @@ def embedding_kwargs(config: TrainConfig, backbone: str, backbone_kwargs: dict[s
         "backbone_kwargs": backbone_kwargs,
         "embed_dim": config.embed_dim or EMBED_DIM,
         "temperature": TEMPERATURE,
+        "embedding": EMBEDDING,
     }
 
 
@@ -192,7 +193,9 @@ def build_model(config: TrainConfig, data: Prepared, device: torch.device) -> tu
     if data.pretrained and spec.name == "embedding":  # ImageNet weights for the backbone, a fresh head
         head = spec.kwargs
         body = create_pretrained(head["backbone"], spec.num_classes, spec.in_channels, spec.img_size, config.weights)
-        model = EmbeddingNetwork(body, spec.num_classes, head["embed_dim"], head["temperature"])
+        model = EmbeddingNetwork(
+            body, spec.num_classes, head["embed_dim"], head["temperature"], head.get("embedding", "projection")
+        )
     elif data.pretrained:
         model = create_pretrained(spec.name, spec.num_classes, spec.in_channels, spec.img_size, config.weights)
     else:

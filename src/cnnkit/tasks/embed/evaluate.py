@@ -99,15 +99,15 @@ def evaluate(
     """Leave-one-out retrieval metrics of ``model``'s embeddings of ``data``.
 
     When ``data`` holds the ``trained_classes`` (validation), the loss and accuracy of the
-    proxies come too, from the same embeddings (the cosine classifier normalises its input,
-    so one forward pass serves both).
+    proxies come too, from a second pass through the whole network: the embedding may be
+    the features under the projection, which the proxies do not take.
     """
     vectors = embed_images(model, data.images, preprocessing, device, tta=tta)
     metrics = retrieval_metrics(vectors, data.labels, RECALL_AT)
     if data.classes != trained_classes or not len(data):
         return EmbedResult(metrics, len(data), data.classes, held_out=True)
     with torch.no_grad():
-        logits = model.get_classifier()(vectors.to(device)).float().cpu()  # (N, K) scaled cosines
+        logits = predict_logits(model, data.images, preprocessing, device, tta=tta)  # (N, K) scaled cosines
     loss = functional.cross_entropy(logits, data.labels).item()
     accuracy = (logits.argmax(1) == data.labels).double().mean().item()
     return EmbedResult(metrics, len(data), data.classes, loss, accuracy)
