@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from cnnkit.data.augment import _uniform
+from cnnkit.data.augment import _uniform, parse_spec
 from cnnkit.errors import CnnkitError
 
 
@@ -264,21 +264,8 @@ def parse_audio_augmentation(spec: str) -> AudioAugmentation | None:
         >>> parse_audio_augmentation("shift=0.1,gain=6").describe()
         'shift=0.1, gain=6.0'
     """
-    spec = AUTO_AUDIO_AUGMENTATION if spec == "auto" else spec
-    if spec in ("none", ""):
-        return None
-    values: dict[str, float | int] = {}
-    names = {f.name for f in fields(AudioAugmentation)}
-    for item in spec.split(","):
-        key, _, value = item.strip().partition("=")
-        try:
-            if key not in names:
-                raise KeyError(key)
-            values[key] = int(value) if key in _INT_KEYS else float(value)
-        except (KeyError, ValueError):
-            raise CnnkitError(
-                f"cannot read audio augmentation {item!r} in --augment {spec!r}; use none, auto, or a list such as "
-                "shift=0.1,gain=6,noise=0.8,snr_min=5,snr_max=20,speed=0.1,time_masks=2,time_width=20,"
-                "freq_masks=2,freq_width=7"
-            ) from None
-    return AudioAugmentation(**values)
+    readers = {f.name: int if f.name in _INT_KEYS else float for f in fields(AudioAugmentation)}
+    example = "shift=0.1,gain=6,noise=0.8,snr_min=5,snr_max=20,speed=0.1,time_masks=2,time_width=20,"
+    example += "freq_masks=2,freq_width=7"
+    values = parse_spec(spec, AUTO_AUDIO_AUGMENTATION, readers, "audio augmentation", example)
+    return None if values is None else AudioAugmentation(**values)

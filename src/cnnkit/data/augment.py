@@ -16,7 +16,9 @@ state rank 0 saves resumes every rank exactly.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -212,6 +214,44 @@ FOLDER_AUGMENTATION = "hflip"
 _FLOAT_KEYS = tuple(f.name for f in fields(Augmentation) if isinstance(f.default, float))  # rotate, ..., erasing
 
 
+def read_switch(value: str) -> bool:
+    """A bare key, ``=1``, ``=true`` or ``=yes`` switches an augmentation on (``hflip``)."""
+    return value in ("", "1", "true", "yes")
+
+
+def parse_spec(
+    spec: str, auto: str, readers: Mapping[str, Callable[[str], Any]], kind: str, example: str
+) -> dict[str, Any] | None:
+    """Read an ``--augment`` list into keyword arguments, or None for ``none``.
+
+    The one reader of the flag for images, audio and boxes, so that all three accept the
+    same syntax (``auto``, ``none``, or ``key=value`` and bare ``key`` items separated by
+    commas) and refuse a bad item with the same one line.
+
+    Args:
+        spec: The flag's value.
+        auto: The list that ``auto`` stands for.
+        readers: Each accepted key -> what reads its value text (raising ValueError when it cannot).
+        kind: What is augmented, named in the error, e.g. "audio augmentation".
+        example: A valid list, shown in the error.
+    """
+    from cnnkit.errors import CnnkitError
+
+    spec = auto if spec == "auto" else spec
+    if spec in ("none", ""):
+        return None
+    values: dict[str, Any] = {}
+    for item in spec.split(","):
+        key, _, value = item.strip().partition("=")
+        try:
+            values[key] = readers[key](value)
+        except (KeyError, ValueError):
+            raise CnnkitError(
+                f"cannot read {kind} {item!r} in --augment {spec!r}; use none, auto, or a list such as {example}"
+            ) from None
+    return values
+
+
 def parse_augmentation(spec: str, dataset: str = "", img_size: int = 32) -> Augmentation | None:
     """Turn ``--augment`` into an :class:`Augmentation`, or None for no augmentation.
 
@@ -222,27 +262,16 @@ def parse_augmentation(spec: str, dataset: str = "", img_size: int = 32) -> Augm
         >>> parse_augmentation("crop=2,hflip")
         Augmentation(crop_padding=2, hflip=True, rotate=0.0, scale=0.0, translate=0.0, brightness=0.0, ...)
     """
-    from cnnkit.errors import CnnkitError
-
-    if spec == "auto":
-        spec = AUTO_AUGMENTATION.get(dataset, FOLDER_AUGMENTATION)
-    if spec in ("none", ""):
+    readers = {"hflip": read_switch, "crop": lambda value: int(value or max(1, img_size // 8))}
+    values = parse_spec(
+        spec,
+        AUTO_AUGMENTATION.get(dataset, FOLDER_AUGMENTATION),
+        readers | dict.fromkeys(_FLOAT_KEYS, float),
+        "augmentation",
+        "crop=4,hflip,rotate=10,scale=0.1,translate=0.1,brightness=0.2,contrast=0.2,saturation=0.2,erasing=0.25",
+    )
+    if values is None:
         return None
-    values: dict[str, float | int | bool] = {}
-    for item in spec.split(","):
-        key, _, value = item.strip().partition("=")
-        try:
-            if key == "hflip":
-                values["hflip"] = value in ("", "1", "true", "yes")
-            elif key == "crop":
-                values["crop_padding"] = int(value or max(1, img_size // 8))
-            elif key in _FLOAT_KEYS:
-                values[key] = float(value)
-            else:
-                raise KeyError(key)
-        except (KeyError, ValueError):
-            raise CnnkitError(
-                f"cannot read augmentation {item!r} in --augment {spec!r}; use none, auto, or a list such as "
-                "crop=4,hflip,rotate=10,scale=0.1,translate=0.1,brightness=0.2,contrast=0.2,saturation=0.2,erasing=0.25"
-            ) from None
+    if "crop" in values:
+        values["crop_padding"] = values.pop("crop")
     return Augmentation(**values)

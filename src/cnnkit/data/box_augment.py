@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cnnkit.data.augment import _uniform, colour_jitter
+from cnnkit.data.augment import _uniform, colour_jitter, parse_spec, read_switch
 from cnnkit.errors import CnnkitError
 
 
@@ -240,22 +240,7 @@ def parse_box_augmentation(spec: str) -> BoxAugmentation | None:
         >>> parse_box_augmentation("hflip,scale=0.25").describe()
         'hflip, scale=0.25'
     """
-    spec = AUTO_BOX_AUGMENTATION if spec == "auto" else spec
-    if spec in ("none", ""):
-        return None
-    values: dict[str, float | bool] = {}
-    for item in spec.split(","):
-        key, _, value = item.strip().partition("=")
-        try:
-            if key == "hflip":
-                values["hflip"] = value in ("", "1", "true", "yes")
-            elif key in _FLOAT_KEYS:
-                values[key] = float(value)
-            else:
-                raise KeyError(key)
-        except (KeyError, ValueError):
-            raise CnnkitError(
-                f"cannot read box augmentation {item!r} in --augment {spec!r}; use none, auto, or a list such as "
-                "hflip,scale=0.25,crop=0.3,brightness=0.2,contrast=0.2,saturation=0.2,min_visible=0.25,min_size=2"
-            ) from None
-    return BoxAugmentation(**values)
+    readers = {"hflip": read_switch} | dict.fromkeys(_FLOAT_KEYS, float)
+    example = "hflip,scale=0.25,crop=0.3,brightness=0.2,contrast=0.2,saturation=0.2,min_visible=0.25,min_size=2"
+    values = parse_spec(spec, AUTO_BOX_AUGMENTATION, readers, "box augmentation", example)
+    return None if values is None else BoxAugmentation(**values)
