@@ -29,6 +29,8 @@ What changes from torchvision's COCO recipes, and why:
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -48,7 +50,7 @@ from cnnkit.models.detector import MAX_DETECTIONS, SCORE_THRESHOLD, Detections, 
 from cnnkit.models.efficientnet_lite import EfficientNetLite
 from cnnkit.models.layers import conv_bn_relu
 from cnnkit.models.pretrained import IMAGENET_CLASSES, create_pretrained
-from cnnkit.models.registry import register_model
+from cnnkit.models.registry import ModelBuilder, register_model
 
 # Lite0's block index ending each tapped stage -> (stride, channels): the last block at strides 8, 16 and 32.
 LITE0_TAPS = {4: (8, 40), 10: (16, 112), 15: (32, 320)}
@@ -150,82 +152,106 @@ def _anchor_sizes(levels: int) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(round(16 * 2**level * 2 ** (step / 3)) for step in range(3)) for level in range(levels))
 
 
-@register_model(task="detect")
-def fcos(
-    num_classes: int,
-    in_channels: int = 3,
-    img_size: int = 320,
-    pretrained_backbone: bool = False,
-    score_threshold: float = SCORE_THRESHOLD,
-) -> Detector:
+@dataclass(frozen=True)
+class DetectorArgs:
+    """The builder arguments every detector here takes (see :func:`torchvision_detector`)."""
+
+    num_classes: int
+    in_channels: int
+    img_size: int
+    pretrained_backbone: bool
+    score_threshold: float
+
+
+def torchvision_detector(label_offset: int = 0) -> Callable[[Callable[[DetectorArgs], nn.Module]], ModelBuilder]:
+    """Register ``build`` (:class:`DetectorArgs` -> torchvision model) as a detector builder of its name.
+
+    The four detectors share one signature and one wrapping in :class:`TorchvisionDetector`,
+    so both are written here once and each builder says only how its architecture is put together.
+
+    Args:
+        label_offset: 1 where the torchvision model keeps class 0 for the background. Defaults to 0.
+    """
+
+    def register(build: Callable[[DetectorArgs], nn.Module]) -> ModelBuilder:
+        def builder(
+            num_classes: int,
+            in_channels: int = 3,
+            img_size: int = 320,
+            pretrained_backbone: bool = False,
+            score_threshold: float = SCORE_THRESHOLD,
+        ) -> Detector:
+            args = DetectorArgs(num_classes, in_channels, img_size, pretrained_backbone, score_threshold)
+            return TorchvisionDetector(build(args), num_classes, label_offset)
+
+        builder.__name__ = builder.__qualname__ = build.__name__  # the registry key
+        builder.__doc__ = build.__doc__
+        return register_model(task="detect")(builder)
+
+    return register
+
+
+@torchvision_detector()
+def fcos(args: DetectorArgs) -> nn.Module:
     """torchvision's FCOS (anchor-free, P3-P7) on EfficientNet-Lite0; ``pretrained_backbone``: ImageNet weights."""
-    backbone = lite0_fpn(pretrained_backbone, in_channels, LastLevelP6P7(FPN_CHANNELS, FPN_CHANNELS))
+    backbone = lite0_fpn(args.pretrained_backbone, args.in_channels, LastLevelP6P7(FPN_CHANNELS, FPN_CHANNELS))
     # torchvision's default "anchors": one per cell, of the level's stride
-    detector = FCOS(backbone, num_classes, score_thresh=score_threshold, detections_per_img=MAX_DETECTIONS)
-    return TorchvisionDetector(detector, num_classes)
+    return FCOS(backbone, args.num_classes, score_thresh=args.score_threshold, detections_per_img=MAX_DETECTIONS)
 
 
-@register_model(task="detect")
-def retinanet(
-    num_classes: int,
-    in_channels: int = 3,
-    img_size: int = 320,
-    pretrained_backbone: bool = False,
-    score_threshold: float = SCORE_THRESHOLD,
-) -> Detector:
+@torchvision_detector()
+def retinanet(args: DetectorArgs) -> nn.Module:
     """torchvision's RetinaNet (focal loss, P3-P7) on EfficientNet-Lite0, anchors 16-406 px for small objects."""
-    backbone = lite0_fpn(pretrained_backbone, in_channels, LastLevelP6P7(FPN_CHANNELS, FPN_CHANNELS))
+    backbone = lite0_fpn(args.pretrained_backbone, args.in_channels, LastLevelP6P7(FPN_CHANNELS, FPN_CHANNELS))
     anchors = AnchorGenerator(_anchor_sizes(5), ((0.5, 1.0, 2.0),) * 5)
-    head = RetinaNetHead(FPN_CHANNELS, anchors.num_anchors_per_location()[0], num_classes)
-    detector = RetinaNet(backbone, num_classes, anchor_generator=anchors, head=head, score_thresh=score_threshold)
-    detector.detections_per_img = MAX_DETECTIONS
-    return TorchvisionDetector(detector, num_classes)
+    head = RetinaNetHead(FPN_CHANNELS, anchors.num_anchors_per_location()[0], args.num_classes)
+    return RetinaNet(
+        backbone,
+        args.num_classes,
+        anchor_generator=anchors,
+        head=head,
+        score_thresh=args.score_threshold,
+        detections_per_img=MAX_DETECTIONS,
+    )
 
 
-@register_model(task="detect")
-def ssdlite(
-    num_classes: int,
-    in_channels: int = 3,
-    img_size: int = 320,
-    pretrained_backbone: bool = False,
-    score_threshold: float = SCORE_THRESHOLD,
-) -> Detector:
+@torchvision_detector(label_offset=1)
+def ssdlite(args: DetectorArgs) -> nn.Module:
     """torchvision's SSDlite (depthwise heads) on EfficientNet-Lite0's strides 8-128; boxes from 24 px at 320."""
-    backbone = SSDFeatures(pretrained_backbone, in_channels)
+    backbone = SSDFeatures(args.pretrained_backbone, args.in_channels)
     strides = [stride for stride, _ in LITE0_TAPS.values()] + [64, 128]
     # a default box of 3 strides per map (24 px on the stride-8 map), as a fraction of the image side
-    scales = [3 * stride / img_size for stride in strides] + [6 * strides[-1] / img_size]
+    scales = [3 * stride / args.img_size for stride in strides] + [6 * strides[-1] / args.img_size]
     anchors = DefaultBoxGenerator([[2, 3]] * len(strides), scales=scales)
     norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)  # torchvision's SSDlite settings
-    head = SSDLiteHead(backbone.out_channels, anchors.num_anchors_per_location(), num_classes + 1, norm)
-    size = (img_size, img_size)
-    detector = SSD(backbone, anchors, size, num_classes + 1, head=head, score_thresh=score_threshold)
-    detector.detections_per_img = MAX_DETECTIONS
-    return TorchvisionDetector(detector, num_classes, label_offset=1)
+    head = SSDLiteHead(backbone.out_channels, anchors.num_anchors_per_location(), args.num_classes + 1, norm)
+    size = (args.img_size, args.img_size)
+    return SSD(
+        backbone,
+        anchors,
+        size,
+        args.num_classes + 1,
+        head=head,
+        score_thresh=args.score_threshold,
+        detections_per_img=MAX_DETECTIONS,
+    )
 
 
-@register_model(task="detect")
-def faster_rcnn(
-    num_classes: int,
-    in_channels: int = 3,
-    img_size: int = 320,
-    pretrained_backbone: bool = False,
-    score_threshold: float = SCORE_THRESHOLD,
-) -> Detector:
+@torchvision_detector(label_offset=1)
+def faster_rcnn(args: DetectorArgs) -> nn.Module:
     """torchvision's Faster R-CNN (two-stage, FPN) on EfficientNet-Lite0, with a 256-unit box head for CPUs."""
-    backbone = lite0_fpn(pretrained_backbone, in_channels, LastLevelMaxPool())
+    backbone = lite0_fpn(args.pretrained_backbone, args.in_channels, LastLevelMaxPool())
     anchors = AnchorGenerator(tuple((16 * 2**level,) for level in range(4)), ((0.5, 1.0, 2.0),) * 4)
     pool = MultiScaleRoIAlign(["0", "1", "2"], output_size=7, sampling_ratio=2)
     representation = 256  # torchvision's 1024 would hold 6.4M of the weights on 128-channel levels
-    detector = FasterRCNN(
+    return FasterRCNN(
         backbone,
         rpn_anchor_generator=anchors,
         box_roi_pool=pool,
         box_head=TwoMLPHead(FPN_CHANNELS * 7 * 7, representation),
-        box_predictor=FastRCNNPredictor(representation, num_classes + 1),
+        box_predictor=FastRCNNPredictor(representation, args.num_classes + 1),
         rpn_pre_nms_top_n_test=500,  # torchvision's low-resolution mobile recipe keeps fewer proposals on small images
         rpn_post_nms_top_n_test=300,
-        box_score_thresh=score_threshold,
+        box_score_thresh=args.score_threshold,
         box_detections_per_img=MAX_DETECTIONS,
     )
-    return TorchvisionDetector(detector, num_classes, label_offset=1)
