@@ -320,10 +320,17 @@ def create_app(
             explain=explainer is not None,
         )
 
-    page = render_page(classifier, runtime)
+    return finish_app(app, render_page(classifier, runtime), gate, token, cors_origins)
+
+
+def finish_app(app: FastAPI, page: str, gate: Gate, token: str | None, cors_origins: Sequence[str]) -> FastAPI:
+    """What every cnnkit service ends with: its web page at ``/``, the API reference at ``/docs``, access control.
+
+    The classifier and search services both call it, so their pages and guards cannot drift apart.
+    """
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index() -> str:
+    async def page_view() -> str:
         return page
 
     @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)

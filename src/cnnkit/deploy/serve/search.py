@@ -23,12 +23,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel
 
 from cnnkit import __version__
 from cnnkit.data.decode import ImageDecodeError, load_image
-from cnnkit.deploy.serve.access import add_access_control
 from cnnkit.deploy.serve.app import (
     DEFAULT_MAX_PIXELS,
     PREDICT_BODY,
@@ -36,9 +35,9 @@ from cnnkit.deploy.serve.app import (
     Gate,
     check_image,
     fill_page,
+    finish_app,
     receive_image,
 )
-from cnnkit.deploy.serve.reference import render_reference
 
 THUMBNAIL_SIDE = 160  # pixels, longer side: sharp in the page's 10rem grid cells on a 2x screen
 THUMBNAIL_QUALITY = 85
@@ -215,19 +214,7 @@ def create_search_app(
             capacity=gate.capacity,
         )
 
-    page = render_search_page(index, embedder.identity["name"])
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def page_view() -> str:
-        return page
-
-    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
-    async def reference() -> str:
-        return render_reference(app.openapi())
-
-    add_access_control(app, token, cors_origins)
-    app.state.gate = gate
-    return app
+    return finish_app(app, render_search_page(index, embedder.identity["name"]), gate, token, cors_origins)
 
 
 def render_search_page(index, model: str) -> str:
