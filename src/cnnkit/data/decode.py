@@ -11,7 +11,7 @@ import contextlib
 import io
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -232,3 +232,23 @@ def decode_image(source: ImageSource, img_size: int, channels: int, resize: str 
     service all call this, so one file gives one tensor everywhere.
     """
     return to_array(decode_resized(source, img_size, resize), channels)
+
+
+def decode_batches(
+    paths: Sequence[str | Path], img_size: int, channels: int, resize: str = "crop", batch_size: int = 256
+) -> Iterator[tuple[np.ndarray | None, list[str], list[tuple[str, str]]]]:
+    """Decode files ``batch_size`` at a time, skipping those that cannot be decoded (prediction, search queries).
+
+    Yields:
+        Per batch: its decoded images (B, C, H, W) uint8, or None when none decoded; their paths;
+        and (path, reason) for each file of the batch that could not be decoded.
+    """
+    for start in range(0, len(paths), batch_size):
+        arrays, names, failures = [], [], []
+        for path in paths[start : start + batch_size]:
+            try:
+                arrays.append(decode_image(path, img_size, channels, resize))
+                names.append(str(path))
+            except ImageDecodeError as error:
+                failures.append((str(path), str(error)))
+        yield (np.stack(arrays) if arrays else None), names, failures

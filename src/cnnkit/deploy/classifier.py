@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cnnkit.data.decode import ImageDecodeError, ImageSource, decode_image
+from cnnkit.data.decode import ImageSource, decode_batches, decode_image
 from cnnkit.modelinfo import CheckpointInfo, Preprocessing
 from cnnkit.tasks.classify import ClassifyTask
 from cnnkit.tasks.classify.records import Prediction
@@ -73,16 +73,10 @@ class ImageClassifier:
         """Predict many files in batches; files that cannot be decoded are skipped and returned with the reason."""
         prep = self.preprocessing
         predictions, failures = [], []
-        for start in range(0, len(paths), batch_size):
-            arrays, names = [], []
-            for path in paths[start : start + batch_size]:
-                try:
-                    arrays.append(decode_image(path, prep.img_size, prep.channels, prep.resize))
-                    names.append(str(path))
-                except ImageDecodeError as error:
-                    failures.append((str(path), str(error)))
-            if arrays:
-                predictions += self.rank(self.probabilities(np.stack(arrays)), names, top_k)
+        for pixels, names, failed in decode_batches(paths, prep.img_size, prep.channels, prep.resize, batch_size):
+            failures += failed
+            if pixels is not None:
+                predictions += self.rank(self.probabilities(pixels), names, top_k)
         return predictions, failures
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:

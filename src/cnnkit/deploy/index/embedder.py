@@ -5,6 +5,13 @@ classifier's input; an embedding run's model returns its own embedding), so a cl
 run, an embedding run and an ImageNet-pretrained architecture all index the same way. A folder
 is decoded through the image cache (:func:`cnnkit.data.cache.decode_cached`), so embedding the
 training folder again, or indexing it twice, decodes nothing.
+
+The forward pass is the build's cost, so :func:`inference_network` prepares the model for it once:
+batch norms folded into the convolutions before them (fewer passes over each feature map), NHWC
+memory layout (oneDNN's faster convolutions), and the batches run under ``inference_mode`` in the
+precision :func:`cnnkit.compute.choose_precision` picks (``auto``: bf16 only on a CPU where bf16
+measured faster than fp32). Vectors stay those of the fp32 model: within 1e-4 per value with the
+folding alone and a cosine of at least 0.99 per vector in bf16 (``tests/test_index.py`` checks both).
 """
 
 from __future__ import annotations
@@ -15,20 +22,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from cnnkit.checkpoint import load_model, resolve_checkpoint
-from cnnkit.compute import choose_memory_format, select_device
+from cnnkit.compute import ComputeSettings, autocast, choose_memory_format, resolve, select_device
 from cnnkit.data.archive import file_sha256
 from cnnkit.data.cache import decode_cached
-from cnnkit.data.decode import ImageDecodeError, ImageSource, decode_image
+from cnnkit.data.decode import ImageSource, decode_batches, decode_image
 from cnnkit.data.folder import list_images
 from cnnkit.data.imageset import SkippedFile
 from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import Preprocessing
-
-# Pixel values per inference batch: 55 images at 224x224 RGB, 256 (the cap) at 28x28; bounds memory on large inputs.
-BATCH_VALUES = 1 << 23
-MAX_BATCH = 256
+from cnnkit.models.fold import fold_pooled_batch_norms
+from cnnkit.tasks.embed.evaluate import embed_images
 
 
 def list_folder_images(folder: Path) -> list[str]:
@@ -55,6 +62,7 @@ class Embedder:
             architecture), ``source`` (the checkpoint file or model name) and ``sha256`` (of the
             weights file); an index stores it and refuses queries from another model.
         device: Where the model runs.
+        settings: The precision the forward pass runs in. Defaults to None (fp32).
 
     Example:
         >>> embedder = load_embedder("runs/train")
@@ -62,11 +70,19 @@ class Embedder:
         (1, 128)
     """
 
-    def __init__(self, model: torch.nn.Module, preprocessing: Preprocessing, identity: dict, device: torch.device):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        preprocessing: Preprocessing,
+        identity: dict,
+        device: torch.device,
+        settings: ComputeSettings | None = None,
+    ):
         self.model = model
         self.preprocessing = preprocessing
         self.identity = identity
         self.device = device
+        self.settings = settings or resolve(device, precision="fp32")
         self._dim: int | None = None
 
     @property
@@ -80,17 +96,10 @@ class Embedder:
 
     def embed_pixels(self, images: torch.Tensor) -> np.ndarray:
         """Unit vectors (N, D) float32 for uint8 images (N, C, H, W), in bounded batches (a memmap is read in turn)."""
-        per_image = images[0].numel() if len(images) else 1
-        batch = max(1, min(MAX_BATCH, BATCH_VALUES // per_image))
-        outputs = []
-        with torch.inference_mode():
-            for start in range(0, len(images), batch):
-                pixels = self.preprocessing.normalize(images[start : start + batch].to(self.device))
-                features = self.model.forward_embedding(pixels).float()  # (b, D)
-                outputs.append(torch.nn.functional.normalize(features, dim=1).cpu().numpy())
-        if not outputs:
+        if not len(images):
             return np.zeros((0, self._dim or 0), dtype=np.float32)
-        vectors = np.concatenate(outputs)
+        with torch.inference_mode(), autocast(self.settings):
+            vectors = embed_images(self.model, images, self.preprocessing, self.device).numpy()
         self._dim = vectors.shape[1]
         return vectors
 
@@ -116,16 +125,11 @@ class Embedder:
         """
         prep = self.preprocessing
         outputs, kept, failures = [], [], []
-        for start in range(0, len(paths), batch_size):
-            arrays = []
-            for path in paths[start : start + batch_size]:
-                try:
-                    arrays.append(decode_image(path, prep.img_size, prep.channels, prep.resize))
-                    kept.append(str(path))
-                except ImageDecodeError as error:
-                    failures.append((str(path), str(error)))
-            if arrays:
-                outputs.append(self.embed_pixels(torch.from_numpy(np.stack(arrays))))
+        for pixels, names, failed in decode_batches(paths, prep.img_size, prep.channels, prep.resize, batch_size):
+            kept += names
+            failures += failed
+            if pixels is not None:
+                outputs.append(self.embed_pixels(torch.from_numpy(pixels)))
         vectors = np.concatenate(outputs) if outputs else np.zeros((0, self.dim), dtype=np.float32)
         return vectors, kept, failures
 
@@ -157,24 +161,43 @@ class Embedder:
         return self.embed_pixels(decoded.images), [files[row] for row in decoded.kept], skipped
 
 
-def _channels_last(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+def inference_network(network: nn.Module, device: torch.device) -> nn.Module:
+    """A copy of ``network`` in eval mode on ``device`` with its batch norms folded, in NHWC where that is faster.
+
+    Folded: each convolution followed by a batch norm in a ``Sequential`` (PyTorch's
+    ``fuse_conv_bn_eval``; EfficientNet-Lite's every block) and the ConvNet's conv -> max-pool ->
+    batch-norm blocks (:func:`cnnkit.models.fold.fold_pooled_batch_norms`). The batch norm left in
+    place is an identity, so the module tree, and ``forward_embedding``, stay as they were.
+    """
+    network = fold_pooled_batch_norms(network.to(device))  # a copy in eval mode: the caller's model is untouched
+    for module in network.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        for position in range(len(module) - 1):
+            conv, norm = module[position], module[position + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) and norm.running_mean is not None:
+                module[position], module[position + 1] = fuse_conv_bn_eval(conv, norm), nn.Identity()
     # NHWC convolutions run faster on oneDNN and cuDNN (compute.choose_memory_format); the cached pixels are NHWC too.
     return network.to(memory_format=torch.channels_last) if choose_memory_format(device) == "channels_last" else network
 
 
-def load_embedder(model: str | Path, pretrained: bool = False, device: str = "cpu") -> Embedder:
+def load_embedder(
+    model: str | Path, pretrained: bool = False, device: str = "cpu", precision: str = "auto"
+) -> Embedder:
     """A run directory, a ``.safetensors`` checkpoint, or an architecture's ImageNet weights, as an :class:`Embedder`.
 
     Args:
         model: A run directory (its best checkpoint), a checkpoint file, or with ``pretrained`` an architecture name.
         pretrained: ``model`` is an architecture: use its ImageNet weights. Defaults to False.
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``. Defaults to ``cpu``.
+        precision: ``auto`` (bf16 where it measured faster, else fp32), ``fp32`` or ``bf16``. Defaults to ``auto``.
 
     Example:
         >>> load_embedder("efficientnet_lite0", pretrained=True).embed_images(["photo.jpg"]).shape
         (1, 1280)
     """
     target = select_device(device)
+    settings = resolve(target, precision=precision)
     if pretrained:
         from cnnkit.models.pretrained import (
             IMAGENET_CLASSES,
@@ -185,9 +208,9 @@ def load_embedder(model: str | Path, pretrained: bool = False, device: str = "cp
 
         name = str(model)
         weights = weight_source(name).locate(name)
-        network = _channels_last(create_pretrained(name, IMAGENET_CLASSES).to(target).eval(), target)
+        network = inference_network(create_pretrained(name, IMAGENET_CLASSES), target)
         identity = {"kind": "pretrained", "name": name, "source": name, "sha256": file_sha256(weights)}
-        return Embedder(network, pretrained_preprocessing(name), identity, target)
+        return Embedder(network, pretrained_preprocessing(name), identity, target, settings)
     path = Path(model).expanduser()
     if not path.exists():
         from cnnkit.models.registry import list_models
@@ -199,7 +222,7 @@ def load_embedder(model: str | Path, pretrained: bool = False, device: str = "cp
             )
     checkpoint = resolve_checkpoint(path).resolve()
     network, info = load_model(checkpoint, target)
-    network = _channels_last(network, target)
+    network = inference_network(network, target)
     digest = file_sha256(checkpoint)
     identity = {"kind": "checkpoint", "name": info.model.name, "source": str(checkpoint), "sha256": digest}
-    return Embedder(network, info.preprocessing, identity, target)
+    return Embedder(network, info.preprocessing, identity, target, settings)
