@@ -140,12 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_train(args: argparse.Namespace) -> int:
     from cnnkit.training import distributed
-    from cnnkit.training.fit import fit
 
     options = {key: value for key, value in vars(args).items() if key not in ("command", "config", "resume", "argv")}
     config = TrainConfig.load(args.config) if args.config else None
     if devices := distributed.devices_to_launch(options, config, args.resume):
         return distributed.launch(args.argv, devices)  # N workers of this same command, through torchrun
+    from cnnkit.training.fit import fit  # after the launch: the launcher needs no models (torchvision) of its own
+
     reserved = None
     leader = distributed.World.from_environment().leader  # of torchrun's workers, rank 0 alone names the run
     if config and config.name and "name" not in options and args.resume is None and leader:
