@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
+import time
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from cnnkit.deploy.index import Embedder, SearchIndex, build_index, load_embedde
 from cnnkit.deploy.index import approximate as approximate_module
 from cnnkit.deploy.index.approximate import build_approximate, recall_at_k, search_exact
 from cnnkit.deploy.index.builder import class_label
+from cnnkit.deploy.index.embedder import inference_network
 from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import CheckpointInfo, ModelSpec, Preprocessing
 from cnnkit.models import create_model
@@ -264,3 +267,55 @@ def test_build_index_without_class_subfolders_has_no_labels(convnet_checkpoint, 
     index = build_index(convnet_checkpoint, folder, out=tmp_path / "out")
     assert index.labels is None and index.meta["retrieval"] is None and len(index) == 3
     assert index.directory == tmp_path / "out" / "index_loose"
+
+
+def test_build_index_concurrent_builds_take_turns(convnet_checkpoint, shapes_folder, tmp_path, monkeypatch):
+    embedder = load_embedder(convnet_checkpoint, precision="fp32")
+    original = Embedder.embed_folder
+
+    def slow(self, root, files=None):
+        time.sleep(0.3)  # without the lock the other build reads the (still missing) index meanwhile
+        return original(self, root, files)
+
+    monkeypatch.setattr(Embedder, "embed_folder", slow)
+    out = tmp_path / "out"
+    built: list[SearchIndex] = []
+    threads = [
+        threading.Thread(target=lambda: built.append(build_index(embedder, shapes_folder, out=out, name="shapes")))
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    changes = sorted((index.meta["changes"]["added"], index.meta["changes"]["unchanged"]) for index in built)
+    assert changes == [(0, 36), (36, 0)]  # the second waited, then reused the first's vectors
+    assert len(open_index(out / "shapes")) == 36 and len(list((out / "shapes").glob("vectors-*.npy"))) == 1
+
+
+@pytest.mark.parametrize("name", ["convnet", pytest.param("efficientnet_lite0", marks=pytest.mark.slow)])
+def test_inference_network_folds_batch_norms_keeping_vectors(name):
+    torch.manual_seed(0)
+    network = create_model(name, 3, 3, 32).eval()
+    with torch.no_grad():  # statistics and scales (some negative) that make folding matter
+        for module in network.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(-1.5, 1.5)
+    prep = Preprocessing(32, 3, (0.5,) * 3, (0.25,) * 3)
+    cpu = torch.device("cpu")
+    folded = inference_network(network, cpu)
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in folded.modules())
+    pixels = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    reference = Embedder(network, prep, {}, cpu).embed_pixels(pixels)
+    np.testing.assert_allclose(Embedder(folded, prep, {}, cpu).embed_pixels(pixels), reference, atol=1e-4)
+
+
+def test_embedder_bf16_vectors_stay_close_to_fp32(convnet_checkpoint, shapes_folder):
+    files = sorted(shapes_folder.rglob("*.jpg"))[:8]
+    fp32, _, _ = load_embedder(convnet_checkpoint, precision="fp32").embed_files(files)
+    bf16_embedder = load_embedder(convnet_checkpoint, precision="bf16")
+    assert bf16_embedder.settings.precision == "bf16"
+    bf16, _, _ = bf16_embedder.embed_files(files)
+    assert bf16.dtype == np.float32 and (np.sum(fp32 * bf16, axis=1) >= 0.99).all()

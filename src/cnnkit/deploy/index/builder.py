@@ -4,7 +4,9 @@ A rebuild compares each file's size and modification time with the previous buil
 unchanged files keep their vectors, new and changed files are embedded (through the image
 cache), deleted files are dropped. Vectors from another model are never mixed in (the build
 is refused); vectors from another folder, cnnkit version, dtype or preprocessing are all recomputed.
-The indexed folder is only read.
+The indexed folder is only read. Two builds of the same index directory at once take turns
+(a lock file beside it, the image cache's lock): the second waits, then finds the first's vectors
+current and reuses them, so neither publishes over the other half-way.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cnnkit.data.cache import _locked
 from cnnkit.data.folder import SPLIT_FOLDERS
 from cnnkit.deploy.index.approximate import build_approximate, wants_approximate
 from cnnkit.deploy.index.embedder import Embedder, empty_folder_error, list_folder_images, load_embedder
@@ -135,6 +138,20 @@ def build_index(
             "give an --out outside it"
         )
     embedder = model if isinstance(model, Embedder) else load_embedder(model, pretrained=pretrained, device=device)
+    with _locked(directory.with_name(directory.name + ".lock")):
+        return _build(embedder, root, files, directory, dtype, approximate, say)
+
+
+def _build(
+    embedder: Embedder,
+    root: Path,
+    files: list[str],
+    directory: Path,
+    dtype: str,
+    approximate: str,
+    say: Callable[[str], None],
+) -> SearchIndex:
+    """The build itself, run while holding the index directory's lock."""
     kept, previous, previous_paths = _reusable(directory, embedder, root, dtype, say)
     stats = {}
     for rel in files:
