@@ -208,20 +208,21 @@ for cycle in range(int(sys.argv[3])):
 def test_teardown_repeated_never_aborts(tmp_path: Path):
     script = tmp_path / "teardown.py"
     script.write_text(TEARDOWN)
-    for run_index in range(2):  # each pair runs 10 init/teardown cycles, then exits as a worker does
-        store = str(tmp_path / f"store{run_index}")
-        pair = [
-            subprocess.Popen(
-                [sys.executable, str(script), str(rank), store, "10"],
-                env={**WORKER_ENV, "OMP_NUM_THREADS": "1"},
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for rank in (0, 1)
-        ]
-        errors = [process.communicate(timeout=120)[1] for process in pair]
-        assert [process.returncode for process in pair] == [0, 0], errors
-        assert not any(ABORT in error for error in errors), errors
+    # One pair, 20 init/teardown cycles each (40 teardowns), then both exit as a worker does: each
+    # process start costs seconds (torch, and DDP's first use imports torch._dynamo), a cycle a fraction of one.
+    store = str(tmp_path / "store")
+    pair = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(rank), store, "20"],
+            env={**WORKER_ENV, "OMP_NUM_THREADS": "1"},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    errors = [process.communicate(timeout=120)[1] for process in pair]
+    assert [process.returncode for process in pair] == [0, 0], errors
+    assert not any(ABORT in error for error in errors), errors
 
 
 def test_world_refuses_a_batch_that_does_not_split_evenly():
