@@ -15,9 +15,11 @@ Why :data:`APPROXIMATE_THRESHOLD`: an exact query costs N x D multiply-adds and 
 with N, while FAISS's cost grows with sqrt(N) but needs a k-means build first. Measured with
 ``benchmarks/index_scale.py --parts queries --sizes 1e4,1e5 --queries 30`` (1280-d clustered vectors,
 2 shared cores at load 8, so slow): exact p50 24 ms at 10^4 and 179 ms at 10^5, FAISS 0.8 and
-0.5 ms, FAISS's build 12 s and 305 s. Below 10^5 exact search answers within ~100 ms even on that
-machine, needs no build and has no recall to lose; from 10^5 it is past an interactive budget and
-the build pays for itself.
+0.5 ms, FAISS's build then 12 s and 305 s (4 sqrt(N) cells); with :func:`build_approximate`'s rule
+(sqrt(N) cells) it took 5 s at 10^4 and 21 s at 10^5 x 1280-d, 26 s at 10^6 x 128-d (2 cores at load
+5 to 7; a few seconds idle). Below 10^5 exact search answers within ~100 ms even on that machine,
+needs no build and has no recall to lose; from 10^5 it is past an interactive budget and the build
+pays for itself.
 """
 
 from __future__ import annotations
