@@ -36,6 +36,8 @@ class Conv2dSame(nn.Conv2d):
         for size, kernel, stride, dilation in zip(x.shape[:1:-1], self.kernel_size[::-1], self.stride, self.dilation):
             total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
             pads += [total // 2, total - total // 2]
+        if pads[0::2] == pads[1::2]:  # symmetric (every 1x1 and stride-1 convolution): padded in the conv, no copy
+            return F.conv2d(x, self.weight, self.bias, self.stride, (pads[2], pads[0]), self.dilation, self.groups)
         return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
