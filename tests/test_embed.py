@@ -16,7 +16,7 @@ from cnnkit.checkpoint import read_checkpoint
 from cnnkit.data import DataSplits, ImageSet, load_data
 from cnnkit.errors import CnnkitError
 from cnnkit.models import create_model
-from cnnkit.models.embedding import CosineClassifier, EmbeddingNetwork
+from cnnkit.models.embedding import TEMPERATURE, CosineClassifier, EmbeddingNetwork
 from cnnkit.safeload import load_tensors
 from cnnkit.tasks.embed import EmbedTask
 from cnnkit.tasks.embed.evaluate import evaluate_embedding
@@ -61,7 +61,7 @@ def test_embedding_network_embeds_on_the_unit_sphere_and_its_logits_are_scaled_c
         vectors, logits = net.forward_embedding(images), net(images)
         proxies = torch.nn.functional.normalize(net.get_classifier().weight, dim=1)
     assert vectors.shape == (3, 16) and torch.allclose(vectors.norm(dim=1), torch.ones(3), atol=1e-5)
-    assert torch.allclose(logits, vectors @ proxies.T / 0.05, atol=1e-4)
+    assert torch.allclose(logits, vectors @ proxies.T / TEMPERATURE, atol=1e-4)
     net.reset_classifier(6)
     assert isinstance(net.get_classifier(), CosineClassifier) and net(images).shape == (3, 6)
 

@@ -3,12 +3,12 @@
 This is the normalised softmax of Zhai & Wu, "Classification is a Strong Baseline for Deep
 Metric Learning" (BMVC 2019): the backbone's features (what enters its classifier) are
 projected to ``embed_dim`` and L2-normalised, and the logits are the cosine similarities
-to one learnable proxy per class, divided by a temperature of 0.05. Cross-entropy on those
+to one learnable proxy per class, divided by a temperature of 0.2. Cross-entropy on those
 logits pulls each embedding towards its class proxy and away from the others, so images
 of one class gather on the sphere, which is what similarity search needs. It was chosen over
 pair and triplet losses (no mining, no batch-composition rules: the training loop and its
 sampler stay as they are) and over ArcFace (one hyperparameter fewer; Zhai & Wu match it
-on CUB, Cars and SOP at temperature 0.05), and it keeps the classifier interface: the
+on CUB, Cars and SOP), and it keeps the classifier interface: the
 proxies are the model's ``get_classifier()``, a :class:`CosineClassifier`.
 
 ``forward`` returns the scaled cosine logits (B, K), so training is classification;
@@ -35,7 +35,10 @@ from cnnkit.errors import CnnkitError
 from cnnkit.models.network import Network, replace_module
 from cnnkit.models.registry import create_model, register_model
 
-TEMPERATURE = 0.05  # Zhai & Wu's: at 1.0 the cosine logits span [-1, 1] and the softmax barely separates classes
+# Zhai & Wu's is 0.05; 0.2 pulls less hard onto the proxies (Kornblith et al. 2021: less class collapse transfers
+# better). Chosen on the dev setting (Fashion-MNIST, 3 of the seen classes trained, the other 2 searched; 3 epochs,
+# 6000 images, seeds 0 1): Recall@1 0.9632 ± 0.0011 at 0.2 against 0.9603 ± 0.0046 at 0.05, never the test classes.
+TEMPERATURE = 0.2
 EMBED_DIM = 512  # Zhai & Wu's width; digits, held-out R@1, one seed: 0.84 at 128, 0.90 at 512, 0.86 at 2048
 EMBEDDINGS = ("features", "projection")  # what forward_embedding returns: the backbone's features or the head's vector
 EMBEDDING = "features"  # new runs' choice (see the module docstring); checkpoints without one rebuild as "projection"
@@ -51,10 +54,10 @@ class CosineClassifier(nn.Linear):
     Args:
         in_features: Width of the embedding.
         out_features: Number of classes (proxies).
-        temperature: Divides the cosines; lower makes the softmax sharper. Defaults to 0.05.
+        temperature: Divides the cosines; lower makes the softmax sharper. Defaults to 0.2.
 
     Example:
-        >>> CosineClassifier(4, 3)(torch.randn(2, 4)).abs().max() <= 1 / 0.05
+        >>> CosineClassifier(4, 3)(torch.randn(2, 4)).abs().max() <= 1 / 0.2
         tensor(True)
     """
 
@@ -75,7 +78,7 @@ class EmbeddingNetwork(Network):
             the features that classifier took (pooled, after any hidden head layers).
         num_classes: Classes trained on, one proxy each.
         embed_dim: Width of the embedding. Defaults to 512.
-        temperature: Of the cosine logits. Defaults to 0.05.
+        temperature: Of the cosine logits. Defaults to 0.2.
         embedding: What :meth:`forward_embedding` returns: ``"projection"``, the projected
             vector (B, embed_dim), or ``"features"``, the backbone's pooled features (B, F),
             what its classifier took. Defaults to ``"projection"``, how older runs rebuild.
