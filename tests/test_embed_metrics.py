@@ -62,3 +62,16 @@ def test_forward_embedding_is_the_classifier_input():
     classifier = model.get_classifier()
     assert embedding.shape == (2, classifier.in_features)
     torch.testing.assert_close(classifier(embedding), model(images))
+
+
+def test_forward_embedding_on_many_threads_returns_each_callers_own():
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = create_model("convnet", num_classes=3, in_channels=1, img_size=8).eval()
+    batches = [torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(seed)) for seed in range(64)]
+    with torch.inference_mode():
+        expected = [model.forward_embedding(images) for images in batches]
+        with ThreadPoolExecutor(8) as pool:
+            found = list(pool.map(model.forward_embedding, batches))
+    for mine, reference in zip(found, expected):
+        torch.testing.assert_close(mine, reference)

@@ -9,6 +9,7 @@ late body and head for discriminative learning rates.
 from __future__ import annotations
 
 import abc
+import threading
 
 import torch
 from torch import nn
@@ -53,7 +54,15 @@ class Network(nn.Module, abc.ABC):
         layers): similarity search indexes it, and an embedding model returns its own.
         """
         captured: list[torch.Tensor] = []
-        hook = self.get_classifier().register_forward_pre_hook(lambda _, args: captured.append(args[0]))
+        caller = threading.get_ident()
+
+        def capture(_: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            # A service embeds on several threads through one model: every thread's hook sees
+            # every call, so each keeps only the input of its own thread's call.
+            if threading.get_ident() == caller:
+                captured.append(args[0])
+
+        hook = self.get_classifier().register_forward_pre_hook(capture)
         try:
             self(x)
         finally:
