@@ -161,3 +161,13 @@ def test_bad_share_refusal_leaves_only_the_list_of_bad_files(shapes_folder, tmp_
     with pytest.raises(cnnkit.CnnkitError, match=r"over the --max-bad-share limit"):
         cnnkit.train(data=str(shapes_folder), img_size=16, epochs=1, out=str(tmp_path / "runs"), verbose=False)
     assert [p.name for p in (tmp_path / "runs" / "train").iterdir()] == ["skipped.csv"]
+
+
+@pytest.mark.parametrize(
+    ("model", "says"),
+    [("fcn", "takes series input"), ("bcresnet", "takes audio input"), ("embedding", "--task embed builds")],
+)
+def test_models_train_cannot_feed_images_are_refused_before_any_run(tmp_path, model, says):
+    with pytest.raises(cnnkit.CnnkitError, match=says):
+        cnnkit.train(data="digits", model=model, epochs=1, out=str(tmp_path), verbose=False)
+    assert not any(tmp_path.iterdir())

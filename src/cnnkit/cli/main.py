@@ -288,9 +288,10 @@ def run_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows))
         return 0
-    print(f"{'model':<20} {'parameters':>12}  pretrained   (10 classes, 3x32x32 input)")
+    print(f"{'model':<20} {'input':<7} {'parameters':>12}  pretrained   (10 classes, 3 channels, 32x32 images)")
     for row in rows:
-        print(f"{row['name']:<20} {row['parameters']:>12,}  {'ImageNet' if row['pretrained'] else '-'}")
+        pretrained = "ImageNet" if row["pretrained"] else "-"
+        print(f"{row['name']:<20} {row['modality']:<7} {row['parameters']:>12,}  {pretrained}")
     return 0
 
 

@@ -26,7 +26,7 @@ from cnnkit.data.augment import parse_augmentation
 from cnnkit.data.loader import channel_stats
 from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import Preprocessing
-from cnnkit.models import ModelSpec, build, kwargs_for_data
+from cnnkit.models import ModelSpec, build, kwargs_for_data, model_entry
 from cnnkit.models.embedding import EMBED_DIM, EMBEDDING, TEMPERATURE, EmbeddingNetwork
 from cnnkit.models.pretrained import create_pretrained, pretrained_preprocessing
 from cnnkit.models.spec import resolve_model
@@ -144,6 +144,7 @@ def resolve_config(
 def prepare(config: TrainConfig, saved: SavedState | None, say: Callable[..., None]) -> Prepared:
     """Load the data, then fix the preprocessing (pretrained weights bring theirs) and the architecture."""
     model_name, model_kwargs = resolve_model(config.model)
+    check_trainable(model_name, config.task)
     pretrained = config.pretrained or config.finetune or config.weights is not None
     # ImageNet weights expect RGB at their own size unless told otherwise.
     reference = pretrained_preprocessing(model_name) if pretrained else None
@@ -171,6 +172,20 @@ def prepare(config: TrainConfig, saved: SavedState | None, say: Callable[..., No
     spec = ModelSpec(model_name, len(splits.classes), channels, img_size, model_kwargs)
     augment = parse_augmentation(config.augment, splits.name, img_size)
     return Prepared(splits, preprocessing, spec, pretrained, augment, resolve_tta(config.tta, augment))
+
+
+def check_trainable(model_name: str, task: str) -> None:
+    """Refuse, before any data is read, a registered model that ``cnnkit train`` cannot train on images."""
+    entry = model_entry(model_name)
+    if entry.modality != "image":
+        raise CnnkitError(
+            f"--model {model_name} takes {entry.modality} input, and cnnkit train reads images only so far; "
+            "choose an image model (cnnkit models lists each model's input)"
+        )
+    if model_name == "embedding" and task != "embed":
+        raise CnnkitError(
+            "--model embedding is what --task embed builds around a backbone; use --task embed --model convnet"
+        )
 
 
 def embedding_kwargs(config: TrainConfig, backbone: str, backbone_kwargs: dict[str, Any]) -> dict[str, Any]:
