@@ -7,6 +7,7 @@ import json
 import shutil
 import threading
 import time
+import warnings
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from cnnkit.deploy.index import Embedder, SearchIndex, build_index, load_embedde
 from cnnkit.deploy.index import approximate as approximate_module
 from cnnkit.deploy.index.approximate import build_approximate, recall_at_k, search_exact
 from cnnkit.deploy.index.builder import class_label
-from cnnkit.deploy.index.embedder import inference_network
+from cnnkit.deploy.index.embedder import TracedEmbedding, inference_network, trace_embedding
 from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import CheckpointInfo, ModelSpec, Preprocessing
 from cnnkit.models import create_model
@@ -306,10 +307,37 @@ def test_inference_network_folds_batch_norms_keeping_vectors(name):
     prep = Preprocessing(32, 3, (0.5,) * 3, (0.25,) * 3)
     cpu = torch.device("cpu")
     folded = inference_network(network, cpu)
-    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in folded.modules())
+    traced = inference_network(network, cpu, trace_input=(3, 32, 32))
+    assert isinstance(traced, TracedEmbedding)
+    for model in (folded, traced.network):
+        assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in model.modules())
     pixels = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     reference = Embedder(network, prep, {}, cpu).embed_pixels(pixels)
     np.testing.assert_allclose(Embedder(folded, prep, {}, cpu).embed_pixels(pixels), reference, atol=1e-4)
+    np.testing.assert_allclose(Embedder(traced, prep, {}, cpu).embed_pixels(pixels), reference, atol=1e-4)
+    assert not torch.jit.onednn_fusion_enabled()  # the fuser was on only around the traced calls
+
+
+class _Untraceable(torch.nn.Module):
+    """A model whose embedding a trace gets wrong (a constant of the example) or cannot record at all."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+
+    def forward_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        if self.how == "raises" and torch.jit.is_tracing():
+            raise RuntimeError("untraceable")
+        return torch.tensor(x.flatten(1).tolist()) if self.how == "constant" else x.flatten(1)
+
+
+@pytest.mark.parametrize("how", ["constant", "raises"])
+def test_trace_embedding_falls_back_to_eager_silently(how):
+    network = _Untraceable(how)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kept = trace_embedding(network, torch.randn(3, 3, 8, 8))
+    assert kept is network and not caught
 
 
 def test_embedder_bf16_vectors_stay_close_to_fp32(convnet_checkpoint, shapes_folder):
@@ -317,5 +345,6 @@ def test_embedder_bf16_vectors_stay_close_to_fp32(convnet_checkpoint, shapes_fol
     fp32, _, _ = load_embedder(convnet_checkpoint, precision="fp32").embed_files(files)
     bf16_embedder = load_embedder(convnet_checkpoint, precision="bf16")
     assert bf16_embedder.settings.precision == "bf16"
+    assert not isinstance(bf16_embedder.model, TracedEmbedding)  # the fused graph is fp32 only
     bf16, _, _ = bf16_embedder.embed_files(files)
     assert bf16.dtype == np.float32 and (np.sum(fp32 * bf16, axis=1) >= 0.99).all()
