@@ -9,12 +9,12 @@ training folder again, or indexing it twice, decodes nothing.
 The forward pass is the build's cost, so :func:`inference_network` prepares the model for it once:
 batch norms folded into the convolutions before them (fewer passes over each feature map), NHWC
 memory layout (oneDNN's faster convolutions), in fp32 on the CPU a frozen TorchScript trace run
-through oneDNN's graph fuser (each convolution fused with its activation and residual add: ~1.2x
-the eager forward pass on EfficientNet-Lite0, measured interleaved in one process), and the batches
-run under ``inference_mode`` in the precision :func:`cnnkit.compute.choose_precision` picks
-(``auto``: bf16 only on a CPU where bf16 measured faster than fp32). Vectors stay those of the
-fp32 model: within 1e-4 per value folded and traced, and a cosine of at least 0.99 per vector in
-bf16 (``tests/test_index.py`` checks both).
+through oneDNN's graph fuser (fewer, fused kernels: ~1.2x the eager forward pass on
+EfficientNet-Lite0 at 224, one thread, the two interleaved in one process), and the batches run
+under ``inference_mode`` in the precision :func:`cnnkit.compute.choose_precision` picks (``auto``:
+bf16 only on a CPU where bf16 measured faster than fp32). Vectors stay those of the fp32 model:
+within 1e-4 per value folded and traced, and a cosine of at least 0.99 per vector in bf16
+(``tests/test_index.py`` checks both).
 """
 
 from __future__ import annotations
@@ -223,8 +223,9 @@ def inference_network(
         network: A cnnkit network; it is not changed.
         device: Where the copy runs.
         trace_input: (C, H, W) of the images it will embed, for an fp32 forward pass on the CPU:
-            the copy is then traced (:func:`trace_embedding`; about two small forward passes of
-            start-up). Defaults to None (eager).
+            the copy is then traced (:func:`trace_embedding`: two small forward passes, under a
+            second at 224, and the fuser compiles on the first batch of each size; the frozen
+            graph holds a second copy of the weights). Defaults to None (eager).
     """
     network = fold_pooled_batch_norms(network.to(device))  # a copy in eval mode: the caller's model is untouched
     for module in network.modules():
