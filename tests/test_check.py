@@ -175,6 +175,7 @@ def test_scan_is_cached_by_file_list_sizes_and_times(dirty_folder, monkeypatch):
     assert calls  # a changed file means a new scan
 
 
+@pytest.mark.slow
 def test_heavy_imbalance_warns_and_balanced_options_even_it_out(tmp_path, capsys):
     rng = np.random.default_rng(1)
     for shape, count in (("circle", 40), ("square", 3)):
@@ -236,6 +237,7 @@ def duplicated_folder(root: Path, sets: int) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_many_duplicates_are_summarised_and_listed_in_full_in_a_file(tmp_path):
     report = scan_folder(duplicated_folder(tmp_path / "dupes", sets=300), workers=1)
     assert len(report.details) == 301 and len(report.warnings) <= check.SHOWN_PER_KIND + 1

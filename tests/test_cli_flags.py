@@ -50,6 +50,7 @@ def test_cli_numeric_flags_are_range_checked_while_parsing(capsys, args, expecte
     assert_one_line_error(*run_main(capsys, *args)[::2], expected)
 
 
+@pytest.mark.slow
 def test_cli_train_flags_refuse_exactly_what_the_config_refuses(capsys):
     """One home for each rule: the flag type and TrainConfig.check agree on values at and past every bound."""
     for spec in dataclasses.fields(TrainConfig):
@@ -108,6 +109,7 @@ def test_train_help_is_grouped_shows_choices_and_says_each_default_once(capsys):
         assert entry.count("default") <= 1, entry
 
 
+@pytest.mark.slow
 def test_models_json_lists_every_registered_model_with_its_facts(capsys):
     from cnnkit.models import list_models
 

@@ -160,6 +160,7 @@ def test_cifar10_binary_archive_is_read_without_unpickling(tmp_path):
     assert splits.classes[1] == "automobile"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not (builtin.Path("/usr/share/datasets/fashion-mnist")).is_dir(),
     reason="Debian's dataset-fashion-mnist package is not installed",

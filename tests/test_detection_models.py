@@ -123,6 +123,7 @@ def test_detector_refuses_targets_it_cannot_learn_from_in_one_line(name):
         model(images)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["boxnet", "ssdlite"])
 def test_detector_rebuilt_from_its_spec_gives_the_same_detections(name):
     spec = ModelSpec(name, num_classes=2, in_channels=3, img_size=64, kwargs={"score_threshold": 0.0})

@@ -154,6 +154,7 @@ def exif_rotated(tmp_path):
     return tmp_path / "upright.png", tmp_path / "rotated.png"
 
 
+@pytest.mark.slow  # shares the digits ONNX export fixture (5 s to build)
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # starlette's TestClient suggests httpx2
 def test_exif_rotated_photo_gives_the_same_answer_everywhere(digits_run, digits_export, tmp_path):
     from fastapi.testclient import TestClient
@@ -174,6 +175,7 @@ def test_exif_rotated_photo_gives_the_same_answer_everywhere(digits_run, digits_
     np.testing.assert_allclose(served["probabilities"], expected[0][ranked], atol=1e-5)
 
 
+@pytest.mark.slow  # shares the digits ONNX export fixture (5 s to build)
 def test_onnx_evaluate_matches_checkpoint(digits_run, digits_export):
     reference, _ = cnnkit.load(digits_run).evaluate()
     exported, _ = cnnkit.load(digits_export / "model.onnx").evaluate()
@@ -181,6 +183,7 @@ def test_onnx_evaluate_matches_checkpoint(digits_run, digits_export):
     assert exported.confusion == reference.confusion
 
 
+@pytest.mark.slow  # shares the digits ONNX export fixture (5 s to build)
 def test_benchmark_times_every_runtime(digits_export):
     from cnnkit.deploy.benchmark import benchmark
 

@@ -270,6 +270,7 @@ def test_build_index_without_class_subfolders_has_no_labels(convnet_checkpoint, 
     assert index.directory == tmp_path / "out" / "index_loose"
 
 
+@pytest.mark.slow
 def test_build_index_concurrent_builds_take_turns(convnet_checkpoint, shapes_folder, tmp_path, monkeypatch):
     embedder = load_embedder(convnet_checkpoint, precision="fp32")
     original = Embedder.embed_folder

@@ -51,6 +51,7 @@ def test_large_inputs_keep_the_original_stems():
     assert small.conv1.stride == (1, 1)
 
 
+@pytest.mark.slow
 def test_torchvision_architectures_keep_torchvision_parameter_names():
     import torchvision
 

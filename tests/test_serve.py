@@ -155,6 +155,7 @@ async def post_many(app, count: int, content: bytes) -> list:
         return await asyncio.gather(*(client.post("/predict", content=content) for _ in range(count)))
 
 
+@pytest.mark.slow
 def test_full_queue_gets_503_with_retry_after(onnx_classifier, digit_png):
     app = create_app(SlowClassifier(onnx_classifier, 0.3), max_concurrency=1, max_queue=1)
     responses = asyncio.run(post_many(app, 6, digit_png))
@@ -165,6 +166,7 @@ def test_full_queue_gets_503_with_retry_after(onnx_classifier, digit_png):
     assert asyncio.run(post_many(app, 1, digit_png))[0].status_code == 200  # the queue drains
 
 
+@pytest.mark.slow
 def test_slow_prediction_times_out_with_504(onnx_classifier, digit_png):
     app = create_app(SlowClassifier(onnx_classifier, 0.5), timeout=0.1)
     [response] = asyncio.run(post_many(app, 1, digit_png))

@@ -161,6 +161,7 @@ class SlowEmbedder:
         return self.embedder.embed_images(images)
 
 
+@pytest.mark.slow
 def test_slow_search_and_thumbnail_time_out_with_504_naming_the_operation(shapes_index, monkeypatch):
     import cnnkit.deploy.serve.search as search_module
 

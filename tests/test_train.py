@@ -9,6 +9,7 @@ import cnnkit
 from cnnkit.checkpoint import read_checkpoint
 
 
+@pytest.mark.slow
 def test_fit_writes_a_complete_run_directory(shapes_folder, tmp_path):
     run = cnnkit.train(data=str(shapes_folder), img_size=16, epochs=2, out=str(tmp_path / "runs"), verbose=False)
     expected = {
@@ -54,6 +55,7 @@ def test_fit_unnamed_runs_get_fresh_directories(tmp_path):
     assert names == ["train", "train2"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_keeps_last(tmp_path):
     class InterruptAfterFirstEpoch:
         def on_epoch_end(self, run_dir, row):
@@ -111,6 +113,7 @@ def test_a_bad_augmentation_is_one_clear_error(tmp_path):
     assert "cannot read augmentation 'spin=3'" in result.stderr and "crop=4,hflip" in result.stderr
 
 
+@pytest.mark.slow
 def test_callbacks_get_every_event_with_its_keyword_arguments(shapes_folder, tmp_path):
     events = []
 
@@ -148,6 +151,7 @@ def test_batch_size_one_is_refused_for_batch_norm_with_one_line_and_no_run(tmp_p
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_batch_size_one_trains_on_every_image_without_batch_norm(shapes_folder, tmp_path):
     run = cnnkit.train(data=str(shapes_folder), model="mlp", img_size=8, batch_size=1, epochs=1, out=str(tmp_path))
     split = json.loads((run.dir / "split.json").read_text())
