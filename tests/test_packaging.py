@@ -28,3 +28,13 @@ def test_package_data_names_existing_packages_and_files():
 def test_service_page_is_package_data():
     patterns = package_data().get("cnnkit.deploy.serve", [])
     assert any(Path("page.html").match(pattern) for pattern in patterns)
+
+
+def test_reliability_page_names_only_tests_that_exist():
+    page = (ROOT / "docs" / "reliability.md").read_text()
+    defined = set()
+    for path in (ROOT / "tests").glob("test_*.py"):
+        defined |= set(re.findall(r"^(?:async )?def (test_\w+)\(", path.read_text(), flags=re.MULTILINE))
+        defined.add(path.name)
+    named = set(re.findall(r"\btest_\w+(?:\.py)?", page))
+    assert not named - defined, f"docs/reliability.md names tests that do not exist: {sorted(named - defined)}"
