@@ -144,7 +144,7 @@ def resolve_config(
 def prepare(config: TrainConfig, saved: SavedState | None, say: Callable[..., None]) -> Prepared:
     """Load the data, then fix the preprocessing (pretrained weights bring theirs) and the architecture."""
     model_name, model_kwargs = resolve_model(config.model)
-    check_trainable(model_name, config.task)
+    check_trainable(model_name)
     pretrained = config.pretrained or config.finetune or config.weights is not None
     # ImageNet weights expect RGB at their own size unless told otherwise.
     reference = pretrained_preprocessing(model_name) if pretrained else None
@@ -174,7 +174,7 @@ def prepare(config: TrainConfig, saved: SavedState | None, say: Callable[..., No
     return Prepared(splits, preprocessing, spec, pretrained, augment, resolve_tta(config.tta, augment))
 
 
-def check_trainable(model_name: str, task: str) -> None:
+def check_trainable(model_name: str) -> None:
     """Refuse, before any data is read, a registered model that ``cnnkit train`` cannot train on images."""
     entry = model_entry(model_name)
     if entry.modality != "image":
@@ -182,7 +182,7 @@ def check_trainable(model_name: str, task: str) -> None:
             f"--model {model_name} takes {entry.modality} input, and cnnkit train reads images only so far; "
             "choose an image model (cnnkit models lists each model's input)"
         )
-    if model_name == "embedding" and task != "embed":
+    if model_name == "embedding":  # with --task embed too: it is the head put around the backbone --model names
         raise CnnkitError(
             "--model embedding is what --task embed builds around a backbone; use --task embed --model convnet"
         )
@@ -190,8 +190,6 @@ def check_trainable(model_name: str, task: str) -> None:
 
 def embedding_kwargs(config: TrainConfig, backbone: str, backbone_kwargs: dict[str, Any]) -> dict[str, Any]:
     """The ``embedding`` model's builder arguments, the temperature included so a checkpoint rebuilds as trained."""
-    if backbone == "embedding":
-        raise CnnkitError("--model embedding is what --task embed builds; give its backbone, e.g. --model convnet")
     return {
         "backbone": backbone,
         "backbone_kwargs": backbone_kwargs,
