@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from cnnkit.data.builtin import cache_dir, download
-from cnnkit.data.cache import _locked, staged
+from cnnkit.data.cache import locked, staged
 from cnnkit.errors import CnnkitError
 
 
@@ -111,7 +111,7 @@ def fetch_archive(dataset: DatasetArchive) -> Path:
     target = cache_dir() / dataset.name
     if (target / dataset.marker).exists():
         return target
-    with _locked(cache_dir() / f"{dataset.name}.lock"):
+    with locked(cache_dir() / f"{dataset.name}.lock"):
         if (target / dataset.marker).exists():  # fetched by a run that held the lock before us
             return target
         for stale in cache_dir().glob(f"{dataset.name}.tmp-*"):  # left by an interrupted unpacking

@@ -263,7 +263,7 @@ def _compact(pixels_path: Path, shape: tuple[int, ...], kept: list[int], channel
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (POSIX); elsewhere the atomic rename alone keeps entries whole."""
     try:
         import fcntl
@@ -337,7 +337,7 @@ def open_or_build(entry: Path, open_entry: Callable[[Path], Entry | None], build
     if found is not None:
         return found
     lock = entry.with_name(entry.name + ".lock")
-    with _locked(lock):
+    with locked(lock):
         found = open_entry(entry)  # built by a run that held the lock before us
         if found is not None:
             return found

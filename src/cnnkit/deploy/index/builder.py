@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnkit.data.cache import _locked
+from cnnkit.data.cache import locked
 from cnnkit.data.folder import SPLIT_FOLDERS
 from cnnkit.deploy.index.approximate import build_approximate, wants_approximate
 from cnnkit.deploy.index.embedder import Embedder, empty_folder_error, list_folder_images, load_embedder
@@ -138,7 +138,7 @@ def build_index(
             "give an --out outside it"
         )
     embedder = model if isinstance(model, Embedder) else load_embedder(model, pretrained=pretrained, device=device)
-    with _locked(directory.with_name(directory.name + ".lock")):
+    with locked(directory.with_name(directory.name + ".lock")):
         return _build(embedder, root, files, directory, dtype, approximate, say)
 
 
