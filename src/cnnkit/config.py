@@ -107,10 +107,11 @@ class TrainConfig:
     )
     task: str = _option(
         "classify",
-        "what the network learns: classify (a label per image) or embed (an embedding for similarity search, "
-        "evaluated by Recall@K on classes held out of training)",
+        "what the network learns: classify (a label per image), embed (an embedding for similarity search, "
+        "evaluated by Recall@K on classes held out of training) or detect (boxes of objects, from COCO, YOLO "
+        "or VOC annotations; evaluated by COCO mAP)",
         "model",
-        choices=("classify", "embed"),
+        choices=("classify", "embed", "detect"),
     )
     embed_dim: int | None = _option(
         None, "width of the L2-normalised embedding (--task embed; default: 512)", "model", COUNT

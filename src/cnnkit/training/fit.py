@@ -39,6 +39,7 @@ from cnnkit.tasks.embed import EmbedTask
 from cnnkit.tasks.embed.evaluate import EmbedResult
 from cnnkit.tasks.embed.holdout import held_out_classes, hold_out
 from cnnkit.training import runlog
+from cnnkit.training.detect import fit_detection, is_detection
 from cnnkit.training.distributed import World
 from cnnkit.training.loop import has_batch_norm
 from cnnkit.training.prepare import check_bad_share, class_weights, prepare_data
@@ -93,6 +94,8 @@ def fit(
     world = World.from_environment()  # one process, or a torchrun worker (training/distributed.py)
     say = print if verbose and world.leader else _silent
     callbacks = list(callbacks)
+    if is_detection(config, resume, overrides):  # boxes, not labels: its own data, epoch, metric
+        return fit_detection(config, resume, overrides, partial(call, callbacks), verbose, discard_unfinished)
     resume = resume or world.restarted_run(overrides.get("out", (config or TrainConfig()).out))
     config, saved = resolve_config(config, resume, world.claim(overrides))
     device = world.start(config)

@@ -1,0 +1,197 @@
+"""The epoch loop of a detection run: steps, batch-norm statistics, validation mAP, checkpoints and the state.
+
+Classification's loop (:mod:`cnnkit.training.session`) with a detector's epoch and metric:
+each epoch trains (:func:`cnnkit.training.detect_epoch.train_detection_epoch`), recomputes
+the batch-norm statistics, measures COCO mAP on the validation images in original pixels
+(:func:`cnnkit.tasks.detect.evaluate.evaluate_boxes`), writes its row to ``metrics.csv``,
+``last.safetensors``, ``best.safetensors`` when its mAP is the best so far, and the
+resumable state (:func:`cnnkit.training.resume.save_state`, the same file format).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cnnkit import compute
+from cnnkit.checkpoint import BEST, LAST, CheckpointWriteError, save_checkpoint, versions
+from cnnkit.config import TrainConfig
+from cnnkit.data.box_augment import BoxAugmentation
+from cnnkit.data.boxset import DecodedDetection
+from cnnkit.errors import CnnkitError
+from cnnkit.modelinfo import CheckpointInfo, Preprocessing
+from cnnkit.models import ModelSpec
+from cnnkit.tasks import monitor_score
+from cnnkit.tasks.detect import MONITOR
+from cnnkit.tasks.detect.evaluate import evaluate_boxes
+from cnnkit.training import runlog
+from cnnkit.training.detect_epoch import recompute_detector_batch_norm, train_detection_epoch
+from cnnkit.training.interrupts import DeferredInterrupts, StepInterrupt
+from cnnkit.training.loop import NonFiniteStep, StepSettings
+from cnnkit.training.optim import Optimisation
+from cnnkit.training.resume import STATE, STEPS, EpochTally, Progress, carry_moments, save_state
+from cnnkit.training.runlog import StepLog
+from cnnkit.training.session import build_schedule
+
+
+@dataclass
+class DetectionData:
+    """The decoded splits and what follows from them: preprocessing, architecture, augmentation."""
+
+    splits: DecodedDetection
+    preprocessing: Preprocessing
+    spec: ModelSpec
+    augment: BoxAugmentation | None
+
+
+@dataclass
+class DetectionSession:
+    """What the epoch loop reads and updates (the fields of :class:`cnnkit.training.session.Session` it needs)."""
+
+    config: TrainConfig
+    data: DetectionData
+    model: nn.Module
+    device: torch.device
+    run_dir: Path
+    say: Callable[..., None]
+    progress: Progress
+    optimisation: Optimisation
+    steps: StepSettings
+    steps_per_epoch: int
+    first_epoch: int
+    generator: torch.Generator
+    order: torch.Generator | None = None
+    order_state: torch.Tensor | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    notify: Callable[..., None] = field(default=lambda *_, **__: None)  # (event, **kwargs): fit's callbacks
+
+    def save_state(self, epoch: int) -> None:
+        state = (self.model, self.best_state, self.optimisation, self.order_state, self.generator)
+        save_state(self.run_dir, *state, self.progress, self.data.spec, self.config)
+        self.notify(
+            "on_checkpoint", run_dir=self.run_dir, path=self.run_dir / STATE, epoch=epoch, step=self.progress.step
+        )
+
+    def save_checkpoint(self, name: str, epoch: int, row: dict[str, float]) -> None:
+        save_checkpoint(self.run_dir / name, self.model, detection_checkpoint_info(self, epoch, row))
+        self.notify(
+            "on_checkpoint", run_dir=self.run_dir, path=self.run_dir / name, epoch=epoch, step=self.progress.step
+        )
+
+    def resume_hint(self) -> str:
+        if (self.run_dir / STATE).exists():
+            return f"continue with --resume {self.run_dir}"
+        return "run the command again to start over: no resumable state had been saved yet"
+
+
+def detection_checkpoint_info(session: DetectionSession, epoch: int, row: dict[str, float]) -> CheckpointInfo:
+    """What a detector's checkpoint carries: spec, classes and preprocessing to rebuild it, and the run's facts."""
+    data, splits = session.data, session.data.splits
+    extra = {
+        "config": session.config.to_dict(),
+        "task": "detect",
+        "data": {"name": splits.name, "format": splits.format, "split_rule": splits.split_rule},
+        "epoch": epoch,
+        "metrics": row,
+        "versions": versions(),
+        "device": str(session.device),
+    }
+    return CheckpointInfo(data.spec, splits.classes, data.preprocessing, extra)
+
+
+def train_detection_epochs(session: DetectionSession) -> bool:
+    """Run the remaining epochs; True if Ctrl-C stopped them (the state is then saved, exact between two steps)."""
+    config, progress, run_dir = session.config, session.progress, session.run_dir
+    steps = StepLog(run_dir / STEPS)
+    try:
+        try:
+            for epoch in range(progress.epoch + 1, config.epochs + 1):
+                row = run_detection_epoch(session, epoch, steps)
+                session.notify("on_epoch_end", run_dir=run_dir, row=row)
+        except KeyboardInterrupt as stop:
+            if isinstance(stop, StepInterrupt):
+                session.save_state(progress.epoch + 1)
+            history = progress.history
+            session.save_checkpoint(LAST, len(history), history[-1] if history else {})
+            session.say(f"\ninterrupted: last checkpoint kept at {run_dir / LAST}; {session.resume_hint()}")
+            return True
+    except NonFiniteStep as error:
+        raise CnnkitError(
+            f"training stopped at step {progress.step + 1} (epoch {progress.epoch + 1}): {error}. "
+            f"Lower --lr (now {config.lr}), add --clip-grad-norm 1.0, or pass --nonfinite skip; {session.resume_hint()}"
+        ) from None
+    except CheckpointWriteError as error:
+        raise CnnkitError(f"{error}; free some space, then {session.resume_hint()}") from None
+    finally:
+        steps.close()
+    return False
+
+
+def run_detection_epoch(session: DetectionSession, epoch: int, steps: StepLog) -> dict[str, float]:
+    """Train one epoch, validate, write its row, ``last``, ``best`` when better, and the state; returns the row."""
+    config, progress, data = session.config, session.progress, session.data
+    splits, prep, device = data.splits, data.preprocessing, session.device
+    if epoch > session.first_epoch and epoch > 1 and progress.cycle(epoch)[0] == epoch:  # an extended run's new cycle
+        optimizer, scheduler = build_schedule(session.model, config, progress, epoch, session.steps_per_epoch)
+        old = session.optimisation
+        session.optimisation = Optimisation(carry_moments(old.optimizer, optimizer), scheduler, old.scaler)
+    session.order_state = (session.order or session.generator).get_state()
+    interrupts = DeferredInterrupts()
+
+    def on_step(loss: float, skipped: bool) -> None:
+        progress.step += 1
+        progress.skipped_steps += skipped
+        steps.write(progress.step, epoch, loss, skipped)
+        if config.save_every and progress.step % config.save_every == 0:
+            session.save_state(epoch)
+        interrupts.check()
+
+    started = time.perf_counter()
+    with interrupts:
+        while True:
+            try:
+                losses = train_detection_epoch(
+                    session.model, splits.train, prep, session.optimisation, device, session.generator,
+                    session.steps, data.augment, progress.tally, on_step, session.order,
+                )  # fmt: skip
+                break
+            except NonFiniteStep as error:  # auto's bf16: repeat the step in fp32, as classification does
+                fp32 = compute.fall_back(session.steps.compute, f"step {progress.step + 1} ({error})")
+                if fp32 is None:
+                    raise
+                session.steps = replace(session.steps, compute=fp32)
+                session.order = torch.Generator().set_state(session.order_state)
+                runlog.record_compute(session.run_dir, fp32.to_dict())
+                session.say(f"{fp32.precision_note}: the step is repeated and the run goes on in fp32")
+    session.order = None
+    recompute_detector_batch_norm(session.model, splits.train, prep, device, config.batch_size)
+    val = evaluate_boxes(session.model, splits.val, prep, device) if len(splits.val) else None
+    row = {
+        "epoch": epoch,
+        **{f"train_{name}": value for name, value in losses.items()},
+        "val_map": val.map if val else math.nan,
+        "val_map50": val.map50 if val else math.nan,
+        "lr": session.optimisation.optimizer.param_groups[0]["lr"],
+        "seconds": time.perf_counter() - started,
+    }
+    progress.history.append(row)
+    runlog.append_row(session.run_dir / "metrics.csv", row)
+    session.save_checkpoint(LAST, epoch, row)
+    score = monitor_score(row, MONITOR if val else ("-train_loss",))
+    if score is not None and (progress.best_score is None or score > progress.best_score):
+        progress.best_score, progress.best_epoch = score, epoch
+        session.best_state = {k: v.detach().clone() for k, v in session.model.state_dict().items()}
+        session.save_checkpoint(BEST, epoch, row)
+    progress.epoch, progress.tally = epoch, EpochTally()
+    session.order_state = session.generator.get_state()
+    session.save_state(epoch)
+    parts = "  ".join(f"{name[6:]} {value:.4f}" for name, value in row.items() if name.startswith("train_"))
+    shown = f"val mAP {row['val_map']:.3f} mAP@0.5 {row['val_map50']:.3f}" if val else "no val images"
+    session.say(f"epoch {epoch:>{len(str(config.epochs))}}/{config.epochs}  {parts}  {shown}  {row['seconds']:.1f}s")
+    return row
