@@ -10,8 +10,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cnnkit.cli import detect as cli_detect
 from cnnkit.cli.flags import number_type
-from cnnkit.config import COUNT
+from cnnkit.config import COUNT, Range
 from cnnkit.errors import CnnkitError
 
 PREVIEW_ROWS = 20
@@ -40,6 +41,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         f"(default: {DEFAULT_CSV}; with --json, none)",
     )
     predict.add_argument("--pretrained", action="store_true", help="MODEL is an architecture: use its ImageNet weights")
+    predict.add_argument(
+        "--threshold",
+        type=number_type(Range(float, 0, 1)),
+        help="detection runs: lowest box score reported (default: 0.25)",
+    )
+    predict.add_argument(
+        "--max-boxes", type=number_type(COUNT), help="detection runs: most boxes per image (default: 100)"
+    )
     predict.add_argument("--weights", help="MODEL is an architecture: its ImageNet weights from this local file")
 
     explain = commands.add_parser(
@@ -86,8 +95,15 @@ def _expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], bool]:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from cnnkit.deploy.load import load
+    from cnnkit.deploy.load import is_onnx, load
 
+    if not is_onnx(args.checkpoint):  # a detector's run predicts boxes (cli/detect.py); ONNX stays torch-free
+        from cnnkit.tasks.detect.evaluate import is_detection_run
+
+        if is_detection_run(args.checkpoint):
+            return cli_detect.run_predict_detection(args, *_expand_inputs(args.inputs))
+    if args.threshold is not None or args.max_boxes is not None:
+        raise CnnkitError(f"--threshold and --max-boxes are for detection runs; {args.checkpoint} classifies")
     classifier = load(args.checkpoint, device=args.device, pretrained=args.pretrained, weights=args.weights)
     paths, saw_folder = _expand_inputs(args.inputs)
     predictions, failures = classifier.predict_files(paths, args.top_k)

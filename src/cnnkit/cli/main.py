@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cnnkit import __version__
 from cnnkit.cli import deploy as cli_deploy
+from cnnkit.cli import detect as cli_detect
 from cnnkit.cli import inference as cli_inference
 from cnnkit.cli import search as cli_search
 from cnnkit.cli.complete import add_completion_command, completion_script
@@ -178,7 +179,10 @@ def _reserve_next_run(out: Path, name: str) -> Path | None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from cnnkit.deploy.load import is_onnx, load
+    from cnnkit.tasks.detect.evaluate import is_detection_run
 
+    if not is_onnx(args.checkpoint) and is_detection_run(args.checkpoint):  # COCO mAP, not accuracy
+        return cli_detect.run_evaluate_detection(args)
     if args.report and is_onnx(args.checkpoint):
         raise CnnkitError(
             f"--report draws Grad-CAM with PyTorch, which {args.checkpoint} (an ONNX export) cannot do; "
