@@ -80,6 +80,11 @@ def _option(
     return field(default=default, metadata={"help": help, "group": group, "range": limits, "choices": choices})
 
 
+# The model a run trains when --model is not given, by the kind of data. For series: resnet1d, which
+# measured as accurate as fcn on GunPoint and ItalyPowerDemand (benchmarks/ucr.py's validation split)
+# at fewer multiply-adds per step; see docs/benchmarks.md.
+DEFAULT_MODELS = {"image": "convnet", "series": "resnet1d"}
+
 POSITIVE = Range(float, 0, low_open=True)
 SHARE = Range(float, 0, 1, high_open=True)  # a share that cannot be all: [0, 1)
 COUNT = Range(int, 1)
@@ -100,9 +105,10 @@ class TrainConfig:
         "system locations, then the download cache)",
         "data",
     )
-    model: str = _option(
-        "convnet",
-        "architecture name (see `cnnkit models`), a layer spec string, or a .yaml/.json spec file",
+    model: str | None = _option(
+        None,
+        "architecture name (see `cnnkit models`), a layer spec string, or a .yaml/.json spec file "
+        f"(default: {DEFAULT_MODELS['image']} for images, {DEFAULT_MODELS['series']} for time series)",
         "model",
     )
     task: str = _option(
@@ -159,6 +165,9 @@ class TrainConfig:
         "resize rule: crop (shorter side, centre crop), squash, or pad",
         "data",
         choices=("crop", "squash", "pad"),
+    )
+    series_normalize: bool = _option(
+        False, "z-normalise each time series and channel over its own length, as the run records", "data"
     )
     val_split: float = _option(
         0.1, "share of training images held out for validation when no val/ folder exists", "data", SHARE

@@ -7,7 +7,7 @@ The module needs no PyTorch, so an install with ONNX Runtime alone can read an e
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:  # no PyTorch at import: an ONNX Runtime install reads an export's metadata
     import torch
@@ -35,6 +35,12 @@ class Preprocessing:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     resize: str = "crop"
+    modality: ClassVar[str] = "image"  # not a field: image records keep the keys they always had
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One model input without the batch axis: (C, H, W)."""
+        return (self.channels, self.img_size, self.img_size)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,6 +61,48 @@ class Preprocessing:
         mean = pixels.new_tensor(self.mean).view(1, -1, 1, 1) * 255.0
         inv_std = 1.0 / (pixels.new_tensor(self.std).view(1, -1, 1, 1) * 255.0)
         return (pixels - mean) * inv_std
+
+
+@dataclass(frozen=True)
+class SeriesPreprocessing:
+    """How a time series becomes a model input: read as float32 (C, L), z-normalised when the run was.
+
+    The series are normalised once, when they are read (``cnnkit.data.series.load_series``
+    with ``normalize=series_normalize``), so :meth:`normalize` of a batch only makes it
+    float: a checkpoint that records this reads new series the way its training set was read.
+
+    Args:
+        channels: Channels C of each series.
+        length: The training set's padded length L (the 1-D models take any length).
+        series_normalize: Whether each series and channel was z-normalised over its own length.
+    """
+
+    channels: int
+    length: int
+    series_normalize: bool = False
+    modality: ClassVar[str] = "series"
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One model input without the batch axis: (C, L)."""
+        return (self.channels, self.length)
+
+    def to_dict(self) -> dict:
+        return {"modality": self.modality, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> SeriesPreprocessing:
+        return cls(int(values["channels"]), int(values["length"]), bool(values["series_normalize"]))
+
+    def normalize(self, values: torch.Tensor) -> torch.Tensor:
+        """Series (B, C, L) as float32 model inputs: their values as stored (normalised when read)."""
+        return values.float()
+
+
+def read_preprocessing(values: dict) -> Preprocessing | SeriesPreprocessing:
+    """The preprocessing a record describes: series when it says so, else images (every record before series)."""
+    kind = SeriesPreprocessing if values.get("modality", "image") == "series" else Preprocessing
+    return kind.from_dict(values)
 
 
 @dataclass
@@ -87,7 +135,7 @@ class CheckpointInfo:
 
     model: ModelSpec
     classes: list[str]
-    preprocessing: Preprocessing
+    preprocessing: Preprocessing | SeriesPreprocessing
     extra: dict[str, Any]
 
     @property
@@ -113,6 +161,6 @@ class CheckpointInfo:
         return cls(
             model=ModelSpec.from_dict(values["model"]),
             classes=[str(name) for name in values["classes"]],
-            preprocessing=Preprocessing.from_dict(values["preprocessing"]),
+            preprocessing=read_preprocessing(values["preprocessing"]),
             extra={key: value for key, value in values.items() if key not in DESCRIBED},
         )

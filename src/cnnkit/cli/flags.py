@@ -124,7 +124,11 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         group, text = groups[spec.metadata["group"]], spec.metadata["help"]
         if spec.type == "bool":
             group.add_argument(
-                f"--{spec.name}", dest=spec.name, action="store_true", default=argparse.SUPPRESS, help=text
+                f"--{spec.name.replace('_', '-')}",
+                dest=spec.name,
+                action="store_true",
+                default=argparse.SUPPRESS,
+                help=text,
             )
             continue
         says_default = "default" in text or spec.default is None

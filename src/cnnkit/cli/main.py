@@ -189,6 +189,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
             "give the run or checkpoint it was exported from"
         )
     classifier = load(args.checkpoint, device=args.device)
+    series = classifier.preprocessing.modality == "series"
+    if args.report and series:
+        raise CnnkitError(f"--report draws image galleries and Grad-CAM, and {args.checkpoint} reads time series")
     split = classifier.evaluated_split(args.data, args.split)  # None: a folder without split subfolders, read whole
     where = f"the {split} split of {args.data or 'the training data'}" if split else f"{args.data} (whole folder)"
     embed = classifier.info.extra.get("config", {}).get("task") == "embed"  # Recall@K and MAP@R, not accuracy
@@ -203,9 +206,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if result.count == 0:
         raise CnnkitError(f"{where} holds no images")
     if split is None:
+        own, trained, items = (
+            ("subfolders or TEST file", "data", "series") if series else ("subfolders", "folder", "images")
+        )
         print(
-            f"note: {args.data} has no train/val/test subfolders and is not the model's training folder, "
-            f"so all {result.count} images were evaluated and --split {args.split} does not apply",
+            f"note: {args.data} has no train/val/test {own} and is not the model's training {trained}, "
+            f"so all {result.count} {items} were evaluated and --split {args.split} does not apply",
             file=sys.stderr,
         )
     print(json.dumps({"split": split, **result.to_dict()}) if args.json else result.format())

@@ -17,6 +17,7 @@ from cnnkit.errors import CnnkitError
 if TYPE_CHECKING:
     from cnnkit.data.builtin import BUILTINS
     from cnnkit.data.imageset import DataSplits, ImageSet, SkippedFile
+    from cnnkit.data.series import SeriesSplits
 
 _LAZY = {
     "BUILTINS": "cnnkit.data.builtin",
@@ -45,12 +46,14 @@ def load_data(
     test_split: float = 0.2,
     data_dir: str | None = None,
     workers: int | None = None,
-) -> DataSplits:
-    """Load a built-in dataset by name, or an image folder by path, as train/val/test splits.
+    series_normalize: bool = False,
+) -> DataSplits | SeriesSplits:
+    """Load a built-in dataset by name, an image folder or a time-series set by path, as train/val/test splits.
 
     Args:
-        data: ``digits``, ``mnist``, ``fashion-mnist``, ``cifar10`` or a folder with one
-            subfolder per class (optionally inside ``train/``, ``val/``, ``test/``).
+        data: ``digits``, ``mnist``, ``fashion-mnist``, ``cifar10``, a folder with one
+            subfolder per class (optionally inside ``train/``, ``val/``, ``test/``), or time
+            series (:func:`cnnkit.data.series.is_series`: a UCR or ``.ts`` TRAIN/TEST pair, CSV, ``X.npy``).
         img_size: Side of the square images; defaults to the dataset's own size (64 for folders).
         channels: 1 or 3; defaults to the dataset's own (folders: 1 when every image is grayscale).
         resize: ``crop``, ``squash`` or ``pad``. Defaults to ``crop``.
@@ -58,6 +61,7 @@ def load_data(
         test_split: Share held out for testing when the data has no test split.
         data_dir: Folder holding a built-in dataset's files.
         workers: Decoding threads; defaults to the number of cores.
+        series_normalize: Z-normalise each time series over its own length. Defaults to False.
 
     Example:
         >>> splits = load_data("digits")
@@ -66,12 +70,15 @@ def load_data(
     """
     from cnnkit.data.builtin import BUILTINS, load_builtin
     from cnnkit.data.folder import load_folder
+    from cnnkit.data.series import is_series, load_series
 
     if img_size is not None and not 1 <= img_size <= MAX_IMG_SIZE:
         # Refused before anything is decoded: 100000 would ask for terabytes of memory and cache.
         raise CnnkitError(f"--img-size {img_size} is out of range; use 1 to {MAX_IMG_SIZE} pixels (32 to 224 is usual)")
     if data in BUILTINS:
         return load_builtin(data, data_dir, img_size, channels, resize, val_split, test_split)
+    if is_series(data):
+        return load_series(data, val_split, test_split, series_normalize)
     return load_folder(
         Path(data).expanduser(), img_size, channels, resize, val_split, test_split, workers or os.cpu_count() or 1
     )

@@ -30,6 +30,11 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def inputs(self) -> torch.Tensor:
+        """The tensor batches are taken from, named alike for every kind of data (``SeriesSet.inputs``)."""
+        return self.images
+
     def subset(self, indices: Sequence[int] | torch.Tensor) -> ImageSet:
         """The images at ``indices``, copied; every index in order returns this set itself."""
         index = torch.as_tensor(indices, dtype=torch.long)

@@ -1,7 +1,8 @@
-"""The labelled images a trained model is evaluated on, with its class indices."""
+"""The labelled images (or time series) a trained model is evaluated on, with its class indices."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 from cnnkit.data import BUILTINS, load_data
 from cnnkit.data.folder import has_split_folders, read_folder
 from cnnkit.data.imageset import ImageSet, SkippedFile
+from cnnkit.data.series import SeriesSet, has_test_file, is_series, load_series
 from cnnkit.errors import CnnkitError
 
 
@@ -30,6 +32,8 @@ def labelled_images(
     data = data or trained_on
     if data is None:
         raise CnnkitError("this checkpoint does not record its training data; pass --data")
+    if data not in BUILTINS and is_series(data):
+        raise CnnkitError(f"{data} holds time series, and this model reads images; give labelled images")
     if takes_split(data, config):
         splits = load_data(
             data,
@@ -51,11 +55,35 @@ def labelled_images(
     )
 
 
+def labelled_series(
+    data: str | None, split: str, classes: list[str], read: tuple[int, bool], config: dict
+) -> SeriesSet:
+    """The labelled series a series model is evaluated on, read as its training set was.
+
+    ``read`` is the model's (channels, z-normalise). ``data`` defaults to the training data
+    in ``config``; that, or a set with its own TEST file, is split as in training (the TEST
+    file, else the recorded shares), and any other series file is evaluated whole.
+    """
+    if split not in ("train", "val", "test"):
+        raise CnnkitError(f"unknown split {split!r}; use train, val or test")
+    channels, normalize = read
+    data = data or config.get("data")
+    if data is None:
+        raise CnnkitError("this checkpoint does not record its training data; pass --data")
+    split_as_trained = takes_split(data, config)
+    shares = (config.get("val_split", 0.1), config.get("test_split", 0.2)) if split_as_trained else (0.0, 0.0)
+    splits = load_series(data, *shares, normalize)
+    if splits.channels != channels:
+        raise CnnkitError(f"{data}: series of {splits.channels} channel(s), and the model reads {channels}")
+    return relabel(getattr(splits, split) if split_as_trained else splits.train, classes, data)
+
+
 def takes_split(data: str | None, config: dict) -> bool:
     """Whether :func:`labelled_images` takes a split of ``data`` (default: the training data in ``config``).
 
-    Built-in datasets, folders with train/val/test subfolders and the model's own training
-    folder (split as in training) are split; any other folder is evaluated whole.
+    Built-in datasets, folders with train/val/test subfolders, series with their own TEST
+    file and the model's own training data (split as in training) are split; any other
+    folder or series file is evaluated whole.
     """
     trained_on = config.get("data")
     data = data or trained_on
@@ -68,15 +96,16 @@ def takes_split(data: str | None, config: dict) -> bool:
         and trained_on not in BUILTINS
         and Path(data).expanduser().resolve() == Path(trained_on).expanduser().resolve()
     )
-    return same_folder or has_split_folders(Path(data).expanduser())
+    own_split = has_test_file(data) if is_series(data) else has_split_folders(Path(data).expanduser())
+    return same_folder or own_split
 
 
-def relabel(images: ImageSet, classes: list[str] | None, data: str) -> ImageSet:
-    """Map the dataset's class indices onto the model's ``classes``, by name; None keeps them."""
+def relabel(images: ImageSet | SeriesSet, classes: list[str] | None, data: str) -> ImageSet | SeriesSet:
+    """Map the dataset's class indices (of images or series) onto the model's ``classes``, by name; None keeps them."""
     if classes is None or images.classes == classes:
         return images
     unknown = sorted(set(images.classes) - set(classes))
     if unknown:
         raise CnnkitError(f"{data} has classes the model does not know: {', '.join(unknown)}")
     mapping = torch.tensor([classes.index(name) for name in images.classes])
-    return ImageSet(images.images, mapping[images.labels], classes, images.sources)
+    return dataclasses.replace(images, labels=mapping[images.labels], classes=classes)

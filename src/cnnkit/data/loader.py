@@ -1,4 +1,4 @@
-"""Batches from an in-memory :class:`ImageSet`: no worker processes, no per-sample Python."""
+"""Batches from an in-memory :class:`ImageSet` or :class:`SeriesSet`: no worker processes, no per-sample Python."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ from collections.abc import Iterator
 import torch
 
 from cnnkit.data.imageset import ImageSet
+from cnnkit.data.series import SeriesSet
 
 STATS_BLOCK_VALUES = 1 << 22  # pixel values per block when summing channel statistics (32 MB as float64)
 
 
 def iterate_batches(
-    images: ImageSet,
+    data: ImageSet | SeriesSet,
     batch_size: int,
     shuffle: bool = False,
     generator: torch.Generator | None = None,
@@ -20,8 +21,9 @@ def iterate_batches(
     weights: torch.Tensor | None = None,
     shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (uint8 images (B, C, H, W), labels (B,)) batches; shuffled with ``generator`` when asked.
+    """Yield (inputs, labels (B,)) batches of ``data.inputs``, shuffled with ``generator`` when asked.
 
+    The inputs are uint8 images (B, C, H, W) or float32 series (B, C, L).
     ``start`` skips that many batches of the same order (a resumed epoch); ``weights`` (N,)
     draws the epoch's images with replacement in proportion to them (balanced sampling).
     ``shard=(rank, world_size)`` gives process ``rank`` every ``world_size``-th image of the
@@ -31,7 +33,7 @@ def iterate_batches(
     rank, world_size = shard
     if not 0 <= rank < world_size:
         raise ValueError(f"shard rank {rank} is outside 0..{world_size - 1}")
-    count = len(images)
+    count = len(data)
     if weights is not None:
         order = torch.multinomial(weights, count, replacement=True, generator=generator)
     else:
@@ -39,11 +41,11 @@ def iterate_batches(
     order = order[rank::world_size]
     for first in range(start * batch_size, len(order), batch_size):
         index = order[first : first + batch_size]
-        yield images.images[index], images.labels[index]
+        yield data.inputs[index], data.labels[index]
 
 
-def num_batches(images: ImageSet, batch_size: int) -> int:
-    return -(-len(images) // batch_size)
+def num_batches(data: ImageSet | SeriesSet, batch_size: int) -> int:
+    return -(-len(data) // batch_size)
 
 
 def channel_stats(images: ImageSet) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -58,6 +58,11 @@ class SeriesSet:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def inputs(self) -> torch.Tensor:
+        """The tensor batches are taken from, named alike for every kind of data (``ImageSet.inputs``)."""
+        return self.values
+
     def subset(self, indices: Sequence[int] | torch.Tensor) -> SeriesSet:
         """The series at ``indices``, copied."""
         index = torch.as_tensor(indices, dtype=torch.long)
@@ -87,6 +92,7 @@ class SeriesSplits:
         format: ``ucr-tsv``, ``aeon-ts``, ``csv`` or ``npy``.
         normalize: Whether each series was z-normalised (``NORMALIZATION``).
         warnings: Things worth saying that are not errors.
+        skipped: Always empty, as :class:`~cnnkit.data.imageset.DataSplits` has it: a bad row is an error, not skipped.
     """
 
     name: str
@@ -98,6 +104,7 @@ class SeriesSplits:
     format: str
     normalize: bool = False
     warnings: list[str] = field(default_factory=list)
+    skipped: list = field(default_factory=list)
 
     @property
     def classes(self) -> list[str]:
@@ -157,6 +164,11 @@ def is_series(path: str | Path) -> bool:
     if path.is_file():
         return path.suffix.lower() in FORMATS
     return path.is_dir() and (bool(_pairs(path)) or (path / "X.npy").is_file())
+
+
+def has_test_file(path: str | Path) -> bool:
+    """Whether the series at ``path`` come with their own TEST file (a pair folder, or a ``_TRAIN`` file)."""
+    return _resolve(Path(path).expanduser())[1] is not None
 
 
 def load_series(

@@ -85,10 +85,12 @@ class ImageClassifier:
 
     def labelled_images(self, data: str | None, split: str) -> tuple[ImageSet, list[SkippedFile]]:
         """The labelled images :meth:`evaluate` uses, relabelled to the model's classes, and any skipped files."""
-        from cnnkit.data.labelled import labelled_images  # datasets are torch tensors; prediction needs none
+        from cnnkit.data.labelled import labelled_images, labelled_series  # torch tensors; prediction needs none
 
         prep = self.preprocessing
         config = self.info.extra.get("config", {})
+        if prep.modality == "series":  # read as the run read its own: same channels, z-normalised or not
+            return labelled_series(data, split, self.classes, (prep.channels, prep.series_normalize), config), []
         return labelled_images(data, split, self.classes, (prep.img_size, prep.channels, prep.resize), config)
 
     def evaluated_split(self, data: str | None, split: str) -> str | None:
@@ -109,7 +111,7 @@ class ImageClassifier:
         from cnnkit.tasks.classify.evaluate import score
 
         images, skipped = self.labelled_images(data, split)
-        return score(self.logits(images.images), images.labels, images.classes), skipped
+        return score(self.logits(images.inputs), images.labels, images.classes), skipped
 
     def rank(self, probabilities: np.ndarray, names: list[str], top_k: int) -> list[Prediction]:
         """One :class:`Prediction` per row of ``probabilities`` (N, K), named by ``names``: the top ``top_k`` labels."""

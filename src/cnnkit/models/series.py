@@ -18,12 +18,18 @@ References:
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
 from cnnkit.models.layers import batch_norm, conv, conv_bn, global_pool, max_pool
 from cnnkit.models.network import Network
 from cnnkit.models.registry import register_model
+
+# torch warns that "same" padding with an even kernel (the papers' 8 and 40) pads a copy of
+# the input; that copy is the price of the published kernels, not a mistake a user can fix.
+warnings.filterwarnings("ignore", message="Using padding='same' with even kernel", category=UserWarning)
 
 
 class SeriesNetwork(Network):

@@ -21,12 +21,12 @@ from torch import nn
 
 from cnnkit import compute
 from cnnkit.compute import ComputeSettings
-from cnnkit.config import TrainConfig
+from cnnkit.config import DEFAULT_MODELS, TrainConfig
 from cnnkit.data.augment import parse_augmentation
 from cnnkit.data.loader import channel_stats
 from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import Preprocessing
-from cnnkit.models import ModelSpec, build, kwargs_for_data, model_entry
+from cnnkit.models import ModelSpec, build, list_models, model_entry
 from cnnkit.models.embedding import EMBED_DIM, EMBEDDING, TEMPERATURE, EmbeddingNetwork
 from cnnkit.models.pretrained import create_pretrained, pretrained_preprocessing
 from cnnkit.models.spec import resolve_model
@@ -42,10 +42,18 @@ from cnnkit.training import runlog
 from cnnkit.training.detect import fit_detection, is_detection
 from cnnkit.training.distributed import World
 from cnnkit.training.loop import has_batch_norm
-from cnnkit.training.prepare import check_bad_share, class_weights, prepare_data
+from cnnkit.training.prepare import (
+    Prepared,
+    builder_kwargs,
+    check_bad_share,
+    class_weights,
+    data_modality,
+    prepare_data,
+    prepare_series,
+)
 from cnnkit.training.resume import STATE, SavedState, read_state, resume_config
 from cnnkit.training.runlog import Run
-from cnnkit.training.session import Prepared, Session, start_session, train_epochs
+from cnnkit.training.session import Session, start_session, train_epochs
 
 
 def call(callbacks: Iterable[Any], event: str, **kwargs: Any) -> None:
@@ -140,6 +148,8 @@ def resolve_config(
         config = resume_config(saved, {**(config.to_dict() if config else {}), **overrides})
     else:
         config = TrainConfig.from_dict({**(config or TrainConfig()).to_dict(), **overrides}, "train arguments")
+    if config.model is None:  # the default architecture for the kind of data; config.yaml records which
+        config = replace(config, model=DEFAULT_MODELS[data_modality(config.data)])
     config.check()
     return config, saved
 
@@ -147,7 +157,12 @@ def resolve_config(
 def prepare(config: TrainConfig, saved: SavedState | None, say: Callable[..., None]) -> Prepared:
     """Load the data, then fix the preprocessing (pretrained weights bring theirs) and the architecture."""
     model_name, model_kwargs = resolve_model(config.model)
-    check_trainable(model_name)
+    modality = data_modality(config.data)
+    check_trainable(model_name, modality, config.data)
+    if modality == "series":
+        return prepare_series(config, saved, say, model_name, model_kwargs)
+    if config.series_normalize:
+        raise CnnkitError(f"--series-normalize is for time series, and --data {config.data} holds images; leave it out")
     pretrained = config.pretrained or config.finetune or config.weights is not None
     # ImageNet weights expect RGB at their own size unless told otherwise.
     reference = pretrained_preprocessing(model_name) if pretrained else None
@@ -165,10 +180,7 @@ def prepare(config: TrainConfig, saved: SavedState | None, say: Callable[..., No
     else:
         mean, std = channel_stats(splits.train)
         preprocessing = Preprocessing(img_size, channels, mean, std, config.resize)
-    if saved is not None:  # a resumed run keeps the builder arguments it started with
-        model_kwargs = saved.spec.kwargs
-    else:
-        model_kwargs = model_kwargs or kwargs_for_data(model_name, len(splits.train))
+    model_kwargs = builder_kwargs(saved, model_name, model_kwargs, len(splits.train))
     if config.task == "embed":  # the backbone under a normalised-softmax head (models/embedding.py)
         model_kwargs = model_kwargs if saved is not None else embedding_kwargs(config, model_name, model_kwargs)
         model_name = "embedding"
@@ -177,13 +189,17 @@ def prepare(config: TrainConfig, saved: SavedState | None, say: Callable[..., No
     return Prepared(splits, preprocessing, spec, pretrained, augment, resolve_tta(config.tta, augment))
 
 
-def check_trainable(model_name: str) -> None:
-    """Refuse, before any data is read, a registered model that ``cnnkit train`` cannot train on images."""
+def check_trainable(model_name: str, modality: str, data: str) -> None:
+    """Refuse, before any data is read, a registered model built for another kind of input than ``data`` holds."""
     entry = model_entry(model_name)
-    if entry.modality != "image":
+    if entry.modality != modality:
+        holds, choose = {
+            "image": ("images", f"an image model such as {DEFAULT_MODELS['image']}"),
+            "series": ("time series", ", ".join(list_models(modality="series"))),
+        }[modality]
         raise CnnkitError(
-            f"--model {model_name} takes {entry.modality} input, and cnnkit train reads images only so far; "
-            "choose an image model (cnnkit models lists each model's input)"
+            f"--model {model_name} takes {entry.modality} input, and --data {data} holds {holds}; "
+            f"choose {choose} (cnnkit models lists each model's input)"
         )
     if model_name == "embedding":  # with --task embed too: it is the head put around the backbone --model names
         raise CnnkitError(
@@ -221,8 +237,9 @@ def build_model(config: TrainConfig, data: Prepared, device: torch.device) -> tu
             f"--batch-size {config.batch_size}: {spec.name} has batch norm, which cannot train on one image "
             "at a time, so every step would be skipped; use --batch-size 2 or more"
         )
-    shape = (spec.in_channels, spec.img_size, spec.img_size)  # auto checks the model for bf16 hazards at this input
-    settings = compute.resolve(device, config.precision, config.memory_format, config.compile, model, shape)
+    shape = data.preprocessing.input_shape  # auto checks the model for bf16 hazards at this input
+    layout = config.memory_format if len(shape) == 3 else "contiguous"  # channels_last is a 4-D tensors' layout
+    settings = compute.resolve(device, config.precision, layout, config.compile, model, shape)
     return compute.prepare_model(model, settings), settings
 
 
@@ -275,6 +292,8 @@ def make_task(config: TrainConfig, data: Prepared, device: torch.device) -> Task
 def describe(data: Prepared, model: nn.Module, settings: ComputeSettings, run_dir: Path) -> str:
     parameters = sum(p.numel() for p in model.parameters())
     augment = data.augment.describe() if data.augment else "none"
+    if data.preprocessing.modality == "series":
+        augment = "none (image augmentation is off for series: no flips or crops of signals)"
     splits = data.splits
     held_out = splits.test.classes != splits.classes  # an embedding run tests on classes it does not train on
     return (
@@ -310,7 +329,9 @@ def final_test(session: Session, started: float) -> EvalResult | EmbedResult | N
         {"task": "embed", "selected_by": "val_recall@1 of the seen classes"} if embed else None,
     )
     reported = splits.test if len(splits.test) else splits.val
-    if len(reported):
+    if len(reported) and data.preprocessing.modality != "image":
+        session.say("no report.html: its galleries and Grad-CAM read images only so far")
+    elif len(reported):
         from cnnkit.tasks.embed.report import write_retrieval_report
         from cnnkit.understand.report import write_report
 
@@ -326,6 +347,7 @@ def summarize(session: Session, test: EvalResult | EmbedResult | None, interrupt
     if progress.skipped_steps:
         say(f"warning: skipped {progress.skipped_steps} step(s) with a NaN or infinite loss or gradient (steps.csv)")
     flip = " with flip TTA" if session.data.tta == "flip" else ""
+    items = "series" if session.data.preprocessing.modality == "series" else "images"
     if isinstance(test, EmbedResult):
         say(
             f"held-out classes {', '.join(test.classes)}: {test.describe()}{flip} "
@@ -335,12 +357,12 @@ def summarize(session: Session, test: EvalResult | EmbedResult | None, interrupt
     elif test is not None:
         say(
             f"test accuracy {test.accuracy:.2%}{flip} "
-            f"on {test.count} images (best epoch {progress.best_epoch}) in {seconds:.1f}s; "
+            f"on {test.count} {items} (best epoch {progress.best_epoch}) in {seconds:.1f}s; "
             f"run saved to {session.run_dir}"
         )
     elif progress.best_score is None and not interrupted:
         raise CnnkitError(f"training diverged: every epoch ended with a NaN loss; lower --lr (now {config.lr})")
     elif not interrupted:
-        say(f"no test images; best val accuracy {progress.best_score[0]:.2%}; run saved to {session.run_dir}")
+        say(f"no test {items}; best val accuracy {progress.best_score[0]:.2%}; run saved to {session.run_dir}")
     classes = session.data.splits.classes
     return Run(session.run_dir, config, classes, progress.history, test, progress.best_epoch, seconds, interrupted)

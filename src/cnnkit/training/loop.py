@@ -1,7 +1,7 @@
 """One pass over the data: a training epoch, and the batch-norm statistics recomputed after it.
 
-Each training step takes a batch of uint8 images from the loader, augments it on the
-device as one tensor, normalises it, and runs forward and backward under the run's
+Each training step takes a batch of uint8 images (or float series) from the loader, augments
+images on the device as one tensor, normalises it, and runs forward and backward under the run's
 :class:`~cnnkit.compute.ComputeSettings` (precision, memory format).
 """
 
@@ -18,8 +18,9 @@ from cnnkit.compute import ComputeSettings, autocast, grad_scaler, prepare_input
 from cnnkit.data import ImageSet
 from cnnkit.data.augment import Augmentation
 from cnnkit.data.loader import iterate_batches
+from cnnkit.data.series import SeriesSet
 from cnnkit.errors import CnnkitError
-from cnnkit.modelinfo import Preprocessing
+from cnnkit.modelinfo import Preprocessing, SeriesPreprocessing
 from cnnkit.tasks import Task
 from cnnkit.training.optim import Optimisation
 from cnnkit.training.resume import EpochTally
@@ -61,8 +62,8 @@ def has_batch_norm(model: nn.Module) -> bool:
 
 def train_one_epoch(
     model: nn.Module,
-    data: ImageSet,
-    preprocessing: Preprocessing,
+    data: ImageSet | SeriesSet,
+    preprocessing: Preprocessing | SeriesPreprocessing,
     task: Task,
     optimisation: Optimisation,
     device: torch.device,
@@ -116,7 +117,7 @@ def train_one_epoch(
         if share < (1 if single_ok else 2):
             tally.batches += 1
             continue
-        images = images.to(device, non_blocking=True)  # (B, C, H, W) uint8
+        images = images.to(device, non_blocking=True)  # (B, C, H, W) uint8, or (B, C, L) float series
         if settings.augment is not None:
             images = settings.augment(images, generator, settings.shard)  # draws for the global batch, own slice
         inputs = prepare_inputs(preprocessing.normalize(images), settings.compute)
@@ -158,8 +159,8 @@ def train_one_epoch(
 @torch.no_grad()
 def recompute_batch_norm(
     model: nn.Module,
-    data: ImageSet,
-    preprocessing: Preprocessing,
+    data: ImageSet | SeriesSet,
+    preprocessing: Preprocessing | SeriesPreprocessing,
     device: torch.device,
     batch_size: int,
     max_batches: int = 20,

@@ -1,19 +1,42 @@
-"""Data made ready for training: loaded, scanned and reviewed, with class and sampling weights."""
+"""Data made ready for training: loaded, scanned and reviewed, with class and sampling weights.
+
+:class:`Prepared` is what follows from the data (preprocessing, architecture, augmentation);
+``fit.prepare`` makes it for images, :func:`prepare_series` for time series.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from cnnkit.config import TrainConfig
 from cnnkit.data import load_data
+from cnnkit.data.augment import Augmentation
 from cnnkit.data.builtin import BUILTINS
 from cnnkit.data.check import review_splits, scan_folder
 from cnnkit.data.imageset import DataSplits
+from cnnkit.data.series import SeriesSplits, is_series
 from cnnkit.errors import CnnkitError
+from cnnkit.modelinfo import ModelSpec, Preprocessing, SeriesPreprocessing
+from cnnkit.models import kwargs_for_data
+from cnnkit.training.resume import SavedState
+
+
+@dataclass
+class Prepared:
+    """The data and what follows from it: preprocessing, architecture, augmentation and test-time flip."""
+
+    splits: DataSplits | SeriesSplits
+    preprocessing: Preprocessing | SeriesPreprocessing
+    spec: ModelSpec
+    pretrained: bool
+    augment: Augmentation | None
+    tta: str
 
 
 def check_bad_share(splits: DataSplits, max_bad_share: float, run_dir: Path) -> None:
@@ -47,11 +70,12 @@ def sampling_weights(labels: torch.Tensor, sampler: str = "balanced") -> torch.T
     return 1.0 / torch.bincount(labels).double()[labels]
 
 
-def prepare_data(config: TrainConfig, say: Callable[[str], None]) -> DataSplits:
+def prepare_data(config: TrainConfig, say: Callable[[str], None]) -> DataSplits | SeriesSplits:
     """Load the data, scan an image folder (cached), then review the splits; print what was found.
 
     The scan here reads and hashes every file but does not decode it: loading a folder
-    decodes each file once into the image cache and reports the files that fail.
+    decodes each file once into the image cache and reports the files that fail. Time
+    series are checked as they are read (a bad row is an error), so only their warnings are said.
     """
     data = config.data
     splits = load_data(
@@ -63,10 +87,12 @@ def prepare_data(config: TrainConfig, say: Callable[[str], None]) -> DataSplits:
         config.test_split,
         config.data_dir,
         config.workers,
+        config.series_normalize,
     )
-    folder = data not in BUILTINS and Path(data).is_dir()
+    series = isinstance(splits, SeriesSplits)  # read and checked row by row: nothing to scan or review
+    folder = not series and data not in BUILTINS and Path(data).is_dir()
     scan = scan_folder(data, workers=config.workers, decode=False) if folder else None
-    splits = review_splits(splits, scan)
+    splits = splits if series else review_splits(splits, scan)
     if scan is not None:
         say(f"checked {scan.files} image files: {len(splits.skipped)} bad, {len(scan.details)} warning(s)")
     for warning in splits.warnings:
@@ -79,3 +105,41 @@ def prepare_data(config: TrainConfig, say: Callable[[str], None]) -> DataSplits:
     if len(splits.train) == 0:
         raise CnnkitError(f"{splits.name}: no readable training images")
     return splits
+
+
+def data_modality(data: str) -> str:
+    """``series`` when ``data`` names time series (a TRAIN/TEST pair, CSV, X.npy), else ``image``; reads no file."""
+    return "series" if data not in BUILTINS and is_series(data) else "image"
+
+
+def prepare_series(
+    config: TrainConfig, saved: SavedState | None, say: Callable[..., None], model_name: str, model_kwargs: dict
+) -> Prepared:
+    """Time series, read as stored (z-normalised with ``series_normalize``): no image augmentation, no flip."""
+    image_only = {
+        "task": config.task != "classify",
+        "pretrained": config.pretrained,
+        "finetune": config.finetune,
+        "weights": config.weights is not None,
+        "img_size": config.img_size is not None,
+        "channels": config.channels is not None,
+        "augment": config.augment not in ("auto", "none"),
+        "tta": config.tta == "flip",
+    }
+    if given := [f"--{key.replace('_', '-')}" for key, value in image_only.items() if value]:
+        raise CnnkitError(
+            f"{', '.join(given)}: not for time series (--data {config.data}), which train to classify, "
+            "as stored, without image augmentation or flips; leave them out"
+        )
+    splits = prepare_data(config, say)
+    preprocessing = SeriesPreprocessing(splits.channels, splits.length, config.series_normalize)
+    model_kwargs = builder_kwargs(saved, model_name, model_kwargs, len(splits.train))
+    spec = ModelSpec(model_name, len(splits.classes), splits.channels, splits.length, model_kwargs)
+    return Prepared(splits, preprocessing, spec, False, None, "none")
+
+
+def builder_kwargs(saved: SavedState | None, model_name: str, given: dict, train_count: int) -> dict[str, Any]:
+    """The builder arguments: a resumed run's own, else those given, else those its training-set size suggests."""
+    if saved is not None:
+        return saved.spec.kwargs
+    return given or kwargs_for_data(model_name, train_count)

@@ -16,6 +16,7 @@ import torch
 from cnnkit.checkpoint import BEST, LAST
 from cnnkit.config import TrainConfig
 from cnnkit.data import DataSplits
+from cnnkit.data.series import SeriesSplits
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.classify.metrics import EvalResult
 
@@ -45,20 +46,23 @@ class Run:
         return self.dir / LAST
 
 
-def describe(splits: DataSplits) -> str:
-    _, channels, height, width = splits.train.images.shape
+def describe(splits: DataSplits | SeriesSplits) -> str:
+    series = isinstance(splits, SeriesSplits)
+    shape = "x".join(map(str, splits.train.inputs.shape[1:]))  # CxHxW, or CxL for series
+    normalized = f" ({'z-normalised' if splits.normalize else 'values as stored'})" if series else ""
     return (
-        f"{splits.name}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test images, "
-        f"{len(splits.classes)} classes, {channels}x{height}x{width}"
+        f"{splits.name}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test "
+        f"{'series' if series else 'images'}, {len(splits.classes)} classes, {shape}{normalized}"
     )
 
 
-def write_data_records(run_dir: Path, splits: DataSplits) -> None:
-    """``split.json`` (which image went where) and ``skipped.csv`` (what could not be read, and why)."""
+def write_data_records(run_dir: Path, splits: DataSplits | SeriesSplits) -> None:
+    """``split.json`` (which item went where; a series set's facts) and ``skipped.csv`` (what could not be read)."""
     split = {
         "data": splits.name,
         "rule": splits.split_rule,
         "classes": splits.classes,
+        **({"series": splits.facts()} if isinstance(splits, SeriesSplits) else {}),
         **{name: getattr(splits, name).sources for name in ("train", "val", "test")},
     }
     (run_dir / "split.json").write_text(json.dumps(split))
@@ -69,7 +73,7 @@ def write_data_records(run_dir: Path, splits: DataSplits) -> None:
             writer.writerows((item.path, item.reason) for item in splits.skipped)
 
 
-def check_same_split(run_dir: Path, splits: DataSplits) -> list[str]:
+def check_same_split(run_dir: Path, splits: DataSplits | SeriesSplits) -> list[str]:
     """Refuse to resume on data that changed since the run began; returns the run's class names."""
     try:
         recorded = json.loads((run_dir / "split.json").read_text())

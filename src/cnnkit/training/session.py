@@ -20,19 +20,17 @@ from cnnkit import compute
 from cnnkit.checkpoint import BEST, LAST, CheckpointWriteError, save_checkpoint, versions
 from cnnkit.compute import ComputeSettings
 from cnnkit.config import TrainConfig
-from cnnkit.data import DataSplits
-from cnnkit.data.augment import Augmentation
 from cnnkit.data.loader import num_batches
+from cnnkit.data.series import SeriesSplits
 from cnnkit.errors import CnnkitError
-from cnnkit.modelinfo import CheckpointInfo, Preprocessing
-from cnnkit.models import ModelSpec
+from cnnkit.modelinfo import CheckpointInfo
 from cnnkit.tasks import Task, monitor_score
 from cnnkit.training import runlog
 from cnnkit.training.distributed import World, shut_down
 from cnnkit.training.interrupts import DeferredInterrupts, StepInterrupt
 from cnnkit.training.loop import NonFiniteStep, StepSettings, recompute_batch_norm, train_one_epoch
 from cnnkit.training.optim import Optimisation, build_optimizer, finetune_optimizer, starts_phase
-from cnnkit.training.prepare import sampling_weights
+from cnnkit.training.prepare import Prepared, sampling_weights
 from cnnkit.training.resume import (
     STATE,
     STEPS,
@@ -44,18 +42,6 @@ from cnnkit.training.resume import (
     truncate_logs,
 )
 from cnnkit.training.runlog import StepLog
-
-
-@dataclass
-class Prepared:
-    """The data and what follows from it: preprocessing, architecture, augmentation and test-time flip."""
-
-    splits: DataSplits
-    preprocessing: Preprocessing
-    spec: ModelSpec
-    pretrained: bool
-    augment: Augmentation | None
-    tta: str
 
 
 @dataclass
@@ -194,10 +180,11 @@ def start_session(
 
 def checkpoint_info(session: Session, epoch: int, row: dict[str, float]) -> CheckpointInfo:
     """What a checkpoint carries besides the weights: enough to rebuild, preprocess and tell runs apart."""
-    data = session.data
+    data, splits = session.data, session.data.splits
+    facts = splits.facts() if isinstance(splits, SeriesSplits) else {}  # format, files, lengths, normalisation
     extra = {
         "config": session.config.to_dict(),
-        "data": {"name": data.splits.name, "split_rule": data.splits.split_rule},
+        "data": {"name": splits.name, "split_rule": splits.split_rule, **facts},
         "epoch": epoch,
         "metrics": row,
         "versions": versions(),

@@ -1,4 +1,4 @@
-"""Scoring a classifier: logits for uint8 images, and loss, accuracy and per-class metrics against labels."""
+"""Scoring a classifier: logits for uint8 images or float series, and loss, accuracy and per-class metrics."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from cnnkit.data import ImageSet
-from cnnkit.modelinfo import Preprocessing
+from cnnkit.data.series import SeriesSet
+from cnnkit.modelinfo import Preprocessing, SeriesPreprocessing
 from cnnkit.tasks.classify.metrics import EvalResult, confusion_matrix, per_class_report
 from cnnkit.tasks.classify.tta import FlipAveraged
 
@@ -19,12 +20,12 @@ EVAL_BATCH_VALUES = 1 << 22  # pixel values per evaluation batch: 16 MB as float
 def predict_logits(
     model: nn.Module,
     images: torch.Tensor,
-    preprocessing: Preprocessing,
+    preprocessing: Preprocessing | SeriesPreprocessing,
     device: torch.device,
     batch_size: int = 256,
     tta: bool = False,
 ) -> torch.Tensor:
-    """Logits (N, K) on the CPU for uint8 images (N, C, H, W).
+    """Logits (N, K) on the CPU for uint8 images (N, C, H, W), or float series (N, C, L) with their preprocessing.
 
     ``tta`` averages the predictions for each image and its mirror image
     (:class:`~cnnkit.tasks.classify.tta.FlipAveraged`). Batches are taken one at a time, so a
@@ -73,12 +74,12 @@ def score(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> Eva
 
 def evaluate(
     model: nn.Module,
-    data: ImageSet,
-    preprocessing: Preprocessing,
+    data: ImageSet | SeriesSet,
+    preprocessing: Preprocessing | SeriesPreprocessing,
     device: torch.device,
     batch_size: int = 256,
     tta: bool = False,
 ) -> EvalResult:
     """:func:`score` of ``model`` on ``data``; test-time flip with ``tta``."""
-    logits = predict_logits(model, data.images, preprocessing, device, batch_size, tta=tta)
+    logits = predict_logits(model, data.inputs, preprocessing, device, batch_size, tta=tta)
     return score(logits, data.labels, data.classes)

@@ -1,0 +1,182 @@
+"""Time series through ``cnnkit train`` and ``evaluate``: sines against squares written here as a UCR pair."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import run_cli
+from test_resume import Killed, same_run
+
+import cnnkit
+from cnnkit.data.labelled import labelled_images
+from cnnkit.errors import CnnkitError
+from cnnkit.modelinfo import CheckpointInfo, ModelSpec, Preprocessing, SeriesPreprocessing, read_preprocessing
+from cnnkit.training.resume import STATE, read_state
+
+LENGTH = 64
+
+
+def sines_and_squares(count: int, seed: int) -> list[list[float]]:
+    """Rows ``label, x_1..x_64``: class 1 a noisy sine, class 2 a noisy square wave, each at a random phase."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for index in range(count):
+        label = 1 + index % 2
+        phase = np.linspace(0, 4 * np.pi, LENGTH) + rng.uniform(0, 2 * np.pi)
+        wave = np.sin(phase) if label == 1 else np.sign(np.sin(phase))
+        rows.append([label, *(3.0 * wave + 5.0 + 0.2 * rng.standard_normal(LENGTH))])  # offset and scale: z-norm undoes
+    return rows
+
+
+def write_tsv(path: Path, rows: list[list[float]]) -> None:
+    path.write_text("".join("\t".join(f"{cell:g}" for cell in row) + "\n" for row in rows))
+
+
+@pytest.fixture(scope="module")
+def waves(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A UCR pair, ``Waves_TRAIN.tsv`` (40 series) and ``Waves_TEST.tsv`` (20), of length 64."""
+    folder = tmp_path_factory.mktemp("waves")
+    write_tsv(folder / "Waves_TRAIN.tsv", sines_and_squares(40, 0))
+    write_tsv(folder / "Waves_TEST.tsv", sines_and_squares(20, 1))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def waves_run(waves: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The real ``cnnkit train`` on the waves, z-normalised: (run directory, what it printed)."""
+    out = tmp_path_factory.mktemp("runs")
+    args = ("--data", str(waves), "--epochs", "3", "--batch-size", "8", "--series-normalize", "--out", str(out))
+    result = run_cli("train", *args, "--name", "waves")
+    assert result.returncode == 0, result.stderr
+    return out / "waves", result.stdout
+
+
+@pytest.mark.slow
+def test_train_series_writes_the_run_directory_and_beats_chance(waves_run):
+    run_dir, printed = waves_run
+    for name in ("config.yaml", "split.json", "metrics.csv", "best.safetensors", "last.safetensors", STATE):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "curves.png").is_file() and (run_dir / "confusion_matrix.png").is_file()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["test"]["count"] == 20 and results["test"]["accuracy"] >= 0.8  # chance is 0.5
+    assert "36 train / 4 val / 20 test series" in printed and "1x64 (z-normalised)" in printed
+    assert "augment: none (image augmentation is off for series" in printed
+
+
+@pytest.mark.slow
+def test_train_series_records_the_default_model_and_z_normalisation(waves_run):
+    run_dir, _ = waves_run
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["model"] == "resnet1d" and config["series_normalize"] is True
+    split = json.loads((run_dir / "split.json").read_text())
+    assert split["series"]["normalize"] is True and split["series"]["length"] == LENGTH
+    info = cnnkit.load(run_dir).info
+    assert info.preprocessing == SeriesPreprocessing(channels=1, length=LENGTH, series_normalize=True)
+    assert info.model.name == "resnet1d" and info.model.in_channels == 1
+    assert info.extra["data"]["format"] == "ucr-tsv" and info.extra["data"]["normalize"] is True
+
+
+@pytest.mark.slow
+def test_evaluate_series_checkpoint_reloads_to_the_accuracy_training_measured(waves_run, waves):
+    run_dir, _ = waves_run
+    trained = json.loads((run_dir / "results.json").read_text())["test"]
+    result, skipped = cnnkit.load(run_dir).evaluate()  # the recorded data, read z-normalised as in training
+    assert not skipped and result.count == 20 and result.accuracy == trained["accuracy"]
+    printed = run_cli("evaluate", str(run_dir), "--data", str(waves / "Waves_TEST.tsv"), "--json")
+    assert printed.returncode == 0, printed.stderr
+    record = json.loads(printed.stdout)
+    assert record["accuracy"] == trained["accuracy"] and record["split"] is None  # a lone file: evaluated whole
+    assert [row["support"] for row in record["per_class"]] == [10, 10]
+
+
+@pytest.mark.slow
+def test_evaluate_series_refuses_other_channels_and_the_image_report(waves_run, tmp_path):
+    run_dir, _ = waves_run
+    np.save(tmp_path / "X.npy", np.zeros((4, 3, LENGTH), dtype=np.float32))
+    np.save(tmp_path / "y.npy", np.array([1, 2, 1, 2]))
+    with pytest.raises(CnnkitError, match=r"3 channel.*the model reads 1"):
+        cnnkit.load(run_dir).evaluate(str(tmp_path), "test")
+    refused = run_cli("evaluate", str(run_dir), "--report")
+    assert refused.returncode == 2 and "reads time series" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_train_series_killed_mid_epoch_resumes_bit_for_bit(waves, tmp_path):
+    common = dict(data=str(waves), model="fcn", epochs=2, batch_size=8, save_every=2, seed=3)
+    common.update(out=str(tmp_path), verbose=False)
+    reference = cnnkit.train(name="reference", **common)
+
+    class KillAtStepFour:
+        def on_checkpoint(self, run_dir, path, epoch, step):
+            if path.name == STATE and step == 4:  # mid-epoch 1: 36 training series make 5 steps
+                raise Killed
+
+    with pytest.raises(Killed):
+        cnnkit.train(name="killed", callbacks=[KillAtStepFour()], **common)
+    assert read_state(tmp_path / "killed").progress.tally.batches == 4
+    resumed = cnnkit.train(resume=tmp_path / "killed", verbose=False)
+    same_run(resumed.dir, reference.dir)
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ({"model": "convnet"}, r"--model convnet takes image input, and --data .* holds time series; choose fcn"),
+        ({"model": "bcresnet"}, "takes audio input"),
+        ({"augment": "hflip"}, "--augment: not for time series"),
+        ({"img_size": 32, "tta": "flip"}, "--img-size, --tta: not for time series"),
+        ({"task": "embed"}, "--task: not for time series"),
+    ],
+)
+def test_train_series_refuses_image_settings_before_any_run(waves, tmp_path, settings, says):
+    with pytest.raises(CnnkitError, match=says):
+        cnnkit.train(data=str(waves), epochs=1, out=str(tmp_path), verbose=False, **settings)
+    assert not any(tmp_path.iterdir())
+
+
+def test_train_images_refuse_series_models_and_series_normalize(tmp_path):
+    with pytest.raises(CnnkitError, match="--model resnet1d takes series input, and --data digits holds images"):
+        cnnkit.train(data="digits", model="resnet1d", epochs=1, out=str(tmp_path), verbose=False)
+    with pytest.raises(CnnkitError, match="--series-normalize is for time series"):
+        cnnkit.train(data="digits", series_normalize=True, epochs=1, out=str(tmp_path), verbose=False)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_cli_train_series_bad_input_is_one_line_and_exit_2(waves, tmp_path):
+    rows = sines_and_squares(6, 2)
+    rows[3][10] = float("nan")  # inside the series, not trailing padding
+    write_tsv(tmp_path / "Bad_TRAIN.tsv", rows)
+    write_tsv(tmp_path / "Bad_TEST.tsv", sines_and_squares(2, 3))
+    for args, says in (
+        (("--data", str(tmp_path / "Bad_TRAIN.tsv")), "Bad_TRAIN.tsv: line 4"),
+        (("--data", str(waves), "--model", "convnet"), "takes image input"),
+    ):
+        result = run_cli("train", *args, "--epochs", "1", "--out", str(tmp_path / "runs"))
+        assert result.returncode == 2 and says in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_labelled_images_refuses_series_for_an_image_model(waves):
+    with pytest.raises(CnnkitError, match="holds time series, and this model reads images"):
+        labelled_images(str(waves), "test", ["1", "2"], (8, 1, "crop"), {"data": "digits"})
+
+
+def test_preprocessing_records_round_trip_and_image_records_keep_their_keys():
+    series = SeriesPreprocessing(2, 100, True)
+    assert read_preprocessing(json.loads(json.dumps(series.to_dict()))) == series
+    assert series.input_shape == (2, 100) and series.normalize(torch.ones(1, 2, 3, dtype=torch.float64)).dtype == (
+        torch.float32
+    )
+    image = Preprocessing(28, 1, (0.5,), (0.25,))
+    assert set(image.to_dict()) == {"img_size", "channels", "mean", "std", "resize"}  # as every earlier checkpoint
+    info = CheckpointInfo(ModelSpec("fcn", 2, 2, 100), ["a", "b"], series, {})
+    assert CheckpointInfo.from_dict(info.to_dict()).preprocessing == series
+    assert read_preprocessing(image.to_dict()) == image
