@@ -257,6 +257,8 @@ def resolve_model(model: str) -> tuple[str, dict[str, Any]]:
     """A registry name, a spec file or a one-line spec -> (registry name, builder keyword arguments)."""
     if model in list_models():
         return model, {}
+    if model in list_models(task="detect"):
+        raise CnnkitError(f"--model {model} is a detector (boxes, not labels): train it with --task detect")
     looks_like_file = model.endswith((".yaml", ".yml", ".json"))
     if looks_like_file and not Path(model).expanduser().is_file():
         raise CnnkitError(f"network spec file not found: {model}")
