@@ -46,7 +46,7 @@ from cnnkit.training.detect_session import DetectionData, DetectionSession, trai
 from cnnkit.training.loop import StepSettings, has_batch_norm
 from cnnkit.training.optim import Optimisation
 from cnnkit.training.prepare import check_bad_share
-from cnnkit.training.resume import STATE, Progress, SavedState, read_state, resume_config, truncate_logs
+from cnnkit.training.resume import STATE, Progress, SavedState, truncate_logs
 from cnnkit.training.runlog import Run
 from cnnkit.training.session import build_schedule
 
@@ -66,19 +66,25 @@ def fit_detection(
     config: TrainConfig | None,
     resume: str | Path | None,
     overrides: dict[str, Any],
-    notify: Callable[..., None],
     verbose: bool,
+    notify: Callable[..., None],
+    resolve: Callable[..., tuple[TrainConfig, SavedState | None]],
     discard: Callable[[Path], None],
 ) -> Run:
     """Train a detector end to end and write its run directory (see the module docstring).
 
-    Called by :func:`cnnkit.training.fit.fit` for ``task="detect"``, with its arguments:
-    ``notify(event, **kwargs)`` runs fit's callbacks, and ``discard(run_dir)`` removes a new
-    run directory that failed before saving a resumable state.
+    Called by :func:`cnnkit.training.fit.fit` for ``task="detect"`` with its arguments and
+    three of its functions, so that this module needs no import of the one that imports it:
+    ``notify(event, **kwargs)`` runs fit's callbacks, ``resolve`` is ``resolve_config`` (a
+    resumed run's own settings, else defaults, ``config`` and overrides), and
+    ``discard(run_dir)`` removes a new run directory that failed before saving a state.
     """
     started = time.perf_counter()
     say = print if verbose else _silent
-    config, saved = resolve_detection_config(config, resume, overrides)
+    if resume is None and "model" not in overrides and (config is None or config.model is None):
+        overrides = {**overrides, "model": DEFAULT_DETECTOR}  # the task's default, which config.yaml records
+    config, saved = resolve(config, resume, overrides)
+    check_detection_config(config)
     device = compute.select_device(config.device)
     data = prepare_detection(config, saved, say)
     model, settings = build_detector(config, data, saved is None, device)
@@ -101,22 +107,6 @@ def fit_detection(
 
 def _silent(*_: Any) -> None:
     pass
-
-
-def resolve_detection_config(
-    config: TrainConfig | None, resume: str | Path | None, overrides: dict[str, Any]
-) -> tuple[TrainConfig, SavedState | None]:
-    """The run's settings (a resumed run's own), with the default detector, checked for what detection supports."""
-    saved = read_state(resume) if resume is not None else None
-    if saved is not None:
-        config = resume_config(saved, {**(config.to_dict() if config else {}), **overrides})
-    else:
-        config = TrainConfig.from_dict({**(config or TrainConfig()).to_dict(), **overrides}, "train arguments")
-    if config.model is None:  # no --model: the task's default detector, which config.yaml then records
-        config = replace(config, model=DEFAULT_DETECTOR)
-    config.check()
-    check_detection_config(config)
-    return config, saved
 
 
 def check_detection_config(config: TrainConfig) -> None:

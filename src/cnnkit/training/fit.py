@@ -103,7 +103,8 @@ def fit(
     say = print if verbose and world.leader else _silent
     callbacks = list(callbacks)
     if is_detection(config, resume, overrides):  # boxes, not labels: its own data, epoch, metric
-        return fit_detection(config, resume, overrides, partial(call, callbacks), verbose, discard_unfinished)
+        lent = (partial(call, callbacks), resolve_config, discard_unfinished)
+        return fit_detection(config, resume, overrides, verbose, *lent)
     resume = resume or world.restarted_run(overrides.get("out", (config or TrainConfig()).out))
     config, saved = resolve_config(config, resume, world.claim(overrides))
     device = world.start(config)
