@@ -13,10 +13,12 @@ from conftest import run_cli
 from test_resume import Killed, same_run
 
 import cnnkit
+from cnnkit.cli.main import main
 from cnnkit.data.labelled import labelled_images
 from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import CheckpointInfo, ModelSpec, Preprocessing, SeriesPreprocessing, read_preprocessing
 from cnnkit.training.resume import STATE, read_state
+from cnnkit.understand.summary import summarize_model
 
 LENGTH = 64
 
@@ -104,6 +106,16 @@ def test_evaluate_series_refuses_other_channels_and_the_image_report(waves_run, 
     refused = run_cli("evaluate", str(run_dir), "--report")
     assert refused.returncode == 2 and "reads time series" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_summary_and_models_show_series_input(waves_run, capsys):
+    run_dir, _ = waves_run
+    summary = summarize_model(str(run_dir))
+    assert list(summary.input_shape) == [1, LENGTH] and summary.layers[0].type == "Conv1d"
+    assert main(["models", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["resnet1d"]["input"] == "3xL" and rows["convnet"]["input"] == "3x32x32"
 
 
 @pytest.mark.slow

@@ -274,6 +274,9 @@ def run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+SHOWN_INPUT = {"image": "3x32x32", "series": "3xL"}  # the input `models` counts with; a series model takes any L
+
+
 def run_models(args: argparse.Namespace) -> int:
     import torch
 
@@ -293,12 +296,16 @@ def run_models(args: argparse.Namespace) -> int:
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "pretrained": name in pretrained,
                 "modality": model_entry(name).modality,
+                "input": SHOWN_INPUT.get(model_entry(name).modality),
             }
         )
     if args.json:
         print(json.dumps(rows))
         return 0
-    print(f"{'model':<20} {'input':<7} {'parameters':>12}  pretrained   (10 classes, 3 channels, 32x32 images)")
+    print(
+        f"{'model':<20} {'input':<7} {'parameters':>12}  pretrained   "
+        "(10 classes, 3 channels; images 32x32, series (3, L) of any length L)"
+    )
     for row in rows:
         pretrained = "ImageNet" if row["pretrained"] else "-"
         print(f"{row['name']:<20} {row['modality']:<7} {row['parameters']:>12,}  {pretrained}")

@@ -178,10 +178,10 @@ def summarize_model(
         if any(value is not None for value in given.values()):
             raise CnnkitError(
                 f"{', '.join(flag for flag, value in given.items() if value is not None)} describe an architecture; "
-                f"the checkpoint {model} records its own ({prep.channels}x{prep.img_size}x{prep.img_size} input, "
+                f"the checkpoint {model} records its own ({'x'.join(map(str, prep.input_shape))} input, "
                 f"{len(info.classes)} classes): leave them out"
             )
-        return summarize(net, (prep.channels, prep.img_size, prep.img_size), model)
+        return summarize(net, prep.input_shape, model)  # (C, H, W), or (C, L) for a series model
     name, kwargs = resolve_model(model)
     spec_input = kwargs.get("input")
     if spec_input and len(spec_input) == 3:  # a spec's own input size is its default; the builder refuses others
