@@ -16,7 +16,7 @@ from cnnkit.checkpoint import read_checkpoint
 from cnnkit.data import DataSplits, ImageSet, load_data
 from cnnkit.errors import CnnkitError
 from cnnkit.models import create_model
-from cnnkit.models.embedding import TEMPERATURE, CosineClassifier, EmbeddingNetwork
+from cnnkit.models.embedding import TEMPERATURE, CosineClassifier, EmbeddingNetwork, pooled_layer
 from cnnkit.safeload import load_tensors
 from cnnkit.tasks.embed import EmbedTask
 from cnnkit.tasks.embed.evaluate import evaluate_embedding
@@ -78,10 +78,34 @@ def test_embedding_network_features_embedding_is_the_normalised_backbone_output_
     assert logits.shape == (3, 4) and torch.allclose(logits, head, atol=1e-5)  # the proxies score the projection
 
 
+def test_embedding_network_pooled_embedding_is_read_under_the_hidden_head_layer():
+    torch.manual_seed(0)
+    backbone = create_model("convnet", 4, 1, 28, hidden=32)
+    net = EmbeddingNetwork(backbone, 4, embed_dim=16, embedding="pooled").eval()
+    hidden = backbone.head[1][0]  # Flatten, Sequential(Linear, BatchNorm1d, ReLU), Dropout, (classifier)
+    assert pooled_layer(net.backbone) is hidden
+    images = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        flat = backbone.head[0](backbone.forward_features(images))  # (3, 128 * 3 * 3)
+        vectors = net.forward_embedding(images)
+    assert vectors.shape == (3, hidden.in_features) and hidden.in_features != hidden.out_features
+    assert torch.allclose(vectors, torch.nn.functional.normalize(flat, dim=1), atol=1e-6)
+    # without a hidden layer, or without convolutions (an MLP), "pooled" reads what "features" reads
+    for name in ("convnet", "mlp"):
+        pooled, features = (
+            EmbeddingNetwork(create_model(name, 4, 1, 28), 4, 16, embedding=choice).eval()
+            for choice in ("pooled", "features")
+        )
+        features.load_state_dict(pooled.state_dict())
+        with torch.no_grad():
+            assert pooled_layer(pooled.backbone) is None
+            assert torch.equal(pooled.forward_embedding(images), features.forward_embedding(images))
+
+
 def test_embedding_model_without_an_embedding_choice_rebuilds_as_the_projection():
     old = create_model("embedding", 4, 1, 8, embed_dim=16)  # a checkpoint's kwargs from before the choice
     assert old.embedding == "projection" and old.forward_embedding(torch.zeros(2, 1, 8, 8)).shape == (2, 16)
-    with pytest.raises(CnnkitError, match="embedding 'pixels' is not one of features, projection"):
+    with pytest.raises(CnnkitError, match="embedding 'pixels' is not one of pooled, features, projection"):
         create_model("embedding", 4, 1, 8, embedding="pixels")
 
 
@@ -140,7 +164,7 @@ def test_train_embed_writes_recall_metrics_and_a_retrieval_report(embed_run):
     assert report["recall@1"] == results["test"]["recall@1"] and len(report["per_class"]) == 5
     assert (embed_run / "report" / "neighbours.png").exists() and not (embed_run / "confusion_matrix.png").exists()
     _, info = read_checkpoint(embed_run / "best.safetensors")
-    assert info.model.kwargs["embedding"] == "features"  # new runs search the features under the projection
+    assert info.model.kwargs["embedding"] == "pooled"  # new runs search the pooled features under the head
 
 
 @pytest.mark.slow

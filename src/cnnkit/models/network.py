@@ -53,6 +53,10 @@ class Network(nn.Module, abc.ABC):
         that means "the model's features" for all of them (pooled, after any hidden head
         layers): similarity search indexes it, and an embedding model returns its own.
         """
+        return self.input_of(self.get_classifier(), x)
+
+    def input_of(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Run the network on ``x`` (B, ...) and return what ``layer``, one of its modules, received, as (B, F)."""
         captured: list[torch.Tensor] = []
         caller = threading.get_ident()
 
@@ -62,7 +66,7 @@ class Network(nn.Module, abc.ABC):
             if threading.get_ident() == caller:
                 captured.append(args[0])
 
-        hook = self.get_classifier().register_forward_pre_hook(capture)
+        hook = layer.register_forward_pre_hook(capture)
         try:
             self(x)
         finally:
