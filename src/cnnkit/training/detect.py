@@ -226,7 +226,7 @@ def open_detection_run(
         saved.check_spec(data.spec, splits.classes, runlog.check_same_split(run_dir, splits))
     config.save(run_dir / "config.yaml")
     augment = data.augment and data.augment.to_dict()
-    runlog.write_environment(run_dir, config, device, {**settings.to_dict(), "task": "detect", "augment": augment})
+    runlog.write_environment(run_dir, config, device, {**settings.to_dict(), "augment": augment})
     return run_dir
 
 
