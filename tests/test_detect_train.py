@@ -208,18 +208,21 @@ def test_detect_train_on_a_folder_without_annotations_says_so_in_one_line(tmp_pa
 
 
 @pytest.mark.slow
-def test_detect_resume_continues_bit_for_bit(squares: Path, tmp_path: Path, one_thread):
-    settings = {"task": "detect", "data": str(squares), "img_size": 64, "epochs": 2, "batch_size": 4, "verbose": False}
+def test_detect_run_stopped_mid_epoch_resumes_bit_for_bit(squares: Path, tmp_path: Path, one_thread):
+    settings = {"task": "detect", "data": str(squares), "img_size": 64, "epochs": 2, "batch_size": 4}
+    settings |= {"save_every": 3, "verbose": False}
     whole = cnnkit.train(out=str(tmp_path), name="whole", **settings)
 
-    class StopAfterFirstEpoch:
-        def on_epoch_end(self, run_dir: Path, row: dict) -> None:
-            raise KeyboardInterrupt
+    class StopInTheSecondEpoch:  # at its first state saved by --save-every, part-way through the epoch's batches
+        def on_checkpoint(self, run_dir: Path, path: Path, epoch: int, step: int) -> None:
+            if path.name == "state.safetensors" and epoch == 2:
+                raise KeyboardInterrupt
 
-    stopped = cnnkit.train(out=str(tmp_path), name="parts", callbacks=[StopAfterFirstEpoch()], **settings)
+    stopped = cnnkit.train(out=str(tmp_path), name="parts", callbacks=[StopInTheSecondEpoch()], **settings)
     assert stopped.interrupted and len(stopped.history) == 1
     resumed = cnnkit.train(resume=stopped.dir, verbose=False)
     assert not resumed.interrupted and len(resumed.history) == 2
     steps = [(tmp_path / name / "steps.csv").read_text() for name in ("whole", "parts")]
-    assert steps[0] == steps[1]
-    assert resumed.history[1]["val_map"] == whole.history[1]["val_map"]
+    assert steps[0] == steps[1] and len(steps[0].splitlines()) > 3
+    for key in ("train_loss", "val_map", "val_map50"):  # the loss parts' means cover the resumed steps only
+        assert [row[key] for row in resumed.history] == [row[key] for row in whole.history]
