@@ -109,6 +109,19 @@ def test_evaluate_series_refuses_other_channels_and_the_image_report(waves_run, 
 
 
 @pytest.mark.slow
+def test_export_and_predict_refuse_series_runs_in_one_line(waves_run, waves, tmp_path):
+    from cnnkit.deploy.export import export_onnx
+
+    run_dir, _ = waves_run
+    with pytest.raises(CnnkitError, match="reads time series, and cnnkit export takes image models"):
+        export_onnx(run_dir, out=tmp_path, verbose=False)
+    assert not any(tmp_path.iterdir())
+    refused = run_cli("predict", str(run_dir), str(waves / "Waves_TEST.tsv"))
+    assert refused.returncode == 2 and "predict reads images so far" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
 def test_summary_and_models_show_series_input(waves_run, capsys):
     run_dir, _ = waves_run
     summary = summarize_model(str(run_dir))

@@ -105,6 +105,11 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.threshold is not None or args.max_boxes is not None:
         raise CnnkitError(f"--threshold and --max-boxes are for detection runs; {args.checkpoint} classifies")
     classifier = load(args.checkpoint, device=args.device, pretrained=args.pretrained, weights=args.weights)
+    if classifier.preprocessing.modality == "series":
+        raise CnnkitError(
+            f"{args.checkpoint} reads time series, and predict reads images so far; "
+            f"score labelled series with cnnkit evaluate {args.checkpoint} --data SERIES"
+        )
     paths, saw_folder = _expand_inputs(args.inputs)
     predictions, failures = classifier.predict_files(paths, args.top_k)
     if len(paths) == 1 and failures:

@@ -201,6 +201,8 @@ def export_onnx(
     """
     say = print if verbose else (lambda *args: None)
     reference = load(checkpoint, device="cpu")
+    if reference.preprocessing.modality != "image":  # the graph's front end normalises uint8 images
+        raise CnnkitError(f"{checkpoint} reads time series, and cnnkit export takes image models so far")
     images = validation_images(reference)
     path, int8_path, report_path = export_paths(out, name)
     write_onnx(reference.model, reference.info, path)
