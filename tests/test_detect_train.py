@@ -16,7 +16,8 @@ from PIL import Image, ImageDraw
 import cnnkit
 from cnnkit.checkpoint import load_model, read_checkpoint
 from cnnkit.data.annotations import load_detection
-from cnnkit.data.boxset import Placement, decode_detection
+from cnnkit.data.boxes import BoxedImage
+from cnnkit.data.boxset import BoxedSet, Placement, decode_detection
 from cnnkit.data.decode import resize_image
 from cnnkit.errors import CnnkitError
 from cnnkit.models import create_model
@@ -114,6 +115,22 @@ def test_detections_go_back_to_original_pixels_ranked_and_capped():
     assert record["boxes"][0]["box"] == [100.0, 0.0, 200.0, 100.0]  # the padding above and below clipped away
     assert record["boxes"][1]["box"] == [0.0, 0.0, 100.0, 50.0]
     assert len(rank_boxes(moved, ["red", "blue"], "a.png", 0.0, 1).boxes) == 1
+
+
+def test_boxed_set_targets_are_in_input_pixels_without_crowd_boxes():
+    item = BoxedImage(
+        "a.png",
+        (128, 64),
+        np.array([[0, 0, 64, 32], [64, 0, 128, 64]], np.float32),
+        np.array([1, 0]),
+        np.array([False, True]),  # the second box is a COCO crowd
+        np.array([False, False]),
+    )
+    placement = Placement.of(item.size, 32, "squash")
+    boxed = BoxedSet(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), [item], [placement], ["a", "b"])
+    (target,) = boxed.targets([0])
+    assert target["boxes"].tolist() == [[0.0, 0.0, 16.0, 16.0]] and target["labels"].tolist() == [1]
+    assert boxed.index_set().labels.tolist() == [0] and boxed.sources == ["a.png"]
 
 
 @pytest.mark.parametrize(

@@ -98,11 +98,16 @@ class BoxedSet:
         return [item.path for item in self.items]
 
     def targets(self, rows: Sequence[int]) -> list[dict[str, np.ndarray]]:
-        """``{"boxes": (M, 4) in input pixels, "labels": (M,)}`` of the images at ``rows``, as detectors take them."""
-        return [
-            {"boxes": self.placements[row].to_input(self.items[row].boxes), "labels": self.items[row].labels}
-            for row in rows
-        ]
+        """``{"boxes": (M, 4) in input pixels, "labels": (M,)}`` of the images at ``rows``, as detectors take them.
+
+        COCO's crowd boxes are left out, as Detectron2 leaves them out of training: one box
+        around many objects is no example of one (evaluation ignores detections on them).
+        """
+        targets = []
+        for row in rows:
+            item, single = self.items[row], ~self.items[row].crowd
+            targets.append({"boxes": self.placements[row].to_input(item.boxes[single]), "labels": item.labels[single]})
+        return targets
 
     def index_set(self) -> ImageSet:
         """The images as an :class:`ImageSet` whose labels are row numbers: the classification loader's batches
