@@ -37,6 +37,8 @@ RUN_FILES = (
     "state.safetensors",
     "results.json",
     "curves.png",
+    "pr_curves.png",
+    "predictions.png",
     "skipped.csv",
 )
 

@@ -40,7 +40,7 @@ from cnnkit.safeload import read_header
 from cnnkit.tasks.detect import DEFAULT_DETECTOR, DEFAULT_IMG_SIZE
 from cnnkit.tasks.detect.evaluate import evaluate_boxes
 from cnnkit.tasks.detect.metrics import DetectionMetrics
-from cnnkit.tasks.detect.report import plot_detection_curves
+from cnnkit.tasks.detect.report import plot_detection_curves, write_split_figures
 from cnnkit.training import runlog
 from cnnkit.training.detect_session import DetectionData, DetectionSession, train_detection_epochs
 from cnnkit.training.loop import StepSettings, has_batch_norm
@@ -282,14 +282,18 @@ def describe(data: DetectionData, model: nn.Module, settings: ComputeSettings, r
 
 
 def final_detection_test(session: DetectionSession, started: float) -> DetectionMetrics | None:
-    """The best checkpoint, reloaded as ``evaluate`` loads it, on the test split; writes ``results.json`` and curves."""
+    """The best checkpoint, reloaded as ``evaluate`` loads it, on the test split; writes results.json and figures."""
     progress, data, run_dir = session.progress, session.data, session.run_dir
     plot_detection_curves(progress.history, run_dir / "curves.png")
     if progress.best_epoch is None:
         return None
     model, _ = load_model(run_dir / BEST, session.device)
-    test_split = data.splits.test
-    test = evaluate_boxes(model, test_split, data.preprocessing, session.device) if len(test_split) else None
+    prep, device, test_split, val_split = data.preprocessing, session.device, data.splits.test, data.splits.val
+    test = evaluate_boxes(model, test_split, prep, device) if len(test_split) else None
+    if test or len(val_split):
+        reported, split = (test_split, "test") if test else (val_split, "validation")
+        metrics = test or evaluate_boxes(model, val_split, prep, device)
+        write_split_figures(model, reported, metrics, prep, device, run_dir, split)
     results = {
         "task": "detect",
         "selected_by": "val_map (val_map50 breaks ties)",
