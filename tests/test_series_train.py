@@ -17,6 +17,7 @@ from cnnkit.cli.main import main
 from cnnkit.data.labelled import labelled_images
 from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import CheckpointInfo, ModelSpec, Preprocessing, SeriesPreprocessing, read_preprocessing
+from cnnkit.training.prepare import data_modality
 from cnnkit.training.resume import STATE, read_state
 from cnnkit.understand.summary import summarize_model
 
@@ -187,6 +188,36 @@ def test_cli_train_series_bad_input_is_one_line_and_exit_2(waves, tmp_path):
         assert result.returncode == 2 and says in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def write_npy_and_csv(folder: Path) -> tuple[Path, Path]:
+    """The waves as ``X.npy`` (N, 2, L): the wave and its negative, with ``y.npy``; and as a plain CSV file."""
+    rows = np.array(sines_and_squares(40, 4))
+    folder.mkdir()
+    np.save(folder / "X.npy", np.stack([rows[:, 1:], -rows[:, 1:]], axis=1).astype(np.float32))
+    np.save(folder / "y.npy", rows[:, 0].astype(np.int64))
+    csv = folder.parent / "waves.csv"
+    csv.write_text("".join(",".join(f"{cell:g}" for cell in row) + "\n" for row in rows))
+    return folder, csv
+
+
+def test_data_modality_recognises_every_series_format_and_leaves_images_alone(waves, shapes_folder, tmp_path):
+    npy, csv = write_npy_and_csv(tmp_path / "npy")
+    for data in (waves, waves / "Waves_TRAIN.tsv", npy, csv):
+        assert data_modality(str(data)) == "series", data
+    assert data_modality("digits") == "image" and data_modality(str(shapes_folder)) == "image"
+
+
+@pytest.mark.slow
+def test_train_series_reads_multivariate_npy_and_csv(tmp_path):
+    npy, csv = write_npy_and_csv(tmp_path / "npy")
+    common = dict(model="fcn", epochs=1, batch_size=8, out=str(tmp_path / "runs"), verbose=False)
+    run = cnnkit.train(data=str(npy), name="npy", **common)
+    info = cnnkit.load(run.dir).info
+    assert info.preprocessing.input_shape == (2, LENGTH) and info.extra["data"]["format"] == "npy"
+    assert run.test is not None and run.test.count == 8  # no TEST file: --test-split 0.2 of 40, stratified
+    run = cnnkit.train(data=str(csv), name="csv", series_normalize=True, **common)
+    assert cnnkit.load(run.dir).info.preprocessing == SeriesPreprocessing(1, LENGTH, True)
 
 
 def test_labelled_images_refuses_series_for_an_image_model(waves):
