@@ -22,7 +22,7 @@ from cnnkit.data.decode import resize_image
 from cnnkit.errors import CnnkitError
 from cnnkit.models import create_model
 from cnnkit.models.detector import BoxNet
-from cnnkit.tasks.detect.evaluate import evaluate_boxes, to_original
+from cnnkit.tasks.detect.evaluate import evaluate_boxes, evaluate_run, to_original
 from cnnkit.tasks.detect.records import rank_boxes
 
 COLOURS = {"red": (230, 40, 40), "blue": (40, 60, 230)}
@@ -183,6 +183,15 @@ def test_detect_checkpoint_rebuilds_and_evaluate_json_gives_the_results_map(trai
     assert evaluated["map50"] == pytest.approx(test["map50"], abs=1e-9)
     for name, values in test["per_class"].items():
         assert evaluated["per_class"][name]["ap"] == pytest.approx(values["ap"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_detect_evaluate_refuses_data_with_classes_the_model_does_not_know(trained, tmp_path: Path):
+    run_dir, _ = trained
+    other = make_squares_folder(tmp_path / "other", count=6)
+    (other / "data.yaml").write_text("names: [red, green]\n")
+    with pytest.raises(CnnkitError, match="class\\(es\\) green that the model does not know"):
+        evaluate_run(run_dir, str(other), "train", "cpu")
 
 
 @pytest.mark.slow

@@ -268,7 +268,7 @@ def start_detection_session(
 
 def describe(data: DetectionData, model: nn.Module, settings: ComputeSettings, run_dir: Path) -> str:
     splits, spec = data.splits, data.spec
-    boxes = sum(len(item) for item in splits.train.items)
+    boxes = sum(int((~item.crowd).sum()) for item in splits.train.items)  # what it learns from: crowds left out
     parameters = sum(p.numel() for p in model.parameters())
     augment = data.augment.describe() if data.augment else "none"
     return (
