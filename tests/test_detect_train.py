@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 import cnnkit
 from cnnkit.checkpoint import load_model, read_checkpoint
-from cnnkit.data.annotations import load_detection
+from cnnkit.data.annotations import has_annotations, load_detection
 from cnnkit.data.boxes import BoxedImage
 from cnnkit.data.boxset import BoxedSet, Placement, decode_detection
 from cnnkit.data.decode import resize_image
@@ -224,6 +224,20 @@ def test_detect_predict_json_gives_capped_ranked_boxes_inside_the_image(trained:
     scores = [box["score"] for box in record["boxes"]]
     assert scores == sorted(scores, reverse=True) and {box["label"] for box in record["boxes"]} <= set(COLOURS)
     assert all(0 <= x1 <= x2 <= 96 and 0 <= y1 <= y2 <= 48 for x1, y1, x2, y2 in (b["box"] for b in record["boxes"]))
+
+
+def test_has_annotations_tells_detection_data_from_an_image_folder(tmp_path: Path):
+    assert has_annotations(make_squares_folder(tmp_path / "squares", count=2))
+    assert not has_annotations(make_shapes_folder(tmp_path / "shapes", per_class=1))
+    assert not has_annotations(tmp_path / "absent")
+
+
+@pytest.mark.slow
+def test_check_on_detection_data_names_the_bad_annotation(squares: Path):
+    result = run_cli("check", str(squares))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{squares}: yolo annotations, 32 image(s)")
+    assert "labels/img000.txt: line 2: class id 7" in result.stdout
 
 
 @pytest.mark.slow

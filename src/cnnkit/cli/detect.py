@@ -65,3 +65,27 @@ def run_predict_detection(args: argparse.Namespace, paths: list[Path], saw_folde
     if saw_folder and len(predictions) > PREVIEW_ROWS:
         print(f"... {len(predictions) - PREVIEW_ROWS} more (--json prints them all)")
     return 0
+
+
+def run_check_detection(args: argparse.Namespace) -> int:
+    """Every annotation problem of a detection dataset, its unreadable and duplicate images, boxes per class and size.
+
+    Exits 1 when more than ``--max-bad-share`` of the images cannot be decoded, as the image-folder check does.
+    """
+    from cnnkit.data.detection_check import scan_detection
+
+    if args.near_duplicates or args.model is not None or args.threshold is not None:
+        raise CnnkitError(f"--near-duplicates is for image folders so far; {args.data} holds detection annotations")
+    report = scan_detection(args.data)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        print(report.summary())
+        for kind, lines in report.problems.items():
+            for line in lines:
+                print(f"{kind}: {line}")
+        for item in report.bad:
+            print(f"bad: {item.path}: {item.reason}")
+        for warning in report.warnings:
+            print(f"warning: {warning}")
+    return 1 if len(report.bad) / max(1, sum(report.images.values())) > args.max_bad_share else 0

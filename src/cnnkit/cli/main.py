@@ -234,8 +234,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from cnnkit.data.annotations import has_annotations
     from cnnkit.data.check import scan_folder
 
+    if has_annotations(args.data):  # a detection dataset: its annotation problems too (cli/detect.py)
+        return cli_detect.run_check_detection(args)
     if not args.near_duplicates and (args.model is not None or args.threshold is not None):
         raise CnnkitError("--model and --threshold set how --near-duplicates embeds the images; add --near-duplicates")
     report = scan_folder(args.data, use_cache=not args.no_cache)

@@ -52,6 +52,15 @@ def _locate(folder: Path) -> tuple[str, dict] | None:
     return None
 
 
+def has_annotations(root: str | Path) -> bool:
+    """Whether a folder (or its ``train/`` folder) holds annotations of a format here: a detection dataset."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        return False
+    train = next((e for e in sorted(root.iterdir()) if e.is_dir() and split_of(e.name) == "train"), None)
+    return _locate(train) is not None if train is not None else _locate(root) is not None
+
+
 def _no_annotations(root: Path) -> CnnkitError:
     return CnnkitError(
         f"no detection annotations found in {root}: expected COCO (annotations.json or instances_*.json beside "
