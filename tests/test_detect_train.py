@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +28,8 @@ from cnnkit.models.detector import BoxNet
 from cnnkit.tasks.detect.evaluate import evaluate_boxes, evaluate_run, to_original
 from cnnkit.tasks.detect.records import rank_boxes
 
-COLOURS = {"red": (230, 40, 40), "blue": (40, 60, 230)}
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "detect_train.py"
+COLOURS = ("red", "blue")  # the benchmark set's classes
 RUN_FILES = (
     "config.yaml",
     "split.json",
@@ -43,33 +47,15 @@ RUN_FILES = (
 )
 
 
-def make_squares_folder(root: Path, count: int = 32, size: int = 64, seed: int = 0) -> Path:
-    """YOLO images/ + labels/ + data.yaml: 1-2 non-overlapping squares of 20-30 px per image, red or blue.
+def load_benchmark():
+    """``benchmarks/detect_train.py`` as a module: its synthetic set is the one these tests train on."""
+    spec = importlib.util.spec_from_file_location("detect_train_benchmark", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    The first label file also holds one line of an unknown class, which training must skip and name.
-    """
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    for index in range(count):
-        image = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 80, 3)))
-        draw, lines, placed = ImageDraw.Draw(image), [], []
-        for _ in range(1 + index % 2):
-            side = int(rng.integers(20, 31))
-            for _ in range(50):  # a place apart from the square already drawn
-                x, y = (int(v) for v in rng.integers(0, size - side, 2))
-                if all(x + side <= a or a + s <= x or y + side <= b or b + s <= y for a, b, s in placed):
-                    break
-            placed.append((x, y, side))
-            label = int(rng.integers(0, 2))
-            draw.rectangle([x, y, x + side - 1, y + side - 1], fill=list(COLOURS.values())[label])
-            lines.append(f"{label} {(x + side / 2) / size} {(y + side / 2) / size} {side / size} {side / size}")
-        if index == 0:
-            lines.append("7 0.5 0.5 0.2 0.2")
-        image.save(root / "images" / f"img{index:03d}.png")
-        (root / "labels" / f"img{index:03d}.txt").write_text("\n".join(lines) + "\n")
-    (root / "data.yaml").write_text(f"names: [{', '.join(COLOURS)}]\n")
-    return root
+
+make_squares_folder = load_benchmark().make_squares_folder
 
 
 TRAIN_ARGS = ("--img-size", "64", "--epochs", "3", "--batch-size", "4", "--val-split", "0.25")
@@ -77,7 +63,11 @@ TRAIN_ARGS = ("--img-size", "64", "--epochs", "3", "--batch-size", "4", "--val-s
 
 @pytest.fixture(scope="module")
 def squares(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_squares_folder(tmp_path_factory.mktemp("detection") / "squares")
+    """32 images of 1-2 squares; the first label file also names an unknown class, which training must skip."""
+    folder = make_squares_folder(tmp_path_factory.mktemp("detection") / "squares")
+    with open(folder / "labels" / "img000.txt", "a") as stream:
+        stream.write("7 0.5 0.5 0.2 0.2\n")
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +204,7 @@ def test_detect_trained_model_beats_the_untrained_one_on_validation(trained: tup
 def test_detect_predict_json_gives_capped_ranked_boxes_inside_the_image(trained: tuple[Path, object], tmp_path):
     run_dir, _ = trained
     wide = Image.new("RGB", (96, 48), (20, 20, 20))  # neither the training size nor square
-    ImageDraw.Draw(wide).rectangle([10, 10, 35, 35], fill=COLOURS["red"])
+    ImageDraw.Draw(wide).rectangle([10, 10, 35, 35], fill=(230, 40, 40))
     wide.save(tmp_path / "wide.png")
     image = str(tmp_path / "wide.png")
     result = run_cli("predict", str(run_dir), image, "--json", "--threshold", "0", "--max-boxes", "3")
@@ -268,3 +258,12 @@ def test_detect_run_stopped_mid_epoch_resumes_bit_for_bit(squares: Path, tmp_pat
     assert steps[0] == steps[1] and len(steps[0].splitlines()) > 3
     for key in ("train_loss", "val_map", "val_map50"):  # the loss parts' means cover the resumed steps only
         assert [row[key] for row in resumed.history] == [row[key] for row in whole.history]
+
+
+@pytest.mark.slow
+def test_detect_train_benchmark_runs_on_tiny_settings():
+    command = [sys.executable, str(BENCHMARK), "--models", "boxnet", "--epochs", "1", "--images", "12", "--seeds", "1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["model"] == "boxnet" and 0 <= record["map50"] <= 1
