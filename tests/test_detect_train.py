@@ -180,8 +180,17 @@ def test_detect_evaluate_refuses_data_with_classes_the_model_does_not_know(train
     run_dir, _ = trained
     other = make_squares_folder(tmp_path / "other", count=6)
     (other / "data.yaml").write_text("names: [red, green]\n")
-    with pytest.raises(CnnkitError, match="class\\(es\\) green that the model does not know"):
+    with pytest.raises(CnnkitError, match=r"class\(es\) green that the model does not know"):
         evaluate_run(run_dir, str(other), "train", "cpu")
+
+
+@pytest.mark.slow
+def test_detection_run_is_refused_in_one_line_by_commands_that_need_a_classifier(trained: tuple[Path, object]):
+    run_dir, _ = trained
+    with pytest.raises(CnnkitError, match=r"is a detector \(boxnet\).*need a classifier"):
+        cnnkit.load(run_dir)
+    result = run_cli("export", str(run_dir), "--out", str(run_dir.parent / "exports"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "is a detector" in result.stderr
 
 
 @pytest.mark.slow

@@ -11,7 +11,9 @@ from cnnkit.checkpoint import load_model, resolve_checkpoint
 from cnnkit.compute import select_device
 from cnnkit.data.decode import ImageSource
 from cnnkit.deploy.classifier import ImageClassifier
+from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import CheckpointInfo, ModelSpec
+from cnnkit.models import model_entry
 from cnnkit.tasks.classify.evaluate import predict_logits
 
 
@@ -58,4 +60,9 @@ def load_checkpoint_classifier(
         spec = ModelSpec(name, len(imagenet_classes()), 3, preprocessing.img_size)
         return Classifier(model, CheckpointInfo(spec, imagenet_classes(), preprocessing, {}), target)
     model, info = load_model(resolve_checkpoint(path), target)
+    if model_entry(info.model.name).task == "detect":
+        raise CnnkitError(
+            f"{path} is a detector ({info.model.name}): evaluate and predict take it so far; "
+            "export, serve, explain and index need a classifier"
+        )
     return Classifier(model, info, target)
