@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,12 @@ from test_resume import Killed, same_run
 
 import cnnkit
 from cnnkit.cli.main import main
+from cnnkit.config import TrainConfig
 from cnnkit.data.labelled import labelled_images
+from cnnkit.data.series import load_series
 from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import CheckpointInfo, ModelSpec, Preprocessing, SeriesPreprocessing, read_preprocessing
-from cnnkit.training.prepare import data_modality
+from cnnkit.training.prepare import Prepared, data_modality, given_keys, series_training
 from cnnkit.training.resume import STATE, read_state
 from cnnkit.understand.summary import summarize_model
 
@@ -218,6 +221,20 @@ def test_train_series_reads_multivariate_npy_and_csv(tmp_path):
     assert run.test is not None and run.test.count == 8  # no TEST file: --test-split 0.2 of 40, stratified
     run = cnnkit.train(data=str(csv), name="csv", series_normalize=True, **common)
     assert cnnkit.load(run.dir).info.preprocessing == SeriesPreprocessing(1, LENGTH, True)
+
+
+def test_series_training_fills_only_what_the_run_left_to_cnnkit(waves):
+    splits = load_series(waves)  # 36 training series: 3 steps an epoch in batches of 16
+    series = Prepared(splits, SeriesPreprocessing(1, LENGTH), ModelSpec("fcn", 2, 1, LENGTH), False, None, "none")
+    config = TrainConfig(data=str(waves))
+    chosen = series_training(config, series, None, set())
+    assert (chosen.batch_size, chosen.lr, chosen.epochs) == (16, 1e-3, 200)  # 600 steps, at most 200 epochs
+    chosen = series_training(replace(config, batch_size=4, lr=0.01), series, None, {"batch_size", "lr"})
+    assert (chosen.batch_size, chosen.lr, chosen.epochs) == (4, 0.01, 67)  # 9 steps an epoch: 600 / 9
+    assert series_training(config, series, object(), set()) is config  # a resumed run keeps its own
+    image = replace(series, preprocessing=Preprocessing(8, 1, (0.5,), (0.25,)))
+    assert series_training(config, image, None, set()) is config
+    assert given_keys(TrainConfig(epochs=5, lr=3e-3), {"batch_size": 8}) == {"epochs", "batch_size"}
 
 
 def test_labelled_images_refuses_series_for_an_image_model(waves):

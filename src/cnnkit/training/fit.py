@@ -48,8 +48,10 @@ from cnnkit.training.prepare import (
     check_bad_share,
     class_weights,
     data_modality,
+    given_keys,
     prepare_data,
     prepare_series,
+    series_training,
 )
 from cnnkit.training.resume import STATE, SavedState, read_state, resume_config
 from cnnkit.training.runlog import Run
@@ -106,9 +108,11 @@ def fit(
         lent = (partial(call, callbacks), resolve_config, discard_unfinished)
         return fit_detection(config, resume, overrides, verbose, *lent)
     resume = resume or world.restarted_run(overrides.get("out", (config or TrainConfig()).out))
+    given = given_keys(config, overrides)
     config, saved = resolve_config(config, resume, world.claim(overrides))
     device = world.start(config)
     data = prepare(config, saved, say)
+    config = series_training(config, data, saved, given)  # small batches, a budget of steps, unless given
     model, settings = build_model(config, data, device)
     settings = world.agree(settings)
     if saved is not None and runlog.recorded_precision(Path(resume).expanduser()) == "fp32":

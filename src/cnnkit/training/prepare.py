@@ -6,15 +6,16 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cnnkit.config import TrainConfig
+from cnnkit.config import SERIES_EPOCHS, SERIES_STEPS, SERIES_TRAINING, TrainConfig
 from cnnkit.data import load_data
 from cnnkit.data.augment import Augmentation
 from cnnkit.data.builtin import BUILTINS
@@ -136,6 +137,27 @@ def prepare_series(
     model_kwargs = builder_kwargs(saved, model_name, model_kwargs, len(splits.train))
     spec = ModelSpec(model_name, len(splits.classes), splits.channels, splits.length, model_kwargs)
     return Prepared(splits, preprocessing, spec, False, None, "none")
+
+
+def given_keys(config: TrainConfig | None, overrides: dict[str, Any]) -> set[str]:
+    """The keys a caller set: its overrides, and those its config changes from the defaults."""
+    defaults = TrainConfig().to_dict()
+    changed = {key for key, value in config.to_dict().items() if value != defaults[key]} if config else set()
+    return set(overrides) | changed
+
+
+def series_training(config: TrainConfig, data: Prepared, saved: SavedState | None, given: set[str]) -> TrainConfig:
+    """A new series run's batch size, lr and epochs, where ``given`` leaves them to cnnkit (``config.SERIES_*``).
+
+    Image runs and resumed runs (which keep what they recorded) come back unchanged.
+    """
+    if saved is not None or data.preprocessing.modality != "series":
+        return config
+    batch_size = config.batch_size if "batch_size" in given else SERIES_TRAINING["batch_size"]
+    steps_per_epoch = math.ceil(len(data.splits.train) / batch_size)
+    epochs = min(SERIES_EPOCHS[1], max(SERIES_EPOCHS[0], round(SERIES_STEPS / steps_per_epoch)))
+    settled = {**SERIES_TRAINING, "batch_size": batch_size, "epochs": epochs}
+    return replace(config, **{key: value for key, value in settled.items() if key not in given})
 
 
 def builder_kwargs(saved: SavedState | None, model_name: str, given: dict, train_count: int) -> dict[str, Any]:
