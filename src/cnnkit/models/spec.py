@@ -258,7 +258,7 @@ def resolve_model(model: str) -> tuple[str, dict[str, Any]]:
     if model in list_models():
         return model, {}
     if model in list_models(task="detect"):
-        raise CnnkitError(f"--model {model} is a detector (boxes, not labels): train it with --task detect")
+        raise CnnkitError(f"{model} is a detector (boxes, not labels): `cnnkit train --task detect --model {model}`")
     looks_like_file = model.endswith((".yaml", ".yml", ".json"))
     if looks_like_file and not Path(model).expanduser().is_file():
         raise CnnkitError(f"network spec file not found: {model}")
