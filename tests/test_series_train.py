@@ -113,16 +113,19 @@ def test_evaluate_series_refuses_other_channels_and_the_image_report(waves_run, 
 
 
 @pytest.mark.slow
-def test_export_and_predict_refuse_series_runs_in_one_line(waves_run, waves, tmp_path):
+def test_export_predict_and_explain_refuse_series_runs_in_one_line(waves_run, waves, tmp_path, capsys):
     from cnnkit.deploy.export import export_onnx
 
     run_dir, _ = waves_run
     with pytest.raises(CnnkitError, match="reads time series, and cnnkit export takes image models"):
         export_onnx(run_dir, out=tmp_path, verbose=False)
+    with pytest.raises(CnnkitError, match="reads time series, not images"):
+        cnnkit.load(run_dir).predict([str(waves / "Waves_TEST.tsv")])
+    for command in ("predict", "explain"):
+        assert main([command, str(run_dir), str(waves / "Waves_TEST.tsv"), "--out", str(tmp_path)]) == 2
+        error = capsys.readouterr().err
+        assert f"{command} reads images so far" in error and error.count("\n") == 1
     assert not any(tmp_path.iterdir())
-    refused = run_cli("predict", str(run_dir), str(waves / "Waves_TEST.tsv"))
-    assert refused.returncode == 2 and "predict reads images so far" in refused.stderr
-    assert len(refused.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow

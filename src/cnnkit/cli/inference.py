@@ -9,11 +9,15 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cnnkit.cli import detect as cli_detect
 from cnnkit.cli.flags import number_type
 from cnnkit.config import COUNT, Range
 from cnnkit.errors import CnnkitError
+
+if TYPE_CHECKING:
+    from cnnkit.deploy.classifier import ImageClassifier
 
 PREVIEW_ROWS = 20
 PREDICTIONS = "predictions.csv"
@@ -94,6 +98,15 @@ def _expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], bool]:
     return paths, saw_folder
 
 
+def refuse_series(classifier: ImageClassifier, checkpoint: str, command: str) -> None:
+    """A series run, where ``command`` reads images only so far: one line saying what does take series."""
+    if classifier.preprocessing.modality == "series":
+        raise CnnkitError(
+            f"{checkpoint} reads time series, and {command} reads images so far; "
+            f"score labelled series with cnnkit evaluate {checkpoint} --data SERIES"
+        )
+
+
 def run_predict(args: argparse.Namespace) -> int:
     from cnnkit.deploy.load import is_onnx, load
 
@@ -105,11 +118,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.threshold is not None or args.max_boxes is not None:
         raise CnnkitError(f"--threshold and --max-boxes are for detection runs; {args.checkpoint} classifies")
     classifier = load(args.checkpoint, device=args.device, pretrained=args.pretrained, weights=args.weights)
-    if classifier.preprocessing.modality == "series":
-        raise CnnkitError(
-            f"{args.checkpoint} reads time series, and predict reads images so far; "
-            f"score labelled series with cnnkit evaluate {args.checkpoint} --data SERIES"
-        )
+    refuse_series(classifier, args.checkpoint, "predict")
     paths, saw_folder = _expand_inputs(args.inputs)
     predictions, failures = classifier.predict_files(paths, args.top_k)
     if len(paths) == 1 and failures:
@@ -160,6 +169,7 @@ def run_explain(args: argparse.Namespace) -> int:
     from cnnkit.understand.explain import explain_images
 
     classifier = load(args.checkpoint, device=args.device)
+    refuse_series(classifier, args.checkpoint, "explain")
     paths, _ = _expand_inputs(args.inputs)
     existed = args.name is not None and (Path(args.out).expanduser() / args.name).exists()
     out_dir = new_run_dir(args.out, args.name, "explain")

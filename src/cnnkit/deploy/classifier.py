@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cnnkit.data.decode import ImageSource, decode_batches, decode_image
+from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import CheckpointInfo, Preprocessing
 from cnnkit.tasks.classify import ClassifyTask
 from cnnkit.tasks.classify.records import Prediction
@@ -51,6 +52,8 @@ class ImageClassifier:
     def pixels(self, images: Sequence[ImageSource]) -> np.ndarray:
         """Decode images exactly as in training: uint8 (N, C, H, W)."""
         prep = self.preprocessing
+        if prep.modality != "image":  # prediction, serving and explanation read image files
+            raise CnnkitError("this model reads time series, not images; score labelled series with evaluate")
         return np.stack([decode_image(image, prep.img_size, prep.channels, prep.resize) for image in images])
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
