@@ -240,6 +240,13 @@ def test_series_training_fills_only_what_the_run_left_to_cnnkit(waves):
     assert given_keys(TrainConfig(epochs=5, lr=3e-3), {"batch_size": 8}) == {"epochs", "batch_size"}
 
 
+def test_compare_refuses_series_in_one_line(waves, tmp_path, capsys):
+    assert main(["compare", "--data", str(waves), "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "holds time series, and compare trains image models so far" in error and error.count("\n") == 1
+    assert not any(tmp_path.iterdir())
+
+
 def test_labelled_images_refuses_series_for_an_image_model(waves):
     with pytest.raises(CnnkitError, match="holds time series, and this model reads images"):
         labelled_images(str(waves), "test", ["1", "2"], (8, 1, "crop"), {"data": "digits"})

@@ -266,6 +266,10 @@ def run_check(args: argparse.Namespace) -> int:
 
 def run_compare(args: argparse.Namespace) -> int:
     from cnnkit.compare.study import compare
+    from cnnkit.training.prepare import data_modality
+
+    if data_modality(args.data) == "series":
+        raise CnnkitError(f"--data {args.data} holds time series, and compare trains image models so far")
 
     budget = Budget(args.epochs, args.batch_size, args.lr, args.train_size, args.test_size, args.seed)
     say = (lambda line: print(line, file=sys.stderr)) if args.json else print
