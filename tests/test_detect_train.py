@@ -189,7 +189,7 @@ def test_detection_run_is_refused_in_one_line_by_commands_that_need_a_classifier
     run_dir, _ = trained
     with pytest.raises(CnnkitError, match=r"is a detector \(boxnet\).*need a classifier"):
         cnnkit.load(run_dir)
-    result = run_cli("export", str(run_dir), "--out", str(run_dir.parent / "exports"))
+    result = run_cli("explain", str(run_dir), str(run_dir / "curves.png"), "--out", str(run_dir.parent / "explained"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "is a detector" in result.stderr
 
 

@@ -8,6 +8,7 @@ import json
 from cnnkit.cli.flags import number_type
 from cnnkit.config import Range
 from cnnkit.deploy.serve import LIMITS as SERVE_LIMITS
+from cnnkit.errors import CnnkitError
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -88,6 +89,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from cnnkit.tasks.detect.evaluate import is_detection_run
+
+    if is_detection_run(args.checkpoint):  # boxes, not logits: its own graph and parity check
+        from cnnkit.deploy.detect_export import export_detector
+
+        if args.int8:
+            raise CnnkitError(f"--int8 quantizes classifiers so far; {args.checkpoint} is a detector: leave it out")
+        export_detector(args.checkpoint, args.out, args.name)
+        return 0
     from cnnkit.deploy.export import export_onnx
 
     export_onnx(args.checkpoint, args.out, args.name, args.int8, args.atol, args.max_accuracy_drop)

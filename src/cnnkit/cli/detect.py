@@ -10,8 +10,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cnnkit.errors import CnnkitError
+
+if TYPE_CHECKING:
+    from cnnkit.deploy.detector import ImageDetector
 
 PREVIEW_ROWS = 20
 
@@ -38,20 +42,31 @@ def run_evaluate_detection(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_predict_detection(args: argparse.Namespace, paths: list[Path], saw_folder: bool) -> int:
-    """Boxes, labels and scores per image, in original pixels; one JSON record per image with ``--json``."""
-    from cnnkit.tasks.detect.records import MAX_BOXES, THRESHOLD, predict_boxes
+def run_predict_detection(
+    args: argparse.Namespace, detector: ImageDetector, paths: list[Path], saw_folder: bool
+) -> int:
+    """Boxes, labels and scores per image, in original pixels; one JSON record per image with ``--json``.
+
+    ``detector`` is a run's or an export's (:func:`cnnkit.deploy.load.load_predictor`); with ``--draw DIR``
+    each image is also written there with its boxes drawn.
+    """
+    from cnnkit.tasks.detect.records import MAX_BOXES, THRESHOLD
 
     if args.pretrained or args.weights:
         raise CnnkitError(f"--pretrained and --weights name an architecture; {args.checkpoint} is a trained detector")
     threshold = THRESHOLD if args.threshold is None else args.threshold
-    predictions, failures = predict_boxes(args.checkpoint, paths, threshold, args.max_boxes or MAX_BOXES, args.device)
+    predictions, failures = detector.predict_files(paths, threshold, args.max_boxes or MAX_BOXES)
     if len(paths) == 1 and failures:
         raise CnnkitError(failures[0][1])
     for path, reason in failures:
         print(f"warning: skipped {path}: {reason}", file=sys.stderr)
     if not predictions:
         raise CnnkitError(f"none of the {len(paths)} images could be read; see the warnings above")
+    if args.draw is not None:
+        from cnnkit.deploy.drawing import write_drawings
+
+        written = write_drawings(predictions, detector.classes, args.draw)
+        print(f"{len(written)} image(s) with their boxes drawn in {args.draw}", file=sys.stderr if args.json else None)
     if args.json:
         for prediction in predictions:
             print(json.dumps(prediction.to_dict()))

@@ -54,6 +54,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--max-boxes", type=number_type(COUNT), help="detection runs: most boxes per image (default: 100)"
     )
     predict.add_argument("--weights", help="MODEL is an architecture: its ImageNet weights from this local file")
+    predict.add_argument(
+        "--draw", metavar="DIR", help="detection runs and exports: write each image with its boxes drawn to DIR"
+    )
 
     explain = commands.add_parser(
         "explain",
@@ -108,16 +111,14 @@ def refuse_series(classifier: ImageClassifier, checkpoint: str, command: str) ->
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from cnnkit.deploy.load import is_onnx, load
+    from cnnkit.deploy.detector import ImageDetector
+    from cnnkit.deploy.load import load_predictor
 
-    if not is_onnx(args.checkpoint):  # a detector's run predicts boxes (cli/detect.py); ONNX stays torch-free
-        from cnnkit.tasks.detect.evaluate import is_detection_run
-
-        if is_detection_run(args.checkpoint):
-            return cli_detect.run_predict_detection(args, *_expand_inputs(args.inputs))
-    if args.threshold is not None or args.max_boxes is not None:
-        raise CnnkitError(f"--threshold and --max-boxes are for detection runs; {args.checkpoint} classifies")
-    classifier = load(args.checkpoint, device=args.device, pretrained=args.pretrained, weights=args.weights)
+    classifier = load_predictor(args.checkpoint, args.device, args.pretrained, args.weights)
+    if isinstance(classifier, ImageDetector):  # a detector's run or export predicts boxes (cli/detect.py)
+        return cli_detect.run_predict_detection(args, classifier, *_expand_inputs(args.inputs))
+    if args.threshold is not None or args.max_boxes is not None or args.draw is not None:
+        raise CnnkitError(f"--threshold, --max-boxes and --draw are for detectors; {args.checkpoint} classifies")
     refuse_series(classifier, args.checkpoint, "predict")
     paths, saw_folder = _expand_inputs(args.inputs)
     predictions, failures = classifier.predict_files(paths, args.top_k)

@@ -12,24 +12,16 @@ and ``cnnkit check`` alike.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from cnnkit.data.folder import SPLIT_FOLDERS
 from cnnkit.data.imageset import SkippedFile
+from cnnkit.data.placement import image_sizes as image_sizes  # the readers' (coco, voc, yolo) size lookup
 
 Box = tuple[float, float, float, float]
-
-# EXIF orientations 5 to 8 turn the image a quarter: the upright image has width and height swapped.
-_QUARTER_TURNS = frozenset({5, 6, 7, 8})
-_ORIENTATION_TAG = 0x0112
-_EXIF_IN_HEADER = frozenset({"JPEG", "MPO", "TIFF", "WEBP"})
 
 # A pixel-format box whose four coordinates all lie in [0, 1] is normalised by mistake once the
 # image is larger than this: a real box there would be under one pixel in a corner.
@@ -260,23 +252,3 @@ def split_of(name: str, within: bool = False) -> str | None:
         if lowered in names or (within and any(word in lowered for word in names)):
             return split
     return None
-
-
-def _upright_size(path: Path) -> tuple[int, int] | str:
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            # PNG may store EXIF after its pixels: asking for it then decodes the whole image.
-            header_exif = image.format in _EXIF_IN_HEADER or "exif" in image.info
-            turned = header_exif and image.getexif().get(_ORIENTATION_TAG) in _QUARTER_TURNS
-    except UnidentifiedImageError:
-        return "not an image Pillow can read (empty, truncated or another format)"
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        return f"cannot open: {error}"
-    return (height, width) if turned else (width, height)
-
-
-def image_sizes(root: Path, images: Sequence[str], workers: int | None = None) -> dict[str, tuple[int, int] | str]:
-    """(width, height) of each upright image, read from its header only, or why it cannot be read."""
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        return dict(zip(images, pool.map(lambda rel: _upright_size(root / rel), images)))

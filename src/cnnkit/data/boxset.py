@@ -28,49 +28,7 @@ import torch
 from cnnkit.data.boxes import BoxedImage, DetectionSplits
 from cnnkit.data.cache import decode_cached
 from cnnkit.data.imageset import ImageSet, SkippedFile
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where an image's original pixels land in the square model input: ``x -> scale * x + offset`` per axis."""
-
-    scale_x: float
-    scale_y: float
-    offset_x: float
-    offset_y: float
-
-    @classmethod
-    def of(cls, size: tuple[int, int], img_size: int, resize: str) -> Placement:
-        """The map :func:`cnnkit.data.decode.resize_image` applies to an image of (width, height) ``size``.
-
-        Example:
-            >>> Placement.of((200, 100), 64, "pad")
-            Placement(scale_x=0.32, scale_y=0.32, offset_x=0.0, offset_y=16.0)
-        """
-        width, height = size
-        if width == height == img_size or resize == "squash":
-            return cls(img_size / width, img_size / height, 0.0, 0.0)
-        if resize == "crop":
-            scale = img_size / min(width, height)
-            new_width, new_height = max(img_size, round(width * scale)), max(img_size, round(height * scale))
-            left, top = -((new_width - img_size) // 2), -((new_height - img_size) // 2)
-        else:  # pad, the rule's only other value (resize_image refuses the rest)
-            scale = img_size / max(width, height)
-            new_width, new_height = max(1, round(width * scale)), max(1, round(height * scale))
-            left, top = (img_size - new_width) // 2, (img_size - new_height) // 2
-        return cls(new_width / width, new_height / height, float(left), float(top))
-
-    def to_input(self, boxes: np.ndarray) -> np.ndarray:
-        """Original-pixel boxes (M, 4) xyxy -> the model input's pixels."""
-        scale = np.array([self.scale_x, self.scale_y] * 2, dtype=np.float64)
-        offset = np.array([self.offset_x, self.offset_y] * 2, dtype=np.float64)
-        return (np.asarray(boxes, np.float64).reshape(-1, 4) * scale + offset).astype(np.float32)
-
-    def to_original(self, boxes: np.ndarray) -> np.ndarray:
-        """The model input's boxes (M, 4) xyxy -> original pixels (the inverse of :meth:`to_input`)."""
-        scale = np.array([self.scale_x, self.scale_y] * 2, dtype=np.float64)
-        offset = np.array([self.offset_x, self.offset_y] * 2, dtype=np.float64)
-        return ((np.asarray(boxes, np.float64).reshape(-1, 4) - offset) / scale).astype(np.float32)
+from cnnkit.data.placement import Placement
 
 
 @dataclass

@@ -65,11 +65,16 @@ def metadata(info: CheckpointInfo) -> dict[str, str]:
 
 def write_onnx(model: nn.Module, info: CheckpointInfo, path: Path) -> None:
     """Export ``model`` with its normalisation and metadata to ``path`` (dynamic batch axis, atomic write)."""
+    model = fold_pooled_batch_norms(model.cpu().eval())
+    wrapped = NormalizedModel(FlipAveraged(model) if info.test_time_flip else model, info.preprocessing)
+    write_graph(wrapped, info, path, [OUTPUT_NAME], metadata(info))
+
+
+def write_graph(wrapped: nn.Module, info: CheckpointInfo, path: Path, outputs: list[str], props: dict) -> None:
+    """Export ``wrapped`` (uint8 images in, ``outputs`` out) with metadata ``props`` to ``path``, atomically."""
     require("onnx", "onnxscript", "onnxruntime")
     import onnx
 
-    model = fold_pooled_batch_norms(model.cpu().eval())
-    wrapped = NormalizedModel(FlipAveraged(model) if info.test_time_flip else model, info.preprocessing)
     prep = info.preprocessing
     example = torch.zeros(2, prep.channels, prep.img_size, prep.img_size, dtype=torch.uint8)
     with warnings.catch_warnings(), torch.no_grad():
@@ -78,14 +83,14 @@ def write_onnx(model: nn.Module, info: CheckpointInfo, path: Path) -> None:
             wrapped,
             (example,),
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=outputs,
             dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
             dynamo=True,
             external_data=False,
             verbose=False,
         )
     proto = program.model_proto
-    for key, value in metadata(info).items():
+    for key, value in props.items():
         proto.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(proto)
     write_atomic(path, proto.SerializeToString())
@@ -199,6 +204,13 @@ def export_onnx(
         >>> report["parity"]["top1_agreement"]
         1.0
     """
+    from cnnkit.tasks.detect.evaluate import is_detection_run
+
+    if is_detection_run(checkpoint):  # boxes, not logits: its own graph and parity check
+        raise CnnkitError(
+            f"{checkpoint} is a detector: export it with cnnkit.deploy.detect_export.export_detector "
+            "(what cnnkit export runs for it)"
+        )
     say = print if verbose else (lambda *args: None)
     reference = load(checkpoint, device="cpu")
     if reference.preprocessing.modality != "image":  # the graph's front end normalises uint8 images

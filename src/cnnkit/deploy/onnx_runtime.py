@@ -63,12 +63,28 @@ def create_session(path: str | Path, threads: int | None = None):
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def open_model(path: Path, threads: int | None = None) -> tuple:
+    """(session, the checkpoint description) of a ``cnnkit export`` model; anything else is refused in one line."""
+    if not path.is_file():
+        raise CnnkitError(f"ONNX model not found: {path}; give a .onnx file written by `cnnkit export`")
+    require("onnxruntime")
+    try:
+        session = create_session(path, threads)
+        return session, read_metadata(session)
+    except Exception as error:  # onnxruntime raises its own error types for every malformed file
+        raise CnnkitError(
+            f"{path} is not a cnnkit ONNX model ({type(error).__name__}: {str(error).splitlines()[0]}); "
+            "export one with `cnnkit export RUN --format onnx`"
+        ) from None
+
+
 class OnnxClassifier(ImageClassifier):
     """An exported model run by ONNX Runtime, with the class names and preprocessing from its metadata.
 
     Args:
         path: A ``.onnx`` file written by ``cnnkit export``.
         threads: ONNX Runtime intra-op threads. Defaults to all cores.
+        opened: The (session, description) :func:`open_model` already returned for ``path``. Defaults to None.
 
     Example:
         >>> classifier = cnnkit.load("runs/export/model.onnx")
@@ -76,21 +92,15 @@ class OnnxClassifier(ImageClassifier):
         '7'
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        path = Path(path).expanduser()
-        if not path.is_file():
-            raise CnnkitError(f"ONNX model not found: {path}; give a .onnx file written by `cnnkit export`")
-        require("onnxruntime")
-        try:
-            self.session = create_session(path, threads)
-            info = read_metadata(self.session)
-        except Exception as error:  # onnxruntime raises its own error types for every malformed file
+    def __init__(self, path: str | Path, threads: int | None = None, opened: tuple | None = None) -> None:
+        self.path = Path(path).expanduser()
+        self.session, info = opened or open_model(self.path, threads)
+        if info.extra.get("task") == "detect":
             raise CnnkitError(
-                f"{path} is not a cnnkit ONNX model ({type(error).__name__}: {str(error).splitlines()[0]}); "
-                "export one with `cnnkit export RUN --format onnx`"
-            ) from None
+                f"{path} is a detector's export ({info.model.name}): predict and serve take it "
+                "(cnnkit.deploy.load.load_detector in Python); the other commands need a classifier"
+            )
         super().__init__(info)
-        self.path = path
 
     def run(self, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Logits (N, K) for uint8 images (N, C, H, W), in batches of ``batch_size``."""

@@ -1,4 +1,4 @@
-"""A checkpoint run by PyTorch: predict images, or evaluate on labelled data."""
+"""A checkpoint run by PyTorch: predict images, or evaluate on labelled data; a detector's boxes."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from cnnkit.checkpoint import load_model, resolve_checkpoint
 from cnnkit.compute import select_device
 from cnnkit.data.decode import ImageSource
 from cnnkit.deploy.classifier import ImageClassifier
+from cnnkit.deploy.detector import ImageDetector
 from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import CheckpointInfo, ModelSpec
 from cnnkit.models import model_entry
@@ -62,7 +63,35 @@ def load_checkpoint_classifier(
     model, info = load_model(resolve_checkpoint(path), target)
     if model_entry(info.model.name).task == "detect":
         raise CnnkitError(
-            f"{path} is a detector ({info.model.name}): evaluate and predict take it so far; "
-            "export, serve, explain and index need a classifier"
+            f"{path} is a detector ({info.model.name}): evaluate, predict, export and serve take it "
+            "(cnnkit.deploy.load.load_detector in Python); explain and index need a classifier"
         )
     return Classifier(model, info, target)
+
+
+class TorchDetector(ImageDetector):
+    """A trained PyTorch detector with the preprocessing and class names it was trained with.
+
+    Example:
+        >>> detector = load_detector("runs/train")
+        >>> detector.predict("shelf.jpg", threshold=0.5)[0].labels
+    """
+
+    def __init__(self, model: torch.nn.Module, info: CheckpointInfo, device: torch.device) -> None:
+        super().__init__(info)
+        self.model = model
+        self.device = device
+
+    def detect(self, pixels: np.ndarray) -> list[dict[str, np.ndarray]]:
+        from cnnkit.tasks.detect.evaluate import detect_images
+
+        return detect_images(self.model, torch.from_numpy(pixels), self.preprocessing, self.device)
+
+
+def load_checkpoint_detector(path: str | Path, device: str = "auto") -> TorchDetector:
+    """A detection run or checkpoint as a :class:`TorchDetector`; a classifier's is refused in one line."""
+    target = select_device(device)
+    model, info = load_model(resolve_checkpoint(path), target)
+    if model_entry(info.model.name).task != "detect":
+        raise CnnkitError(f"{path} is a classifier ({info.model.name}), not a detector; load it with cnnkit.load")
+    return TorchDetector(model, info, target)

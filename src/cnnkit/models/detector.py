@@ -204,7 +204,7 @@ class BoxNet(Detector):
     ) -> Detections:
         detections = []
         for logit, box, centre_logit in zip(logits, boxes, centerness):
-            scores = torch.sqrt(logit.sigmoid() * centre_logit.sigmoid()[:, None])  # (h*w, K), FCOS's ranking score
+            scores = ranking_scores(logit, centre_logit)  # (h*w, K)
             score, flat = scores.flatten().topk(min(CANDIDATES, scores.numel()))
             kept = score > self.score_threshold
             score, cell, label = score[kept], flat[kept] // self.num_classes, flat[kept] % self.num_classes
@@ -212,6 +212,11 @@ class BoxNet(Detector):
             keep = batched_nms(kept_box, score, label, self.nms_threshold)[: self.max_detections]
             detections.append({"boxes": kept_box[keep], "scores": score[keep], "labels": label[keep]})
         return detections
+
+
+def ranking_scores(logits: torch.Tensor, centerness: torch.Tensor) -> torch.Tensor:
+    """FCOS's ranking score (..., N, K) of class logits (..., N, K) and centerness logits (..., N)."""
+    return torch.sqrt(logits.sigmoid() * centerness.sigmoid()[..., None])
 
 
 def cell_centres(size: torch.Size | tuple[int, int], device: torch.device) -> torch.Tensor:

@@ -21,8 +21,9 @@ from torch import nn
 from cnnkit.checkpoint import METADATA_KEY, load_model, resolve_checkpoint
 from cnnkit.compute import select_device
 from cnnkit.data.annotations import load_detection
-from cnnkit.data.boxset import BoxedSet, Placement, decode_boxed
+from cnnkit.data.boxset import BoxedSet, decode_boxed
 from cnnkit.data.imageset import SkippedFile
+from cnnkit.data.placement import to_original
 from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import CheckpointInfo, Preprocessing
 from cnnkit.models import list_models
@@ -43,13 +44,6 @@ def detect_images(
         inputs = preprocessing.normalize(images[start : start + BATCH_SIZE].to(device))
         found += [{key: value.cpu().numpy() for key, value in d.items()} for d in model(inputs)]
     return found
-
-
-def to_original(detection: dict[str, np.ndarray], placement: Placement, size: tuple[int, int]) -> dict[str, np.ndarray]:
-    """One image's detections moved from input pixels to its original (width, height) image, clipped to it."""
-    boxes = placement.to_original(detection["boxes"])
-    boxes = np.clip(boxes, 0, np.array([size[0], size[1]] * 2, dtype=np.float32))
-    return {**detection, "boxes": boxes}
 
 
 def evaluate_boxes(
@@ -118,6 +112,17 @@ def evaluate_run(
     """
     chosen = select_device(device)
     model, info = load_model(checkpoint, chosen)
+    boxed, skipped = read_split(checkpoint, info, data, split)
+    return evaluate_boxes(model, boxed, info.preprocessing, chosen), len(boxed), skipped
+
+
+def read_split(
+    checkpoint: str | Path, info: CheckpointInfo, data: str | None, split: str
+) -> tuple[BoxedSet, list[SkippedFile]]:
+    """A split of annotated data decoded at the run's preprocessing, its classes the model's; and what was skipped.
+
+    ``data`` defaults to the run's own, split by its ``val_split`` and ``test_split`` as training split it.
+    """
     config = info.extra.get("config", {})
     folder = data or config.get("data")
     if not folder:
@@ -131,5 +136,4 @@ def evaluate_run(
     )
     if not len(boxed):
         raise CnnkitError(f"the {split} split of {folder} holds no readable annotated images")
-    boxed = _match_classes(boxed, info, f"the {split} split of {folder}")
-    return evaluate_boxes(model, boxed, prep, chosen), len(boxed), [*splits.skipped, *failed]
+    return _match_classes(boxed, info, f"the {split} split of {folder}"), [*splits.skipped, *failed]

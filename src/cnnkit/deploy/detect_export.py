@@ -1,0 +1,184 @@
+"""ONNX export of a detection run, checked box by box against PyTorch before it is called a success.
+
+Where the work is done, and why:
+
+- In the graph: the normalisation, the network, and the box decoding (each cell's
+  distances to the four edges turned into an xyxy box, clipped to the input) and its
+  ranking score per class. These are dense tensor operations of fixed shape, so the graph
+  has a static (N, A, 4) and (N, A, K) output and ONNX Runtime fuses them.
+- In the runtime (numpy, :func:`cnnkit.deploy.onnx_detector.select`): the top-``candidates``
+  cut, the score threshold and class-wise non-maximum suppression. Their output has a
+  different length per image; ONNX's ``NonMaxSuppression`` op returns (batch, class, box)
+  index triples that still need a gather, a per-image top-k and a cap after it, and the
+  torch exporter has no translation of ``torchvision.ops.batched_nms`` to lean on. With at
+  most 1,000 candidates per image the numpy pass costs well under a millisecond
+  (not timed on this shared machine), against tens for the network, and it is one short
+  function a reader can check against torchvision's rule. Not measured against the in-graph
+  variant, which was not built.
+
+Only ``boxnet`` (cnnkit's own detector) exports so far: torchvision's FCOS, RetinaNet,
+SSDlite and Faster R-CNN decode and suppress per feature level inside ``forward`` with
+data-dependent shapes (and Faster R-CNN's second stage depends on the first's boxes), so
+each would need its own decoded-output wrapper; they are refused in one line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnkit.checkpoint import write_atomic
+from cnnkit.deploy.detector import ImageDetector
+from cnnkit.deploy.export import NormalizedModel, _reject, export_paths, metadata, write_graph
+from cnnkit.deploy.onnx_detector import BOXES, SCORES, OnnxDetector, iou
+from cnnkit.deploy.torch_runtime import load_checkpoint_detector
+from cnnkit.errors import CnnkitError
+from cnnkit.modelinfo import CheckpointInfo
+from cnnkit.models.detector import CANDIDATES, BoxNet, cell_centres, decode, ranking_scores
+
+# fp32 ONNX Runtime and PyTorch differ by float rounding: about 1e-5 px on boxes of tens of
+# pixels and 1e-6 on scores. A wrong mean, stride or decode shows as pixels and tenths.
+BOX_ATOL = 0.05  # px, in the model input
+SCORE_ATOL = 1e-3
+MATCH_IOU = 0.5  # an ONNX box of the same class overlapping this much is the PyTorch box's counterpart
+# PyTorch boxes compared: those a rounding difference cannot push across the score threshold
+# or out of the capped list (ties at the 100th place fall either way).
+SCORE_MARGIN = 0.01
+
+
+class DecodedBoxNet(nn.Module):
+    """boxnet with its decoding: normalised (B, C, S, S) -> boxes (B, A, 4) xyxy input pixels, scores (B, A, K)."""
+
+    def __init__(self, model: BoxNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, distances, centerness = self.model.predict_maps(inputs)
+        centres = cell_centres(logits.shape[-2:], inputs.device)  # (A, 2)
+        boxes = decode(centres, distances.flatten(2).transpose(1, 2))  # (B, A, 4)
+        boxes = boxes.clamp(min=0.0, max=float(inputs.shape[-1]))  # clip_boxes_to_image (the input is square)
+        scores = ranking_scores(logits.flatten(2).transpose(1, 2).float(), centerness.flatten(2).squeeze(1).float())
+        return boxes, scores
+
+
+def selection_settings(model: BoxNet) -> dict:
+    """What the runtime needs to select detections as the model's eval mode does (the export's ``detection`` key)."""
+    return {
+        "candidates": CANDIDATES,
+        "score_threshold": float(model.score_threshold),
+        "nms_threshold": float(model.nms_threshold),
+        "max_detections": int(model.max_detections),
+    }
+
+
+def write_detector_onnx(model: nn.Module, info: CheckpointInfo, path: Path) -> None:
+    """Export a boxnet run's model to ``path``; any other detector is refused in one line."""
+    if not isinstance(model, BoxNet):
+        raise CnnkitError(
+            f"cnnkit export takes boxnet detectors so far; {info.model.name} decodes and suppresses boxes per "
+            "feature level inside torchvision; predict and evaluate the run itself"
+        )
+    model = model.cpu().eval()
+    settings = selection_settings(model)
+    props = {**metadata(info), "detection": json.dumps(settings)}
+    write_graph(NormalizedModel(DecodedBoxNet(model), info.preprocessing), info, path, [BOXES, SCORES], props)
+
+
+@dataclass
+class BoxParity:
+    """How closely ONNX Runtime reproduces PyTorch's detections on the same images (input pixels)."""
+
+    images: int
+    boxes: int  # PyTorch detections compared
+    matched: int  # of those, with an ONNX detection of the same class at IoU >= MATCH_IOU
+    max_box_diff: float  # px, largest coordinate difference of a matched pair
+    max_score_diff: float
+    box_atol: float = BOX_ATOL
+    score_atol: float = SCORE_ATOL
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.matched == self.boxes and self.max_box_diff <= self.box_atol and self.max_score_diff <= self.score_atol
+        )
+
+    def format(self) -> str:
+        return (
+            f"parity on {self.images} validation images: {self.matched}/{self.boxes} PyTorch boxes matched, "
+            f"max |box difference| {self.max_box_diff:.2e} px (tolerance {self.box_atol:g}), "
+            f"max |score difference| {self.max_score_diff:.2e} (tolerance {self.score_atol:.0e})"
+        )
+
+
+def check_box_parity(reference: ImageDetector, exported: ImageDetector, pixels: np.ndarray, floor: float) -> BoxParity:
+    """Match each PyTorch detection scoring ``floor`` or more to the best-overlapping ONNX one of its class."""
+    compared = matched = 0
+    box_diff = score_diff = 0.0
+    for expected, actual in zip(reference.detect(pixels), exported.detect(pixels)):
+        for box, score, label in zip(expected["boxes"], expected["scores"], expected["labels"]):
+            if score < floor:
+                continue
+            compared += 1
+            same = np.flatnonzero(actual["labels"] == label)
+            if not len(same):
+                continue
+            overlaps = iou(box, actual["boxes"][same])
+            best = same[int(overlaps.argmax())]
+            if overlaps.max() < MATCH_IOU:
+                continue
+            matched += 1
+            box_diff = max(box_diff, float(np.abs(actual["boxes"][best] - box).max()))
+            score_diff = max(score_diff, abs(float(actual["scores"][best]) - float(score)))
+    return BoxParity(len(pixels), compared, matched, box_diff, score_diff)
+
+
+def _validation_pixels(checkpoint: str | Path, info: CheckpointInfo) -> np.ndarray:
+    """The run's validation images (its test images when it has none) as uint8 (N, C, S, S), read as in training."""
+    from cnnkit.tasks.detect.evaluate import read_split
+
+    for split in ("val", "test"):
+        try:
+            return read_split(checkpoint, info, None, split)[0].images.numpy()
+        except CnnkitError as error:
+            if "holds no readable annotated images" not in str(error):
+                raise
+    raise CnnkitError(f"{checkpoint} has no validation or test images to verify the export on")
+
+
+def export_detector(
+    checkpoint: str | Path, out: str | Path = "runs", name: str | None = None, verbose: bool = True
+) -> dict:
+    """Export a detection run to ONNX and verify its boxes and scores against PyTorch on the validation images.
+
+    What ``cnnkit export`` runs for a detection run; it writes the files
+    :func:`cnnkit.deploy.export.export_onnx` writes (``model.onnx`` and ``export.json`` in a new
+    folder under ``out``, or ``out`` itself and its ``.export.json`` sibling).
+
+    Raises:
+        CnnkitError: a detector other than boxnet, no validation or test images, or an export that
+            disagrees with PyTorch (the model file is then removed).
+
+    Example:
+        >>> export_detector("runs/train")["parity"]["matched"]
+    """
+    say = print if verbose else (lambda *args: None)
+    reference = load_checkpoint_detector(checkpoint, device="cpu")
+    pixels = _validation_pixels(checkpoint, reference.info)
+    path, _, report_path = export_paths(out, name)
+    write_detector_onnx(reference.model, reference.info, path)
+    exported = OnnxDetector(path)
+    floor = exported.settings["score_threshold"] + SCORE_MARGIN
+    parity = check_box_parity(reference, exported, pixels, floor)
+    report = {"model": str(path), "parity": {**asdict(parity), "passed": parity.passed}}
+    write_atomic(report_path, json.dumps(report, indent=2).encode())
+    say(f"wrote {path}\n{parity.format()}")
+    if not parity.passed:
+        raise _reject(path, f"ONNX Runtime disagrees with PyTorch: {parity.format()}")
+    say(f"report written to {report_path}")
+    return report

@@ -1,0 +1,178 @@
+"""Deploying a detector (deploy/detect_export.py, onnx_detector.py, detector.py, drawing.py): export, predict, draw."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+from PIL import Image
+from test_detect_train import TRAIN_ARGS, make_squares_folder
+from test_export import WITHOUT_TORCH
+
+import cnnkit
+from cnnkit.deploy.detect_export import BOX_ATOL, SCORE_ATOL, check_box_parity, write_detector_onnx
+from cnnkit.deploy.detector import ImageDetector
+from cnnkit.deploy.drawing import drawn_names
+from cnnkit.deploy.load import load_detector
+from cnnkit.deploy.onnx_detector import nms
+from cnnkit.errors import CnnkitError
+from cnnkit.modelinfo import CheckpointInfo, ModelSpec, Preprocessing
+
+pytest.importorskip("onnxruntime", reason="the deploy extra (pip install -e '.[test]') provides onnxruntime")
+
+PREDICT_ARGS = ("--json", "--threshold", "0.1", "--max-boxes", "5")
+
+
+@pytest.fixture(scope="module")
+def squares(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_squares_folder(tmp_path_factory.mktemp("detection") / "squares")
+
+
+@pytest.fixture(scope="module")
+def detection_run(squares: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A boxnet run trained once for this module through the real CLI (test_detect_train's set and settings)."""
+    out = tmp_path_factory.mktemp("runs")
+    result = run_cli("train", "--task", "detect", "--data", str(squares), *TRAIN_ARGS, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return out / "train"
+
+
+@pytest.fixture(scope="module")
+def detection_export(detection_run: Path) -> tuple[Path, subprocess.CompletedProcess]:
+    """``cnnkit export`` of the run to a named .onnx file, and the command's output."""
+    path = detection_run.parent / "exports" / "boxnet.onnx"
+    result = run_cli("export", str(detection_run), "--out", str(path))
+    assert result.returncode == 0, result.stderr
+    return path, result
+
+
+@pytest.fixture(scope="module")
+def photos(squares: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """Three of the set's images: one as it is, one stretched to 96x64, one to 50x80 (the map back is exercised)."""
+    folder = tmp_path_factory.mktemp("photos")
+    paths = []
+    for index, size in enumerate([None, (96, 64), (50, 80)]):
+        image = Image.open(squares / "images" / f"img{index:03d}.png")
+        image = image if size is None else image.resize(size, Image.Resampling.BILINEAR)
+        image.save(folder / f"photo{index}.png")
+        paths.append(str(folder / f"photo{index}.png"))
+    return paths
+
+
+def _records(result: subprocess.CompletedProcess) -> list[dict]:
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def _one_line_error(result: subprocess.CompletedProcess, text: str) -> None:
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and text in result.stderr, result.stderr
+
+
+def test_onnx_nms_keeps_what_torchvision_keeps():
+    from torchvision.ops import batched_nms
+
+    rng = np.random.default_rng(0)
+    corners = rng.uniform(0, 60, (300, 2))
+    boxes = np.concatenate([corners, corners + rng.uniform(4, 30, (300, 2))], 1).astype(np.float32)
+    scores = rng.permutation(300).astype(np.float32) / 300  # distinct, so the order is defined
+    labels = rng.integers(0, 3, 300)
+    shift = (labels * (boxes.max() + 1.0))[:, None]
+    ours = nms(boxes + shift, scores, 0.6)
+    theirs = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels), 0.6).numpy()
+    assert 10 < len(ours) < 300 and np.array_equal(ours, theirs)
+
+
+class _Shifted(ImageDetector):
+    """A detector that returns fixed detections moved by ``shift`` px (to test the parity check)."""
+
+    def __init__(self, shift: float) -> None:
+        super().__init__(
+            CheckpointInfo(ModelSpec("boxnet", 1, 3, 8), ["a"], Preprocessing(8, 3, (0,) * 3, (1,) * 3), {})
+        )
+        self.shift = shift
+
+    def detect(self, pixels: np.ndarray) -> list[dict[str, np.ndarray]]:
+        box = np.array([[1.0, 1.0, 5.0, 5.0]], np.float32) + self.shift
+        return [{"boxes": box, "scores": np.array([0.9], np.float32), "labels": np.array([0])} for _ in pixels]
+
+
+def test_box_parity_fails_on_a_box_half_a_pixel_off_or_missing():
+    pixels = np.zeros((2, 3, 8, 8), np.uint8)
+    same = check_box_parity(_Shifted(0.0), _Shifted(0.0), pixels, floor=0.06)
+    off = check_box_parity(_Shifted(0.0), _Shifted(0.5), pixels, floor=0.06)
+    elsewhere = check_box_parity(_Shifted(0.0), _Shifted(3.0), pixels, floor=0.06)  # IoU 1/31: no counterpart
+    assert same.passed and (same.boxes, same.matched, same.max_box_diff) == (2, 2, 0.0)
+    assert not off.passed and off.matched == 2 and off.max_box_diff == pytest.approx(0.5)
+    assert not elsewhere.passed and (elsewhere.boxes, elsewhere.matched) == (2, 0)
+
+
+def test_detector_export_refuses_a_torchvision_detector_in_one_line(tmp_path: Path):
+    info = CheckpointInfo(ModelSpec("fcos", 2, 3, 64), ["a", "b"], Preprocessing(64, 3, (0,) * 3, (1,) * 3), {})
+    with pytest.raises(CnnkitError, match="takes boxnet detectors so far; fcos"):
+        write_detector_onnx(torch.nn.Identity(), info, tmp_path / "model.onnx")
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_drawn_names_number_a_repeated_stem():
+    assert drawn_names(["a/x.jpg", "b/x.png", "y.png"]) == ["x.boxes.png", "x.2.boxes.png", "y.boxes.png"]
+
+
+@pytest.mark.slow
+def test_detect_export_prints_and_records_box_parity_with_pytorch(detection_export):
+    path, result = detection_export
+    assert "PyTorch boxes matched" in result.stdout
+    parity = json.loads(path.with_name("boxnet.export.json").read_text())["parity"]
+    assert parity["passed"] and parity["images"] == 8  # the run's validation split (0.25 of 32)
+    assert parity["boxes"] > 0 and parity["matched"] == parity["boxes"]
+    assert parity["max_box_diff"] <= BOX_ATOL and parity["max_score_diff"] <= SCORE_ATOL
+
+
+@pytest.mark.slow
+def test_detect_predict_json_is_the_same_for_the_run_and_its_export(detection_run, detection_export, photos):
+    run = _records(run_cli("predict", str(detection_run), *photos, *PREDICT_ARGS))
+    onnx = _records(run_cli("predict", str(detection_export[0]), *photos, *PREDICT_ARGS))
+    assert [r["path"] for r in run] == [r["path"] for r in onnx] == photos
+    for ours, theirs, size in zip(run, onnx, [(64, 64), (96, 64), (50, 80)]):
+        assert 0 < len(ours["boxes"]) <= 5 and len(ours["boxes"]) == len(theirs["boxes"])
+        for a, b in zip(ours["boxes"], theirs["boxes"]):
+            assert a["label"] == b["label"] and abs(a["score"] - b["score"]) <= SCORE_ATOL and a["score"] >= 0.1
+            assert np.abs(np.subtract(a["box"], b["box"])).max() <= 0.02  # rounded to 0.01 px
+            assert 0 <= a["box"][0] < a["box"][2] <= size[0] and 0 <= a["box"][1] < a["box"][3] <= size[1]
+
+
+@pytest.mark.slow
+def test_detect_predict_with_onnx_runs_without_pytorch(detection_export, photos):
+    command = [sys.executable, "-c", WITHOUT_TORCH, "predict", str(detection_export[0]), *photos, *PREDICT_ARGS]
+    blocked = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert blocked.returncode == 0, blocked.stderr
+    expected = [p.to_dict() for p in load_detector(detection_export[0]).predict_files(photos, 0.1, 5)[0]]
+    assert [json.loads(line) for line in blocked.stdout.splitlines()] == expected
+
+
+@pytest.mark.slow
+def test_detect_predict_draw_writes_each_image_with_its_boxes(detection_run, detection_export, photos, tmp_path):
+    for model, folder in ((detection_run, tmp_path / "run"), (detection_export[0], tmp_path / "onnx")):
+        result = run_cli("predict", str(model), *photos, "--threshold", "0.1", "--draw", str(folder))
+        assert result.returncode == 0, result.stderr
+        for photo in photos:
+            drawn, original = Image.open(folder / f"{Path(photo).stem}.boxes.png"), Image.open(photo).convert("RGB")
+            assert drawn.size == original.size
+            assert np.abs(np.asarray(drawn, np.int16) - np.asarray(original, np.int16)).max() > 0
+
+
+@pytest.mark.slow
+def test_detect_deploy_bad_input_is_one_line(detection_run, detection_export, photos, tmp_path):
+    path = detection_export[0]
+    (tmp_path / "file").write_text("")
+    _one_line_error(run_cli("predict", str(path), *photos, "--draw", str(tmp_path / "file")), "is a file")
+    _one_line_error(run_cli("export", str(detection_run), "--int8", "--out", str(tmp_path / "x.onnx")), "--int8")
+    _one_line_error(run_cli("export", str(detection_run), "--out", str(path)), "already exists")
+    _one_line_error(run_cli("explain", str(path), photos[0]), "is a detector's export")
+    with pytest.raises(CnnkitError, match=r"is a detector's export \(boxnet\)"):
+        cnnkit.load(path)
