@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -176,3 +177,50 @@ def test_detect_deploy_bad_input_is_one_line(detection_run, detection_export, ph
     _one_line_error(run_cli("explain", str(path), photos[0]), "is a detector's export")
     with pytest.raises(CnnkitError, match=r"is a detector's export \(boxnet\)"):
         cnnkit.load(path)
+
+
+@pytest.fixture(scope="module")
+def detection_clients(detection_run, detection_export):
+    """Test clients of the detection service on the run (PyTorch) and on its export (ONNX Runtime)."""
+    pytest.importorskip("fastapi", reason="the deploy extra (pip install -e '.[test]') provides fastapi")
+    pytest.importorskip("httpx", reason="the test extra provides httpx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # starlette 1.x suggests httpx2
+        from fastapi.testclient import TestClient
+
+    from cnnkit.deploy.serve.detect import create_detection_app
+
+    return [
+        TestClient(create_detection_app(load_detector(model, device="cpu"), max_upload_bytes=100_000))
+        for model in (detection_run, detection_export[0])
+    ]
+
+
+@pytest.mark.slow
+def test_detect_serve_returns_the_boxes_predict_prints(detection_clients, detection_export, photos):
+    data = Path(photos[1]).read_bytes()  # 96x64: boxes in the upload's own pixels
+    answers = [
+        client.post("/predict?threshold=0.1&max_boxes=5", files={"file": ("a.png", data, "image/png")})
+        for client in detection_clients
+    ]
+    assert [answer.status_code for answer in answers] == [200, 200]
+    run, onnx = (answer.json() for answer in answers)
+    [expected] = _records(run_cli("predict", str(detection_export[0]), photos[1], *PREDICT_ARGS))
+    assert (onnx["width"], onnx["height"]) == (96, 64) and onnx["boxes"] == expected["boxes"]
+    assert 0 < len(run["boxes"]) == len(onnx["boxes"]) <= 5
+    for a, b in zip(run["boxes"], onnx["boxes"]):
+        assert a["label"] == b["label"] and abs(a["score"] - b["score"]) <= SCORE_ATOL
+        assert np.abs(np.subtract(a["box"], b["box"])).max() <= 0.02
+
+
+@pytest.mark.slow
+def test_detect_serve_page_health_and_bad_uploads(detection_clients):
+    client = detection_clients[1]
+    health = client.get("/health").json()
+    assert health["task"] == "detect" and health["runtime"] == "onnxruntime" and health["classes"] == ["red", "blue"]
+    page = client.get("/").text
+    assert 'id="drawing"' in page and "strokeRect" in page and '["red", "blue"]' in page and "$" not in page
+    assert client.post("/predict", content=b"").status_code == 400
+    assert client.post("/predict", content=b"not an image").status_code == 415
+    assert client.post("/predict?threshold=2", content=b"x").status_code == 422
+    assert client.post("/predict", content=b"x" * 100_001).status_code == 413

@@ -47,7 +47,8 @@ def serve(
 ) -> None:
     """Serve a run, checkpoint or ``.onnx`` model, or an index directory, with uvicorn until interrupted.
 
-    A model answers ``POST /predict`` (:mod:`cnnkit.deploy.serve.app`); an index built by
+    A model answers ``POST /predict`` (:mod:`cnnkit.deploy.serve.app`; a detector's boxes,
+    :mod:`cnnkit.deploy.serve.detect`); an index built by
     ``cnnkit index`` answers ``POST /search`` and serves thumbnails (:mod:`cnnkit.deploy.serve.search`).
 
     Args:
@@ -89,11 +90,15 @@ def serve(
 
         app = create_search_app(open_index(checkpoint), None, *limits, token=token, cors_origins=origins)
     else:
-        from cnnkit.deploy.load import load
-        from cnnkit.deploy.serve.app import create_app
+        from cnnkit.deploy.detector import ImageDetector
+        from cnnkit.deploy.load import load_predictor
 
-        classifier = load(checkpoint, device="cpu", threads=1)  # requests run in parallel, each ONNX one on one core
-        app = create_app(classifier, *limits, token=token, cors_origins=origins)
+        model = load_predictor(checkpoint, device="cpu", threads=1)  # requests run in parallel, each ONNX on one core
+        if isinstance(model, ImageDetector):  # boxes: its own /predict answer and page
+            from cnnkit.deploy.serve.detect import create_detection_app as create_app
+        else:
+            from cnnkit.deploy.serve.app import create_app
+        app = create_app(model, *limits, token=token, cors_origins=origins)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
     print(f"serving {checkpoint} on {url} (API reference at /docs); Ctrl-C stops", flush=True)
     if token is not None:
