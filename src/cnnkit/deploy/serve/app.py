@@ -345,9 +345,6 @@ def finish_app(app: FastAPI, page: str, gate: Gate, token: str | None, cors_orig
 def render_page(classifier, runtime: str) -> str:
     """The web page, naming the model, its input and its classes."""
     prep, classes = classifier.preprocessing, classifier.classes
-    shown = ", ".join(classes[:PAGE_CLASSES])
-    if len(classes) > PAGE_CLASSES:
-        shown += f" and {len(classes) - PAGE_CLASSES} more"
     colour = {1: "grayscale", 3: "RGB"}.get(prep.channels, f"{prep.channels}-channel")
     return fill_page(
         "page.html",
@@ -355,8 +352,14 @@ def render_page(classifier, runtime: str) -> str:
         runtime=runtime,
         input=f"{prep.img_size}x{prep.img_size} {colour}",
         count=len(classes),
-        classes=html.escape(shown),
+        classes=html.escape(shown_classes(classes)),
     )
+
+
+def shown_classes(classes: Sequence[str]) -> str:
+    """The first :data:`PAGE_CLASSES` class names, comma-separated, and how many more there are."""
+    shown = ", ".join(classes[:PAGE_CLASSES])
+    return shown + (f" and {len(classes) - PAGE_CLASSES} more" if len(classes) > PAGE_CLASSES else "")
 
 
 def fill_page(name: str, **values: object) -> str:

@@ -25,7 +25,6 @@ from cnnkit.deploy.detector import ImageDetector
 from cnnkit.deploy.drawing import PALETTE
 from cnnkit.deploy.serve.app import (
     DEFAULT_MAX_PIXELS,
-    PAGE_CLASSES,
     PREDICT_BODY,
     UPLOAD_RESPONSES,
     Gate,
@@ -33,6 +32,7 @@ from cnnkit.deploy.serve.app import (
     fill_page,
     finish_app,
     receive_image,
+    shown_classes,
 )
 from cnnkit.tasks.detect.records import MAX_BOXES, THRESHOLD
 
@@ -129,16 +129,13 @@ def create_detection_app(
 def render_detection_page(detector: ImageDetector, runtime: str) -> str:
     """The web page, naming the model, its input and classes, with the palette the boxes are drawn in."""
     prep, classes = detector.preprocessing, detector.classes
-    shown = ", ".join(classes[:PAGE_CLASSES])
-    if len(classes) > PAGE_CLASSES:
-        shown += f" and {len(classes) - PAGE_CLASSES} more"
     return fill_page(
         "detect_page.html",
         model=html.escape(detector.info.model.name),
         runtime=runtime,
         input=f"{prep.img_size}x{prep.img_size}",
         count=len(classes),
-        classes=html.escape(shown),
+        classes=html.escape(shown_classes(classes)),
         threshold=THRESHOLD,
         # JSON inside <script>: "</" escaped so no class name can end the script
         palette=json.dumps(PALETTE),
