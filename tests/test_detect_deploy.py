@@ -87,6 +87,7 @@ def test_onnx_nms_keeps_what_torchvision_keeps():
     ours = nms(boxes + shift, scores, 0.6)
     theirs = batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels), 0.6).numpy()
     assert 10 < len(ours) < 300 and np.array_equal(ours, theirs)
+    assert np.array_equal(nms(boxes + shift, scores, 0.6, limit=5), theirs[:5])  # the best 5 are final once found
 
 
 class _Shifted(ImageDetector):

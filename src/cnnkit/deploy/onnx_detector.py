@@ -31,15 +31,16 @@ def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return overlap / np.maximum(areas - overlap, np.finfo(np.float32).tiny)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, limit: int | None = None) -> np.ndarray:
     """Indices of the boxes (M, 4) xyxy kept by greedy non-maximum suppression, best score first.
 
     torchvision's ``nms`` rule: a box is dropped when its IoU with a kept, higher-scored box
-    exceeds ``iou_threshold``.
+    exceeds ``iou_threshold``. The kept boxes come out best first, so the first ``limit`` are
+    final once found: stopping there makes 100 passes over the candidates, not up to 1,000.
     """
     order = np.argsort(-scores, kind="stable")
     keep = []
-    while len(order):
+    while len(order) and (limit is None or len(keep) < limit):
         keep.append(order[0])
         order = order[1:][iou(boxes[order[0]], boxes[order[1:]]) <= iou_threshold]
     return np.array(keep, dtype=np.int64)
@@ -57,7 +58,7 @@ def select(boxes: np.ndarray, scores: np.ndarray, settings: dict) -> dict[str, n
     chosen = boxes[cell]
     # class-wise suppression in one pass (torchvision's batched_nms): each class's boxes moved apart
     shift = (label * (float(chosen.max(initial=0.0)) + 1.0))[:, None]
-    keep = nms(chosen + shift, score, settings["nms_threshold"])[: int(settings["max_detections"])]
+    keep = nms(chosen + shift, score, settings["nms_threshold"], int(settings["max_detections"]))
     return {"boxes": chosen[keep], "scores": score[keep], "labels": label[keep].astype(np.int64)}
 
 
