@@ -225,3 +225,11 @@ def test_detect_serve_page_health_and_bad_uploads(detection_clients):
     assert client.post("/predict", content=b"not an image").status_code == 415
     assert client.post("/predict?threshold=2", content=b"x").status_code == 422
     assert client.post("/predict", content=b"x" * 100_001).status_code == 413
+
+
+@pytest.mark.slow  # the digits run and its export (session fixtures)
+def test_detector_only_flags_and_loader_refuse_a_classifier_in_one_line(digits_export, photos):
+    model = digits_export / "model.onnx"
+    _one_line_error(run_cli("predict", str(model), photos[0], "--draw", "drawn"), "are for detectors")
+    with pytest.raises(CnnkitError, match="is a classifier's export"):
+        load_detector(model)

@@ -22,7 +22,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     export.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
     export.add_argument("--format", default="onnx", choices=("onnx",), help="export format (default: onnx)")
     export.add_argument("--int8", action="store_true", help="also write a static int8 model (QDQ, per-channel)")
-    export.add_argument("--atol", type=float, default=1e-3, help="largest allowed logit difference (default: 1e-3)")
+    export.add_argument(
+        "--atol", type=float, default=1e-3, help="classifiers: largest allowed logit difference (default: 1e-3)"
+    )
     export.add_argument(
         "--max-accuracy-drop",
         type=float,
