@@ -85,7 +85,7 @@ def _option(
 # 10/10 GunPoint validation series (fcn 9/10) and tied on ItalyPowerDemand (13/14 each), and both
 # were right on every carved held-out GunPoint series; the field's review (Ismail Fawaz et al. 2019)
 # also found ResNet the strongest of the deep models on UCR. fcn trains 2-3x faster per epoch.
-DEFAULT_MODELS = {"image": "convnet", "series": "resnet1d"}
+DEFAULT_MODELS = {"image": "convnet", "series": "resnet1d", "audio": "bcresnet"}
 # How time series train when a run does not set these keys (config.yaml records what was used): Wang
 # et al.'s batch of 16; peak lr 1e-3, which beat 3e-3 on GunPoint's TRAIN-only validation split (10/10
 # against 9/10; a tie on ItalyPowerDemand); and the epochs that make about SERIES_STEPS optimizer steps,
@@ -93,6 +93,10 @@ DEFAULT_MODELS = {"image": "convnet", "series": "resnet1d"}
 SERIES_TRAINING = {"batch_size": 16, "lr": 1e-3}
 SERIES_STEPS = 600
 SERIES_EPOCHS = (20, 200)
+# How audio trains when a run does not set these keys (config.yaml records what was used); chosen on
+# validation carved from FSDD's training takes (see AUDIO_CHOICE below in benchmarks/spoken_digits.py).
+AUDIO_TRAINING = {"epochs": 20, "batch_size": 32, "lr": 3e-3}
+SPLIT_BY = ("index", "speaker")  # spoken-digits' splits: the dataset's own (takes 0-4 test), or a held-out speaker
 
 POSITIVE = Range(float, 0, low_open=True)
 SHARE = Range(float, 0, 1, high_open=True)  # a share that cannot be all: [0, 1)
@@ -117,7 +121,8 @@ class TrainConfig:
     model: str | None = _option(
         None,
         "architecture name (see `cnnkit models`), a layer spec string, or a .yaml/.json spec file "
-        f"(default: {DEFAULT_MODELS['image']} for images, {DEFAULT_MODELS['series']} for time series)",
+        f"(default: {DEFAULT_MODELS['image']} for images, {DEFAULT_MODELS['series']} for time series, "
+        f"{DEFAULT_MODELS['audio']} for audio)",
         "model",
     )
     task: str = _option(
@@ -193,6 +198,30 @@ class TrainConfig:
     )
     series_normalize: bool = _option(
         False, "z-normalise each time series and channel over its own length, as the run records", "data"
+    )
+    split_by: str | None = _option(
+        None,
+        "spoken-digits: index (its own split, takes 0-4 test; the default) or speaker (one speaker held out, --fold)",
+        "data",
+        choices=SPLIT_BY,
+    )
+    fold: int | None = _option(
+        None,
+        "with --split-by speaker: which speaker is the test split, 0 for the first by name (the default)",
+        "data",
+        Range(int, 0),
+    )
+    sample_rate: int | None = _option(
+        None,
+        "audio: Hz every clip is resampled to (default: 8000 for spoken-digits, else 16000)",
+        "data",
+        Range(int, 1000, 768_000),  # the WAV reader's limits
+    )
+    clip_seconds: float | None = _option(
+        None,
+        "audio: seconds every clip is padded or cropped to (default: 1)",
+        "data",
+        Range(float, 0, 3600, True),
     )
     val_split: float = _option(
         0.1, "share of training images held out for validation when no val/ folder exists", "data", SHARE
@@ -323,6 +352,8 @@ class TrainConfig:
             for key in ("embed_dim", "held_out")
             if self.task != "embed" and getattr(self, key) is not None
         ]
+        if self.fold is not None and self.split_by != "speaker":
+            problems.append("fold is used only with split_by speaker")
         if not problems and self.val_split + self.test_split >= 1:
             total = self.val_split + self.test_split
             problems.append(f"val_split and test_split must sum to less than 1 (got {total:g})")

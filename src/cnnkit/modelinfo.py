@@ -99,10 +99,50 @@ class SeriesPreprocessing:
         return values.float()
 
 
-def read_preprocessing(values: dict) -> Preprocessing | SeriesPreprocessing:
-    """The preprocessing a record describes: series when it says so, else images (every record before series)."""
-    kind = SeriesPreprocessing if values.get("modality", "image") == "series" else Preprocessing
-    return kind.from_dict(values)
+@dataclass(frozen=True)
+class AudioPreprocessing:
+    """How a WAV file becomes a model input: one clip (1, clip_samples) at ``sample_rate``, float32 waveform.
+
+    The clip rule is :class:`cnnkit.data.wav.AudioFormat`'s (mixed down to mono, resampled,
+    padded or cropped), applied when a file is decoded; the log-mel features are part of the
+    model, so :meth:`normalize` of a batch only makes it float.
+
+    Args:
+        sample_rate: Of the clips, in Hz.
+        clip_samples: Samples per clip.
+        pad: Where shorter recordings get their zeros (``end`` or ``centre``).
+        crop: Which part of a longer recording is kept (``centre`` or ``start``).
+    """
+
+    sample_rate: int
+    clip_samples: int
+    pad: str = "end"
+    crop: str = "centre"
+    modality: ClassVar[str] = "audio"
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One model input without the batch axis: (1, clip_samples)."""
+        return (1, self.clip_samples)
+
+    def to_dict(self) -> dict:
+        return {"modality": self.modality, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> AudioPreprocessing:
+        return cls(int(values["sample_rate"]), int(values["clip_samples"]), str(values["pad"]), str(values["crop"]))
+
+    def normalize(self, values: torch.Tensor) -> torch.Tensor:
+        """Waveforms (B, 1, T) as float32 model inputs, as decoded (the model computes its features)."""
+        return values.float()
+
+
+PREPROCESSING = {"image": Preprocessing, "series": SeriesPreprocessing, "audio": AudioPreprocessing}
+
+
+def read_preprocessing(values: dict) -> Preprocessing | SeriesPreprocessing | AudioPreprocessing:
+    """The preprocessing a record describes, by its ``modality`` (images for every record before series)."""
+    return PREPROCESSING[values.get("modality", "image")].from_dict(values)
 
 
 @dataclass
@@ -135,7 +175,7 @@ class CheckpointInfo:
 
     model: ModelSpec
     classes: list[str]
-    preprocessing: Preprocessing | SeriesPreprocessing
+    preprocessing: Preprocessing | SeriesPreprocessing | AudioPreprocessing
     extra: dict[str, Any]
 
     @property

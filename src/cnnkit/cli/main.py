@@ -189,9 +189,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
             "give the run or checkpoint it was exported from"
         )
     classifier = load(args.checkpoint, device=args.device)
-    series = classifier.preprocessing.modality == "series"
-    if args.report and series:
-        raise CnnkitError(f"--report draws image galleries and Grad-CAM, and {args.checkpoint} reads time series")
+    modality = classifier.preprocessing.modality
+    series = modality == "series"
+    if args.report and modality != "image":
+        reads = "time series" if series else "audio"
+        raise CnnkitError(f"--report draws image galleries and Grad-CAM, and {args.checkpoint} reads {reads}")
     split = classifier.evaluated_split(args.data, args.split)  # None: a folder without split subfolders, read whole
     where = f"the {split} split of {args.data or 'the training data'}" if split else f"{args.data} (whole folder)"
     embed = classifier.info.extra.get("config", {}).get("task") == "embed"  # Recall@K and MAP@R, not accuracy
@@ -207,7 +209,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise CnnkitError(f"{where} holds no images")
     if split is None:
         own, trained, items = (
-            ("subfolders or TEST file", "data", "series") if series else ("subfolders", "folder", "images")
+            ("subfolders or TEST file", "data", "series")
+            if series
+            else ("subfolders", "folder", "clips" if modality == "audio" else "images")
         )
         print(
             f"note: {args.data} has no train/val/test {own} and is not the model's training {trained}, "
@@ -268,8 +272,9 @@ def run_compare(args: argparse.Namespace) -> int:
     from cnnkit.compare.study import compare
     from cnnkit.training.prepare import data_modality
 
-    if data_modality(args.data) == "series":
-        raise CnnkitError(f"--data {args.data} holds time series, and compare trains image models so far")
+    if (modality := data_modality(args.data)) != "image":
+        holds = "time series" if modality == "series" else "audio"
+        raise CnnkitError(f"--data {args.data} holds {holds}, and compare trains image models so far")
 
     budget = Budget(args.epochs, args.batch_size, args.lr, args.train_size, args.test_size, args.seed)
     say = (lambda line: print(line, file=sys.stderr)) if args.json else print

@@ -14,7 +14,9 @@ only: evaluation, checkpoints and exports never see them.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -121,6 +123,61 @@ class AudioAugmentation:
             return self.mask(output, generator) if module.training else None
 
         return frontend.register_forward_hook(masked)
+
+
+@dataclass(frozen=True)
+class AudioBatchAugmentation:
+    """An :class:`AudioAugmentation` with its noise bank, called by the training loop as image augmentation is.
+
+    Args:
+        augmentation: What to apply.
+        noise_bank: (N, L) background recordings to mix in; None mixes white noise. Defaults to None.
+    """
+
+    augmentation: AudioAugmentation
+    noise_bank: torch.Tensor | None = None
+
+    def __call__(
+        self, waves: torch.Tensor, generator: torch.Generator, shard: tuple[int, int] = (0, 1)
+    ) -> torch.Tensor:
+        """Augment one training batch (B, C, T), one process's (``shard`` is the loop's ``(rank, world_size)``)."""
+        if shard[1] != 1:  # the draws are per batch, not yet per global batch as image augmentation's are
+            raise CnnkitError("audio trains in one process so far; leave out --devices")
+        return self.augmentation(waves, generator, self.noise_bank)
+
+    @contextlib.contextmanager
+    def masking(self, model: nn.Module, generator: torch.Generator) -> Iterator[None]:
+        """SpecAugment on ``model.frontend``'s output in training mode while inside (a model without one: nothing).
+
+        The training loop's steps run inside; the batch-norm recomputation and validation after
+        them run outside, so they see the log-mels unmasked.
+        """
+        frontend = getattr(model, "frontend", None)
+        handle = None if frontend is None else self.augmentation.attach(frontend, generator)
+        try:
+            yield
+        finally:
+            if handle is not None:
+                handle.remove()
+
+    def to_dict(self) -> dict:
+        return {**self.augmentation.to_dict(), "noise_from": "white" if self.noise_bank is None else "background"}
+
+    def describe(self) -> str:
+        """The settings that act, and where the noise comes from when it is mixed in."""
+        described = self.augmentation.describe()
+        if self.augmentation.noise:
+            source = "white noise" if self.noise_bank is None else f"{len(self.noise_bank)} background recordings"
+            described += f" ({source})"
+        return described
+
+
+def noise_bank(recordings: list[torch.Tensor]) -> torch.Tensor | None:
+    """(N, L) background recordings, each cut to the shortest, for :func:`noise_excerpts`; None for none."""
+    if not recordings:
+        return None
+    shortest = min(len(recording) for recording in recordings)
+    return torch.stack([recording[:shortest].float() for recording in recordings])
 
 
 def shift(x: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The labelled images (or time series) a trained model is evaluated on, with its class indices."""
+"""The labelled images (or time series, or audio clips) a trained model is evaluated on, with its class indices."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from cnnkit.data import BUILTINS, load_data
 from cnnkit.data.folder import has_split_folders, read_folder
 from cnnkit.data.imageset import ImageSet, SkippedFile
 from cnnkit.data.series import SeriesSet, has_test_file, is_series, load_series
+from cnnkit.data.speech import AUDIO_BUILTINS, is_audio, load_audio
+from cnnkit.data.wav import AudioFormat
 from cnnkit.errors import CnnkitError
 
 
@@ -34,6 +36,8 @@ def labelled_images(
         raise CnnkitError("this checkpoint does not record its training data; pass --data")
     if data not in BUILTINS and is_series(data):
         raise CnnkitError(f"{data} holds time series, and this model reads images; give labelled images")
+    if data not in BUILTINS and is_audio(data):
+        raise CnnkitError(f"{data} holds audio, and this model reads images; give labelled images")
     if takes_split(data, config):
         splits = load_data(
             data,
@@ -78,6 +82,45 @@ def labelled_series(
     return relabel(getattr(splits, split) if split_as_trained else splits.train, classes, data)
 
 
+def labelled_audio(
+    data: str | None, split: str, classes: list[str], clip_rule: dict, config: dict
+) -> tuple[SeriesSet, list[SkippedFile]]:
+    """The labelled clips an audio model is evaluated on, decoded by its ``clip_rule``, and the files skipped.
+
+    ``clip_rule`` holds the run's rate, clip length and pad/crop rule (``AudioFormat.facts`` keys, as the
+    checkpoint's preprocessing records them). ``data`` defaults to the training data in ``config``; that,
+    a built-in or a folder with split subfolders is split as in training, any other WAV folder is read whole.
+    """
+    if split not in ("train", "val", "test"):
+        raise CnnkitError(f"unknown split {split!r}; use train, val or test")
+    trained_on = config.get("data")
+    data = data or trained_on
+    if data is None:
+        raise CnnkitError("this checkpoint does not record its training data; pass --data")
+    if data in BUILTINS or not is_audio(data):
+        held = "images" if data in BUILTINS or Path(data).expanduser().is_dir() else "no audio"
+        raise CnnkitError(
+            f"{data} holds {held}, and this model reads audio; give a folder of WAV files, one subfolder per class"
+        )
+    audio_format = AudioFormat.from_facts(clip_rule)
+    own = data == trained_on  # the run's own split rule (a speaker fold, the shares) and data folder
+    if takes_split(data, config):
+        splits = load_audio(
+            data,
+            audio_format,
+            config.get("split_by") if own else None,
+            config.get("fold") if own else None,
+            config.get("val_split", 0.1),
+            config.get("test_split", 0.2),
+            config.get("data_dir") if own else None,
+        )
+        clips = getattr(splits, split)
+    else:
+        splits = load_audio(data, audio_format, val_split=0.0, test_split=0.0)
+        clips = splits.train
+    return relabel(clips, classes, data), splits.skipped
+
+
 def takes_split(data: str | None, config: dict) -> bool:
     """Whether :func:`labelled_images` takes a split of ``data`` (default: the training data in ``config``).
 
@@ -89,7 +132,7 @@ def takes_split(data: str | None, config: dict) -> bool:
     data = data or trained_on
     if data is None:
         return False
-    if data in BUILTINS:
+    if data in BUILTINS or data in AUDIO_BUILTINS:
         return True
     same_folder = (
         trained_on is not None

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from cnnkit.data.archive import DatasetArchive, fetch_archive
-from cnnkit.data.audio import AudioSplits, check_share, cropped_warning, read_clips
+from cnnkit.data.audio import AudioSplits, check_share, cropped_warning, is_audio_folder, load_audio_folder, read_clips
 from cnnkit.data.imageset import SkippedFile, _stable_order, stratified_split
 from cnnkit.data.series import SeriesSet
 from cnnkit.data.wav import AudioDecodeError, AudioFormat, read_wav, to_mono
@@ -112,7 +112,7 @@ def _carve(clips: SeriesSet, test: list[int], val_split: float) -> tuple[SeriesS
 
 
 def _fsdd_splits(
-    clips: SeriesSet, split_by: str, test_speaker: str | None, val_split: float, audio_format: AudioFormat
+    clips: SeriesSet, split_by: str, test_speaker: str | int | None, val_split: float, audio_format: AudioFormat
 ) -> AudioSplits:
     speakers = _speakers(clips)
     if split_by == "index":
@@ -120,6 +120,13 @@ def _fsdd_splits(
         rule = f"FSDD's own: indices 0-4 test, the rest train; val {val_split:.0%} of train, stratified by hash"
     elif split_by == "speaker":
         known = sorted(set(speakers))
+        if isinstance(test_speaker, int):  # a fold: the speaker at that place in name order
+            if not 0 <= test_speaker < len(known):
+                raise CnnkitError(
+                    f"--fold {test_speaker}: spoken-digits has {len(known)} speakers ({', '.join(known)}); "
+                    f"use 0 to {len(known) - 1}"
+                )
+            test_speaker = known[test_speaker]
         test_speaker = test_speaker or known[0]
         if test_speaker not in known:
             raise CnnkitError(
@@ -130,6 +137,8 @@ def _fsdd_splits(
         rule = f"speaker {test_speaker} held out as test; val {val_split:.0%} of the others, stratified by hash"
     else:
         raise CnnkitError(f"unknown split_by {split_by!r} for spoken-digits; use index or speaker")
+    if split_by == "index" and test_speaker is not None:
+        raise CnnkitError("a test speaker (--fold) is for --split-by speaker; spoken-digits' own split is by index")
     train, val, test_set = _carve(clips, test, val_split)
     return AudioSplits("spoken-digits", train, val, test_set, rule, audio_format)
 
@@ -138,7 +147,7 @@ def load_spoken_digits(
     data_dir: str | Path | None = None,
     audio_format: AudioFormat | None = None,
     split_by: str = "index",
-    test_speaker: str | None = None,
+    test_speaker: str | int | None = None,
     val_split: float = 0.1,
     workers: int | None = None,
 ) -> AudioSplits:
@@ -150,7 +159,8 @@ def load_spoken_digits(
         audio_format: Clip rule; defaults to 8 kHz, 1 s (the recordings' rate; 99% are shorter).
         split_by: ``index`` (the dataset's own split: takes 0-4 test) or ``speaker`` (one speaker
             held out, for speaker-independent accuracy). Defaults to ``index``.
-        test_speaker: The held-out speaker with ``split_by="speaker"``; defaults to the first by name.
+        test_speaker: The held-out speaker with ``split_by="speaker"``, by name or by place in name order
+            (a fold: 0 is the first); defaults to the first by name.
         val_split: Share of the training clips held out for validation, stratified by hash. Defaults to 0.1.
         workers: Decoding processes; defaults to the number of cores.
 
@@ -323,3 +333,48 @@ def load_speech_commands(
 
 # The built-in audio datasets by name, for a dispatcher beside cnnkit.data.builtin.BUILTINS.
 AUDIO_BUILTINS = {"spoken-digits": load_spoken_digits, "speech-commands": load_speech_commands}
+
+
+def is_audio(data: str) -> bool:
+    """Whether ``data`` names audio: a built-in speech set or a folder of WAV class folders (decodes nothing)."""
+    return data in AUDIO_BUILTINS or is_audio_folder(data)
+
+
+def clip_format(data: str, sample_rate: int | None = None, clip_seconds: float | None = None) -> AudioFormat:
+    """The clip rule of ``data``: the given rate and length, else the built-in's own, else 16 kHz and 1 s."""
+    default = DEFAULT_FORMATS.get(data, AudioFormat())
+    rate = sample_rate or default.sample_rate
+    seconds = clip_seconds or default.clip_seconds
+    return AudioFormat(rate, max(1, round(seconds * rate)), default.pad, default.crop)
+
+
+def load_audio(
+    data: str,
+    audio_format: AudioFormat,
+    split_by: str | None = None,
+    fold: int | None = None,
+    val_split: float = 0.1,
+    test_split: float = 0.2,
+    data_dir: str | None = None,
+    workers: int | None = None,
+) -> AudioSplits:
+    """Audio by name or folder as train/val/test clips: the one dispatcher that training and evaluation share.
+
+    Args:
+        data: ``spoken-digits``, ``speech-commands`` or a folder of WAV files, one subfolder per class.
+        audio_format: The clip rule (:func:`clip_format`).
+        split_by: spoken-digits only: ``index`` (its own split; the default) or ``speaker``.
+        fold: With ``split_by="speaker"``, the held-out speaker's place in name order. Defaults to the first.
+        val_split: Share of the training clips held out for validation.
+        test_split: Share held out for testing where the data has no test split of its own (folders).
+        data_dir: Folder holding a built-in's files.
+        workers: Decoding processes; defaults to the number of cores.
+    """
+    if data == "spoken-digits":
+        return load_spoken_digits(data_dir, audio_format, split_by or "index", fold, val_split, workers)
+    given = [flag for flag, value in (("--split-by", split_by), ("--fold", fold)) if value is not None]
+    if given:
+        raise CnnkitError(f"{', '.join(given)}: for spoken-digits only; {data} has its own split rule, leave them out")
+    if data == "speech-commands":
+        return load_speech_commands(data_dir, audio_format, workers=workers)
+    return load_audio_folder(Path(data).expanduser(), audio_format, val_split, test_split, workers)

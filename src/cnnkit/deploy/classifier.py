@@ -88,10 +88,12 @@ class ImageClassifier:
 
     def labelled_images(self, data: str | None, split: str) -> tuple[ImageSet, list[SkippedFile]]:
         """The labelled images :meth:`evaluate` uses, relabelled to the model's classes, and any skipped files."""
-        from cnnkit.data.labelled import labelled_images, labelled_series  # torch tensors; prediction needs none
+        from cnnkit.data.labelled import labelled_audio, labelled_images, labelled_series  # torch; predict needs none
 
         prep = self.preprocessing
         config = self.info.extra.get("config", {})
+        if prep.modality == "audio":  # decoded by the run's clip rule: rate, length, pad and crop
+            return labelled_audio(data, split, self.classes, prep.to_dict(), config)
         if prep.modality == "series":  # read as the run read its own: same channels, z-normalised or not
             return labelled_series(data, split, self.classes, (prep.channels, prep.series_normalize), config), []
         return labelled_images(data, split, self.classes, (prep.img_size, prep.channels, prep.resize), config)

@@ -35,6 +35,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -218,13 +220,25 @@ class M5(Network):
 
 @register_model(modality="audio")
 def bcresnet(num_classes: int, in_channels: int = 1, img_size: int = 16000, **kwargs) -> BCResNet:
-    """BC-ResNet-1 on 40 log-mels of 16 kHz audio (9.2k parameters with 12 classes); any clip length."""
+    """BC-ResNet-1 on 40 log-mels (9.2k parameters with 12 classes); any clip length.
+
+    At any ``sample_rate`` (default 16000) the front end keeps the paper's 32 ms windows (``n_fft`` the
+    nearest power of two) and 10 ms hops, unless ``n_fft`` or ``hop_length`` are given.
+    """
+    rate = kwargs.get("sample_rate", 16000)
+    kwargs.setdefault("n_fft", 2 ** round(math.log2(0.032 * rate)))  # 512 at 16 kHz, 256 at 8 kHz
+    kwargs.setdefault("hop_length", max(1, round(0.010 * rate)))  # 160 at 16 kHz, 80 at 8 kHz
     return BCResNet(num_classes, in_channels, **kwargs)
 
 
 @register_model(modality="audio")
-def m5(num_classes: int, in_channels: int = 1, img_size: int = 16000, **kwargs) -> M5:
-    """M5 on raw waveforms (0.56M parameters with 10 classes); any clip of at least 256 samples."""
+def m5(num_classes: int, in_channels: int = 1, img_size: int = 16000, sample_rate: int = 8000, **kwargs) -> M5:
+    """M5 on raw waveforms (0.56M parameters with 10 classes); any clip of at least 256 samples at 8 kHz.
+
+    The first stride is the paper's 4 at 8 kHz and grows with ``sample_rate`` (8 at 16 kHz), so its
+    80-wide filters span the same 10 ms at any rate, unless ``stride`` is given.
+    """
     if "widths" in kwargs:
         kwargs["widths"] = tuple(kwargs["widths"])  # JSON metadata stores tuples as lists
+    kwargs.setdefault("stride", max(1, round(4 * sample_rate / 8000)))
     return M5(num_classes, in_channels, **kwargs)

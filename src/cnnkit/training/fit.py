@@ -44,11 +44,13 @@ from cnnkit.training.distributed import World
 from cnnkit.training.loop import has_batch_norm
 from cnnkit.training.prepare import (
     Prepared,
+    audio_training,
     builder_kwargs,
     check_bad_share,
     class_weights,
     data_modality,
     given_keys,
+    prepare_audio,
     prepare_data,
     prepare_series,
     series_training,
@@ -56,6 +58,8 @@ from cnnkit.training.prepare import (
 from cnnkit.training.resume import STATE, SavedState, read_state, resume_config
 from cnnkit.training.runlog import Run
 from cnnkit.training.session import Session, start_session, train_epochs
+
+AUDIO_KEYS = ("split_by", "fold", "sample_rate", "clip_seconds")  # config keys that only audio data reads
 
 
 def call(callbacks: Iterable[Any], event: str, **kwargs: Any) -> None:
@@ -113,6 +117,7 @@ def fit(
     device = world.start(config)
     data = prepare(config, saved, say)
     config = series_training(config, data, saved, given)  # small batches, a budget of steps, unless given
+    config = audio_training(config, data, saved, given)
     model, settings = build_model(config, data, device)
     settings = world.agree(settings)
     if saved is not None and runlog.recorded_precision(Path(resume).expanduser()) == "fp32":
@@ -166,6 +171,13 @@ def prepare(config: TrainConfig, saved: SavedState | None, say: Callable[..., No
     check_trainable(model_name, modality, config.data)
     if modality == "series":
         return prepare_series(config, saved, say, model_name, model_kwargs)
+    if modality == "audio":
+        return prepare_audio(config, saved, say, model_name, model_kwargs)
+    if audio := [
+        key for key in ("split_by", "fold", "sample_rate", "clip_seconds") if getattr(config, key) is not None
+    ]:
+        flags = ", ".join(f"--{key.replace('_', '-')}" for key in audio)
+        raise CnnkitError(f"{flags}: for audio, and --data {config.data} holds images; leave them out")
     if config.series_normalize:
         raise CnnkitError(f"--series-normalize is for time series, and --data {config.data} holds images; leave it out")
     pretrained = config.pretrained or config.finetune or config.weights is not None
@@ -201,6 +213,7 @@ def check_trainable(model_name: str, modality: str, data: str) -> None:
         holds, choose = {
             "image": ("images", f"an image model such as {DEFAULT_MODELS['image']}"),
             "series": ("time series", ", ".join(list_models(modality="series"))),
+            "audio": ("audio", ", ".join(list_models(modality="audio"))),
         }[modality]
         raise CnnkitError(
             f"--model {model_name} takes {entry.modality} input, and --data {data} holds {holds}; "
@@ -299,6 +312,10 @@ def describe(data: Prepared, model: nn.Module, settings: ComputeSettings, run_di
     augment = data.augment.describe() if data.augment else "none"
     if data.preprocessing.modality == "series":
         augment = "none (image augmentation is off for series: no flips or crops of signals)"
+    elif data.preprocessing.modality == "audio":  # waveform augmentation and SpecAugment; never an image one
+        rule = data.preprocessing
+        clips = f"clips of {rule.clip_samples / rule.sample_rate:g} s at {rule.sample_rate} Hz"
+        augment = f"{augment if data.augment else 'none'} (audio; image augmentation is off); {clips}"
     splits = data.splits
     held_out = splits.test.classes != splits.classes  # an embedding run tests on classes it does not train on
     return (
@@ -352,7 +369,7 @@ def summarize(session: Session, test: EvalResult | EmbedResult | None, interrupt
     if progress.skipped_steps:
         say(f"warning: skipped {progress.skipped_steps} step(s) with a NaN or infinite loss or gradient (steps.csv)")
     flip = " with flip TTA" if session.data.tta == "flip" else ""
-    items = "series" if session.data.preprocessing.modality == "series" else "images"
+    items = {"series": "series", "audio": "clips"}.get(session.data.preprocessing.modality, "images")
     if isinstance(test, EmbedResult):
         say(
             f"held-out classes {', '.join(test.classes)}: {test.describe()}{flip} "

@@ -16,6 +16,7 @@ from torch import nn
 
 from cnnkit.compute import ComputeSettings, autocast, grad_scaler, prepare_inputs
 from cnnkit.data import ImageSet
+from cnnkit.data.audio_augment import AudioBatchAugmentation
 from cnnkit.data.augment import Augmentation
 from cnnkit.data.loader import iterate_batches
 from cnnkit.data.series import SeriesSet
@@ -51,7 +52,7 @@ class StepSettings:
     clip_grad_norm: float | None = None
     skip_nonfinite: bool = False
     sample_weights: torch.Tensor | None = None
-    augment: Augmentation | None = None
+    augment: Augmentation | AudioBatchAugmentation | None = None
     compute: ComputeSettings = FP32
     shard: tuple[int, int] = (0, 1)
 

@@ -1,7 +1,7 @@
 """Data made ready for training: loaded, scanned and reviewed, with class and sampling weights.
 
 :class:`Prepared` is what follows from the data (preprocessing, architecture, augmentation);
-``fit.prepare`` makes it for images, :func:`prepare_series` for time series.
+``fit.prepare`` makes it for images, :func:`prepare_series` for time series, :func:`prepare_audio` for audio.
 """
 
 from __future__ import annotations
@@ -15,15 +15,18 @@ from typing import Any
 
 import torch
 
-from cnnkit.config import SERIES_EPOCHS, SERIES_STEPS, SERIES_TRAINING, TrainConfig
+from cnnkit.config import AUDIO_TRAINING, SERIES_EPOCHS, SERIES_STEPS, SERIES_TRAINING, TrainConfig
 from cnnkit.data import load_data
+from cnnkit.data.audio import AudioSplits
+from cnnkit.data.audio_augment import AudioBatchAugmentation, noise_bank, parse_audio_augmentation
 from cnnkit.data.augment import Augmentation
 from cnnkit.data.builtin import BUILTINS
 from cnnkit.data.check import review_splits, scan_folder
 from cnnkit.data.imageset import DataSplits
 from cnnkit.data.series import SeriesSplits, is_series
+from cnnkit.data.speech import clip_format, is_audio, load_audio
 from cnnkit.errors import CnnkitError
-from cnnkit.modelinfo import ModelSpec, Preprocessing, SeriesPreprocessing
+from cnnkit.modelinfo import AudioPreprocessing, ModelSpec, Preprocessing, SeriesPreprocessing
 from cnnkit.models import kwargs_for_data
 from cnnkit.training.resume import SavedState
 
@@ -32,11 +35,11 @@ from cnnkit.training.resume import SavedState
 class Prepared:
     """The data and what follows from it: preprocessing, architecture, augmentation and test-time flip."""
 
-    splits: DataSplits | SeriesSplits
-    preprocessing: Preprocessing | SeriesPreprocessing
+    splits: DataSplits | SeriesSplits | AudioSplits
+    preprocessing: Preprocessing | SeriesPreprocessing | AudioPreprocessing
     spec: ModelSpec
     pretrained: bool
-    augment: Augmentation | None
+    augment: Augmentation | AudioBatchAugmentation | None
     tta: str
 
 
@@ -96,6 +99,13 @@ def prepare_data(config: TrainConfig, say: Callable[[str], None]) -> DataSplits 
     splits = splits if series else review_splits(splits, scan)
     if scan is not None:
         say(f"checked {scan.files} image files: {len(splits.skipped)} bad, {len(scan.details)} warning(s)")
+    return report_problems(splits, say)
+
+
+def report_problems(
+    splits: DataSplits | SeriesSplits | AudioSplits, say: Callable[[str], None]
+) -> DataSplits | SeriesSplits | AudioSplits:
+    """Say the warnings and the skipped files of loaded data; refuse data with nothing to train on."""
     for warning in splits.warnings:
         say(f"warning: {warning}")
     if splits.skipped:
@@ -104,19 +114,35 @@ def prepare_data(config: TrainConfig, say: Callable[[str], None]) -> DataSplits 
             f"({splits.skipped[0].reason}); the run folder's skipped.csv lists them all"
         )
     if len(splits.train) == 0:
-        raise CnnkitError(f"{splits.name}: no readable training images")
+        items = "clips" if isinstance(splits, AudioSplits) else "images"
+        raise CnnkitError(f"{splits.name}: no readable training {items}")
     return splits
 
 
 def data_modality(data: str) -> str:
-    """``series`` when ``data`` names time series (a TRAIN/TEST pair, CSV, X.npy), else ``image``; reads no file."""
-    return "series" if data not in BUILTINS and is_series(data) else "image"
+    """``series`` for time series (a TRAIN/TEST pair, CSV, X.npy), ``audio`` for a speech built-in or WAV class
+    folders, else ``image``; lists folders but reads no file."""
+    if data in BUILTINS:
+        return "image"
+    if is_series(data):
+        return "series"
+    return "audio" if is_audio(data) else "image"
 
 
 def prepare_series(
     config: TrainConfig, saved: SavedState | None, say: Callable[..., None], model_name: str, model_kwargs: dict
 ) -> Prepared:
     """Time series, read as stored (z-normalised with ``series_normalize``): no image augmentation, no flip."""
+    _refuse_image_flags(config, "time series", augment_ok=False)
+    splits = prepare_data(config, say)
+    preprocessing = SeriesPreprocessing(splits.channels, splits.length, config.series_normalize)
+    model_kwargs = builder_kwargs(saved, model_name, model_kwargs, len(splits.train))
+    spec = ModelSpec(model_name, len(splits.classes), splits.channels, splits.length, model_kwargs)
+    return Prepared(splits, preprocessing, spec, False, None, "none")
+
+
+def _refuse_image_flags(config: TrainConfig, kind: str, augment_ok: bool) -> None:
+    """Refuse the image-only flags a run on ``kind`` data was given, in one line."""
     image_only = {
         "task": config.task != "classify",
         "pretrained": config.pretrained,
@@ -124,19 +150,47 @@ def prepare_series(
         "weights": config.weights is not None,
         "img_size": config.img_size is not None,
         "channels": config.channels is not None,
-        "augment": config.augment not in ("auto", "none"),
+        "augment": not augment_ok and config.augment not in ("auto", "none"),
         "tta": config.tta == "flip",
     }
     if given := [f"--{key.replace('_', '-')}" for key, value in image_only.items() if value]:
         raise CnnkitError(
-            f"{', '.join(given)}: not for time series (--data {config.data}), which train to classify, "
-            "as stored, without image augmentation or flips; leave them out"
+            f"{', '.join(given)}: not for {kind} (--data {config.data}), which train to classify, "
+            "without image augmentation or flips; leave them out"
         )
-    splits = prepare_data(config, say)
-    preprocessing = SeriesPreprocessing(splits.channels, splits.length, config.series_normalize)
-    model_kwargs = builder_kwargs(saved, model_name, model_kwargs, len(splits.train))
-    spec = ModelSpec(model_name, len(splits.classes), splits.channels, splits.length, model_kwargs)
-    return Prepared(splits, preprocessing, spec, False, None, "none")
+
+
+def prepare_audio(
+    config: TrainConfig, saved: SavedState | None, say: Callable[..., None], model_name: str, model_kwargs: dict
+) -> Prepared:
+    """Audio clips, decoded by one rule (rate, length): waveform augmentation and SpecAugment, no image ones."""
+    _refuse_image_flags(config, "audio", augment_ok=True)
+    if config.series_normalize:
+        raise CnnkitError(f"--series-normalize is for time series, and --data {config.data} holds audio; leave it out")
+    if config.devices > 1:
+        raise CnnkitError("audio trains in one process so far (its augmentation draws per batch); leave out --devices")
+    augmentation = parse_audio_augmentation(config.augment)  # refuses an image list before any file is decoded
+    audio_format = clip_format(config.data, config.sample_rate, config.clip_seconds)
+    splits = load_audio(
+        config.data, audio_format, config.split_by, config.fold, config.val_split, config.test_split,
+        config.data_dir, config.workers,
+    )  # fmt: skip
+    report_problems(splits, say)
+    rule = audio_format
+    preprocessing = AudioPreprocessing(rule.sample_rate, rule.clip_samples, rule.pad, rule.crop)
+    # the front end's rate is the clips' (models/kws.py sizes its windows by it); a resumed run keeps its own
+    rate = {"sample_rate": audio_format.sample_rate}
+    model_kwargs = saved.spec.kwargs if saved is not None else {**rate, **model_kwargs}
+    spec = ModelSpec(model_name, len(splits.classes), 1, audio_format.clip_samples, model_kwargs)
+    augment = augmentation and AudioBatchAugmentation(augmentation, noise_bank(splits.noise))
+    return Prepared(splits, preprocessing, spec, False, augment, "none")
+
+
+def audio_training(config: TrainConfig, data: Prepared, saved: SavedState | None, given: set[str]) -> TrainConfig:
+    """A new audio run's epochs, batch size and lr where ``given`` leaves them to cnnkit (``config.AUDIO_TRAINING``)."""
+    if saved is not None or data.preprocessing.modality != "audio":
+        return config
+    return replace(config, **{key: value for key, value in AUDIO_TRAINING.items() if key not in given})
 
 
 def given_keys(config: TrainConfig | None, overrides: dict[str, Any]) -> set[str]:

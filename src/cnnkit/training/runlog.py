@@ -16,6 +16,7 @@ import torch
 from cnnkit.checkpoint import BEST, LAST
 from cnnkit.config import TrainConfig
 from cnnkit.data import DataSplits
+from cnnkit.data.audio import AudioSplits
 from cnnkit.data.series import SeriesSplits
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.classify.metrics import EvalResult
@@ -46,23 +47,25 @@ class Run:
         return self.dir / LAST
 
 
-def describe(splits: DataSplits | SeriesSplits) -> str:
+def describe(splits: DataSplits | SeriesSplits | AudioSplits) -> str:
     series = isinstance(splits, SeriesSplits)
-    shape = "x".join(map(str, splits.train.inputs.shape[1:]))  # CxHxW, or CxL for series
+    shape = "x".join(map(str, splits.train.inputs.shape[1:]))  # CxHxW, or CxL for series and audio clips
     normalized = f" ({'z-normalised' if splits.normalize else 'values as stored'})" if series else ""
+    items = "series" if series else "clips" if isinstance(splits, AudioSplits) else "images"
     return (
         f"{splits.name}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test "
-        f"{'series' if series else 'images'}, {len(splits.classes)} classes, {shape}{normalized}"
+        f"{items}, {len(splits.classes)} classes, {shape}{normalized}"
     )
 
 
-def write_data_records(run_dir: Path, splits: DataSplits | SeriesSplits) -> None:
+def write_data_records(run_dir: Path, splits: DataSplits | SeriesSplits | AudioSplits) -> None:
     """``split.json`` (which item went where; a series set's facts) and ``skipped.csv`` (what could not be read)."""
     split = {
         "data": splits.name,
         "rule": splits.split_rule,
         "classes": splits.classes,
         **({"series": splits.facts()} if isinstance(splits, SeriesSplits) else {}),
+        **({"audio": splits.facts()} if isinstance(splits, AudioSplits) else {}),
         **{name: getattr(splits, name).sources for name in ("train", "val", "test")},
     }
     (run_dir / "split.json").write_text(json.dumps(split))

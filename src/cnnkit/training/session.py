@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from cnnkit import compute
 from cnnkit.checkpoint import BEST, LAST, CheckpointWriteError, save_checkpoint, versions
 from cnnkit.compute import ComputeSettings
 from cnnkit.config import TrainConfig
+from cnnkit.data.audio import AudioSplits
+from cnnkit.data.audio_augment import AudioBatchAugmentation
 from cnnkit.data.loader import num_batches
 from cnnkit.data.series import SeriesSplits
 from cnnkit.errors import CnnkitError
@@ -181,7 +184,8 @@ def start_session(
 def checkpoint_info(session: Session, epoch: int, row: dict[str, float]) -> CheckpointInfo:
     """What a checkpoint carries besides the weights: enough to rebuild, preprocess and tell runs apart."""
     data, splits = session.data, session.data.splits
-    facts = splits.facts() if isinstance(splits, SeriesSplits) else {}  # format, files, lengths, normalisation
+    # series: format, files, lengths, normalisation; audio: the clip rule
+    facts = splits.facts() if isinstance(splits, (SeriesSplits, AudioSplits)) else {}
     extra = {
         "config": session.config.to_dict(),
         "data": {"name": splits.name, "split_rule": splits.split_rule, **facts},
@@ -266,7 +270,9 @@ def run_epoch(session: Session, epoch: int, steps: StepLog | None) -> dict[str, 
 
     epoch_start = time.perf_counter()
     splits, prep, device = data.splits, data.preprocessing, session.device
-    with bar, interrupts:
+    audio = isinstance(data.augment, AudioBatchAugmentation)
+    masks = data.augment.masking(session.model, session.generator) if audio else nullcontext()
+    with bar, interrupts, masks:  # an audio run's SpecAugment hook on the model's front end, for the steps only
         while True:
             try:
                 train_loss, train_score = train_one_epoch(

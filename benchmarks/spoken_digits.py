@@ -1,0 +1,131 @@
+"""Spoken digits (FSDD): cnnkit's default audio model on the standard split and leave-one-speaker-out.
+
+Each run is ``cnnkit.train(data="spoken-digits", ...)`` with cnnkit's defaults for audio
+(``config.DEFAULT_MODELS["audio"]``, ``config.AUDIO_TRAINING``, the ``auto`` audio augmentation),
+so what it measures is what ``cnnkit train --data spoken-digits`` does:
+
+- the dataset's standard split (takes 0-4 of every digit and speaker are test, the rest train);
+- leave-one-speaker-out (``--split-by speaker --fold K``) over every speaker of the data: the
+  mean and each speaker's test accuracy.
+
+Targets (issue 16): standard split at least 98% test accuracy; leave-one-speaker-out mean at
+least 90%; each in at most 3 minutes of training on 2 CPU cores. The seconds are the epochs'
+alone (decoding, cached after the first run, and the final test are left out). Time it on an
+idle machine; a shared one makes the seconds meaningless.
+
+Nothing is chosen on test recordings. ``--select`` compares settings on the training takes
+alone: it links takes 5-49 into a scratch folder (so the standard split's test takes are not
+there at all), trains on it with validation carved from those takes, and prints only the
+validation accuracy.
+
+    python benchmarks/spoken_digits.py --data-dir ../shared/data/fsdd            # both measurements (minutes)
+    python benchmarks/spoken_digits.py --data-dir ../shared/data/fsdd --epochs 1 --folds 1   # a check
+    python benchmarks/spoken_digits.py --data-dir ../shared/data/fsdd --select --lrs 1e-3 3e-3 \\
+        --augments auto none
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import cnnkit
+from cnnkit.config import DEFAULT_MODELS
+from cnnkit.data.speech import FSDD, FSDD_NAME, FSDD_TEST_INDICES, locate_speech
+
+TARGETS = {"standard": 98.0, "loso_mean": 90.0, "seconds": 180.0}
+
+
+def train(settings: dict, threads: int, out: Path) -> dict:
+    """Test (else validation) and best-validation accuracy in %, the epochs' seconds and the epochs of one run."""
+    torch.set_num_threads(threads)
+    run = cnnkit.train(data="spoken-digits", out=str(out), verbose=False, **settings)
+    best_val = run.history[run.best_epoch - 1]["val_acc"] if run.best_epoch else math.nan
+    test = run.test.accuracy if run.test else math.nan
+    seconds = sum(row["seconds"] for row in run.history)
+    return dict(test=100 * test, val=100 * best_val, seconds=seconds, epochs=run.config.epochs)
+
+
+def settings_for(args: argparse.Namespace, lr: float | None, augment: str | None) -> dict:
+    """cnnkit's own audio defaults, but for what the command line sets."""
+    given = {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": lr, "augment": augment}
+    return dict(data_dir=str(args.data_dir), seed=args.seed) | {k: v for k, v in given.items() if v is not None}
+
+
+def speakers(data_dir: Path) -> list[str]:
+    recordings = locate_speech(FSDD, data_dir) / "recordings"
+    return sorted({m.group(2) for p in recordings.iterdir() if (m := FSDD_NAME.match(p.name))})
+
+
+def measure(args: argparse.Namespace, out: Path) -> dict:
+    settings = settings_for(args, args.lrs[0], args.augments[0])
+    standard = train(settings, args.threads, out / "standard")
+    print(f"standard split: test {standard['test']:.2f}% in {standard['seconds']:.1f}s ({standard['epochs']} epochs)")
+    folds = {}
+    for fold, speaker in list(enumerate(speakers(args.data_dir)))[: args.folds]:
+        folds[speaker] = train(settings | dict(split_by="speaker", fold=fold), args.threads, out / speaker)
+        row = folds[speaker]
+        print(
+            f"held-out speaker {speaker:<8} test {row['test']:.2f}% in {row['seconds']:.1f}s ({row['epochs']} epochs)"
+        )
+    mean = float(np.mean([row["test"] for row in folds.values()]))
+    slowest = max([standard["seconds"], *(row["seconds"] for row in folds.values())])
+    verdict = {
+        f"standard >= {TARGETS['standard']:g}%": standard["test"] >= TARGETS["standard"],
+        f"mean >= {TARGETS['loso_mean']:g}%": mean >= TARGETS["loso_mean"],
+        f"<= {TARGETS['seconds']:g}s each": slowest <= TARGETS["seconds"],
+    }
+    print(f"leave-one-speaker-out mean {mean:.2f}% over {len(folds)} speakers; slowest training {slowest:.1f}s")
+    print("targets: " + ", ".join(f"{target} {'met' if met else 'MISSED'}" for target, met in verdict.items()))
+    return dict(standard=standard, folds=folds, loso_mean=mean)
+
+
+def select(args: argparse.Namespace, out: Path) -> list[dict]:
+    """Settings compared on the training takes (5-49) alone, by validation carved from them; no test take is read."""
+    recordings = locate_speech(FSDD, args.data_dir) / "recordings"
+    train_only = out / "train_only" / "recordings"
+    train_only.mkdir(parents=True)
+    for path in recordings.iterdir():
+        if (match := FSDD_NAME.match(path.name)) and int(match.group(3)) not in FSDD_TEST_INDICES:
+            (train_only / path.name).symlink_to(path.resolve())
+    rows = []
+    for lr in args.lrs:
+        for augment in args.augments:
+            settings = settings_for(args, lr, augment) | dict(data_dir=str(train_only.parent))
+            result = train(settings, args.threads, out / "runs")
+            row = dict(lr=lr, augment=augment, epochs=result["epochs"], val=result["val"], seconds=result["seconds"])
+            rows.append(row)
+            print(json.dumps(row))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, required=True, help="folder holding FSDD's recordings/")
+    parser.add_argument("--model", help=f"default: cnnkit's for audio ({DEFAULT_MODELS['audio']})")
+    parser.add_argument(
+        "--lrs", nargs="+", type=float, default=[None], help="the first is measured (default: cnnkit's)"
+    )
+    parser.add_argument("--augments", nargs="+", default=[None], help="--augment values; the first is measured")
+    parser.add_argument("--batch-size", type=int, help="default: cnnkit's for audio")
+    parser.add_argument("--epochs", type=int, help="default: cnnkit's for audio (e.g. 1 for a check)")
+    parser.add_argument("--folds", type=int, default=None, help="speakers held out in turn (default: all)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--select", action="store_true", help="compare --lrs x --augments on training takes alone")
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        result = (select if args.select else measure)(args, Path(scratch))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
