@@ -48,7 +48,7 @@ EMBED_DIM = 512  # Zhai & Wu's width; digits, held-out R@1, one seed: 0.84 at 12
 EMBEDDINGS = ("pooled", "features", "projection")  # what forward_embedding returns (the module docstring)
 # New runs' choice; checkpoints without one rebuild as "projection". On the dev setting (Fashion-MNIST, 3 of the seen
 # classes trained on all their images, so the default convnet has its hidden layer; the other 2 searched; 3 epochs,
-# seeds 0 1), Recall@1 0.9615 ± 0.0028 and MAP@R 0.732 for "pooled" against 0.9530 ± 0.0035 and 0.712 for "features".
+# seeds 0 1; docs/benchmarks.md): Recall@1 0.9663 ± 0.0025, MAP@R 0.733 for "pooled", 0.9557 ± 0.0018, 0.718 "features".
 EMBEDDING = "pooled"
 
 

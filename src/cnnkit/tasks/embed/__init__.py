@@ -4,7 +4,8 @@
 network is an :class:`cnnkit.models.embedding.EmbeddingNetwork` (normalised softmax, Zhai &
 Wu 2019: cosine logits to learnable class proxies), so the loss is cross-entropy on its
 logits and the training loop is unchanged; the searched vector is the backbone's
-normalised features, the projection and proxies a head for the loss only. What differs is what picks the best epoch and
+normalised pooled convolutional features, the projection and proxies (and any hidden head
+layer) a head for the loss only. What differs is what picks the best epoch and
 what is reported: leave-one-out Recall@1 on the validation images of the seen classes picks
 the epoch (never the held-out test classes, which would select on the test set), and
 Recall@1/2/4/8 and MAP@R on the held-out classes' test images are the result
