@@ -28,11 +28,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add predict and explain to the ``cnnkit`` parser."""
     predict = commands.add_parser(
         "predict",
-        help="top-k labels for images or folders of images",
+        help="top-k labels for images or folders of images (or time series files)",
         description="Predict labels; a folder's predictions also go to one CSV file (--out).",
     )
     predict.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
-    predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    predict.add_argument(
+        "inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="images or folders; series runs: series files"
+    )
     predict.add_argument("--top-k", type=number_type(COUNT), default=3, help="labels to show per image (default: 3)")
     predict.add_argument(
         "--json", action="store_true", help="print one JSON record per image (and write a CSV only if --out is given)"
@@ -101,6 +103,15 @@ def _expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], bool]:
     return paths, saw_folder
 
 
+def _series_files(inputs: Sequence[str]) -> list[Path]:
+    """The series files to predict, as given: a missing file or a folder is refused in one line."""
+    paths = [Path(item).expanduser() for item in inputs]
+    for path in paths:
+        if not path.is_file():
+            raise CnnkitError(f"series file not found: {path}; give .tsv, .ts, .csv or .npy files (not folders)")
+    return paths
+
+
 def refuse_series(classifier: ImageClassifier, checkpoint: str, command: str) -> None:
     """A series run, where ``command`` reads images only so far: one line saying what does take series."""
     if classifier.preprocessing.modality == "series":
@@ -119,15 +130,17 @@ def run_predict(args: argparse.Namespace) -> int:
         return cli_detect.run_predict_detection(args, classifier, *_expand_inputs(args.inputs))
     if args.threshold is not None or args.max_boxes is not None or args.draw is not None:
         raise CnnkitError(f"--threshold, --max-boxes and --draw are for detectors; {args.checkpoint} classifies")
-    refuse_series(classifier, args.checkpoint, "predict")
-    paths, saw_folder = _expand_inputs(args.inputs)
-    predictions, failures = classifier.predict_files(paths, args.top_k)
-    if len(paths) == 1 and failures:
-        raise CnnkitError(failures[0][1])
-    for path, reason in failures:
-        print(f"warning: skipped {path}: {reason}", file=sys.stderr)
-    if not predictions:
-        raise CnnkitError(f"none of the {len(paths)} images could be read; see the warnings above")
+    if classifier.preprocessing.modality == "series":  # every series of each file, named file:row
+        predictions, saw_folder = classifier.predict_series(_series_files(args.inputs), args.top_k), False
+    else:
+        paths, saw_folder = _expand_inputs(args.inputs)
+        predictions, failures = classifier.predict_files(paths, args.top_k)
+        if len(paths) == 1 and failures:
+            raise CnnkitError(failures[0][1])
+        for path, reason in failures:
+            print(f"warning: skipped {path}: {reason}", file=sys.stderr)
+        if not predictions:
+            raise CnnkitError(f"none of the {len(paths)} images could be read; see the warnings above")
     if args.json:
         for prediction in predictions:
             print(json.dumps(prediction.to_dict()))

@@ -25,16 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from cnnkit.data.imageset import stratified_split
-from cnnkit.data.series_formats import FORMATS, RawSeries, read_series_file
+from cnnkit.data.series_formats import FORMATS, RawSeries, pad_series, read_series_file, znormalize_values
 from cnnkit.errors import CnnkitError
 
 PADDING = "zeros after each series' length"
 NORMALIZATION = "z-normalised per series and channel over its length"
-_STD_FLOOR = 1e-8  # a constant series (std 0) is only centred, as aeon's and UCR's z-normalisation do
 
 
 @dataclass
@@ -150,12 +148,7 @@ def znormalize(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         >>> znormalize(torch.tensor([[[1.0, 3.0, 0.0]]]), torch.tensor([2]))
         tensor([[[-1.,  1.,  0.]]])
     """
-    mask = (torch.arange(values.shape[-1]) < lengths[:, None])[:, None, :]  # (N, 1, L)
-    count = lengths.to(torch.float64)[:, None, None]  # (N, 1, 1)
-    x = values.to(torch.float64) * mask
-    mean = x.sum(-1, keepdim=True) / count  # (N, C, 1)
-    std = (((x - mean) * mask) ** 2).sum(-1, keepdim=True).div(count).sqrt()
-    return ((x - mean) / std.clamp_min(_STD_FLOOR) * mask).to(torch.float32)
+    return torch.from_numpy(znormalize_values(values.numpy(), lengths.numpy()))
 
 
 def is_series(path: str | Path) -> bool:
@@ -283,9 +276,7 @@ def _check_consistent(sets: list[RawSeries]) -> None:
 
 
 def _pad(raw: RawSeries, classes: list[str], length: int) -> SeriesSet:
-    values = np.zeros((len(raw.series), raw.series[0].shape[0], length), dtype=np.float32)  # (N, C, L)
-    for row, series in zip(values, raw.series):
-        row[:, : series.shape[1]] = series
+    values = pad_series(raw.series, length)  # (N, C, L)
     lengths = torch.tensor([series.shape[1] for series in raw.series], dtype=torch.long)
     labels = torch.tensor([classes.index(label) for label in raw.labels], dtype=torch.long)
     sources = [f"{raw.file.name}:{row}" for row in raw.rows]

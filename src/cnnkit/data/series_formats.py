@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 from cnnkit.errors import CnnkitError
 
 FORMATS = {".tsv": "ucr-tsv", ".ts": "aeon-ts", ".csv": "csv", ".npy": "npy"}
+_STD_FLOOR = 1e-8  # a constant series (std 0) is only centred, as aeon's and UCR's z-normalisation do
 _TS_BOOLEANS = {"timestamps", "missing", "univariate", "equallength", "targetlabel"}
 _TS_TAGS = _TS_BOOLEANS | {"problemname", "dimension", "dimensions", "serieslength", "classlabel", "data"}
 
@@ -243,18 +245,77 @@ def _load_npy(file: Path) -> np.ndarray:
         raise CnnkitError(f"{file}: cannot be read as a .npy array ({error.__class__.__name__})") from None
 
 
+def _npy_values(file: Path) -> np.ndarray:
+    """A ``.npy`` of series, (N, L) or (N, C, L) numbers, as float32 (N, C, L)."""
+    values = _load_npy(file)
+    if values.ndim not in (2, 3) or values.dtype.kind not in "fiu" or 0 in values.shape:
+        raise CnnkitError(f"{file}: shape {values.shape} ({values.dtype}); save numbers as (N, L) or (N, C, L)")
+    return values.astype(np.float32).reshape(len(values), -1, values.shape[-1])
+
+
 def read_npy(file: Path) -> RawSeries:
     """``X.npy`` (N, L) or (N, C, L), with the labels in ``y.npy`` (N,) beside it; never unpickled."""
     label_file = file.with_name(file.name.replace("X", "y", 1))
-    values, labels = _load_npy(file), _load_npy(label_file)
-    if values.ndim not in (2, 3) or values.dtype.kind not in "fiu" or 0 in values.shape:
-        raise CnnkitError(f"{file}: shape {values.shape} ({values.dtype}); save numbers as (N, L) or (N, C, L)")
+    values, labels = _npy_values(file), _load_npy(label_file)
     if labels.ndim != 1 or len(labels) != len(values) or labels.dtype.kind not in "iuUf":
         raise CnnkitError(f"{label_file}: shape {labels.shape} ({labels.dtype}); save {len(values)} labels as (N,)")
-    values = values.astype(np.float32).reshape(len(values), -1, values.shape[-1])  # (N, C, L)
     raw = RawSeries(file, [], [], [])
     for index, (series, label) in enumerate(zip(values, labels.tolist())):
         raw.series.append(trim_padding(series, f"{file}: series {index}"))
         raw.labels.append(canonical_label(str(label)))
         raw.rows.append(index)
     return raw
+
+
+def pad_series(series: Sequence[np.ndarray], length: int = 0) -> np.ndarray:
+    """(C, L_i) arrays -> float32 (N, C, max(length, L_i)): zeros after each series' own length."""
+    values = np.zeros((len(series), series[0].shape[0], max([length, *(s.shape[1] for s in series)])), np.float32)
+    for row, one in zip(values, series):
+        row[:, : one.shape[1]] = one
+    return values
+
+
+def znormalize_values(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """(N, C, L) minus each series' and channel's mean, over its std, over its own length; padding stays zero.
+
+    NumPy, so a torch-free prediction (``cnnkit predict model.onnx``) normalises as training did.
+    """
+    mask = (np.arange(values.shape[-1]) < lengths[:, None])[:, None, :]  # (N, 1, L)
+    count = lengths.astype(np.float64)[:, None, None]  # (N, 1, 1)
+    x = values.astype(np.float64) * mask
+    mean = x.sum(-1, keepdims=True) / count  # (N, C, 1)
+    std = np.sqrt((((x - mean) * mask) ** 2).sum(-1, keepdims=True) / count)
+    return ((x - mean) / np.maximum(std, _STD_FLOOR) * mask).astype(np.float32)
+
+
+def read_series_inputs(file: Path, channels: int, length: int, normalize: bool) -> tuple[np.ndarray, list[str]]:
+    """The series of one file as a model reads them, and ``file:row`` for each; no labels needed, no torch.
+
+    Text formats are read by their parsers (a UCR ``.tsv`` row and a CSV row still start with a
+    label, a ``.ts`` file still declares its classes: the labels are read and ignored); a ``.npy``
+    file is the values alone, (N, L) or (N, C, L). Each series is padded with zeros to the
+    training set's padded ``length`` (longer ones keep theirs), as training padded it, and
+    z-normalised over its own length when the run was.
+
+    Args:
+        file: A ``.tsv``, ``.ts``, ``.csv`` or ``.npy`` file.
+        channels: The channels the model reads; a series with other channels is refused in one line.
+        length: The run's padded length L.
+        normalize: Whether the run z-normalised each series.
+
+    Returns:
+        float32 (N, C, max(L, longest)) and one ``file:row`` name per series.
+    """
+    if file.suffix.lower() == ".npy":
+        values = _npy_values(file)
+        raw = RawSeries(file, [trim_padding(one, f"{file}: series {i}") for i, one in enumerate(values)], [], [])
+        raw.rows = list(range(len(values)))
+    else:
+        raw = read_series_file(file)
+    for index, series in enumerate(raw.series):
+        if series.shape[0] != channels:
+            raise CnnkitError(f"{raw.where(index)}: {series.shape[0]} channel(s), and the model reads {channels}")
+    values = pad_series(raw.series, length)
+    if normalize:
+        values = znormalize_values(values, np.array([series.shape[1] for series in raw.series]))
+    return values, [f"{file}:{row}" for row in raw.rows]

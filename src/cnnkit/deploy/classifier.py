@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cnnkit.data.decode import ImageSource, decode_batches, decode_image
+from cnnkit.data.series_formats import read_series_inputs
 from cnnkit.errors import CnnkitError
-from cnnkit.modelinfo import CheckpointInfo, Preprocessing
+from cnnkit.modelinfo import CheckpointInfo, Preprocessing, SeriesPreprocessing
 from cnnkit.tasks.classify import ClassifyTask
 from cnnkit.tasks.classify.records import Prediction
 
@@ -57,7 +58,7 @@ class ImageClassifier:
         return np.stack([decode_image(image, prep.img_size, prep.channels, prep.resize) for image in images])
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, K) for uint8 images (N, C, H, W)."""
+        """Class probabilities (N, K) for uint8 images (N, C, H, W), or float32 series (N, C, L)."""
         raise NotImplementedError
 
     def predict_proba(self, images: ImageSource | Sequence[ImageSource]) -> np.ndarray:
@@ -81,6 +82,22 @@ class ImageClassifier:
             if pixels is not None:
                 predictions += self.rank(self.probabilities(pixels), names, top_k)
         return predictions, failures
+
+    def predict_series(self, paths: Sequence[str | Path], top_k: int = 5) -> list[Prediction]:
+        """Top-k labels of every series in each file (``.tsv``, ``.ts``, ``.csv``, ``.npy``), named ``file:row``.
+
+        Each file is read as the run read its training set (:func:`~cnnkit.data.series_formats.read_series_inputs`:
+        the same padding, z-normalised when the run was); a file whose series have other channels than the
+        model's is refused in one line.
+        """
+        prep = self.preprocessing
+        if not isinstance(prep, SeriesPreprocessing):
+            raise CnnkitError(f"this model reads {prep.modality} files, not time series; use predict_files")
+        predictions = []
+        for path in paths:
+            values, names = read_series_inputs(Path(path), prep.channels, prep.length, prep.series_normalize)
+            predictions += self.rank(self.probabilities(values), names, top_k)
+        return predictions
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (N, K) on the CPU for uint8 images (N, C, H, W), as the model predicts (test-time flip included)."""

@@ -4,7 +4,10 @@ validation images and compared with PyTorch before the export is called a succes
 The graph takes uint8 images (N, C, H, W) with a dynamic batch axis and applies the
 checkpoint's mean/std inside, so a deployment only decodes and resizes (the
 preprocessing record in the metadata says how); a mean/std mismatch, the most common
-reason an exported model disagrees with the trained one, cannot happen.
+reason an exported model disagrees with the trained one, cannot happen. A series model's
+graph takes float32 series (N, C, L), read and z-normalised as the run read them (its
+``SeriesPreprocessing`` in the metadata), with dynamic batch and length axes where the
+exporter keeps the length free (the 1-D models end in global average pooling).
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from torch import nn
 
 from cnnkit.checkpoint import versions, write_atomic
 from cnnkit.data import ImageSet
+from cnnkit.data.series import SeriesSet
 from cnnkit.deploy.load import is_onnx, load
-from cnnkit.deploy.onnx_runtime import FORMAT, INPUT_NAME, OUTPUT_NAME, OnnxClassifier, require
+from cnnkit.deploy.onnx_runtime import FORMAT, INPUT_NAME, OUTPUT_NAME, SERIES_INPUT, OnnxClassifier, require
 from cnnkit.deploy.torch_runtime import Classifier
 from cnnkit.errors import CnnkitError
-from cnnkit.modelinfo import CheckpointInfo, Preprocessing
+from cnnkit.modelinfo import CheckpointInfo, Preprocessing, SeriesPreprocessing
 from cnnkit.models.fold import fold_pooled_batch_norms
 from cnnkit.rundir import new_run_dir
 from cnnkit.tasks.classify.tta import FlipAveraged
@@ -53,11 +57,17 @@ class NormalizedModel(nn.Module):
 
 def metadata(info: CheckpointInfo) -> dict[str, str]:
     """The metadata_props of an export: the checkpoint's own description plus what the graph expects."""
-    preprocessing = {
-        **info.preprocessing.to_dict(),
-        "input": f"{INPUT_NAME}: uint8 (N, C, H, W), 0-255, decoded and resized by the rule above; "
-        "mean and std are applied inside the graph",
-    }
+    if isinstance(info.preprocessing, SeriesPreprocessing):
+        expects = (
+            f"{SERIES_INPUT}: float32 (N, C, L), zeros after each series' length up to the length above, "
+            "z-normalised per series and channel when series_normalize is true"
+        )
+    else:
+        expects = (
+            f"{INPUT_NAME}: uint8 (N, C, H, W), 0-255, decoded and resized by the rule above; "
+            "mean and std are applied inside the graph"
+        )
+    preprocessing = {**info.preprocessing.to_dict(), "input": expects}
     values = {**info.extra, "model": info.model.to_dict(), "classes": info.classes, "preprocessing": preprocessing}
     values["versions"] = {**info.extra.get("versions", {}), **versions(), "exported_by": "cnnkit export"}
     return {"format": FORMAT, **{key: json.dumps(value) for key, value in values.items()}}
@@ -66,25 +76,37 @@ def metadata(info: CheckpointInfo) -> dict[str, str]:
 def write_onnx(model: nn.Module, info: CheckpointInfo, path: Path) -> None:
     """Export ``model`` with its normalisation and metadata to ``path`` (dynamic batch axis, atomic write)."""
     model = fold_pooled_batch_norms(model.cpu().eval())
-    wrapped = NormalizedModel(FlipAveraged(model) if info.test_time_flip else model, info.preprocessing)
-    write_graph(wrapped, info, path, [OUTPUT_NAME], metadata(info))
+    model = FlipAveraged(model) if info.test_time_flip else model
+    series = isinstance(info.preprocessing, SeriesPreprocessing)  # float series in: nothing to normalise
+    write_graph(
+        model if series else NormalizedModel(model, info.preprocessing), info, path, [OUTPUT_NAME], metadata(info)
+    )
 
 
 def write_graph(wrapped: nn.Module, info: CheckpointInfo, path: Path, outputs: list[str], props: dict) -> None:
-    """Export ``wrapped`` (uint8 images in, ``outputs`` out) with metadata ``props`` to ``path``, atomically."""
+    """Export ``wrapped`` (uint8 images or float32 series in, ``outputs`` out) with ``props`` to ``path``, atomically.
+
+    A series graph asks for a dynamic length; an exporter that fixes it anyway leaves a graph whose
+    input says so (:meth:`~cnnkit.deploy.onnx_runtime.OnnxClassifier.run` then refuses other lengths).
+    """
     require("onnx", "onnxscript", "onnxruntime")
     import onnx
 
     prep = info.preprocessing
-    example = torch.zeros(2, prep.channels, prep.img_size, prep.img_size, dtype=torch.uint8)
+    if isinstance(prep, SeriesPreprocessing):  # (B, C, L): the length is free where the exporter keeps it so
+        name, axes = SERIES_INPUT, {0: torch.export.Dim("batch"), 2: torch.export.Dim("length")}
+        example = torch.zeros(2, prep.channels, prep.length)
+    else:
+        name, axes = INPUT_NAME, {0: torch.export.Dim("batch")}
+        example = torch.zeros(2, prep.channels, prep.img_size, prep.img_size, dtype=torch.uint8)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's progress notes and deprecations are not the user's problem
         program = torch.onnx.export(
             wrapped,
             (example,),
-            input_names=[INPUT_NAME],
+            input_names=[name],
             output_names=outputs,
-            dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
+            dynamic_shapes=(axes,),
             dynamo=True,
             external_data=False,
             verbose=False,
@@ -116,9 +138,11 @@ class Parity:
         )
 
 
-def check_parity(reference: Classifier, exported: Classifier, images: ImageSet, atol: float = DEFAULT_ATOL) -> Parity:
-    """Compare the logits of two classifiers on the same uint8 images."""
-    expected, actual = reference.logits(images.images), exported.logits(images.images)
+def check_parity(
+    reference: Classifier, exported: Classifier, images: ImageSet | SeriesSet, atol: float = DEFAULT_ATOL
+) -> Parity:
+    """Compare the logits of two classifiers on the same inputs (uint8 images or float32 series)."""
+    expected, actual = reference.logits(images.inputs), exported.logits(images.inputs)
     return Parity(
         images=len(images),
         max_abs_diff=float((expected - actual).abs().max()),
@@ -213,8 +237,11 @@ def export_onnx(
         )
     say = print if verbose else (lambda *args: None)
     reference = load(checkpoint, device="cpu")
-    if reference.preprocessing.modality != "image":  # the graph's front end normalises uint8 images
-        raise CnnkitError(f"{checkpoint} reads time series, and cnnkit export takes image models so far")
+    modality = reference.preprocessing.modality
+    if modality not in ("image", "series"):
+        raise CnnkitError(f"{checkpoint} reads {modality}, and cnnkit export takes image and series models so far")
+    if int8 and modality == "series":  # calibration and the accuracy judge read uint8 images
+        raise CnnkitError(f"--int8 quantizes image models so far; {checkpoint} reads time series: leave it out")
     images = validation_images(reference)
     path, int8_path, report_path = export_paths(out, name)
     write_onnx(reference.model, reference.info, path)

@@ -3,6 +3,8 @@
 The exported graph takes uint8 images (N, C, H, W) and applies the mean/std
 normalisation itself, so the only preprocessing outside it is the shared decoding path
 (:func:`cnnkit.data.decode_image`): a file gives the same tensor here as in training.
+A series model's graph takes float32 series (N, C, L), read by the same torch-free path
+as a run's (:func:`cnnkit.data.series_formats.read_series_inputs`).
 Prediction imports no PyTorch at all (a test blocks it); only :meth:`OnnxClassifier.logits`
 and :meth:`OnnxClassifier.evaluate`, which compare against checkpoints and datasets,
 hand back ``torch`` tensors.
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 
 FORMAT = "cnnkit.onnx/1"
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
+SERIES_INPUT = "series"  # a series model's input, float32 (N, C, L)
 
 
 def require(*modules: str) -> None:
@@ -103,10 +106,20 @@ class OnnxClassifier(ImageClassifier):
         super().__init__(info)
 
     def run(self, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Logits (N, K) for uint8 images (N, C, H, W), in batches of ``batch_size``."""
-        pixels = np.ascontiguousarray(pixels, np.uint8)
+        """Logits (N, K) for uint8 images (N, C, H, W), or float32 series (N, C, L), in batches of ``batch_size``."""
+        graph_input = self.session.get_inputs()[0]
+        if graph_input.name == SERIES_INPUT:
+            pixels = np.ascontiguousarray(pixels, np.float32)
+            fixed = graph_input.shape[2]  # an int where the exporter fixed the length, else the axis' name
+            if isinstance(fixed, int) and pixels.shape[2] != fixed:
+                raise CnnkitError(
+                    f"{self.path} takes series of length {fixed} (its model exported with a fixed length), "
+                    f"not {pixels.shape[2]}; predict longer series with the run itself"
+                )
+        else:
+            pixels = np.ascontiguousarray(pixels, np.uint8)
         outputs = [
-            self.session.run([OUTPUT_NAME], {INPUT_NAME: pixels[i : i + batch_size]})[0]
+            self.session.run([OUTPUT_NAME], {graph_input.name: pixels[i : i + batch_size]})[0]
             for i in range(0, len(pixels), batch_size)
         ]
         return np.concatenate(outputs) if outputs else np.zeros((0, len(self.classes)), np.float32)
