@@ -119,9 +119,10 @@ def test_audio_checkpoint_reloads_and_scores_as_trained(tone_run):
     ],
 )
 def test_train_audio_refuses_image_settings_in_one_line(tone_folder, tmp_path, flags, says):
-    result = run_cli("train", "--data", str(tone_folder), *flags, "--out", str(tmp_path))
+    result = run_cli("train", "--data", str(tone_folder), *flags, "--out", str(tmp_path / "runs"))
     assert result.returncode == 2 and says in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.slow
@@ -198,3 +199,9 @@ def test_load_audio_picks_a_speaker_fold_and_refuses_one_out_of_range(tmp_path):
 def test_image_evaluation_refuses_audio_data(tone_folder):
     with pytest.raises(CnnkitError, match="holds audio, and this model reads images"):
         labelled_images(str(tone_folder), "test", None, (8, 1, "crop"), {"data": "digits"})
+
+
+def test_train_refuses_audio_settings_on_images_before_reading_them(shapes_folder, tmp_path):
+    with pytest.raises(CnnkitError, match=r"--split-by, --clip-seconds: for audio, and --data .* holds images"):
+        cnnkit.train(data=str(shapes_folder), split_by="speaker", clip_seconds=0.5, out=str(tmp_path / "runs"))
+    assert not (tmp_path / "runs").exists()

@@ -169,15 +169,14 @@ def prepare(config: TrainConfig, saved: SavedState | None, say: Callable[..., No
     model_name, model_kwargs = resolve_model(config.model)
     modality = data_modality(config.data)
     check_trainable(model_name, modality, config.data)
-    if modality == "series":
-        return prepare_series(config, saved, say, model_name, model_kwargs)
     if modality == "audio":
         return prepare_audio(config, saved, say, model_name, model_kwargs)
-    if audio := [
-        key for key in ("split_by", "fold", "sample_rate", "clip_seconds") if getattr(config, key) is not None
-    ]:
+    if audio := [key for key in AUDIO_KEYS if getattr(config, key) is not None]:
         flags = ", ".join(f"--{key.replace('_', '-')}" for key in audio)
-        raise CnnkitError(f"{flags}: for audio, and --data {config.data} holds images; leave them out")
+        holds = "time series" if modality == "series" else "images"
+        raise CnnkitError(f"{flags}: for audio, and --data {config.data} holds {holds}; leave them out")
+    if modality == "series":
+        return prepare_series(config, saved, say, model_name, model_kwargs)
     if config.series_normalize:
         raise CnnkitError(f"--series-normalize is for time series, and --data {config.data} holds images; leave it out")
     pretrained = config.pretrained or config.finetune or config.weights is not None
