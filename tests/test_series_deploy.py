@@ -124,6 +124,18 @@ def test_export_series_refuses_int8_before_writing_anything(series_run, tmp_path
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("command", "says"), [("benchmark", "times"), ("serve", "takes")])
+def test_benchmark_and_serve_refuse_series_in_one_line(series_run, series_export, capsys, monkeypatch, command, says):
+    uvicorn = pytest.importorskip("uvicorn")
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: pytest.fail("a series model was served"))
+    for model in (series_run, series_export[0]):
+        assert main([command, str(model)]) == 2
+        error = capsys.readouterr().err
+        assert f"reads series, and cnnkit {command} {says} image models so far" in error
+        assert error.count("\n") == 1
+
+
 def test_read_series_inputs_pads_to_the_run_length_and_normalises_as_training(tmp_path):
     rows = [[1, *np.linspace(0.0, 6.0, 40)], [2, *np.linspace(5.0, 3.0, 40)]]
     write_tsv(tmp_path / "short.tsv", rows)
