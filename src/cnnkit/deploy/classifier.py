@@ -54,7 +54,7 @@ class ImageClassifier:
         """Decode images exactly as in training: uint8 (N, C, H, W)."""
         prep = self.preprocessing
         if prep.modality != "image":  # prediction, serving and explanation read image files
-            raise CnnkitError("this model reads time series, not images; score labelled series with evaluate")
+            raise CnnkitError("this model reads time series, not images; predict series files with predict_series")
         return np.stack([decode_image(image, prep.img_size, prep.channels, prep.resize) for image in images])
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
