@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cnnkit.cli.inputs import report_unreadable
 from cnnkit.errors import CnnkitError
 
 if TYPE_CHECKING:
@@ -56,12 +57,7 @@ def run_predict_detection(
         raise CnnkitError(f"--pretrained and --weights name an architecture; {args.checkpoint} is a trained detector")
     threshold = THRESHOLD if args.threshold is None else args.threshold
     predictions, failures = detector.predict_files(paths, threshold, args.max_boxes or MAX_BOXES)
-    if len(paths) == 1 and failures:
-        raise CnnkitError(failures[0][1])
-    for path, reason in failures:
-        print(f"warning: skipped {path}: {reason}", file=sys.stderr)
-    if not predictions:
-        raise CnnkitError(f"none of the {len(paths)} images could be read; see the warnings above")
+    report_unreadable(paths, failures, len(predictions))
     if args.draw is not None:
         from cnnkit.deploy.drawing import write_drawings
 

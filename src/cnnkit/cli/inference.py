@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from cnnkit.cli import detect as cli_detect
 from cnnkit.cli.flags import number_type
+from cnnkit.cli.inputs import expand_inputs, report_unreadable
 from cnnkit.config import COUNT, Range
 from cnnkit.errors import CnnkitError
 
@@ -77,32 +78,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     explain.add_argument("--name", help="output directory name under --out (default: explain, explain2, ...)")
 
 
-def _expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], bool]:
-    """Files as given, folders expanded to their images (recursively, sorted); also whether a folder was seen."""
-    from cnnkit.data.decode import IMAGE_EXTENSIONS
-
-    paths, saw_folder = [], False
-    for item in inputs:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            saw_folder = True
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file()
-                and p.suffix.lower() in IMAGE_EXTENSIONS
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            )
-            if not found:
-                raise CnnkitError(f"no images found in folder {path}")
-            paths += found
-        elif path.exists():
-            paths.append(path)
-        else:
-            raise CnnkitError(f"image not found: {path}")
-    return paths, saw_folder
-
-
 def _series_files(inputs: Sequence[str]) -> list[Path]:
     """The series files to predict, as given: a missing file or a folder is refused in one line."""
     paths = [Path(item).expanduser() for item in inputs]
@@ -127,20 +102,15 @@ def run_predict(args: argparse.Namespace) -> int:
 
     classifier = load_predictor(args.checkpoint, args.device, args.pretrained, args.weights)
     if isinstance(classifier, ImageDetector):  # a detector's run or export predicts boxes (cli/detect.py)
-        return cli_detect.run_predict_detection(args, classifier, *_expand_inputs(args.inputs))
+        return cli_detect.run_predict_detection(args, classifier, *expand_inputs(args.inputs))
     if args.threshold is not None or args.max_boxes is not None or args.draw is not None:
         raise CnnkitError(f"--threshold, --max-boxes and --draw are for detectors; {args.checkpoint} classifies")
     if classifier.preprocessing.modality == "series":  # every series of each file, named file:row
         predictions, saw_folder = classifier.predict_series(_series_files(args.inputs), args.top_k), False
     else:
-        paths, saw_folder = _expand_inputs(args.inputs)
+        paths, saw_folder = expand_inputs(args.inputs)
         predictions, failures = classifier.predict_files(paths, args.top_k)
-        if len(paths) == 1 and failures:
-            raise CnnkitError(failures[0][1])
-        for path, reason in failures:
-            print(f"warning: skipped {path}: {reason}", file=sys.stderr)
-        if not predictions:
-            raise CnnkitError(f"none of the {len(paths)} images could be read; see the warnings above")
+        report_unreadable(paths, failures, len(predictions))
     if args.json:
         for prediction in predictions:
             print(json.dumps(prediction.to_dict()))
@@ -184,7 +154,7 @@ def run_explain(args: argparse.Namespace) -> int:
 
     classifier = load(args.checkpoint, device=args.device)
     refuse_series(classifier, args.checkpoint, "explain")
-    paths, _ = _expand_inputs(args.inputs)
+    paths, _ = expand_inputs(args.inputs)
     existed = args.name is not None and (Path(args.out).expanduser() / args.name).exists()
     out_dir = new_run_dir(args.out, args.name, "explain")
     try:

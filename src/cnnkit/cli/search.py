@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from cnnkit.cli.flags import number_type
+from cnnkit.cli.inputs import report_unreadable
 from cnnkit.config import COUNT
 from cnnkit.errors import CnnkitError
 
@@ -116,12 +117,7 @@ def run_search(args: argparse.Namespace) -> int:
     index = open_index(args.index)
     paths = _query_files(args.queries)
     vectors, kept, failures = index.embedder(args.device).embed_files(paths)
-    if len(paths) == 1 and failures:
-        raise CnnkitError(failures[0][1])
-    for path, reason in failures:
-        print(f"warning: skipped query {path}: {reason}", file=sys.stderr)
-    if not kept:
-        raise CnnkitError(f"none of the {len(paths)} query images could be decoded; see the warnings above")
+    report_unreadable(paths, failures, len(kept), noun="query image")
     scores, rows = index.search(vectors, args.k, exact=args.exact)
     results = [
         (query, [(str(index.file(int(row))), float(score)) for score, row in zip(found, near) if row >= 0])
