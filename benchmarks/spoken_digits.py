@@ -16,7 +16,8 @@ idle machine; a shared one makes the seconds meaningless.
 Nothing is chosen on test recordings. ``--select`` compares settings on the training takes
 alone: it links takes 5-49 into a scratch folder (so the standard split's test takes are not
 there at all), trains on it with validation carved from those takes, and prints only the
-validation accuracy.
+validation accuracy. The default augmentation for data without background recordings
+(``data/audio_augment.AUTO_AUDIO_WITHOUT_BACKGROUND``) was chosen so; its comment has the numbers.
 
     python benchmarks/spoken_digits.py --data-dir ../shared/data/fsdd            # both measurements (minutes)
     python benchmarks/spoken_digits.py --data-dir ../shared/data/fsdd --epochs 1 --folds 1   # a check

@@ -15,7 +15,7 @@ from test_resume import Killed, same_run
 import cnnkit
 from cnnkit.checkpoint import read_checkpoint
 from cnnkit.config import TrainConfig
-from cnnkit.data.audio_augment import AUTO_AUDIO_AUGMENTATION, parse_audio_augmentation
+from cnnkit.data.audio_augment import AUTO_AUDIO_WITHOUT_BACKGROUND, parse_audio_augmentation
 from cnnkit.data.labelled import labelled_images
 from cnnkit.data.speech import clip_format, load_audio
 from cnnkit.data.wav import write_wav
@@ -56,7 +56,6 @@ def tone_run(tone_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     """The module's one training run, through the real command: (run directory, its console output)."""
     out = tmp_path_factory.mktemp("audio_runs")
     flags = ["--epochs", "6", "--batch-size", "4", "--clip-seconds", "0.25", "--max-bad-share", "0.1"]
-    flags += ["--augment", "shift=0.1,gain=6"]  # the default's noise and masks need more steps than a test takes
     result = run_cli("train", "--data", str(tone_folder), *flags, "--out", str(out), "--name", "tones")
     assert result.returncode == 0, result.stderr
     return out / "tones", result.stdout + result.stderr
@@ -153,11 +152,12 @@ def test_train_audio_killed_mid_epoch_resumes_bit_for_bit(tmp_path):
     same_run(cnnkit.train(resume=tmp_path / "killed", verbose=False).dir, reference.dir)
 
 
-def test_prepare_audio_augments_by_default_and_mixes_white_noise_without_a_bank(tone_folder):
+def test_prepare_audio_augments_by_default_by_what_the_data_brings(tone_folder):
     config = TrainConfig(data=str(tone_folder), clip_seconds=0.25, workers=1)
     prepared = prepare_audio(config, None, lambda *_: None, "bcresnet", {})
-    assert prepared.augment.augmentation == parse_audio_augmentation(AUTO_AUDIO_AUGMENTATION)
-    assert prepared.augment.describe().endswith("(white noise)") and prepared.tta == "none"
+    assert prepared.augment.augmentation == parse_audio_augmentation(AUTO_AUDIO_WITHOUT_BACKGROUND)
+    assert prepared.augment.augmentation != parse_audio_augmentation("auto")  # with background recordings
+    assert prepared.augment.noise_bank is None and prepared.tta == "none"
     assert prepared.spec.kwargs == {"sample_rate": RATE} and prepared.spec.img_size == CLIP
     assert [item.path for item in prepared.splits.skipped] == ["tone/broken.wav"]
 

@@ -169,7 +169,7 @@ def prepare_audio(
         raise CnnkitError(f"--series-normalize is for time series, and --data {config.data} holds audio; leave it out")
     if config.devices > 1:
         raise CnnkitError("audio trains in one process so far (its augmentation draws per batch); leave out --devices")
-    augmentation = parse_audio_augmentation(config.augment)  # refuses an image list before any file is decoded
+    parse_audio_augmentation(config.augment)  # refuses an image list before any file is decoded
     audio_format = clip_format(config.data, config.sample_rate, config.clip_seconds)
     splits = load_audio(
         config.data, audio_format, config.split_by, config.fold, config.val_split, config.test_split,
@@ -182,6 +182,7 @@ def prepare_audio(
     rate = {"sample_rate": audio_format.sample_rate}
     model_kwargs = saved.spec.kwargs if saved is not None else {**rate, **model_kwargs}
     spec = ModelSpec(model_name, len(splits.classes), 1, audio_format.clip_samples, model_kwargs)
+    augmentation = parse_audio_augmentation(config.augment, background=bool(splits.noise))  # auto: by the data
     augment = augmentation and AudioBatchAugmentation(augmentation, noise_bank(splits.noise))
     return Prepared(splits, preprocessing, spec, False, augment, "none")
 
