@@ -85,10 +85,8 @@ def _option(
 # 10/10 GunPoint validation series (fcn 9/10) and tied on ItalyPowerDemand (13/14 each), and both
 # were right on every carved held-out GunPoint series; the field's review (Ismail Fawaz et al. 2019)
 # also found ResNet the strongest of the deep models on UCR. fcn trains 2-3x faster per epoch.
-# For audio, bcresnet: of the compact keyword-spotting CNNs it is the most accurate per weight and per
-# operation on Speech Commands (its paper; the table in models/kws.py), and a training step of 32 one-second
-# 8 kHz clips took 214 ms on one thread against 324 ms for the raw-waveform m5 (9k vs 558k parameters;
-# measured once on a shared machine).
+# For audio, bcresnet: the most accurate compact keyword spotter per weight and operation (models/kws.py), and
+# a step of 32 one-second 8 kHz clips took 214 ms on one thread against m5's 324 ms (once, a shared machine).
 DEFAULT_MODELS = {"image": "convnet", "series": "resnet1d", "audio": "bcresnet"}
 # How time series train when a run does not set these keys (config.yaml records what was used): Wang
 # et al.'s batch of 16; peak lr 1e-3, which beat 3e-3 on GunPoint's TRAIN-only validation split (10/10
@@ -97,10 +95,8 @@ DEFAULT_MODELS = {"image": "convnet", "series": "resnet1d", "audio": "bcresnet"}
 SERIES_TRAINING = {"batch_size": 16, "lr": 1e-3}
 SERIES_STEPS = 600
 SERIES_EPOCHS = (20, 200)
-# How audio trains when a run does not set these keys (config.yaml records what was used). On validation
-# carved from FSDD's training takes, these reached 98.6% with the default augmentation (data/audio_augment.py
-# has the comparison); other epochs, batch sizes and lrs were not compared. 20 epochs of FSDD's 2,025
-# training clips are 1,280 steps, sized for the issue's 3 minutes on 2 cores (not timed on an idle machine).
+# How audio trains when a run does not set these keys (config.yaml records them): 98.6% on validation from
+# FSDD's training takes (data/audio_augment.py); other values not compared; 20 epochs sized for 3 min on 2 cores.
 AUDIO_TRAINING = {"epochs": 20, "batch_size": 32, "lr": 3e-3}
 SPLIT_BY = ("index", "speaker")  # spoken-digits' splits: the dataset's own (takes 0-4 test), or a held-out speaker
 
