@@ -34,7 +34,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def cnnkit_process(*args: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "cnnkit", "train", *args]
-    return subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # As in a terminal: a shell's background job (`pytest &`) ignores SIGINT, and its children would too.
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    return subprocess.Popen(
+        command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
 
 
 def count_steps(run_dir: Path) -> int:
@@ -269,7 +273,12 @@ def test_ctrl_c_in_the_first_epoch_saves_a_state_that_resumes_bit_for_bit(shapes
     common = dict(data=str(shapes_folder), img_size=16, epochs=1, batch_size=4, seed=3, out=str(tmp_path))
     reference = cnnkit.train(name="reference", verbose=False, **common)
     monkeypatch.setattr(ClassifyTask, "loss", ctrl_c_at_loss(3))
-    stopped = cnnkit.train(name="stopped", **common)
+    # Python's own Ctrl-C handler, as in a terminal (a background `pytest &` inherits SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        stopped = cnnkit.train(name="stopped", **common)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     monkeypatch.undo()
     assert stopped.interrupted
     assert f"continue with --resume {stopped.dir}" in capsys.readouterr().out
