@@ -43,7 +43,7 @@ from cnnkit.tasks.detect.metrics import DetectionMetrics
 from cnnkit.tasks.detect.report import plot_detection_curves, write_split_figures
 from cnnkit.training import runlog
 from cnnkit.training.detect_session import DetectionData, DetectionSession, train_detection_epochs
-from cnnkit.training.loop import StepSettings, has_batch_norm
+from cnnkit.training.loop import StepSettings, check_batch_size
 from cnnkit.training.optim import Optimisation
 from cnnkit.training.prepare import check_bad_share
 from cnnkit.training.resume import STATE, Progress, SavedState, truncate_logs
@@ -192,11 +192,7 @@ def build_detector(
     else:
         mean, std = channel_stats(data.splits.train.index_set())
         data.preprocessing = replace(data.preprocessing, mean=mean, std=std)
-    if config.batch_size < 2 and has_batch_norm(model):
-        raise CnnkitError(
-            f"--batch-size {config.batch_size}: {spec.name} has batch norm, which cannot train on one image "
-            "at a time, so every step would be skipped; use --batch-size 2 or more"
-        )
+    check_batch_size(config.batch_size, model, spec.name)
     shape = (spec.in_channels, spec.img_size, spec.img_size)
     settings = compute.resolve(device, config.precision, config.memory_format, config.compile, model, shape)
     return compute.prepare_model(model, settings), settings

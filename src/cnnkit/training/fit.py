@@ -41,7 +41,7 @@ from cnnkit.tasks.embed.holdout import held_out_classes, hold_out
 from cnnkit.training import runlog
 from cnnkit.training.detect import fit_detection, is_detection
 from cnnkit.training.distributed import World
-from cnnkit.training.loop import has_batch_norm
+from cnnkit.training.loop import check_batch_size
 from cnnkit.training.prepare import (
     Prepared,
     audio_training,
@@ -249,11 +249,7 @@ def build_model(config: TrainConfig, data: Prepared, device: torch.device) -> tu
         model = create_pretrained(spec.name, spec.num_classes, spec.in_channels, spec.img_size, config.weights)
     else:
         model = build(spec)
-    if config.batch_size < 2 and has_batch_norm(model):
-        raise CnnkitError(
-            f"--batch-size {config.batch_size}: {spec.name} has batch norm, which cannot train on one image "
-            "at a time, so every step would be skipped; use --batch-size 2 or more"
-        )
+    check_batch_size(config.batch_size, model, spec.name)
     shape = data.preprocessing.input_shape  # auto checks the model for bf16 hazards at this input
     layout = config.memory_format if len(shape) == 3 else "contiguous"  # channels_last is a 4-D tensors' layout
     settings = compute.resolve(device, config.precision, layout, config.compile, model, shape)

@@ -61,6 +61,15 @@ def has_batch_norm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+def check_batch_size(batch_size: int, model: nn.Module, name: str) -> None:
+    """Refuse a batch of one for a model with batch norm: every step of it would be skipped."""
+    if batch_size < 2 and has_batch_norm(model):
+        raise CnnkitError(
+            f"--batch-size {batch_size}: {name} has batch norm, which cannot train on one image "
+            "at a time, so every step would be skipped; use --batch-size 2 or more"
+        )
+
+
 def train_one_epoch(
     model: nn.Module,
     data: ImageSet | SeriesSet,
