@@ -10,9 +10,9 @@ from torchvision.ops import box_iou
 
 from cnnkit.errors import CnnkitError
 from cnnkit.models import ModelSpec, build, create_model, list_models, model_entry, register_model
-from cnnkit.models.detection import lite0_body
 from cnnkit.models.detector import BoxNet, assign, cell_centres
 from cnnkit.models.pretrained import create_pretrained
+from cnnkit.models.torchvision_detectors import lite0_body
 
 DETECTORS = ["boxnet", "faster_rcnn", "fcos", "retinanet", "ssdlite"]
 # parameters at 3 classes, and the range the test allows (a changed architecture should be a decision)

@@ -8,6 +8,7 @@ training config and library versions. Nothing in it can run code when loaded.
 from __future__ import annotations
 
 import errno
+import importlib.metadata
 import json
 import os
 from pathlib import Path
@@ -26,11 +27,10 @@ BEST, LAST = "best.safetensors", "last.safetensors"
 
 
 def versions() -> dict[str, str]:
-    import torchvision
 
     from cnnkit import __version__
 
-    return {"cnnkit": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__}
+    return {"cnnkit": __version__, "torch": torch.__version__, "torchvision": importlib.metadata.version("torchvision")}
 
 
 class CheckpointWriteError(CnnkitError):

@@ -17,8 +17,9 @@ Two adaptations make them work on any input:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-import torchvision.models as tvm
 from torch import nn
 
 from cnnkit.models.network import Network
@@ -28,6 +29,13 @@ from cnnkit.models.registry import register_model
 SMALL_INPUT = 64
 # GoogLeNet and Inception v3 were trained in TensorFlow on (x - 0.5) / 0.5 inputs.
 TENSORFLOW_INPUT = {"mean": (0.5,) * 3, "std": (0.5,) * 3}
+
+
+def _torchvision(name: str) -> Callable[..., nn.Module]:
+    """torchvision's builder ``name``, imported on use: ``torchvision.models`` imports torch._dynamo (1.3 s)."""
+    import torchvision.models
+
+    return getattr(torchvision.models, name)
 
 
 def _side(size: int, module: nn.Module) -> int:
@@ -122,7 +130,7 @@ def lenet5(num_classes: int, in_channels: int = 3, img_size: int = 32) -> Classi
 @register_model(pretrained=TorchvisionWeights())
 def alexnet(num_classes: int, in_channels: int = 3, img_size: int = 224) -> Classic:
     """AlexNet (Krizhevsky et al. 2012), torchvision's version; small inputs get a stride-1 first layer."""
-    net = tvm.alexnet(num_classes=num_classes)
+    net = _torchvision("alexnet")(num_classes=num_classes)
     if _small(img_size):
         net.features[0].stride, net.features[0].padding = (1, 1), (5, 5)
     return _pool_small_maps(net, 256, in_channels, img_size)
@@ -143,19 +151,19 @@ def _vgg(builder, num_classes: int, in_channels: int, img_size: int) -> Classic:
 @register_model(pretrained=TorchvisionWeights())
 def vgg11(num_classes: int, in_channels: int = 3, img_size: int = 224) -> Classic:
     """VGG-11 (Simonyan & Zisserman 2014, configuration A), torchvision's version."""
-    return _vgg(tvm.vgg11, num_classes, in_channels, img_size)
+    return _vgg(_torchvision("vgg11"), num_classes, in_channels, img_size)
 
 
 @register_model(pretrained=TorchvisionWeights())
 def vgg16(num_classes: int, in_channels: int = 3, img_size: int = 224) -> Classic:
     """VGG-16 (configuration D), torchvision's version."""
-    return _vgg(tvm.vgg16, num_classes, in_channels, img_size)
+    return _vgg(_torchvision("vgg16"), num_classes, in_channels, img_size)
 
 
 @register_model(pretrained=TorchvisionWeights(**TENSORFLOW_INPUT, drop=("aux1.", "aux2.")))
 def googlenet(num_classes: int, in_channels: int = 3, img_size: int = 224) -> Classic:
     """GoogLeNet / Inception v1 (Szegedy et al. 2014), torchvision's version without auxiliary heads."""
-    net = tvm.googlenet(num_classes=num_classes, aux_logits=False, transform_input=False, init_weights=True)
+    net = _torchvision("googlenet")(num_classes=num_classes, aux_logits=False, transform_input=False, init_weights=True)
     if _small(img_size):
         net.conv1.conv.stride = (1, 1)
     body = ["conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a", "inception3b", "maxpool3"]
@@ -172,7 +180,8 @@ def inception_v3(num_classes: int, in_channels: int = 3, img_size: int = 299) ->
     while the map entering the Inception blocks stays at least 7x7 (the two reduction
     blocks then still leave 1x1).
     """
-    net = tvm.inception_v3(num_classes=num_classes, aux_logits=False, transform_input=False, init_weights=True)
+    inception = _torchvision("inception_v3")
+    net = inception(num_classes=num_classes, aux_logits=False, transform_input=False, init_weights=True)
     if img_size < 75:
         net.Conv2d_1a_3x3.conv.stride = (1, 1)
         for layer in (net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_4a_3x3):
@@ -200,13 +209,13 @@ def _resnet(builder, num_classes: int, in_channels: int, img_size: int) -> Class
 @register_model(pretrained=TorchvisionWeights())
 def resnet18(num_classes: int, in_channels: int = 3, img_size: int = 224) -> Classic:
     """ResNet-18 (He et al. 2015), torchvision's version; small inputs get a stride-1 stem convolution."""
-    return _resnet(tvm.resnet18, num_classes, in_channels, img_size)
+    return _resnet(_torchvision("resnet18"), num_classes, in_channels, img_size)
 
 
 @register_model(pretrained=TorchvisionWeights())
 def resnet50(num_classes: int, in_channels: int = 3, img_size: int = 224) -> Classic:
     """ResNet-50 with bottleneck blocks (torchvision's v1.5: stride on the 3x3 convolution)."""
-    return _resnet(tvm.resnet50, num_classes, in_channels, img_size)
+    return _resnet(_torchvision("resnet50"), num_classes, in_channels, img_size)
 
 
 def _mobilenet(net: nn.Module, num_features: int, in_channels: int, img_size: int) -> Classic:
@@ -218,19 +227,19 @@ def _mobilenet(net: nn.Module, num_features: int, in_channels: int, img_size: in
 @register_model(pretrained=TorchvisionWeights())
 def mobilenet_v2(num_classes: int, in_channels: int = 3, img_size: int = 224) -> Classic:
     """MobileNet v2 (Sandler et al. 2018): inverted residuals with linear bottlenecks."""
-    net = tvm.mobilenet_v2(num_classes=num_classes)
+    net = _torchvision("mobilenet_v2")(num_classes=num_classes)
     return _mobilenet(net, net.last_channel, in_channels, img_size)
 
 
 @register_model(pretrained=TorchvisionWeights())
 def mobilenet_v3_small(num_classes: int, in_channels: int = 3, img_size: int = 224) -> Classic:
     """MobileNet v3 small (Howard et al. 2019): searched blocks with squeeze-excitation and hard-swish."""
-    net = tvm.mobilenet_v3_small(num_classes=num_classes)
+    net = _torchvision("mobilenet_v3_small")(num_classes=num_classes)
     return _mobilenet(net, net.classifier[0].in_features, in_channels, img_size)
 
 
 @register_model(pretrained=TorchvisionWeights())
 def mobilenet_v3_large(num_classes: int, in_channels: int = 3, img_size: int = 224) -> Classic:
     """MobileNet v3 large."""
-    net = tvm.mobilenet_v3_large(num_classes=num_classes)
+    net = _torchvision("mobilenet_v3_large")(num_classes=num_classes)
     return _mobilenet(net, net.classifier[0].in_features, in_channels, img_size)

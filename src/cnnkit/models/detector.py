@@ -1,6 +1,6 @@
 """Detectors: the interface every cnnkit detector shares, and ``boxnet``, cnnkit's compact one for small images.
 
-Every detector (this one and torchvision's in :mod:`cnnkit.models.detection`) is called
+Every detector (this one and torchvision's in :mod:`cnnkit.models.torchvision_detectors`) is called
 the same way, as torchvision's are:
 
 - ``model(images, targets)`` in training mode, with ``images`` a float (B, 3, H, W) batch
@@ -40,7 +40,6 @@ import math
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchvision.ops import batched_nms, clip_boxes_to_image, generalized_box_iou_loss, sigmoid_focal_loss
 
 from cnnkit.errors import CnnkitError
 from cnnkit.models.layers import conv, conv_bn_relu
@@ -178,6 +177,8 @@ class BoxNet(Detector):
         centres: torch.Tensor,
         targets: Targets,
     ) -> dict[str, torch.Tensor]:
+        from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss  # see detect(): imported on use
+
         classes, box_losses, centre_losses, positives = [], [], [], 0
         for logit, box, centre_logit, target in zip(logits, boxes, centerness, targets):
             matched = assign(centres, target["boxes"].to(box))  # (h*w,) index of the box each cell learns, -1 none
@@ -202,6 +203,9 @@ class BoxNet(Detector):
     def detect(
         self, logits: torch.Tensor, boxes: torch.Tensor, centerness: torch.Tensor, size: tuple[int, int]
     ) -> Detections:
+        # torchvision.ops imports torch._dynamo (1.3 s), which commands that never run a detector should not pay
+        from torchvision.ops import batched_nms, clip_boxes_to_image
+
         detections = []
         for logit, box, centre_logit in zip(logits, boxes, centerness):
             scores = ranking_scores(logit, centre_logit)  # (h*w, K)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import json
 import os
 import platform
@@ -135,7 +136,6 @@ def write_environment(
     import numpy
     import PIL
     import safetensors
-    import torchvision
 
     from cnnkit import __version__
 
@@ -144,7 +144,7 @@ def write_environment(
             "cnnkit": __version__,
             "python": sys.version.split()[0],
             "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
+            "torchvision": importlib.metadata.version("torchvision"),
             "numpy": numpy.__version__,
             "pillow": PIL.__version__,
             "safetensors": safetensors.__version__,
