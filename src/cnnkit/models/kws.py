@@ -225,10 +225,15 @@ def bcresnet(num_classes: int, in_channels: int = 1, img_size: int = 16000, **kw
     At any ``sample_rate`` (default 16000) the front end keeps the paper's 32 ms windows (``n_fft`` the
     nearest power of two) and 10 ms hops, unless ``n_fft`` or ``hop_length`` are given.
     """
+    return BCResNet(num_classes, in_channels, **logmel_windows(kwargs))
+
+
+def logmel_windows(kwargs: dict) -> dict:
+    """Front-end arguments with the paper's 32 ms windows and 10 ms hops at their ``sample_rate``, unless given."""
     rate = kwargs.get("sample_rate", 16000)
     kwargs.setdefault("n_fft", 2 ** round(math.log2(0.032 * rate)))  # 512 at 16 kHz, 256 at 8 kHz
     kwargs.setdefault("hop_length", max(1, round(0.010 * rate)))  # 160 at 16 kHz, 80 at 8 kHz
-    return BCResNet(num_classes, in_channels, **kwargs)
+    return kwargs
 
 
 @register_model(modality="audio")

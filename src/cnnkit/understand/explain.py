@@ -66,16 +66,28 @@ def feature_maps(model: nn.Module, inputs: torch.Tensor) -> dict[str, torch.Tens
     return dict(outputs)
 
 
-def find_target_layer(model: nn.Module, inputs: torch.Tensor) -> str:
+def find_target_layer(model: nn.Module, inputs: torch.Tensor, rank: int | None = None) -> str:
     """Name of the last convolution that runs on ``inputs``: the usual Grad-CAM target layer.
 
+    Args:
+        model: Any classifier.
+        inputs: A batch it takes: images (B, C, H, W), series or waveforms (B, C, L).
+        rank: Only convolutions whose output keeps this many spatial axes, each longer than one
+            position: 2 picks the last map over (frequency, time) of a keyword spotter on log-mels,
+            whose final convolutions have already pooled the frequencies away. Defaults to None (any).
+
     Raises:
-        CnnkitError: The model has no convolution (a plain MLP, for example).
+        CnnkitError: The model has no convolution (a plain MLP, for example), or none of ``rank``.
     """
-    ran = list(feature_maps(model, inputs[:1]))
+    ran = feature_maps(model, inputs[:1])
     if not ran:
         raise CnnkitError(f"{type(model).__name__} has no convolution layer, so it has no class-activation map")
-    return ran[-1]
+    if rank is None:
+        return list(ran)[-1]
+    fitting = [name for name, output in ran.items() if output.dim() == rank + 2 and min(output.shape[2:]) > 1]
+    if not fitting:
+        raise CnnkitError(f"{type(model).__name__} has no convolution with a {rank}-D output; pick one with --layer")
+    return fitting[-1]
 
 
 def _layer(model: nn.Module, name: str) -> nn.Module:
@@ -119,24 +131,38 @@ def _scale_per_image(maps: torch.Tensor) -> torch.Tensor:
 
 
 def _resize(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Maps (B, *spatial) resized to ``size``; a map of fewer axes (time alone) is spread over the leading ones."""
+    if maps.dim() - 1 > len(size):
+        raise CnnkitError(f"a {maps.dim() - 1}-D map cannot be drawn at the {len(size)}-D size {tuple(size)}")
+    maps = maps.view(maps.shape[0], *(1,) * (len(size) + 1 - maps.dim()), *maps.shape[1:])
     mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
     return nn.functional.interpolate(maps.unsqueeze(1), size=size, mode=mode, align_corners=False).squeeze(1)
 
 
 def class_activation_map(
-    model: nn.Module, inputs: torch.Tensor, classes: torch.Tensor, layer: str, method: str = "gradcam"
+    model: nn.Module,
+    inputs: torch.Tensor,
+    classes: torch.Tensor,
+    layer: str,
+    method: str = "gradcam",
+    size: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
-    """Grad-CAM or Grad-CAM++ heatmaps for one class per image, scaled to [0, 1] at the input's size.
+    """Grad-CAM or Grad-CAM++ heatmaps for one class per input, scaled to [0, 1] at the input's size.
+
+    The same code serves every rank: images (B, C, H, W) give (B, H, W) maps, series (B, C, L)
+    give (B, L) maps over time, and a keyword spotter's map over (frequency, time) is drawn at
+    its spectrogram's size with ``size``.
 
     Args:
         model: Any classifier; it is put in eval mode.
-        inputs: Normalised inputs (B, C, H, W).
-        classes: The class to explain for each image (B,).
+        inputs: Normalised inputs (B, C, H, W), or series and waveforms (B, C, L).
+        classes: The class to explain for each input (B,).
         layer: Name of the target module (see :func:`find_target_layer`).
         method: ``gradcam`` or ``gradcam++``. Defaults to ``gradcam``.
+        size: Spatial size of the returned maps. Defaults to None, the input's (H, W) or (L,).
 
     Returns:
-        Heatmaps (B, H, W); 1 marks the region that raises the class score most.
+        Heatmaps (B, *size); 1 marks the region that raises the class score most.
 
     Example:
         >>> layer = find_target_layer(model, inputs)
@@ -161,7 +187,7 @@ def class_activation_map(
         weights = (gradients.clamp(min=0) * alpha).sum(spatial)  # (B, C)
     weights = weights.view(*weights.shape, *(1,) * len(spatial))
     cam = (weights * activations).sum(1).clamp(min=0)  # (B, H', W')
-    return _scale_per_image(_resize(cam, tuple(inputs.shape[2:])))
+    return _scale_per_image(_resize(cam, tuple(size or inputs.shape[2:])))
 
 
 def saliency(model: nn.Module, inputs: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,8 @@
-"""Image figures shared by ``explain``, the evaluation report and ``compare`` (matplotlib, imported only here)."""
+"""Figures shared by ``explain``, the evaluation report and ``compare`` (matplotlib, imported only here).
+
+Images are drawn with their heatmap over them; series and spectrograms (:func:`plot_signals`) with the
+heat over time in a coloured band underneath, so the curve itself stays readable.
+"""
 
 from __future__ import annotations
 
@@ -58,6 +62,50 @@ def plot_explanations(image: torch.Tensor, rows: Sequence[tuple[str, Sequence[to
         for axes in axes_row[1 + len(heatmaps) :]:
             axes.axis("off")
     save(figure, path)
+
+
+def show_signal(axes, band, view: torch.Tensor, heat: torch.Tensor) -> None:
+    """A series (C, L) as lines, or a spectrogram (F, T) with its heat over it; the heat over time in ``band``.
+
+    Args:
+        axes: Where the signal goes.
+        band: A flat axes under it, sharing its time axis: the heat (L,) as a coloured strip (for a
+            spectrogram, its heat (F, T) averaged over the frequencies).
+        view: Series values (C, L), or a log-mel spectrogram (F, T) (frequency upwards).
+        heat: [0, 1] heat (L,) for a series, (F, T) for a spectrogram.
+    """
+    steps = view.shape[-1]
+    if heat.dim() == 2:
+        extent = (0, steps, 0, view.shape[0])
+        axes.imshow(view.numpy(), cmap="gray", origin="lower", aspect="auto", extent=extent, interpolation="nearest")
+        axes.imshow(heat.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1, origin="lower", aspect="auto", extent=extent)
+        axes.set_ylabel("mel band", fontsize=7)
+        heat = heat.mean(0)
+    else:
+        for channel in view:
+            axes.plot(range(steps), channel.numpy(), lw=1)
+        axes.set_xlim(0, steps - 1)
+        axes.grid(alpha=0.3)
+    axes.tick_params(labelsize=7, labelbottom=False)
+    band.imshow(heat[None].numpy(), cmap="jet", vmin=0, vmax=1, aspect="auto", extent=(0, steps, 0, 1))
+    band.set_yticks([])
+    band.tick_params(labelsize=7)
+
+
+def plot_signals(rows: Sequence[tuple[str, torch.Tensor, torch.Tensor]], path: Path) -> None:
+    """One panel per ``(title, view, heat)``: the series or spectrogram, its heat over time in a band underneath."""
+    plt = pyplot()
+    figure = plt.figure(figsize=(8, 1.9 * len(rows)))
+    panels = figure.add_gridspec(len(rows), 1, hspace=0.45)
+    for panel, (title, view, heat) in zip(panels, rows):
+        pair = panel.subgridspec(2, 1, height_ratios=[4, 1], hspace=0.05)
+        axes = figure.add_subplot(pair[0])
+        band = figure.add_subplot(pair[1], sharex=axes)
+        show_signal(axes, band, view, heat)
+        axes.set_title(title, fontsize=8, loc="left")
+    band.set_xlabel("frame" if rows[-1][2].dim() == 2 else "time step", fontsize=8)
+    figure.savefig(path, dpi=80, bbox_inches="tight")
+    plt.close(figure)
 
 
 def spread(count: int, limit: int) -> list[int]:

@@ -2,7 +2,9 @@
 
 Accuracy and per-class precision/recall/F1, the confusion matrix, the most confused
 pairs, a gallery of the most confidently wrong images (named by file) with their
-Grad-CAM, and calibration (reliability diagram and expected calibration error).
+Grad-CAM (for series and audio clips: each curve or spectrogram with its Grad-CAM over
+time underneath, :mod:`cnnkit.understand.signals`), and calibration (reliability
+diagram and expected calibration error).
 ``cnnkit evaluate --report`` writes it, and so does every training run (``report/`` in
 the run directory). Every number comes from the predictions the model makes, with the
 run's test-time flip where it has one, so the page agrees with the console,
@@ -21,12 +23,14 @@ import torch
 from torch import nn
 
 from cnnkit.data import ImageSet
-from cnnkit.modelinfo import Preprocessing
+from cnnkit.data.series import SeriesSet
+from cnnkit.modelinfo import AudioPreprocessing, Preprocessing, SeriesPreprocessing
 from cnnkit.tasks.classify.evaluate import predict_logits, score
 from cnnkit.understand import figures
 
 CALIBRATION_BINS = 10
 GALLERY_SIZE = 12
+SIGNAL_GALLERY_SIZE = 8  # series rows are a full figure wide: eight keep the page short
 CONFUSED_PAIRS = 10
 TITLE_CHARACTERS = 18  # of a file name above its gallery image; the table below holds the full path
 
@@ -101,27 +105,17 @@ def _plot_gallery(images: torch.Tensor, heatmaps: list[torch.Tensor] | None, tit
     figures.save(figure, path)
 
 
-def _gallery(model, data: ImageSet, prep, device, probabilities, out_dir) -> list[dict]:
-    """The most confidently wrong images, with the Grad-CAM of the class the model wrongly chose."""
-    from cnnkit.understand.explain import class_activation_map, convolutions, find_target_layer
-
+def _gallery(model, data: ImageSet | SeriesSet, prep, device, probabilities, out_dir) -> list[dict]:
+    """The most confidently wrong images (or series), with the Grad-CAM of the class the model wrongly chose."""
     classes, labels = data.classes, data.labels
     confidence, predictions = probabilities.max(1)
     wrong = (predictions != labels).nonzero().flatten()
     if len(wrong) == 0:
         return []
-    chosen = wrong[confidence[wrong].argsort(descending=True)[:GALLERY_SIZE]]
-    heatmaps = None
-    if convolutions(model):
-        inputs = prep.normalize(data.images[chosen].to(device))
-        layer = find_target_layer(model, inputs)
-        heatmaps = list(class_activation_map(model, inputs, predictions[chosen].to(device), layer).cpu())
-    titles = [
-        f"{n}. {Path(data.sources[i]).name[:TITLE_CHARACTERS]}\ntrue {classes[labels[i]]}\n"
-        f"pred {classes[predictions[i]]} {confidence[i]:.0%}"
-        for n, i in enumerate(chosen.tolist(), 1)
-    ]
-    _plot_gallery(data.images[chosen], heatmaps, titles, out_dir / "top_losses.png")
+    signals = prep.modality != "image"
+    chosen = wrong[confidence[wrong].argsort(descending=True)[: SIGNAL_GALLERY_SIZE if signals else GALLERY_SIZE]]
+    draw = _draw_signals if signals else _draw_images
+    draw(model, data, prep, device, chosen, predictions, confidence, out_dir / "top_losses.png")
     return [
         {
             "index": i,
@@ -134,13 +128,54 @@ def _gallery(model, data: ImageSet, prep, device, probabilities, out_dir) -> lis
     ]
 
 
-def _gallery_section(top_losses: list[dict]) -> str:
+def _draw_images(model, data: ImageSet, prep, device, chosen, predictions, confidence, path: Path) -> None:
+    from cnnkit.understand.explain import class_activation_map, convolutions, find_target_layer
+
+    classes, labels = data.classes, data.labels
+    heatmaps = None
+    if convolutions(model):
+        inputs = prep.normalize(data.images[chosen].to(device))
+        layer = find_target_layer(model, inputs)
+        heatmaps = list(class_activation_map(model, inputs, predictions[chosen].to(device), layer).cpu())
+    titles = [
+        f"{n}. {Path(data.sources[i]).name[:TITLE_CHARACTERS]}\ntrue {classes[labels[i]]}\n"
+        f"pred {classes[predictions[i]]} {confidence[i]:.0%}"
+        for n, i in enumerate(chosen.tolist(), 1)
+    ]
+    _plot_gallery(data.images[chosen], heatmaps, titles, path)
+
+
+def _draw_signals(model, data: SeriesSet, prep, device, chosen, predictions, confidence, path: Path) -> None:
+    """One row per series: the curve (or the spectrogram a keyword spotter computes), its heat over time underneath."""
+    from cnnkit.understand.signals import example_title, signal_maps
+
+    classes, labels = data.classes, data.labels
+    maps = signal_maps(model, prep.normalize(data.inputs[chosen].to(device)), predictions[chosen].to(device))
+    rows = [
+        (
+            f"{n}. "
+            + example_title(data.sources[i], classes[labels[i]], classes[predictions[i]], float(confidence[i])),
+            v,
+            h,
+        )
+        for n, (i, v, h) in enumerate(zip(chosen.tolist(), maps.views, maps.heat), 1)
+    ]
+    figures.plot_signals(rows, path)
+
+
+def _gallery_section(top_losses: list[dict], signals: bool) -> str:
     if not top_losses:
-        return "<p>No image was misclassified.</p>"
+        return f"<p>No {'series' if signals else 'image'} was misclassified.</p>"
     table = figures.html_table(
         ["", "file", "true", "predicted as", "confidence"],
         [(n, t["source"], t["true"], t["predicted"], f"{t['confidence']:.1%}") for n, t in enumerate(top_losses, 1)],
     )
+    if signals:
+        return (
+            '<img src="top_losses.png" alt="top losses"><p>Top to bottom as in the table: each series (a clip: its '
+            "log-mel spectrogram) with the Grad-CAM of the wrongly predicted class in the band underneath; warm "
+            f"colours mark the time steps that pulled the model to it. Check these labels first.</p>{table}"
+        )
     return (
         '<img src="top_losses.png" alt="top losses"><p>Left to right as in the table. Top row: the image; '
         "bottom row (convolutional models): the Grad-CAM of the wrongly predicted class. A confident mistake is "
@@ -150,8 +185,8 @@ def _gallery_section(top_losses: list[dict]) -> str:
 
 def write_report(
     model: nn.Module,
-    data: ImageSet,
-    preprocessing: Preprocessing,
+    data: ImageSet | SeriesSet,
+    preprocessing: Preprocessing | SeriesPreprocessing | AudioPreprocessing,
     device: torch.device,
     out_dir: Path,
     title: str = "Evaluation report",
@@ -162,7 +197,7 @@ def write_report(
 
     Args:
         model: The trained model.
-        data: Labelled images to evaluate on; labels index ``data.classes``.
+        data: Labelled images (or series, or audio clips) to evaluate on; labels index ``data.classes``.
         preprocessing: The model's preprocessing.
         device: Where to run the model.
         out_dir: Output folder.
@@ -177,9 +212,14 @@ def write_report(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     classes, labels = data.classes, data.labels
-    logits = predict_logits(model, data.images, preprocessing, device, tta=tta)  # (N, K)
+    logits = predict_logits(model, data.inputs, preprocessing, device, tta=tta)  # (N, K)
     result = score(logits, labels, classes)
-    other = score(predict_logits(model, data.images, preprocessing, device, tta=not tta), labels, classes)
+    signals = preprocessing.modality != "image"  # series and clips: time reversed is no mirror image, so no flip view
+    other = (
+        result
+        if signals
+        else score(predict_logits(model, data.inputs, preprocessing, device, tta=not tta), labels, classes)
+    )
     probabilities = logits.softmax(1)
     confusion = torch.tensor(result.confusion)
     bins, ece = calibration(probabilities, labels)
@@ -190,8 +230,8 @@ def write_report(
         "loss": result.loss,
         "macro_f1": result.macro_f1,
         "absent_classes": result.absent,
-        "tta_flip_accuracy": result.accuracy if tta else other.accuracy,
-        "no_flip_accuracy": other.accuracy if tta else result.accuracy,
+        "tta_flip_accuracy": None if signals else result.accuracy if tta else other.accuracy,
+        "no_flip_accuracy": result.accuracy if signals else other.accuracy if tta else result.accuracy,
         "expected_calibration_error": ece,
         "per_class": [asdict(r) for r in result.per_class],
         "most_confused": most_confused(confusion, classes),
@@ -205,11 +245,15 @@ def write_report(
     results["top_losses"] = _gallery(model, data, preprocessing, device, probabilities, out_dir)
     (out_dir / "report.json").write_text(json.dumps(results, indent=2))
     other_header = "accuracy without flip" if tta else "flip-TTA accuracy"
-    summary = figures.html_table(
-        ["images", f"accuracy{flip}", "loss", "macro F1", other_header, "expected calibration error"],
-        [(result.count, f"{result.accuracy:.2%}", result.loss, result.macro_f1, f"{other.accuracy:.2%}", ece)],
-    )
-    if tta:
+    items = {"series": "series", "audio": "clips"}.get(preprocessing.modality, "images")
+    header = [items, f"accuracy{flip}", "loss", "macro F1", other_header, "expected calibration error"]
+    row = [result.count, f"{result.accuracy:.2%}", result.loss, result.macro_f1, f"{other.accuracy:.2%}", ece]
+    if signals:
+        del header[4], row[4]
+    summary = figures.html_table(header, [row])
+    if signals:
+        note = f"The {items} are read as the run read its own; there is no test-time flip for them."
+    elif tta:
         note = (
             "This run predicts with test-time flip: each image's probabilities are averaged with those of its "
             "mirror image, as <code>cnnkit evaluate</code>, <code>predict</code> and <code>results.json</code> do. "
@@ -228,7 +272,7 @@ def write_report(
     )
     if result.absent:
         per_class += (
-            f"<p>{len(result.absent)} of the model's {len(classes)} classes are absent from these images and were "
+            f"<p>{len(result.absent)} of the model's {len(classes)} classes are absent from these {items} and were "
             f"never predicted; they are left out of the table and of macro F1: "
             f"{html.escape(', '.join(result.absent))}.</p>"
         )
@@ -236,7 +280,7 @@ def write_report(
     body = (
         f"{summary}<p>{note}</p><h2>Per class{flip}</h2>{per_class}<h2>Confusion matrix{flip}</h2>"
         f'<img src="confusion.png" alt="confusion matrix"><h2>Most confused pairs</h2>{pairs}'
-        f"<h2>Most confidently wrong</h2>{_gallery_section(results['top_losses'])}<h2>Calibration</h2>"
+        f"<h2>Most confidently wrong</h2>{_gallery_section(results['top_losses'], signals)}<h2>Calibration</h2>"
         '<img src="reliability.png" alt="reliability diagram"><p>Bars below the diagonal: over-confident.</p>'
     )
     (out_dir / "report.html").write_text(figures.html_page(title, body))
