@@ -86,6 +86,18 @@ def test_digits_builtin_has_real_images_and_fixed_split():
     assert load_data("digits", img_size=16, channels=3).train.images.shape[1:] == (3, 16, 16)
 
 
+def test_digits_reader_reads_the_shipped_file_as_scikit_learns_loader(monkeypatch):
+    from sklearn.datasets import load_digits
+
+    images, labels = builtin.read_digits(None)["all"]
+    reference = load_digits()
+    assert np.array_equal(images[:, 0], np.round(reference.images * (255.0 / 16.0)).astype(np.uint8))
+    assert np.array_equal(labels, reference.target)
+    monkeypatch.setattr(builtin.importlib.util, "find_spec", lambda name: None)  # a layout the reader does not know
+    fallback_images, fallback_labels = builtin.read_digits(None)["all"]
+    assert np.array_equal(fallback_images, images) and np.array_equal(fallback_labels, labels)
+
+
 def write_idx(path, array: np.ndarray) -> None:
     header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     with gzip.open(path, "wb") as stream:

@@ -9,6 +9,7 @@ package installs to ``/usr/share/datasets/fashion-mnist``) and in the download c
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import os
 import struct
 import tarfile
@@ -117,11 +118,19 @@ def read_cifar10(folder: Path) -> Arrays:
 
 
 def read_digits(_: Path) -> Arrays:
-    from sklearn.datasets import load_digits
+    """scikit-learn's digits from the CSV it ships: importing ``sklearn.datasets`` costs a second, reading it 15 ms."""
+    spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
+    shipped = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    if shipped is not None and shipped.is_file():
+        table = np.loadtxt(shipped, delimiter=",")  # (1797, 65): 64 pixels in 0..16, then the label
+        pixels, labels = table[:, :64].reshape(-1, 8, 8), table[:, 64]
+    else:  # a layout this reader does not know: scikit-learn's own loader
+        from sklearn.datasets import load_digits
 
-    digits = load_digits()
-    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (1797, 1, 8, 8), 0..16 -> 0..255
-    return {"all": (images, digits.target.astype(np.int64))}
+        digits = load_digits()
+        pixels, labels = digits.images, digits.target
+    images = np.round(pixels * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (1797, 1, 8, 8), 0..16 -> 0..255
+    return {"all": (images, labels.astype(np.int64))}
 
 
 BUILTINS = {
