@@ -1,4 +1,7 @@
-"""The commands that run a trained model on images: predict (labels) and explain (what the model looks at)."""
+"""The commands that run a trained model on its inputs: predict (labels) and explain (what the model looks at).
+
+predict takes images, series files or WAV recordings, whichever the model reads.
+"""
 
 from __future__ import annotations
 
@@ -29,12 +32,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     """Add predict and explain to the ``cnnkit`` parser."""
     predict = commands.add_parser(
         "predict",
-        help="top-k labels for images or folders of images (or time series files)",
+        help="top-k labels for images or folders of images (or time series files, or WAV files and folders)",
         description="Predict labels; a folder's predictions also go to one CSV file (--out).",
     )
     predict.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
     predict.add_argument(
-        "inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="images or folders; series runs: series files"
+        "inputs",
+        nargs="+",
+        metavar="IMAGE_OR_FOLDER",
+        help="images or folders; series runs: series files; audio runs: WAV files or folders",
     )
     predict.add_argument("--top-k", type=number_type(COUNT), default=3, help="labels to show per image (default: 3)")
     predict.add_argument(
@@ -44,8 +50,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument(
         "--out",
         metavar="CSV",
-        help=f"CSV file (or folder for {PREDICTIONS}) of a folder's predictions, replaced each time "
-        f"(default: {DEFAULT_CSV}; with --json, none)",
+        help=f"CSV file (or folder for {PREDICTIONS}) of the predictions, replaced each time (default: a "
+        f"folder's go to {DEFAULT_CSV}, single files' and --json's nowhere)",
     )
     predict.add_argument("--pretrained", action="store_true", help="MODEL is an architecture: use its ImageNet weights")
     predict.add_argument(
@@ -105,8 +111,17 @@ def run_predict(args: argparse.Namespace) -> int:
         return cli_detect.run_predict_detection(args, classifier, *expand_inputs(args.inputs))
     if args.threshold is not None or args.max_boxes is not None or args.draw is not None:
         raise CnnkitError(f"--threshold, --max-boxes and --draw are for detectors; {args.checkpoint} classifies")
-    if classifier.preprocessing.modality == "series":  # every series of each file, named file:row
+    modality = classifier.preprocessing.modality
+    if modality == "series":  # every series of each file, named file:row
         predictions, saw_folder = classifier.predict_series(_series_files(args.inputs), args.top_k), False
+    elif modality == "audio":  # each WAV decoded by the run's clip rule; a recording longer than a clip is cropped
+        from cnnkit.data.wav import WAV_EXTENSIONS
+
+        paths, saw_folder = expand_inputs(args.inputs, WAV_EXTENSIONS, "WAV file")
+        predictions, failures, notes = classifier.predict_clips(paths, args.top_k)
+        report_unreadable(paths, failures, len(predictions), "WAV file")
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
     else:
         paths, saw_folder = expand_inputs(args.inputs)
         predictions, failures = classifier.predict_files(paths, args.top_k)
@@ -120,7 +135,7 @@ def run_predict(args: argparse.Namespace) -> int:
             print(f"{prediction.source}  {ranked}")
         if saw_folder and len(predictions) > PREVIEW_ROWS:
             print(f"... {len(predictions) - PREVIEW_ROWS} more")
-    if saw_folder and (args.out or not args.json):
+    if args.out or (saw_folder and not args.json):
         csv_path = _write_predictions(predictions, Path(args.out or DEFAULT_CSV).expanduser())
         print(f"{len(predictions)} predictions written to {csv_path}", file=sys.stderr if args.json else sys.stdout)
     return 0

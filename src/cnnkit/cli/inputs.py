@@ -1,18 +1,25 @@
-"""What ``predict`` and ``search`` read: image files and folders, and the one way unreadable ones are reported."""
+"""What ``predict`` and ``search`` read: image (or WAV) files and folders, and how unreadable ones are reported."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from cnnkit.errors import CnnkitError
 
 
-def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], bool]:
-    """Files as given, folders expanded to their images (recursively, sorted); also whether a folder was seen."""
+def expand_inputs(
+    inputs: Sequence[str], extensions: Collection[str] | None = None, noun: str = "image"
+) -> tuple[list[Path], bool]:
+    """Files as given, folders expanded to their images (recursively, sorted); also whether a folder was seen.
+
+    ``extensions`` (defaults to the image extensions) and ``noun`` say what a folder is searched for:
+    an audio model's predict passes the WAV extensions and ``WAV file``.
+    """
     from cnnkit.data.decode import IMAGE_EXTENSIONS
 
+    extensions = IMAGE_EXTENSIONS if extensions is None else extensions
     paths, saw_folder = [], False
     for item in inputs:
         path = Path(item).expanduser()
@@ -22,16 +29,16 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], bool]:
                 p
                 for p in path.rglob("*")
                 if p.is_file()
-                and p.suffix.lower() in IMAGE_EXTENSIONS
+                and p.suffix.lower() in extensions
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
             if not found:
-                raise CnnkitError(f"no images found in folder {path}")
+                raise CnnkitError(f"no {noun}s found in folder {path}")
             paths += found
         elif path.exists():
             paths.append(path)
         else:
-            raise CnnkitError(f"image not found: {path}")
+            raise CnnkitError(f"{noun} not found: {path}")
     return paths, saw_folder
 
 

@@ -1,8 +1,10 @@
-"""Using a trained model: ``load`` it, then rank the labels of images.
+"""Using a trained model: ``load`` it, then rank the labels of images, series files or WAV recordings.
 
-:class:`ImageClassifier` decodes images through the one shared path and ranks the
-probabilities its subclass computes: :class:`cnnkit.deploy.torch_runtime.Classifier` with PyTorch
-for checkpoints, :class:`cnnkit.deploy.onnx_runtime.OnnxClassifier` with ONNX Runtime for exports.
+:class:`ImageClassifier` decodes inputs through the one shared path of their kind (images:
+:mod:`cnnkit.data.decode`; series: :mod:`cnnkit.data.series_formats`; WAV files:
+:mod:`cnnkit.data.wav`, by the run's recorded clip rule) and ranks the probabilities its
+subclass computes: :class:`cnnkit.deploy.torch_runtime.Classifier` with PyTorch for
+checkpoints, :class:`cnnkit.deploy.onnx_runtime.OnnxClassifier` with ONNX Runtime for exports.
 This module needs no PyTorch, so an exported model predicts with ONNX Runtime alone.
 """
 
@@ -16,8 +18,9 @@ import numpy as np
 
 from cnnkit.data.decode import ImageSource, decode_batches, decode_image
 from cnnkit.data.series_formats import read_series_inputs
+from cnnkit.data.wav import AudioDecodeError, AudioFormat, fit_length, read_wav, to_mono
 from cnnkit.errors import CnnkitError
-from cnnkit.modelinfo import CheckpointInfo, Preprocessing, SeriesPreprocessing
+from cnnkit.modelinfo import AudioPreprocessing, CheckpointInfo, Preprocessing, SeriesPreprocessing
 from cnnkit.tasks.classify import ClassifyTask
 from cnnkit.tasks.classify.records import Prediction
 
@@ -26,6 +29,10 @@ if TYPE_CHECKING:
 
     from cnnkit.data import ImageSet, SkippedFile
     from cnnkit.tasks.classify.metrics import EvalResult
+
+# What a model's inputs are called in messages (parity, calibration, skipped files), by modality.
+INPUT_NOUNS = {"image": "images", "series": "series", "audio": "clips"}
+WavSource = str | Path | bytes  # a WAV file's path, or an upload's bytes
 
 
 def _name(source: ImageSource, index: int) -> str:
@@ -47,27 +54,73 @@ class ImageClassifier:
         return self.info.classes
 
     @property
-    def preprocessing(self) -> Preprocessing:
+    def preprocessing(self) -> Preprocessing | SeriesPreprocessing | AudioPreprocessing:
         return self.info.preprocessing
+
+    @property
+    def input_noun(self) -> str:
+        """What the model's inputs are called in messages: ``images``, ``series`` or ``clips``."""
+        return INPUT_NOUNS[self.preprocessing.modality]
 
     def pixels(self, images: Sequence[ImageSource]) -> np.ndarray:
         """Decode images exactly as in training: uint8 (N, C, H, W)."""
         prep = self.preprocessing
         if prep.modality != "image":  # prediction, serving and explanation read image files
-            raise CnnkitError("this model reads time series, not images; predict series files with predict_series")
+            reader = "predict_clips" if prep.modality == "audio" else "predict_series"
+            raise CnnkitError(f"this model reads {self.input_noun}, not images; predict its files with {reader}")
         return np.stack([decode_image(image, prep.img_size, prep.channels, prep.resize) for image in images])
 
+    def decode_clip(self, source: WavSource) -> tuple[np.ndarray, str | None]:
+        """One WAV file (a path or an upload's bytes) as the model's input, by the run's recorded clip rule.
+
+        Mixed down to mono, resampled to the run's rate and padded or cropped to its clip length
+        (:class:`~cnnkit.data.wav.AudioFormat`, as training decoded its own files), so a file gives the
+        same waveform here as in training.
+
+        Returns:
+            float32 (1, clip_samples), and a one-line note when the recording was longer than the clip
+            and so cropped (the model hears only part of it), else None.
+
+        Raises:
+            AudioDecodeError: not a WAV file, no audio, a corrupt header or an unsupported codec.
+        """
+        prep = self.preprocessing
+        if not isinstance(prep, AudioPreprocessing):
+            raise CnnkitError(f"this model reads {self.input_noun}, not WAV files")
+        audio_format = AudioFormat.from_facts(prep.to_dict())
+        samples, info = read_wav(source)
+        clip, change = fit_length(to_mono(samples, info.sample_rate, audio_format), audio_format)
+        note = None
+        if change == "cropped":
+            name = "the upload" if isinstance(source, bytes) else str(source)
+            window = f"{audio_format.clip_seconds:g} s"
+            note = (
+                f"{name} is {info.seconds:.2f} s, longer than the model's {window} clip: "
+                f"classified its {audio_format.crop} {window} only (the run's crop rule)"
+            )
+        return clip[None], note
+
+    def decode(self, sources: Sequence[ImageSource]) -> np.ndarray:
+        """Model inputs for image files (uint8 (N, C, H, W)) or WAV files (float32 (N, 1, clip_samples))."""
+        if self.preprocessing.modality == "audio":
+            return np.stack([self.decode_clip(source)[0] for source in sources])
+        return self.pixels(sources)
+
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, K) for uint8 images (N, C, H, W), or float32 series (N, C, L)."""
+        """Class probabilities (N, K) for uint8 images (N, C, H, W), or float32 series (N, C, L) or clips (N, 1, T)."""
         raise NotImplementedError
 
     def predict_proba(self, images: ImageSource | Sequence[ImageSource]) -> np.ndarray:
-        """Class probabilities (N, K) for one image or a list of images."""
+        """Class probabilities (N, K) for one image or a list of images (WAV files for an audio model)."""
         images = [images] if not isinstance(images, (list, tuple)) else images
-        return self.probabilities(self.pixels(images))
+        return self.probabilities(self.decode(images))
 
     def predict(self, images: ImageSource | Sequence[ImageSource], top_k: int = 5) -> list[Prediction]:
-        """Top-k labels and probabilities for one image or a list of images (file paths, bytes, PIL, arrays)."""
+        """Top-k labels and probabilities for one image or a list of images (file paths, bytes, PIL, arrays).
+
+        An audio model takes WAV files (paths or bytes) instead; :meth:`predict_clips` also says which
+        were cropped and skips unreadable ones.
+        """
         images = [images] if not isinstance(images, (list, tuple)) else images
         return self.rank(self.predict_proba(images), [_name(source, i) for i, source in enumerate(images)], top_k)
 
@@ -82,6 +135,31 @@ class ImageClassifier:
             if pixels is not None:
                 predictions += self.rank(self.probabilities(pixels), names, top_k)
         return predictions, failures
+
+    def predict_clips(
+        self, paths: Sequence[str | Path], top_k: int = 5, batch_size: int = 256
+    ) -> tuple[list[Prediction], list[tuple[str, str]], list[str]]:
+        """Predict many WAV files in batches, each decoded by the run's clip rule (:meth:`decode_clip`).
+
+        Returns:
+            The predictions; (path, reason) for each file that could not be decoded (skipped: not a WAV,
+            no audio, a corrupt header); and one note per file longer than the clip, which was cropped.
+        """
+        predictions, failures, notes = [], [], []
+        for start in range(0, len(paths), batch_size):
+            clips, names = [], []
+            for path in paths[start : start + batch_size]:
+                try:
+                    clip, note = self.decode_clip(path)
+                except AudioDecodeError as error:
+                    failures.append((str(path), str(error)))
+                    continue
+                clips.append(clip)
+                names.append(str(path))
+                notes += [note] if note else []
+            if clips:
+                predictions += self.rank(self.probabilities(np.stack(clips)), names, top_k)
+        return predictions, failures, notes
 
     def predict_series(self, paths: Sequence[str | Path], top_k: int = 5) -> list[Prediction]:
         """Top-k labels of every series in each file (``.tsv``, ``.ts``, ``.csv``, ``.npy``), named ``file:row``.
@@ -100,7 +178,10 @@ class ImageClassifier:
         return predictions
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits (N, K) on the CPU for uint8 images (N, C, H, W), as the model predicts (test-time flip included)."""
+        """Logits (N, K) on the CPU for the model's inputs (uint8 images, float series or clips), as it predicts.
+
+        Test-time flip included, for the image runs trained with it.
+        """
         raise NotImplementedError
 
     def labelled_images(self, data: str | None, split: str) -> tuple[ImageSet, list[SkippedFile]]:

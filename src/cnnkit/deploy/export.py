@@ -1,5 +1,5 @@
 """ONNX export that proves itself: the exported graph is run by ONNX Runtime on the run's
-validation images and compared with PyTorch before the export is called a success.
+validation images (series, clips) and compared with PyTorch before the export is called a success.
 
 The graph takes uint8 images (N, C, H, W) with a dynamic batch axis and applies the
 checkpoint's mean/std inside, so a deployment only decodes and resizes (the
@@ -7,7 +7,12 @@ preprocessing record in the metadata says how); a mean/std mismatch, the most co
 reason an exported model disagrees with the trained one, cannot happen. A series model's
 graph takes float32 series (N, C, L), read and z-normalised as the run read them (its
 ``SeriesPreprocessing`` in the metadata), with dynamic batch and length axes where the
-exporter keeps the length free (the 1-D models end in global average pooling).
+exporter keeps the length free (the 1-D models end in global average pooling). An audio
+model's graph takes float32 waveforms (N, 1, T), mono at the run's rate, decoded by its clip
+rule (``AudioPreprocessing`` in the metadata); the log-mel front end is inside the graph (as
+a windowed-DFT convolution, :mod:`cnnkit.models.frontend`), so a deployment only decodes the
+WAV file. The length axis stays free (both audio models pool globally over time), so a
+spotter can slide windows of another length.
 """
 
 from __future__ import annotations
@@ -24,10 +29,18 @@ from cnnkit.checkpoint import versions, write_atomic
 from cnnkit.data import ImageSet
 from cnnkit.data.series import SeriesSet
 from cnnkit.deploy.load import is_onnx, load
-from cnnkit.deploy.onnx_runtime import FORMAT, INPUT_NAME, OUTPUT_NAME, SERIES_INPUT, OnnxClassifier, require
+from cnnkit.deploy.onnx_runtime import (
+    AUDIO_INPUT,
+    FORMAT,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    SERIES_INPUT,
+    OnnxClassifier,
+    require,
+)
 from cnnkit.deploy.torch_runtime import Classifier
 from cnnkit.errors import CnnkitError
-from cnnkit.modelinfo import CheckpointInfo, Preprocessing, SeriesPreprocessing
+from cnnkit.modelinfo import AudioPreprocessing, CheckpointInfo, Preprocessing, SeriesPreprocessing
 from cnnkit.models.fold import fold_pooled_batch_norms
 from cnnkit.rundir import new_run_dir
 from cnnkit.tasks.classify.tta import FlipAveraged
@@ -62,6 +75,12 @@ def metadata(info: CheckpointInfo) -> dict[str, str]:
             f"{SERIES_INPUT}: float32 (N, C, L), zeros after each series' length up to the length above, "
             "z-normalised per series and channel when series_normalize is true"
         )
+    elif isinstance(info.preprocessing, AudioPreprocessing):
+        expects = (
+            f"{AUDIO_INPUT}: float32 (N, 1, T) waveforms in [-1, 1] at sample_rate, channels averaged to mono, "
+            "T = clip_samples (padded with zeros or cropped by the rule above); the log-mel features are "
+            "computed inside the graph"
+        )
     else:
         expects = (
             f"{INPUT_NAME}: uint8 (N, C, H, W), 0-255, decoded and resized by the rule above; "
@@ -77,17 +96,18 @@ def write_onnx(model: nn.Module, info: CheckpointInfo, path: Path) -> None:
     """Export ``model`` with its normalisation and metadata to ``path`` (dynamic batch axis, atomic write)."""
     model = fold_pooled_batch_norms(model.cpu().eval())
     model = FlipAveraged(model) if info.test_time_flip else model
-    series = isinstance(info.preprocessing, SeriesPreprocessing)  # float series in: nothing to normalise
+    image = isinstance(info.preprocessing, Preprocessing)  # float series and waveforms: nothing to normalise
     write_graph(
-        model if series else NormalizedModel(model, info.preprocessing), info, path, [OUTPUT_NAME], metadata(info)
+        NormalizedModel(model, info.preprocessing) if image else model, info, path, [OUTPUT_NAME], metadata(info)
     )
 
 
 def write_graph(wrapped: nn.Module, info: CheckpointInfo, path: Path, outputs: list[str], props: dict) -> None:
-    """Export ``wrapped`` (uint8 images or float32 series in, ``outputs`` out) with ``props`` to ``path``, atomically.
+    """Export ``wrapped`` (uint8 images, float32 series or waveforms in, ``outputs`` out) with ``props`` to ``path``.
 
-    A series graph asks for a dynamic length; an exporter that fixes it anyway leaves a graph whose
-    input says so (:meth:`~cnnkit.deploy.onnx_runtime.OnnxClassifier.run` then refuses other lengths).
+    The file is written atomically. A series or audio graph asks for a dynamic length; an exporter that
+    fixes it anyway leaves a graph whose input says so (:meth:`~cnnkit.deploy.onnx_runtime.OnnxClassifier.run`
+    then refuses other lengths).
     """
     require("onnx", "onnxscript", "onnxruntime")
     import onnx
@@ -96,6 +116,9 @@ def write_graph(wrapped: nn.Module, info: CheckpointInfo, path: Path, outputs: l
     if isinstance(prep, SeriesPreprocessing):  # (B, C, L): the length is free where the exporter keeps it so
         name, axes = SERIES_INPUT, {0: torch.export.Dim("batch"), 2: torch.export.Dim("length")}
         example = torch.zeros(2, prep.channels, prep.length)
+    elif isinstance(prep, AudioPreprocessing):  # (B, 1, T): Dim.DYNAMIC lets the exporter take m5's lower bound
+        name, axes = AUDIO_INPUT, {0: torch.export.Dim("batch"), 2: torch.export.Dim.DYNAMIC}
+        example = torch.zeros(2, 1, prep.clip_samples)
     else:
         name, axes = INPUT_NAME, {0: torch.export.Dim("batch")}
         example = torch.zeros(2, prep.channels, prep.img_size, prep.img_size, dtype=torch.uint8)
@@ -120,12 +143,21 @@ def write_graph(wrapped: nn.Module, info: CheckpointInfo, path: Path, outputs: l
 
 @dataclass
 class Parity:
-    """How closely ONNX Runtime reproduces PyTorch on the same images."""
+    """How closely ONNX Runtime reproduces PyTorch on the same inputs.
+
+    Attributes:
+        images: How many inputs were compared (images, series or clips; the key export.json has always had).
+        max_abs_diff: The largest absolute logit difference.
+        top1_agreement: Share of inputs whose top label agrees.
+        atol: The tolerance ``max_abs_diff`` is held to.
+        compared: What the inputs were, in words. Defaults to ``validation images``.
+    """
 
     images: int
     max_abs_diff: float
     top1_agreement: float
     atol: float
+    compared: str = "validation images"
 
     @property
     def passed(self) -> bool:
@@ -133,32 +165,44 @@ class Parity:
 
     def format(self) -> str:
         return (
-            f"parity on {self.images} validation images: max |logit difference| {self.max_abs_diff:.2e} "
+            f"parity on {self.images} {self.compared}: max |logit difference| {self.max_abs_diff:.2e} "
             f"(tolerance {self.atol:.0e}), top-1 agreement {self.top1_agreement:.2%}"
         )
 
 
 def check_parity(
-    reference: Classifier, exported: Classifier, images: ImageSet | SeriesSet, atol: float = DEFAULT_ATOL
+    reference: Classifier,
+    exported: Classifier,
+    images: ImageSet | SeriesSet,
+    atol: float = DEFAULT_ATOL,
+    compared: str = "validation images",
 ) -> Parity:
-    """Compare the logits of two classifiers on the same inputs (uint8 images or float32 series)."""
+    """Compare the logits of two classifiers on the same inputs (uint8 images, float32 series or clips).
+
+    ``compared`` names the inputs in the report line (``validation clips``, ``test series``).
+    """
     expected, actual = reference.logits(images.inputs), exported.logits(images.inputs)
     return Parity(
         images=len(images),
         max_abs_diff=float((expected - actual).abs().max()),
         top1_agreement=float((expected.argmax(1) == actual.argmax(1)).double().mean()),
         atol=atol,
+        compared=compared,
     )
 
 
-def validation_images(classifier: Classifier) -> ImageSet:
-    """The run's validation split (its test split when it has no validation images), read as in training."""
-    images, _ = classifier.labelled_images(None, "val")
-    if len(images) == 0:
-        images, _ = classifier.labelled_images(None, "test")
-    if len(images) == 0:
-        raise CnnkitError("the run has no validation or test images to verify the export on")
-    return images
+def verification_split(classifier: Classifier) -> tuple[ImageSet | SeriesSet, str]:
+    """The run's validation split (its test split when it has none), read as in training, and its name."""
+    for split in ("val", "test"):
+        inputs, _ = classifier.labelled_images(None, split)
+        if len(inputs):
+            return inputs, "validation" if split == "val" else split
+    raise CnnkitError(f"the run has no validation or test {classifier.input_noun} to verify the export on")
+
+
+def validation_images(classifier: Classifier) -> ImageSet | SeriesSet:
+    """The inputs an export is verified on: :func:`verification_split`'s set alone."""
+    return verification_split(classifier)[0]
 
 
 def export_paths(out: str | Path, name: str | None) -> tuple[Path, Path, Path]:
@@ -237,15 +281,14 @@ def export_onnx(
         )
     say = print if verbose else (lambda *args: None)
     reference = load(checkpoint, device="cpu")
-    modality = reference.preprocessing.modality
-    if modality not in ("image", "series"):
-        raise CnnkitError(f"{checkpoint} reads {modality}, and cnnkit export takes image and series models so far")
-    if int8 and modality == "series":  # calibration and the accuracy judge read uint8 images
-        raise CnnkitError(f"--int8 quantizes image models so far; {checkpoint} reads time series: leave it out")
-    images = validation_images(reference)
+    if int8 and reference.preprocessing.modality == "series":
+        raise CnnkitError(
+            f"--int8 quantizes image and audio models so far; {checkpoint} reads time series: leave it out"
+        )
+    images, split = verification_split(reference)
     path, int8_path, report_path = export_paths(out, name)
     write_onnx(reference.model, reference.info, path)
-    parity = check_parity(reference, OnnxClassifier(path), images, atol)
+    parity = check_parity(reference, OnnxClassifier(path), images, atol, f"{split} {reference.input_noun}")
     report: dict = {"model": str(path), "parity": {**asdict(parity), "passed": parity.passed}}
     write_atomic(report_path, json.dumps(report, indent=2).encode())
     say(f"wrote {path}\n{parity.format()}")

@@ -4,7 +4,9 @@ The exported graph takes uint8 images (N, C, H, W) and applies the mean/std
 normalisation itself, so the only preprocessing outside it is the shared decoding path
 (:func:`cnnkit.data.decode_image`): a file gives the same tensor here as in training.
 A series model's graph takes float32 series (N, C, L), read by the same torch-free path
-as a run's (:func:`cnnkit.data.series_formats.read_series_inputs`).
+as a run's (:func:`cnnkit.data.series_formats.read_series_inputs`); an audio model's takes
+float32 waveforms (N, 1, T), decoded by the run's clip rule (:mod:`cnnkit.data.wav`, NumPy
+only), with the log-mel front end inside the graph.
 Prediction imports no PyTorch at all (a test blocks it); only :meth:`OnnxClassifier.logits`
 and :meth:`OnnxClassifier.evaluate`, which compare against checkpoints and datasets,
 hand back ``torch`` tensors.
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 FORMAT = "cnnkit.onnx/1"
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 SERIES_INPUT = "series"  # a series model's input, float32 (N, C, L)
+AUDIO_INPUT = "waves"  # an audio model's input, float32 waveforms (N, 1, T) in [-1, 1]
 
 
 def require(*modules: str) -> None:
@@ -106,15 +109,18 @@ class OnnxClassifier(ImageClassifier):
         super().__init__(info)
 
     def run(self, pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Logits (N, K) for uint8 images (N, C, H, W), or float32 series (N, C, L), in batches of ``batch_size``."""
+        """Logits (N, K) for uint8 images (N, C, H, W), or float32 series (N, C, L) or waveforms (N, 1, T).
+
+        Inputs go in batches of ``batch_size``.
+        """
         graph_input = self.session.get_inputs()[0]
-        if graph_input.name == SERIES_INPUT:
+        if graph_input.name in (SERIES_INPUT, AUDIO_INPUT):
             pixels = np.ascontiguousarray(pixels, np.float32)
             fixed = graph_input.shape[2]  # an int where the exporter fixed the length, else the axis' name
             if isinstance(fixed, int) and pixels.shape[2] != fixed:
                 raise CnnkitError(
-                    f"{self.path} takes series of length {fixed} (its model exported with a fixed length), "
-                    f"not {pixels.shape[2]}; predict longer series with the run itself"
+                    f"{self.path} takes {self.input_noun} of length {fixed} (its model exported with a fixed "
+                    f"length), not {pixels.shape[2]}; predict longer {self.input_noun} with the run itself"
                 )
         else:
             pixels = np.ascontiguousarray(pixels, np.uint8)
