@@ -97,7 +97,7 @@ SERIES_STEPS = 600
 SERIES_EPOCHS = (20, 200)
 # How audio trains when a run does not set these keys (config.yaml records them): 98.6% on validation from
 # FSDD's training takes (data/audio_augment.py); other values not compared; 20 epochs sized for 3 min on 2 cores.
-AUDIO_TRAINING = {"epochs": 20, "batch_size": 32, "lr": 3e-3}
+AUDIO_TRAINING = {"epochs": 20, "batch_size": 32, "lr": 3e-3, "background": 0.1}  # background: as one class of 10
 SPLIT_BY = ("index", "speaker")  # spoken-digits' splits: the dataset's own (takes 0-4 test), or a held-out speaker
 
 POSITIVE = Range(float, 0, low_open=True)
@@ -220,10 +220,10 @@ class TrainConfig:
         Range(int, 1000, 768_000),  # the WAV reader's limits
     )
     clip_seconds: float | None = _option(
-        None,
-        "audio: seconds every clip is padded or cropped to (default: 1)",
-        "data",
-        Range(float, 0, 3600, True),
+        None, "audio: seconds every clip is padded or cropped to (default: 1)", "data", Range(float, 0, 3600, True)
+    )
+    background: float | None = _option(
+        None, "audio: _background_ clips (noise, gaps) per clip of each split; 0: none (default 0.1)", "data", SHARE
     )
     val_split: float = _option(
         0.1, "share of training images held out for validation when no val/ folder exists", "data", SHARE

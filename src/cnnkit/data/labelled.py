@@ -113,6 +113,7 @@ def labelled_audio(
             config.get("val_split", 0.1),
             config.get("test_split", 0.2),
             config.get("data_dir") if own else None,
+            background=config.get("background") or 0.0,  # the run's own _background_ clips of that split
         )
         clips = getattr(splits, split)
     else:

@@ -25,6 +25,7 @@ import torch
 
 from cnnkit.data.archive import DatasetArchive, fetch_archive
 from cnnkit.data.audio import AudioSplits, check_share, cropped_warning, is_audio_folder, load_audio_folder, read_clips
+from cnnkit.data.background import add_background
 from cnnkit.data.imageset import SkippedFile, _stable_order, stratified_split
 from cnnkit.data.series import SeriesSet
 from cnnkit.data.wav import AudioDecodeError, AudioFormat, read_wav, to_mono
@@ -357,6 +358,7 @@ def load_audio(
     test_split: float = 0.2,
     data_dir: str | None = None,
     workers: int | None = None,
+    background: float = 0.0,
 ) -> AudioSplits:
     """Audio by name or folder as train/val/test clips: the one dispatcher that training and evaluation share.
 
@@ -369,12 +371,15 @@ def load_audio(
         test_split: Share held out for testing where the data has no test split of its own (folders).
         data_dir: Folder holding a built-in's files.
         workers: Decoding processes; defaults to the number of cores.
+        background: Clips of the class ``_background_`` per clip of each split
+            (:func:`cnnkit.data.background.add_background`); 0 for none. Defaults to 0.
     """
     if data == "spoken-digits":
-        return load_spoken_digits(data_dir, audio_format, split_by or "index", fold, val_split, workers)
-    given = [flag for flag, value in (("--split-by", split_by), ("--fold", fold)) if value is not None]
-    if given:
+        splits = load_spoken_digits(data_dir, audio_format, split_by or "index", fold, val_split, workers)
+    elif given := [flag for flag, value in (("--split-by", split_by), ("--fold", fold)) if value is not None]:
         raise CnnkitError(f"{', '.join(given)}: for spoken-digits only; {data} has its own split rule, leave them out")
-    if data == "speech-commands":
-        return load_speech_commands(data_dir, audio_format, workers=workers)
-    return load_audio_folder(Path(data).expanduser(), audio_format, val_split, test_split, workers)
+    elif data == "speech-commands":
+        splits = load_speech_commands(data_dir, audio_format, workers=workers)
+    else:
+        splits = load_audio_folder(Path(data).expanduser(), audio_format, val_split, test_split, workers)
+    return add_background(splits, background) if background else splits

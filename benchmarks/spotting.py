@@ -1,0 +1,153 @@
+"""Keyword spotting (issue 16): spoken digits found in a long recording of held-out clips; an hour of noise.
+
+What ``cnnkit spot`` does, measured three ways on FSDD (the Free Spoken Digit Dataset):
+
+1. **F1** (target at least 0.90): the test takes of the run's split (takes 0-4 of every digit and
+   speaker, never trained on, nor chosen on) are joined in a shuffled order into one long recording,
+   each word after a gap of 1-2 s of noise (white and pink, ``--noise-db`` RMS, also under the
+   words), and spotted; a detection hits a word of the same digit when its middle lies within the
+   word, widened by 0.5 s (``tasks/spot/metrics.py``). Written as ``long.wav`` and ``long.csv`` so
+   ``cnnkit spot RUN long.wav --labels long.csv --out DIR`` repeats it and draws the DET curve.
+2. **Speed** (target at least 100x real time on one core): seconds of audio spotted per second of
+   wall clock with ``torch.set_num_threads(1)``, over the long recording and the hour of noise.
+3. **False alarms per hour** on an hour of speech-free noise: minutes of silence, white and pink
+   noise at levels from -70 to -20 dBFS, in turn, fed block by block as a stream would be.
+
+The run is trained here (``cnnkit.train`` with its audio defaults: bcresnet, the background class,
+20 epochs) unless ``--run`` gives one; ``--epochs`` shortens it for a check. Time it on an idle
+machine; on a shared one the speed is meaningless.
+
+    python benchmarks/spotting.py --data-dir ../shared/data/fsdd                     # train, then measure
+    python benchmarks/spotting.py --data-dir ../shared/data/fsdd --run runs/spotting/fsdd   # measure a run
+    python benchmarks/spotting.py --data-dir ../shared/data/fsdd --epochs 1 --noise-minutes 1   # a check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import cnnkit
+from cnnkit.data.background import BACKGROUND_CLASS, pink_noise, white_noise
+from cnnkit.data.speech import load_spoken_digits
+from cnnkit.data.wav import AudioFormat, write_wav
+from cnnkit.tasks.spot import SpotSettings, Word, load_run, score_detections, spot_blocks
+
+GAP_SECONDS = (1.0, 2.0)
+NOISE_LEVELS_DB = (-70.0, -20.0)
+
+
+def noise(samples: int, decibels: float, rng: np.random.Generator) -> np.ndarray:
+    """Half white, half pink noise (samples,) at ``decibels`` RMS below full scale."""
+    rms = 10 ** (decibels / 20) / np.sqrt(2)
+    return white_noise(samples, rms, rng) + pink_noise(samples, rms, rng)
+
+
+def long_recording(data_dir: str | None, rate: int, noise_db: float, seed: int) -> tuple[np.ndarray, list[Word]]:
+    """The FSDD test takes in a shuffled order, each after a noise gap, over noise: (samples,), and the words."""
+    splits = load_spoken_digits(data_dir, AudioFormat(rate, rate))
+    test = splits.test
+    rng = np.random.default_rng(seed)
+    pieces, words, position = [], [], 0
+    for index in rng.permutation(len(test)).tolist():
+        gap = round(rng.uniform(*GAP_SECONDS) * rate)
+        clip = test.values[index, 0, : int(test.lengths[index])].numpy()
+        pieces += [np.zeros(gap, np.float32), clip]
+        words.append(
+            Word(test.classes[int(test.labels[index])], (position + gap) / rate, (position + gap + len(clip)) / rate)
+        )
+        position += gap + len(clip)
+    tail = np.zeros(round(GAP_SECONDS[0] * rate), np.float32)
+    samples = np.concatenate([*pieces, tail])
+    samples += noise(len(samples), noise_db, rng)
+    return np.clip(samples, -1, 1), words
+
+
+def noise_hour(minutes: float, rate: int, seed: int):
+    """Blocks of one minute (at most) of speech-free noise, the kinds and levels in turn."""
+    rng = np.random.default_rng(seed + 1)
+    total = round(minutes * 60 * rate)
+    for start in range(0, total, 60 * rate):
+        samples = min(60 * rate, total - start)
+        kind = (start // (60 * rate)) % 3
+        level = rng.uniform(*NOISE_LEVELS_DB)
+        if kind == 0:
+            yield white_noise(samples, 10 ** (-90 / 20), rng)  # dither: a quiet room's digital silence
+        else:
+            yield (white_noise if kind == 1 else pink_noise)(samples, 10 ** (level / 20), rng)
+
+
+def timed(spotter, blocks) -> tuple[list, float]:
+    started = time.perf_counter()
+    found = list(spot_blocks(spotter, blocks))
+    return found, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", help="folder holding FSDD's recordings/ (default: cnnkit's lookup)")
+    parser.add_argument("--run", help="an audio run trained on spoken-digits' standard split (default: train one)")
+    parser.add_argument("--epochs", type=int, help="training epochs (default: cnnkit's audio default)")
+    parser.add_argument("--out", default="runs/spotting", help="folder for the run, long.wav, long.csv, results.json")
+    parser.add_argument("--threshold", type=float, default=SpotSettings().threshold)
+    parser.add_argument("--noise-db", type=float, default=-45.0, help="RMS of the noise between and under the words")
+    parser.add_argument("--noise-minutes", type=float, default=60.0, help="minutes of speech-free noise")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run_dir = args.run
+    if run_dir is None:
+        overrides = {"epochs": args.epochs} if args.epochs else {}
+        data = {"data": "spoken-digits", "data_dir": args.data_dir, "out": str(out), "name": "fsdd"}
+        run_dir = cnnkit.train(**data, seed=args.seed, **overrides).dir
+    torch.set_num_threads(1)
+    run = load_run(run_dir)
+    settings = SpotSettings(threshold=args.threshold)
+    samples, words = long_recording(args.data_dir, run.sample_rate, args.noise_db, args.seed)
+    write_wav(out / "long.wav", samples, run.sample_rate)
+    (out / "long.csv").write_text(
+        "label,start,end\n" + "".join(f"{w.label},{w.start:.3f},{w.end:.3f}\n" for w in words)
+    )
+    seconds = len(samples) / run.sample_rate
+    found, elapsed = timed(run.spotter(settings), iter([samples]))
+    metrics = score_detections(found, words, seconds)
+    alarms, noise_elapsed = timed(run.spotter(settings), noise_hour(args.noise_minutes, run.sample_rate, args.seed))
+    results = {
+        "run": str(run_dir),
+        "background_class": BACKGROUND_CLASS in run.classes,
+        "settings": vars(settings),
+        "long_recording": {"seconds": round(seconds, 1), **metrics.to_dict()},
+        "x_real_time_one_thread": round(seconds / elapsed, 1),
+        "noise": {
+            "minutes": args.noise_minutes,
+            "false_alarms": len(alarms),
+            "false_alarms_per_hour": round(len(alarms) / (args.noise_minutes / 60), 2),
+            "x_real_time_one_thread": round(args.noise_minutes * 60 / noise_elapsed, 1),
+            "labels": sorted({d.label for d in alarms}),
+        },
+        "cpu": cpu_name(),
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    print(json.dumps(results, indent=1))
+    again = f"cnnkit spot {run_dir} {out / 'long.wav'} --labels {out / 'long.csv'} --out {out}"
+    print(f"repeat it and draw the DET curve: {again}")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+if __name__ == "__main__":
+    main()
