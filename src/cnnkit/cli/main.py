@@ -21,6 +21,7 @@ from cnnkit.cli import deploy as cli_deploy
 from cnnkit.cli import detect as cli_detect
 from cnnkit.cli import inference as cli_inference
 from cnnkit.cli import search as cli_search
+from cnnkit.cli import spot as cli_spot
 from cnnkit.cli.complete import add_completion_command, completion_script
 from cnnkit.cli.flags import CommandParser, add_config_flags, config_default, config_type, number_type
 from cnnkit.compare.budget import Budget
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_inference.add_commands(commands)
     cli_search.add_commands(commands)
+    cli_spot.add_commands(commands)
 
     check = commands.add_parser(
         "check",
@@ -345,6 +347,7 @@ COMMANDS = {
     **cli_deploy.COMMANDS,
     **cli_inference.COMMANDS,
     **cli_search.COMMANDS,
+    **cli_spot.COMMANDS,
     "compare": run_compare,
     "summary": run_summary,
     "completion": run_completion,

@@ -59,7 +59,7 @@ from cnnkit.training.resume import STATE, SavedState, read_state, resume_config
 from cnnkit.training.runlog import Run
 from cnnkit.training.session import Session, start_session, train_epochs
 
-AUDIO_KEYS = ("split_by", "fold", "sample_rate", "clip_seconds")  # config keys that only audio data reads
+AUDIO_KEYS = ("split_by", "fold", "sample_rate", "clip_seconds", "background")  # keys only audio data reads
 
 
 def call(callbacks: Iterable[Any], event: str, **kwargs: Any) -> None:

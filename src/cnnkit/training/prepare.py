@@ -171,9 +171,11 @@ def prepare_audio(
         raise CnnkitError("audio trains in one process so far (its augmentation draws per batch); leave out --devices")
     parse_audio_augmentation(config.augment)  # refuses an image list before any file is decoded
     audio_format = clip_format(config.data, config.sample_rate, config.clip_seconds)
+    # a new run records its share (audio_training); a resumed run without one predates the background class
+    background = config.background if config.background is not None else 0.0 if saved else AUDIO_TRAINING["background"]
     splits = load_audio(
         config.data, audio_format, config.split_by, config.fold, config.val_split, config.test_split,
-        config.data_dir, config.workers,
+        config.data_dir, config.workers, background,
     )  # fmt: skip
     report_problems(splits, say)
     rule = audio_format
