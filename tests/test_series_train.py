@@ -71,7 +71,7 @@ def test_train_series_writes_the_run_directory_and_beats_chance(waves_run):
     results = json.loads((run_dir / "results.json").read_text())
     assert results["test"]["count"] == 20 and results["test"]["accuracy"] >= 0.8  # chance is 0.5
     assert "36 train / 4 val / 20 test series" in printed and "1x64 (z-normalised)" in printed
-    assert "augment: none (image augmentation is off for series" in printed
+    assert "augment: window=0.1, scale=0.1 (series; image augmentation is off)" in printed
 
 
 @pytest.mark.slow
@@ -156,7 +156,7 @@ def test_train_series_killed_mid_epoch_resumes_bit_for_bit(waves, tmp_path):
     [
         ({"model": "convnet"}, r"--model convnet takes image input, and --data .* holds time series; choose fcn"),
         ({"model": "bcresnet"}, "takes audio input"),
-        ({"augment": "hflip"}, "--augment: not for time series"),
+        ({"augment": "hflip"}, "cannot read series augmentation 'hflip' in --augment"),
         ({"img_size": 32, "tta": "flip"}, "--img-size, --tta: not for time series"),
         ({"task": "embed"}, "--task: not for time series"),
     ],

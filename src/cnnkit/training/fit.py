@@ -306,7 +306,7 @@ def describe(data: Prepared, model: nn.Module, settings: ComputeSettings, run_di
     parameters = sum(p.numel() for p in model.parameters())
     augment = data.augment.describe() if data.augment else "none"
     if data.preprocessing.modality == "series":
-        augment = "none (image augmentation is off for series: no flips or crops of signals)"
+        augment = f"{augment} (series; image augmentation is off)"
     elif data.preprocessing.modality == "audio":  # waveform augmentation and SpecAugment; never an image one
         rule = data.preprocessing
         clips = f"clips of {rule.clip_samples / rule.sample_rate:g} s at {rule.sample_rate} Hz"

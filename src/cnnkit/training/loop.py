@@ -20,6 +20,7 @@ from cnnkit.data.audio_augment import AudioBatchAugmentation
 from cnnkit.data.augment import Augmentation
 from cnnkit.data.loader import iterate_batches
 from cnnkit.data.series import SeriesSet
+from cnnkit.data.series_augment import SeriesAugmentation
 from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import Preprocessing, SeriesPreprocessing
 from cnnkit.tasks import Task
@@ -52,7 +53,7 @@ class StepSettings:
     clip_grad_norm: float | None = None
     skip_nonfinite: bool = False
     sample_weights: torch.Tensor | None = None
-    augment: Augmentation | AudioBatchAugmentation | None = None
+    augment: Augmentation | AudioBatchAugmentation | SeriesAugmentation | None = None
     compute: ComputeSettings = FP32
     shard: tuple[int, int] = (0, 1)
 

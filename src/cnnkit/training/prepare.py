@@ -24,6 +24,7 @@ from cnnkit.data.builtin import BUILTINS
 from cnnkit.data.check import review_splits, scan_folder
 from cnnkit.data.imageset import DataSplits
 from cnnkit.data.series import SeriesSplits, is_series
+from cnnkit.data.series_augment import SeriesAugmentation, parse_series_augmentation
 from cnnkit.data.speech import clip_format, is_audio, load_audio
 from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import AudioPreprocessing, ModelSpec, Preprocessing, SeriesPreprocessing
@@ -39,7 +40,7 @@ class Prepared:
     preprocessing: Preprocessing | SeriesPreprocessing | AudioPreprocessing
     spec: ModelSpec
     pretrained: bool
-    augment: Augmentation | AudioBatchAugmentation | None
+    augment: Augmentation | AudioBatchAugmentation | SeriesAugmentation | None
     tta: str
 
 
@@ -132,13 +133,14 @@ def data_modality(data: str) -> str:
 def prepare_series(
     config: TrainConfig, saved: SavedState | None, say: Callable[..., None], model_name: str, model_kwargs: dict
 ) -> Prepared:
-    """Time series, read as stored (z-normalised with ``series_normalize``): no image augmentation, no flip."""
-    _refuse_image_flags(config, "time series", augment_ok=False)
+    """Time series, read as stored (z-normalised with ``series_normalize``): series augmentation, no image one."""
+    _refuse_image_flags(config, "time series", augment_ok=True)
+    augment = parse_series_augmentation(config.augment)  # refuses an image list before any file is read
     splits = prepare_data(config, say)
     preprocessing = SeriesPreprocessing(splits.channels, splits.length, config.series_normalize)
     model_kwargs = builder_kwargs(saved, model_name, model_kwargs, len(splits.train))
     spec = ModelSpec(model_name, len(splits.classes), splits.channels, splits.length, model_kwargs)
-    return Prepared(splits, preprocessing, spec, False, None, "none")
+    return Prepared(splits, preprocessing, spec, False, augment, "none")
 
 
 def _refuse_image_flags(config: TrainConfig, kind: str, augment_ok: bool) -> None:
