@@ -20,7 +20,7 @@ def _conv_weights(model: nn.Module) -> list[tuple[int, ...]]:
 
 
 def test_series_models_are_registered_as_series():
-    assert list_models(modality="series") == SERIES_MODELS
+    assert list_models(modality="series") == sorted([*SERIES_MODELS, "mlp1d"])  # mlp1d: tests/test_compare_signals.py
     assert all(model_entry(name).modality == "series" for name in SERIES_MODELS)
     assert not set(SERIES_MODELS) & set(list_models(modality="image"))
 

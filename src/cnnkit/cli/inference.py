@@ -12,16 +12,12 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from cnnkit.cli import detect as cli_detect
 from cnnkit.cli.flags import number_type
 from cnnkit.cli.inputs import expand_inputs, report_unreadable
 from cnnkit.config import COUNT, Range
 from cnnkit.errors import CnnkitError
-
-if TYPE_CHECKING:
-    from cnnkit.deploy.classifier import ImageClassifier
 
 PREVIEW_ROWS = 20
 PREDICTIONS = "predictions.csv"
@@ -69,16 +65,23 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
     explain = commands.add_parser(
         "explain",
-        help="Grad-CAM, saliency, feature maps and filters for images",
-        description="Show what a model looks at: heatmaps, feature maps and filters, tied together in index.html.",
+        help="Grad-CAM, saliency, feature maps and filters for images; Grad-CAM over time for series and audio",
+        description="Show what a model looks at: heatmaps, feature maps and filters, tied together in index.html. "
+        "Series and audio runs: per class the most confident right and wrong test series, Grad-CAM over time.",
     )
     explain.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
-    explain.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    explain.add_argument(
+        "inputs", nargs="*", metavar="IMAGE_OR_FOLDER", help="images or folders (series and audio runs: --data)"
+    )
     explain.add_argument(
         "--top-k", type=number_type(COUNT), default=3, help="classes to explain per image (default: 3)"
     )
     explain.add_argument("--class", dest="class_name", help="explain this class instead of the top-k")
     explain.add_argument("--layer", help="target layer name (default: the last convolution)")
+    explain.add_argument("--data", help="series and audio runs: labelled data (default: the data the run trained on)")
+    explain.add_argument(
+        "--split", default="test", choices=("train", "val", "test"), help="series and audio runs: split (default: test)"
+    )
     explain.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     explain.add_argument("--out", default="runs", help="folder that holds the output directory (default: runs)")
     explain.add_argument("--name", help="output directory name under --out (default: explain, explain2, ...)")
@@ -91,15 +94,6 @@ def _series_files(inputs: Sequence[str]) -> list[Path]:
         if not path.is_file():
             raise CnnkitError(f"series file not found: {path}; give .tsv, .ts, .csv or .npy files (not folders)")
     return paths
-
-
-def refuse_series(classifier: ImageClassifier, checkpoint: str, command: str) -> None:
-    """A series run, where ``command`` reads images only so far: one line saying what does take series."""
-    if classifier.preprocessing.modality == "series":
-        raise CnnkitError(
-            f"{checkpoint} reads time series, and {command} reads images so far; "
-            f"score labelled series with cnnkit evaluate {checkpoint} --data SERIES"
-        )
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -166,21 +160,36 @@ def run_explain(args: argparse.Namespace) -> int:
     from cnnkit.deploy.load import load
     from cnnkit.rundir import new_run_dir
     from cnnkit.understand.explain import explain_images
+    from cnnkit.understand.signals import explain_signals
 
     classifier = load(args.checkpoint, device=args.device)
-    refuse_series(classifier, args.checkpoint, "explain")
-    paths, _ = expand_inputs(args.inputs)
+    modality = classifier.preprocessing.modality
+    if modality != "image" and args.inputs:
+        raise CnnkitError(
+            f"{args.checkpoint} reads {'time series' if modality == 'series' else 'audio'}: explain draws labelled "
+            "ones, right and wrong per class; give them with --data (default: the run's own test split), not files"
+        )
+    if modality == "image" and (args.data or not args.inputs):
+        raise CnnkitError(f"{args.checkpoint} reads images: give images or folders to explain (--data is for signals)")
+    if modality != "image":
+        data, _ = classifier.labelled_images(args.data, args.split)
+    else:
+        paths, _ = expand_inputs(args.inputs)
     existed = args.name is not None and (Path(args.out).expanduser() / args.name).exists()
     out_dir = new_run_dir(args.out, args.name, "explain")
     try:
-        explanation = explain_images(classifier, paths, out_dir, args.top_k, args.class_name, args.layer)
+        if modality != "image":
+            explanation = explain_signals(classifier, data, out_dir, args.class_name, args.layer)
+        else:
+            explanation = explain_images(classifier, paths, out_dir, args.top_k, args.class_name, args.layer)
     except BaseException:  # a bad --class or --layer, Ctrl-C: leave no half-written folder behind
         if not existed:
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
     for path, reason in explanation.skipped:
         print(f"warning: skipped {path}: {reason}", file=sys.stderr)
-    print(f"{len(explanation.images)} image(s) explained (layer {explanation.layer}); open {explanation.page}")
+    items = {"series": "series", "audio": "clip(s)"}.get(modality, "image(s)")
+    print(f"{len(explanation.images)} {items} explained (layer {explanation.layer}); open {explanation.page}")
     return 0
 
 

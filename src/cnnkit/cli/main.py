@@ -103,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="CNN vs MLP on the same data: accuracy, cost, data efficiency, robustness",
         description="Train the default CNN and an MLP with the same budget; write a report with a verdict.",
     )
-    compare.add_argument("--data", default="digits", help="built-in dataset name or image folder (default: digits)")
+    compare.add_argument(
+        "--data", default="digits", help="built-in dataset name, image folder, time series or audio (default: digits)"
+    )
     compare.add_argument("--data-dir", help="folder holding a built-in dataset's files")
     for flag, kind, help_text in (
         ("--epochs", config_type("epochs"), "passes over the training images, for every model"),
@@ -112,9 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("--train-size", number_type(COUNT), "use at most this many training images (stratified)"),
         ("--test-size", number_type(COUNT), "measure on at most this many test images"),
         ("--seed", config_type("seed"), "seed for weights, data order and subsets"),
+        ("--seeds", number_type(COUNT), "series and audio: seeds per model, from --seed on"),
     ):
-        default = getattr(Budget, flag[2:].replace("-", "_"))
-        compare.add_argument(flag, type=kind, default=default, help=f"{help_text} (default: {default})")
+        default = getattr(Budget, flag[2:].replace("-", "_"))  # series and audio: epochs, batch and lr as in train
+        signal = " for images" if flag in ("--epochs", "--batch-size", "--lr") else ""
+        compare.add_argument(flag, type=kind, help=f"{help_text} (default: {default}{signal})")
     compare.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     compare.add_argument("--out", default="runs", help="folder that holds the report directory (default: runs)")
     compare.add_argument("--name", help="report directory name under --out (default: compare, compare2, ...)")
@@ -193,9 +197,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     classifier = load(args.checkpoint, device=args.device)
     modality = classifier.preprocessing.modality
     series = modality == "series"
-    if args.report and modality != "image":
-        reads = "time series" if series else "audio"
-        raise CnnkitError(f"--report draws image galleries and Grad-CAM, and {args.checkpoint} reads {reads}")
     split = classifier.evaluated_split(args.data, args.split)  # None: a folder without split subfolders, read whole
     where = f"the {split} split of {args.data or 'the training data'}" if split else f"{args.data} (whole folder)"
     embed = classifier.info.extra.get("config", {}).get("task") == "embed"  # Recall@K and MAP@R, not accuracy
@@ -274,13 +275,17 @@ def run_compare(args: argparse.Namespace) -> int:
     from cnnkit.compare.study import compare
     from cnnkit.training.prepare import data_modality
 
-    if (modality := data_modality(args.data)) != "image":
-        holds = "time series" if modality == "series" else "audio"
-        raise CnnkitError(f"--data {args.data} holds {holds}, and compare trains image models so far")
-
-    budget = Budget(args.epochs, args.batch_size, args.lr, args.train_size, args.test_size, args.seed)
+    keys = ("epochs", "batch_size", "lr", "train_size", "test_size", "seed", "seeds")
+    given = {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
     say = (lambda line: print(line, file=sys.stderr)) if args.json else print
-    results, out_dir = compare(args.data, budget, args.out, args.name, args.data_dir, args.device, say)
+    if (modality := data_modality(args.data)) != "image":  # the default CNN of the kind vs Wang et al.'s MLP
+        from cnnkit.compare.signals import compare_signals
+
+        results, out_dir = compare_signals(
+            args.data, modality, given, args.out, args.name, args.data_dir, args.device, say
+        )
+    else:
+        results, out_dir = compare(args.data, Budget(**given), args.out, args.name, args.data_dir, args.device, say)
     if args.json:
         print(json.dumps(results))
     else:

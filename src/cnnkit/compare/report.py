@@ -209,29 +209,115 @@ def _setup(results: dict[str, Any]) -> str:
     )
 
 
+def _plot_signal_study(results: dict[str, Any], path: Path) -> None:
+    """Left: each seed's test accuracy and the mean; right: accuracy as the test series are shifted in time."""
+    from cnnkit.understand import figures
+
+    plt = figures.pyplot()
+    figure, (seeds_axes, shift_axes) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for position, (key, model) in enumerate(results["models"].items()):
+        accuracies = [run["test_accuracy"] for run in model["runs"]]
+        seeds_axes.bar(position, model["test_accuracy"], color=COLOURS[key], alpha=0.5)
+        seeds_axes.plot([position] * len(accuracies), accuracies, "o", color=COLOURS[key])
+        shares = [0.0, *results["shift"]["shares"]]
+        shift_axes.plot(shares, [model["test_accuracy"], *results["shift"][key]], "o-", color=COLOURS[key],
+                        label=model["name"])  # fmt: skip
+    names = [model["name"] for model in results["models"].values()]
+    seeds_axes.set_xticks(range(len(names)), names)
+    seeds_axes.set(ylabel="test accuracy", title="test accuracy (dots: seeds)", ylim=(0, 1))
+    shift_axes.set(xlabel="shift (share of the length)", ylabel="test accuracy", title="time shifts", ylim=(0, 1))
+    shift_axes.grid(alpha=0.3)
+    shift_axes.legend(fontsize=8)
+    figures.save(figure, path)
+
+
+def _signal_tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]], str, str]]:
+    models, shift, facts = results["models"], results["shift"], results["data_facts"]
+    summary = [
+        [
+            f"{LABELS[key]}: {m['name']}",
+            f"{m['parameters']:,}",
+            f"{m['multiply_adds']:,}",
+            f"{m['train_seconds']:.1f}",
+            f"{m['test_accuracy']:.2%} ± {m['test_accuracy_std'] * 100:.1f}",
+            ", ".join(f"{run['test_accuracy']:.1%}" for run in m["runs"]),
+        ]
+        for key, m in models.items()
+    ]
+    shifts = [["none", *(f"{models[k]['test_accuracy']:.2%}" for k in models)]]
+    shifts += [
+        [f"{share:.0%} ({steps} steps)", *(f"{shift[k][i]:.2%}" for k in models)]
+        for i, (share, steps) in enumerate(zip(shift["shares"], shift["steps"]))
+    ]
+    where = [[f"{facts['template_accuracy']:.2%}", f"{facts['median_lag']:g}", f"{facts['lag_share']:.1%}"]]
+    return [
+        (
+            "Size, cost and accuracy",
+            ["model", "parameters", "multiply-adds", "train s (mean)", "test acc (mean ± std)", "seeds"],
+            summary,
+            "summary.png",
+            "",
+        ),
+        (
+            "Time shifts (test accuracy, mean over seeds)",
+            ["shift", *(models[k]["name"] for k in models)],
+            shifts,
+            "",
+            "Even test series moved later, odd ones earlier; the edge value (silence for audio) moves in.",
+        ),
+        (
+            "Where the pattern sits (no model)",
+            ["fixed-position template accuracy", "median lag to class mean", "as share of length"],
+            where,
+            "",
+            "Template: the nearest class-mean series. Lag: the shift that best aligns each training series with its "
+            "class's mean (cross-correlation; audio: loudness envelopes).",
+        ),
+    ]
+
+
+def _signal_setup(results: dict[str, Any]) -> str:
+    budget, sizes = results["budget"], results["sizes"]
+    return (
+        f"Data `{results['data']}` ({results['modality']}): {sizes['train']} train / {sizes['val']} val / "
+        f"{sizes['test']} test, input {'x'.join(map(str, results['input_shape']))}, {results['classes']} classes. "
+        f"Both models: {budget['epochs']} epochs, batch {budget['batch_size']}, AdamW one-cycle lr {budget['lr']}, "
+        f"seeds {budget['seed']} to {budget['seed'] + budget['seeds'] - 1}, on {results['device']}. "
+        f"The whole study took {results['seconds']:.0f} s."
+    )
+
+
+def _parts(results: dict[str, Any]) -> tuple[str, list, dict]:
+    """The setup line, the tables and the plots of an image or a signal study."""
+    if results.get("kind") == "signals":
+        return _signal_setup(results), _signal_tables(results), {"summary.png": _plot_signal_study}
+    return _setup(results), _tables(results), PLOTS
+
+
 def to_markdown(results: dict[str, Any]) -> str:
     """The report as Markdown, with the plots as relative image links."""
-    lines = ["# CNN or MLP? `cnnkit compare` report", "", _setup(results), "", "## Verdict", ""]
+    setup, tables, _ = _parts(results)
+    lines = ["# CNN or MLP? `cnnkit compare` report", "", setup, "", "## Verdict", ""]
     lines += [f"- {sentence}" for sentence in results["verdict"]]
-    for title, header, rows, plot, note in _tables(results):
+    for title, header, rows, plot, note in tables:
         lines += ["", f"## {title}", *(["", note] if note else []), ""]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
-        lines += ["", f"![{title}]({plot})"]
+        lines += ["", f"![{title}]({plot})"] if plot else []
     return "\n".join(lines) + "\n"
 
 
 def to_html(results: dict[str, Any]) -> str:
     from cnnkit.understand import figures
 
-    parts = [f"<p>{html.escape(_setup(results))}</p><h2>Verdict</h2><ul>"]
+    setup, tables, _ = _parts(results)
+    parts = [f"<p>{html.escape(setup)}</p><h2>Verdict</h2><ul>"]
     parts += [f"<li>{html.escape(sentence)}</li>" for sentence in results["verdict"]]
     parts.append("</ul>")
-    for title, header, rows, plot, note in _tables(results):
+    for title, header, rows, plot, note in tables:
         paragraph = f"<p>{html.escape(note)}</p>" if note else ""
-        parts.append(
-            f'<h2>{html.escape(title)}</h2>{paragraph}{figures.html_table(header, rows)}<img src="{plot}" alt="">'
-        )
+        image = f'<img src="{plot}" alt="">' if plot else ""
+        parts.append(f"<h2>{html.escape(title)}</h2>{paragraph}{figures.html_table(header, rows)}{image}")
     return figures.html_page("CNN or MLP? cnnkit compare report", "".join(parts))
 
 
@@ -246,7 +332,7 @@ def write_compare_report(results: dict[str, Any], out_dir: Path) -> None:
     from cnnkit.understand import figures
 
     with figures.pyplot().style.context("default"):
-        for name, plot in PLOTS.items():
+        for name, plot in _parts(results)[2].items():
             plot(results, out_dir / name)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     (out_dir / "report.md").write_text(to_markdown(results))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,8 +31,9 @@ from cnnkit.config import TrainConfig
 from cnnkit.data import ImageSet, load_data
 from cnnkit.data.augment import parse_augmentation
 from cnnkit.data.loader import channel_stats, num_batches
+from cnnkit.data.series import SeriesSet
 from cnnkit.errors import CnnkitError
-from cnnkit.modelinfo import Preprocessing
+from cnnkit.modelinfo import AudioPreprocessing, Preprocessing, SeriesPreprocessing
 from cnnkit.models import create_model, kwargs_for_data
 from cnnkit.tasks.classify import ClassifyTask
 from cnnkit.tasks.classify.evaluate import evaluate
@@ -51,7 +52,7 @@ REGULARISED = {"augment": True, "dropout": 0.3, "weight_decay": 0.05}
 PLAIN = {"augment": False, "dropout": 0.0, "weight_decay": 0.0}
 
 
-def stratified_subset(data: ImageSet, fraction: float, seed: int) -> ImageSet:
+def stratified_subset(data: ImageSet | SeriesSet, fraction: float, seed: int) -> ImageSet | SeriesSet:
     """A seeded random share of each class (at least one image per class)."""
     generator = torch.Generator().manual_seed(seed)
     chosen = []
@@ -70,18 +71,19 @@ def _cap(data: ImageSet, size: int, seed: int) -> ImageSet:
 class Study:
     """The data and settings shared by every training in one comparison."""
 
-    train: ImageSet
-    val: ImageSet
-    test: ImageSet
-    preprocessing: Preprocessing
+    train: ImageSet | SeriesSet
+    val: ImageSet | SeriesSet
+    test: ImageSet | SeriesSet
+    preprocessing: Preprocessing | SeriesPreprocessing | AudioPreprocessing
     budget: Budget
     device: torch.device
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # what the data fixes, as an audio clip's sample rate
 
     def build(self, name: str, **kwargs: Any) -> nn.Module:
         """Model ``name`` as the study trains it: ``cnnkit train``'s arguments for all the data, then ``kwargs``."""
-        prep = self.preprocessing
-        kwargs = {**kwargs_for_data(name, len(self.train)), **kwargs}
-        return create_model(name, len(self.train.classes), prep.channels, prep.img_size, **kwargs)
+        channels, *_, size = self.preprocessing.input_shape  # (C, H, W) images, (C, L) series and clips
+        kwargs = {**kwargs_for_data(name, len(self.train)), **self.model_kwargs, **kwargs}
+        return create_model(name, len(self.train.classes), channels, size, **kwargs)
 
     def fit(
         self,
@@ -110,7 +112,7 @@ class Study:
             recompute_batch_norm(model, train, prep, self.device, budget.batch_size)
         return model.eval(), time.perf_counter() - started
 
-    def accuracy(self, model: nn.Module, data: ImageSet | None = None) -> float:
+    def accuracy(self, model: nn.Module, data: ImageSet | SeriesSet | None = None) -> float:
         return evaluate(model, self.test if data is None else data, self.preprocessing, self.device).accuracy
 
 
@@ -294,24 +296,35 @@ def compare(
 ) -> tuple[dict[str, Any], Path]:
     """Run the comparison and write ``report.html``, ``report.md``, ``results.json`` and PNG plots under ``out/name``.
 
-    ``runs/`` never holds a half-written report: the data is loaded and the budget checked
-    first; a ``compareN`` folder is made only when the numbers are in (a named one is
-    claimed before the study, so a name already in use is refused at once); and a study
-    that fails or is interrupted removes the folder it made and what it wrote there.
-
     Returns:
         The results (with its ``verdict`` lines) and the report directory.
     """
-    from cnnkit.compare.report import write_compare_report
     from cnnkit.compare.verdict import verdict
-    from cnnkit.rundir import new_run_dir
 
     study = load_study(data, budget or Budget(), data_dir, device)
+
+    def produce() -> dict[str, Any]:
+        results = measure(study, data, say)
+        return {**results, "verdict": verdict(results)}
+
+    return write_study(out, name, produce)
+
+
+def write_study(out: str | Path, name: str | None, produce: Callable[[], dict[str, Any]]) -> tuple[dict, Path]:
+    """Run ``produce`` (a loaded study's measurements and verdict) and write its report under ``out/name``.
+
+    ``runs/`` never holds a half-written report: the caller loads the data and checks the
+    budget first; a ``compareN`` folder is made only when the numbers are in (a named one is
+    claimed before the study, so a name already in use is refused at once); and a study
+    that fails or is interrupted removes the folder it made and what it wrote there.
+    """
+    from cnnkit.compare.report import write_compare_report
+    from cnnkit.rundir import new_run_dir
+
     keep_folder = name is not None and (Path(out).expanduser() / name).is_dir()  # an empty folder the user made
     out_dir = new_run_dir(out, name, "compare") if name is not None else None
     try:
-        results = measure(study, data, say)
-        results["verdict"] = verdict(results)
+        results = produce()
         out_dir = out_dir or new_run_dir(out, None, "compare")
         write_compare_report(results, out_dir)
     except BaseException:  # Ctrl-C included

@@ -153,3 +153,102 @@ def _depth(depth: list[dict[str, Any]], match: dict[str, Any]) -> str:
         f"reached {_pct(shallowest['test_accuracy'])}, and the best depth ({best['stages']} stage(s)) "
         f"{_pct(best['test_accuracy'])}; a shallower CNN of the same size is enough for this data{caveat}."
     )
+
+
+LAG_SHARE = 0.05  # a class's series lying further than this share of the length from its mean shape: it moves
+TEMPLATE_GAP = 0.10  # a fixed-position template within this of the better model: the classes sit at fixed places
+
+
+def _spread(model: dict[str, Any]) -> str:
+    return f"{_pct(model['test_accuracy'])} ± {model['test_accuracy_std'] * 100:.1f}"
+
+
+def signal_verdict(results: dict[str, Any]) -> list[str]:
+    """Which model to use on series or audio, and why, from :func:`cnnkit.compare.signals.measure_signals`'s numbers.
+
+    The reason rests on where the pattern sits: a fixed-position template's accuracy and the
+    median time lag of each series from its class's mean shape (``data_facts``), and how much
+    each model loses when the test series are shifted in time (``shift``). A gap within one
+    point, or within the seeds' spread where that is larger, is a tie.
+    """
+    cnn, mlp = results["models"]["cnn"], results["models"]["mlp"]
+    facts, shift = results["data_facts"], results["shift"]
+    audio = results["modality"] == "audio"
+    item, items, unit = ("clip", "clips", "envelope frames") if audio else ("series", "series", "steps")
+    margin = max(MARGIN, cnn["test_accuracy_std"], mlp["test_accuracy_std"])
+    gap = cnn["test_accuracy"] - mlp["test_accuracy"]
+    seeds = len(cnn["runs"])
+    accuracies = (
+        f"{cnn['name']} {_spread(cnn)} vs {mlp['name']} {_spread(mlp)} test accuracy (mean ± std over {seeds} seeds)"
+    )
+    cost = f"{_ratio(cnn['multiply_adds'], mlp['multiply_adds'])} the multiply-adds of the MLP"
+    if gap > margin:
+        lines = [f"Use the CNN on this data: {accuracies}, {_pp(gap)}; it costs {cost}."]
+    elif gap < -margin:
+        lines = [f"Use the MLP on this data: {accuracies}, {_pp(-gap)} for the MLP, and the CNN costs {cost}."]
+    else:
+        lines = [f"The MLP matches the CNN on this data ({accuracies}, within {_pp(margin)[1:]}): prefer the MLP."]
+    middle = len(shift["shares"]) // 2
+    share, steps = shift["shares"][middle], shift["steps"][middle]
+    cnn_drop = cnn["test_accuracy"] - shift["cnn"][middle]
+    mlp_drop = mlp["test_accuracy"] - shift["mlp"][middle]
+    template, lag = facts["template_accuracy"], facts["median_lag"]
+    moves = facts["lag_share"] >= LAG_SHARE
+    fixed = template >= max(cnn["test_accuracy"], mlp["test_accuracy"]) - TEMPLATE_GAP
+    where = (
+        f"a fixed-position template (the nearest class-mean {item}) reaches {_pct(template)}, and a training {item} "
+        f"sits a median {lag:g} {unit} ({facts['lag_share']:.0%} of the length) from its class's mean shape"
+    )
+    shifted = (
+        f"moving the test {items} by {share:.0%} of the length ({steps} {'samples' if audio else 'steps'}) "
+        f"changes the CNN's accuracy by {_pp(-cnn_drop)} and the MLP's by {_pp(-mlp_drop)}"
+    )
+    if gap > margin and (moves or not fixed):
+        lines.append(
+            f"Why the CNN wins: the pattern shifts in time: {where}; {shifted}. An MLP has one weight per time step, "
+            "so it must learn a pattern at every place it occurs; the CNN's shared filters and global pooling find "
+            "it anywhere."
+        )
+    elif gap > margin:
+        lines.append(
+            f"Why the CNN wins is not where the pattern sits ({where}): its filters read local shape (slopes, peaks, "
+            f"their order) that one weight per step learns less easily from {results['sizes']['train']} {items}; "
+            f"{shifted}."
+        )
+    else:
+        verb = "wins" if gap < -margin else "matches"
+        if fixed and not moves:
+            reason = (
+                f"the classes differ in level or shape at fixed positions: {where}. Finding a pattern wherever it "
+                "sits, convolution's advantage, has nothing to find here"
+            )
+        elif not moves:
+            reason = f"the {items} are aligned in time, so one weight per step reads them ({where})"
+        else:
+            reason = (
+                f"the pattern moves ({where}), yet with {results['sizes']['train']} training {items} the CNN did "
+                "not turn its filters' reach into accuracy"
+            )
+        lines.append(f"Why the MLP {verb}: {reason}; {shifted}.")
+    lines.append(
+        _claim(
+            "Time-shift robustness (a CNN tolerates a pattern moved in time better)",
+            cnn_drop + MARGIN < mlp_drop,
+            f"accuracy lost at a {share:.0%} shift: CNN {_pp(-cnn_drop)}, MLP {_pp(-mlp_drop)}",
+        )
+    )
+    fewer = cnn["parameters"] < mlp["parameters"]
+    lines.append(
+        _claim(
+            "Parameter efficiency (weight sharing gives more accuracy per parameter)",
+            fewer and cnn["test_accuracy"] >= mlp["test_accuracy"] - margin,
+            f"CNN {cnn['parameters']:,} parameters for {_pct(cnn['test_accuracy'])}, MLP {mlp['parameters']:,} for "
+            f"{_pct(mlp['test_accuracy'])}; the CNN spends {cost}, since each weight is reused at every step",
+        )
+    )
+    for model, label in ((cnn, "CNN"), (mlp, "MLP")):
+        lines.append(
+            f"Fit ({label}): train accuracy {_pct(model['train_accuracy'])}, test {_pct(model['test_accuracy'])} "
+            f"(gap {_pp(model['train_accuracy'] - model['test_accuracy'])})."
+        )
+    return lines

@@ -346,9 +346,7 @@ def final_test(session: Session, started: float) -> EvalResult | EmbedResult | N
         {"task": "embed", "selected_by": "val_recall@1 of the seen classes"} if embed else None,
     )
     reported = splits.test if len(splits.test) else splits.val
-    if len(reported) and data.preprocessing.modality != "image":
-        session.say("no report.html: its galleries and Grad-CAM read images only so far")
-    elif len(reported):
+    if len(reported):
         from cnnkit.tasks.embed.report import write_retrieval_report
         from cnnkit.understand.report import write_report
 

@@ -77,8 +77,11 @@ def show_signal(axes, band, view: torch.Tensor, heat: torch.Tensor) -> None:
     steps = view.shape[-1]
     if heat.dim() == 2:
         extent = (0, steps, 0, view.shape[0])
-        axes.imshow(view.numpy(), cmap="gray", origin="lower", aspect="auto", extent=extent, interpolation="nearest")
-        axes.imshow(heat.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1, origin="lower", aspect="auto", extent=extent)
+        axes.imshow(view.numpy(), cmap="magma", origin="lower", aspect="auto", extent=extent, interpolation="nearest")
+        overlay = heat.numpy()  # opaque where hot, so the spectrogram shows through where the model did not look
+        axes.imshow(
+            overlay, cmap="jet", alpha=0.6 * overlay, vmin=0, vmax=1, origin="lower", aspect="auto", extent=extent
+        )
         axes.set_ylabel("mel band", fontsize=7)
         heat = heat.mean(0)
     else:
