@@ -17,11 +17,11 @@ from test_detect_train import TRAIN_ARGS, make_squares_folder
 from test_export import WITHOUT_TORCH
 
 import cnnkit
-from cnnkit.deploy.detect_export import BOX_ATOL, SCORE_ATOL, check_box_parity, write_detector_onnx
+from cnnkit.deploy.detect_export import BOX_ATOL, SCORE_ATOL, check_box_parity, tracing_example, write_detector_onnx
 from cnnkit.deploy.detector import ImageDetector
 from cnnkit.deploy.drawing import drawn_names
 from cnnkit.deploy.load import load_detector
-from cnnkit.deploy.onnx_detector import nms
+from cnnkit.deploy.onnx_detector import OnnxDetector, nms
 from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import CheckpointInfo, ModelSpec, Preprocessing
 
@@ -114,11 +114,67 @@ def test_box_parity_fails_on_a_box_half_a_pixel_off_or_missing():
     assert not elsewhere.passed and (elsewhere.boxes, elsewhere.matched) == (2, 0)
 
 
-def test_detector_export_refuses_a_torchvision_detector_in_one_line(tmp_path: Path):
-    info = CheckpointInfo(ModelSpec("fcos", 2, 3, 64), ["a", "b"], Preprocessing(64, 3, (0,) * 3, (1,) * 3), {})
-    with pytest.raises(CnnkitError, match="takes boxnet detectors so far; fcos"):
-        write_detector_onnx(torch.nn.Identity(), info, tmp_path / "model.onnx")
-    assert not (tmp_path / "model.onnx").exists()
+class _Session:
+    """An ONNX Runtime session stand-in that returns fixed outputs and counts the images it is fed."""
+
+    def __init__(self, outputs: list[np.ndarray]) -> None:
+        self.outputs, self.fed = outputs, []
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.fed.append(next(iter(feeds.values())).shape)
+        return self.outputs[: len(names)]
+
+
+def _export_info(detection: dict) -> CheckpointInfo:
+    prep = Preprocessing(8, 3, (0,) * 3, (1,) * 3)
+    return CheckpointInfo(ModelSpec("fcos", 2, 3, 8), ["a", "b"], prep, {"task": "detect", "detection": detection})
+
+
+def test_onnx_detector_selects_where_the_export_metadata_says():
+    box = np.array([[1.0, 1.0, 5.0, 5.0]], np.float32)
+    final = _Session([box, np.array([0.9], np.float32), np.array([1], np.int32)])
+    in_graph = OnnxDetector("x.onnx", opened=(final, _export_info({"selection": "graph", "score_threshold": 0.05})))
+    found = in_graph.detect(np.zeros((2, 3, 8, 8), np.uint8))
+    assert final.fed == [(1, 3, 8, 8)] * 2 and found[1]["labels"].dtype == np.int64 and found[1]["labels"][0] == 1
+    # no "selection" key: an export written before it existed, boxnet's decoded maps (one cell, two classes)
+    settings = {"candidates": 10, "score_threshold": 0.05, "nms_threshold": 0.6, "max_detections": 5}
+    maps = _Session([box[None].repeat(2, 0), np.array([[[0.2, 0.7]]] * 2, np.float32)])
+    found = OnnxDetector("x.onnx", opened=(maps, _export_info(settings))).detect(np.zeros((2, 3, 8, 8), np.uint8))
+    assert maps.fed == [(2, 3, 8, 8)] and list(found[0]["labels"]) == [1, 0]
+    with pytest.raises(CnnkitError, match="selects its boxes by 'somewhere'"):
+        OnnxDetector("x.onnx", opened=(maps, _export_info({**settings, "selection": "somewhere"})))
+
+
+def test_tracing_example_refuses_a_detector_that_finds_nothing():
+    class _Blind(_Shifted):
+        def detect(self, pixels: np.ndarray) -> list[dict[str, np.ndarray]]:
+            return [{"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, int)} for _ in pixels]
+
+    pixels = np.arange(2 * 3 * 8 * 8, dtype=np.uint8).reshape(2, 3, 8, 8)
+    assert np.array_equal(tracing_example(_Shifted(0.0), pixels), pixels[0])
+    with pytest.raises(CnnkitError, match="found no box above its score threshold on any of the run's 2"):
+        tracing_example(_Blind(0.0), pixels)
+
+
+@pytest.mark.slow
+def test_torchvision_detector_export_selects_boxes_in_the_graph_as_pytorch_does(tmp_path: Path):
+    from cnnkit.deploy.torch_runtime import TorchDetector
+    from cnnkit.models.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model("ssdlite", num_classes=2, img_size=64).eval()
+    for module in model.detector.head.classification_head.modules():  # spread the untrained scores: no ties to break
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.normal_(module.weight, std=0.3)
+    prep = Preprocessing(64, 3, (0.5,) * 3, (0.25,) * 3)
+    info = CheckpointInfo(ModelSpec("ssdlite", 2, 3, 64), ["a", "b"], prep, {"task": "detect"})
+    reference = TorchDetector(model, info, torch.device("cpu"))
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 3, 64, 64), dtype=np.uint8)
+    write_detector_onnx(model, info, tmp_path / "model.onnx", tracing_example(reference, pixels))
+    exported = load_detector(tmp_path / "model.onnx")
+    assert exported.settings == {"selection": "graph", "score_threshold": 0.05, "max_detections": 100}
+    parity = check_box_parity(reference, exported, pixels, floor=0.06)
+    assert parity.passed and parity.boxes > 100, parity.format()
 
 
 def test_drawn_names_number_a_repeated_stem():

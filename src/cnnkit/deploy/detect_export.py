@@ -17,18 +17,26 @@ Where the work is done, and why:
   the threshold), against about 0.5 s for PyTorch eager's forward and selection of the same
   image. The in-graph variant was not built, so not measured.
 
-Only ``boxnet`` (cnnkit's own detector) exports so far. torchvision's FCOS, RetinaNet,
-SSDlite and Faster R-CNN select boxes per feature level inside ``forward`` with
-data-dependent shapes: ``torch.onnx.export(dynamo=True)``, the exporter used here, fails on
-all four at its ``torch.export`` step (tried at 64 px). The deprecated TorchScript exporter
-does write graphs for all four, at batch 1, and ONNX Runtime runs FCOS's, SSDlite's and
-Faster R-CNN's; their parity was not checked, so they are refused in one line until each
-has a decoded-output wrapper like :class:`DecodedBoxNet`.
+torchvision's FCOS, RetinaNet, SSDlite and Faster R-CNN select boxes per feature level inside
+``forward`` with data-dependent shapes, which ``torch.onnx.export(dynamo=True)`` (boxnet's
+exporter) cannot capture: it fails on all four at its ``torch.export`` step. They are
+exported by the TorchScript exporter (``dynamo=False``, opset 17), the way torchvision's own
+test suite exports them: its detection code has tracing branches that turn the per-level top-k,
+the score threshold and ``batched_nms`` into ONNX ``TopK``, ``NonZero`` and
+``NonMaxSuppression``, so the graph (:class:`FinalDetections`) returns the final boxes (N, 4),
+scores (N,) and labels (N,) of one image and the runtime only reads them. What tracing costs:
+the graph takes exactly the run's input, batch 1 at ``img_size`` (the runtime feeds images one
+by one), and it is traced on the validation image with the most detections, because a trace
+through an image with none records torchvision's empty-input early return as the whole graph.
+The export's ``detection`` metadata says which kind a file is (``selection``: ``runtime`` or
+``graph``; exports written before the key existed are boxnet's, ``runtime``).
 """
 
 from __future__ import annotations
 
+import io
 import json
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,11 +47,12 @@ from torch import nn
 from cnnkit.checkpoint import write_atomic
 from cnnkit.deploy.detector import ImageDetector
 from cnnkit.deploy.export import NormalizedModel, _reject, export_paths, metadata, write_graph
-from cnnkit.deploy.onnx_detector import BOXES, SCORES, OnnxDetector, iou
+from cnnkit.deploy.onnx_detector import BOXES, GRAPH, LABELS, RUNTIME, SCORES, OnnxDetector, iou
+from cnnkit.deploy.onnx_runtime import INPUT_NAME, require
 from cnnkit.deploy.torch_runtime import load_checkpoint_detector
 from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import CheckpointInfo
-from cnnkit.models.detector import CANDIDATES, BoxNet, cell_centres, decode, ranking_scores
+from cnnkit.models.detector import CANDIDATES, BoxNet, Detector, cell_centres, decode, ranking_scores
 
 # fp32 ONNX Runtime and PyTorch differ by float rounding: about 1e-5 px on boxes of tens of
 # pixels and 1e-6 on scores. A wrong mean, stride or decode shows as pixels and tenths.
@@ -53,6 +62,7 @@ MATCH_IOU = 0.5  # an ONNX box of the same class overlapping this much is the Py
 # PyTorch boxes compared: those a rounding difference cannot push across the score threshold
 # or out of the capped list (ties at the 100th place fall either way).
 SCORE_MARGIN = 0.01
+OPSET = 17  # the TorchScript exporter's graphs of torchvision's detectors (NonMaxSuppression needs 10 or later)
 
 
 class DecodedBoxNet(nn.Module):
@@ -71,9 +81,24 @@ class DecodedBoxNet(nn.Module):
         return boxes, scores
 
 
-def selection_settings(model: BoxNet) -> dict:
+class FinalDetections(nn.Module):
+    """A torchvision detector's eval output for one image: normalised (1, C, S, S) -> boxes (N, 4), scores, labels."""
+
+    def __init__(self, model: Detector) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        [found] = self.model(inputs)
+        return found["boxes"], found["scores"], found["labels"]
+
+
+def selection_settings(model: Detector) -> dict:
     """What the runtime needs to select detections as the model's eval mode does (the export's ``detection`` key)."""
+    if not isinstance(model, BoxNet):  # selected inside the graph: recorded for the parity floor and the reader
+        return {"selection": GRAPH, "score_threshold": model.score_threshold, "max_detections": model.max_detections}
     return {
+        "selection": RUNTIME,
         "candidates": CANDIDATES,
         "score_threshold": float(model.score_threshold),
         "nms_threshold": float(model.nms_threshold),
@@ -81,17 +106,56 @@ def selection_settings(model: BoxNet) -> dict:
     }
 
 
-def write_detector_onnx(model: nn.Module, info: CheckpointInfo, path: Path) -> None:
-    """Export a boxnet run's model to ``path``; any other detector is refused in one line."""
-    if not isinstance(model, BoxNet):
-        raise CnnkitError(
-            f"cnnkit export takes boxnet detectors so far; {info.model.name} decodes and suppresses boxes per "
-            "feature level inside torchvision; predict and evaluate the run itself"
-        )
+def write_detector_onnx(model: nn.Module, info: CheckpointInfo, path: Path, example: np.ndarray | None = None) -> None:
+    """Export a detection run's model to ``path``: boxnet's decoded maps, or a torchvision detector's final boxes.
+
+    Args:
+        model: The run's detector.
+        info: Its checkpoint description (preprocessing, classes), written into the metadata.
+        path: The ``.onnx`` file, written atomically.
+        example: The uint8 image (C, S, S) a torchvision detector is traced on; one that gives detections
+            (see the module docstring). Defaults to None, which only boxnet accepts.
+    """
+    if not isinstance(model, Detector):
+        raise CnnkitError(f"{info.model.name} is not a detector; cnnkit export of a classifier run writes its logits")
     model = model.cpu().eval()
-    settings = selection_settings(model)
-    props = {**metadata(info), "detection": json.dumps(settings)}
-    write_graph(NormalizedModel(DecodedBoxNet(model), info.preprocessing), info, path, [BOXES, SCORES], props)
+    props = {**metadata(info), "detection": json.dumps(selection_settings(model))}
+    if isinstance(model, BoxNet):
+        write_graph(NormalizedModel(DecodedBoxNet(model), info.preprocessing), info, path, [BOXES, SCORES], props)
+        return
+    if example is None:
+        raise CnnkitError(f"{info.model.name} is exported by tracing: pass an example image that gives detections")
+    require("onnx", "onnxruntime")
+    import onnx
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the tracer's notes on torchvision's shape arithmetic and the deprecation
+        torch.onnx.export(
+            NormalizedModel(FinalDetections(model), info.preprocessing),
+            (torch.from_numpy(np.ascontiguousarray(example[None], np.uint8)),),
+            buffer,
+            input_names=[INPUT_NAME],
+            output_names=[BOXES, SCORES, LABELS],
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    proto = onnx.load_from_string(buffer.getvalue())
+    for key, value in props.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(proto)
+    write_atomic(path, proto.SerializeToString())
+
+
+def tracing_example(reference: ImageDetector, pixels: np.ndarray) -> np.ndarray:
+    """The validation image (C, S, S) on which PyTorch finds the most detections, refused when none finds one."""
+    counts = [len(found["scores"]) for found in reference.detect(pixels)]
+    if not max(counts, default=0):
+        raise CnnkitError(
+            f"{reference.info.model.name} found no box above its score threshold on any of the run's "
+            f"{len(pixels)} validation images, so its graph cannot be traced; train it longer before exporting"
+        )
+    return pixels[int(np.argmax(counts))]
 
 
 @dataclass
@@ -165,8 +229,8 @@ def export_detector(
     folder under ``out``, or ``out`` itself and its ``.export.json`` sibling).
 
     Raises:
-        CnnkitError: a detector other than boxnet, no validation or test images, or an export that
-            disagrees with PyTorch (the model file is then removed).
+        CnnkitError: no validation or test images, a torchvision detector that finds nothing on them,
+            or an export that disagrees with PyTorch (the model file is then removed).
 
     Example:
         >>> export_detector("runs/train")["parity"]["matched"]
@@ -175,7 +239,8 @@ def export_detector(
     reference = load_checkpoint_detector(checkpoint, device="cpu")
     pixels = _validation_pixels(checkpoint, reference.info)
     path, _, report_path = export_paths(out, name)
-    write_detector_onnx(reference.model, reference.info, path)
+    example = None if isinstance(reference.model, BoxNet) else tracing_example(reference, pixels)
+    write_detector_onnx(reference.model, reference.info, path, example)
     exported = OnnxDetector(path)
     floor = exported.settings["score_threshold"] + SCORE_MARGIN
     parity = check_box_parity(reference, exported, pixels, floor)

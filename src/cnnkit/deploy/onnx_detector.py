@@ -1,12 +1,21 @@
-"""A detector's ONNX export run by ONNX Runtime: the graph decodes the boxes, numpy here suppresses them.
+"""A detector's ONNX export run by ONNX Runtime: boxnet's graph decodes the boxes and numpy here suppresses
+them; a torchvision detector's graph does both.
 
-The exported graph (:mod:`cnnkit.deploy.detect_export`) takes uint8 images (N, C, S, S)
-and returns every cell's decoded box (N, A, 4), xyxy in input pixels and clipped to the
-input, and its ranking score per class (N, A, K); :func:`select` then does what the
-detector's eval mode does after its head, with the numbers the export recorded in its
-``detection`` metadata: the ``candidates`` best (cell, class) scores, those above
-``score_threshold``, class-wise greedy non-maximum suppression at ``nms_threshold``, and
-the best ``max_detections``. No PyTorch is imported.
+The export's ``detection`` metadata says which (``selection``), so nothing is guessed from
+the graph's outputs:
+
+- ``runtime`` (boxnet; also every export written before the key existed): the graph
+  (:mod:`cnnkit.deploy.detect_export`) takes uint8 images (N, C, S, S) and returns every
+  cell's decoded box (N, A, 4), xyxy in input pixels and clipped to the input, and its
+  ranking score per class (N, A, K); :func:`select` then does what the detector's eval mode
+  does after its head, with the numbers the export recorded: the ``candidates`` best
+  (cell, class) scores, those above ``score_threshold``, class-wise greedy non-maximum
+  suppression at ``nms_threshold``, and the best ``max_detections``.
+- ``graph`` (FCOS, RetinaNet, SSDlite, Faster R-CNN): the traced graph takes one uint8
+  image (1, C, S, S) and returns its final boxes (N, 4), scores (N,) and labels (N,), its
+  non-maximum suppression inside as ONNX ``NonMaxSuppression``; images are run one by one.
+
+No PyTorch is imported.
 """
 
 from __future__ import annotations
@@ -19,7 +28,8 @@ from cnnkit.deploy.detector import ImageDetector, is_detector
 from cnnkit.deploy.onnx_runtime import INPUT_NAME, open_model
 from cnnkit.errors import CnnkitError
 
-BOXES, SCORES = "boxes", "scores"  # the graph's outputs
+BOXES, SCORES, LABELS = "boxes", "scores", "labels"  # the graph's outputs (labels: ``graph`` selection only)
+RUNTIME, GRAPH = "runtime", "graph"  # where an export's boxes are selected: its ``detection["selection"]``
 
 
 def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -84,13 +94,30 @@ class OnnxDetector(ImageDetector):
             )
         super().__init__(info)
         self.settings = info.extra["detection"]
+        self.selection = self.settings.get("selection", RUNTIME)
+        if self.selection not in (RUNTIME, GRAPH):
+            raise CnnkitError(
+                f"{path} selects its boxes by {self.selection!r}, which this cnnkit does not know; "
+                "export the run again with this version"
+            )
 
     def run(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Every cell's boxes (N, A, 4) and class scores (N, A, K) for uint8 images (N, C, S, S)."""
+        """Every cell's boxes (N, A, 4) and class scores (N, A, K) for uint8 images (N, C, S, S) (``runtime``)."""
         boxes, scores = self.session.run([BOXES, SCORES], {INPUT_NAME: np.ascontiguousarray(pixels, np.uint8)})
         return boxes, scores
 
     def detect(self, pixels: np.ndarray, batch_size: int = 32) -> list[dict[str, np.ndarray]]:
+        if self.selection == GRAPH:  # traced at batch 1
+            outputs = [
+                self.session.run(
+                    [BOXES, SCORES, LABELS], {INPUT_NAME: np.ascontiguousarray(pixels[i : i + 1], np.uint8)}
+                )
+                for i in range(len(pixels))
+            ]
+            return [
+                {"boxes": boxes, "scores": scores, "labels": labels.astype(np.int64)}
+                for boxes, scores, labels in outputs
+            ]
         found = []
         for start in range(0, len(pixels), batch_size):
             boxes, scores = self.run(pixels[start : start + batch_size])

@@ -133,6 +133,16 @@ class TorchvisionDetector(Detector):
         detector.transform = FixedSizeTransform(getattr(detector.transform, "size_divisible", 32))
         self.detector, self.num_classes, self.label_offset = detector, num_classes, label_offset
 
+    @property
+    def score_threshold(self) -> float:
+        """The lowest score an eval detection keeps (Faster R-CNN applies it in its second stage)."""
+        return float(getattr(self.detector, "roi_heads", self.detector).score_thresh)
+
+    @property
+    def max_detections(self) -> int:
+        """Detections kept per image."""
+        return int(getattr(self.detector, "roi_heads", self.detector).detections_per_img)
+
     def forward(self, images: torch.Tensor, targets: Targets | None = None) -> dict[str, torch.Tensor] | Detections:
         if self.training:
             checked = self.check_targets(images, targets)
