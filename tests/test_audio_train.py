@@ -85,7 +85,7 @@ def test_evaluate_audio_run_reads_new_wavs_by_the_recorded_rule(tone_run, tmp_pa
     evaluated = json.loads(result.stdout)
     trained = json.loads((run_dir / "results.json").read_text())["test"]
     assert evaluated["split"] == "test" and evaluated["accuracy"] == pytest.approx(trained["accuracy"])
-    assert [row["name"] for row in evaluated["per_class"]] == ["noise", "tone"]
+    assert [row["name"] for row in evaluated["per_class"]] == ["noise", "tone", "_background_"]  # on by default
     # new recordings at another rate, in stereo and longer than a clip: decoded by the run's rule, the folder whole
     fresh = make_tone_folder(tmp_path / "fresh", per_class=3, seed=1)
     (fresh / "tone" / "broken.wav").unlink()
@@ -104,7 +104,7 @@ def test_audio_checkpoint_reloads_and_scores_as_trained(tone_run):
     assert result.accuracy == pytest.approx(json.loads((run_dir / "results.json").read_text())["test"]["accuracy"])
     assert [item.path for item in skipped] == ["tone/broken.wav"]  # the training folder, read again
     waves = torch.zeros(2, 1, CLIP)
-    assert classifier.model(waves).shape == (2, 2)  # the checkpoint takes waveforms: the log-mels are inside
+    assert classifier.model(waves).shape == (2, 3)  # waveforms in (log-mels inside); noise, tone, _background_
 
 
 @pytest.mark.slow

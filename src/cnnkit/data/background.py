@@ -123,7 +123,7 @@ def background_clips(
             offset = int(rng.integers(len(long_enough[k]) - clip_samples + 1))
             scale = float(rng.uniform(0.1, 1.0))
             values[i] = scale * long_enough[k][offset : offset + clip_samples]
-            what = f"recording{k}@{offset / sample_rate:.2f}s*{scale:.3f}"
+            what = f"recording@{k}:{offset / sample_rate:.2f}s*{scale:.3f}"
         sources.append(f"{BACKGROUND_CLASS}/{what}#{i}")
     return np.clip(values, -1.0, 1.0), sources
 

@@ -92,7 +92,7 @@ def read_labels(path: str | Path, classes: Sequence[str]) -> list[Word]:
             raise CnnkitError(f"--labels {path} row {number}: need 0 <= start <= end (got {start}, {end}); {fix}")
         if label not in classes:
             raise CnnkitError(
-                f"--labels {path} row {number}: {label!r} is not a class of the run ({', '.join(classes)})"
+                f"--labels {path} row {number}: {label!r} is not a keyword of the run ({', '.join(classes)})"
             )
         words.append(Word(label, begin, finish))
     if not words:
