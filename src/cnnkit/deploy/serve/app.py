@@ -6,7 +6,8 @@ server down:
 - a body over ``max_upload_bytes``: 413, decided from Content-Length before anything is
   read, or as soon as a streamed body passes the limit (the body is never stored whole);
 - an empty body or a multipart form without a file: 400; bytes that are not an image:
-  415; an image that is truncated or corrupt: 400;
+  415; an image that is truncated or corrupt: 400 (an audio model's WAV uploads alike:
+  :mod:`cnnkit.deploy.serve.audio`);
 - more pixels than ``max_pixels`` (a decompression bomb: a small file that decodes to
   gigabytes): 413, decided from the header before any pixel is decoded;
 - more than ``max_concurrency + max_queue`` requests in progress: 503 with Retry-After;
@@ -16,20 +17,17 @@ server down:
 
 Requests run in parallel on one shared model, which is safe because a plain prediction
 only reads it. A Grad-CAM overlay hooks a layer and runs a backward pass, so it runs on a
-private copy of the model (:class:`Explainer`): its hook never sees another request's
-image and never fires inside a plain prediction. Cross-origin requests are refused (no
+private copy of the model (:class:`~cnnkit.deploy.serve.explainer.Explainer`): its hook never
+sees another request's image and never fires inside a plain prediction. Cross-origin requests are refused (no
 CORS headers) unless ``cors_origins`` names the origins allowed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import copy
 import html
 import io
-import queue
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -44,6 +42,8 @@ from starlette.requests import Request as StarletteRequest
 from cnnkit import __version__
 from cnnkit.data.decode import ImageDecodeError
 from cnnkit.deploy.serve.access import add_access_control
+from cnnkit.deploy.serve.audio import decode_upload, page_values
+from cnnkit.deploy.serve.explainer import Explainer
 from cnnkit.deploy.serve.reference import render_reference
 
 RETRY_AFTER_SECONDS = 1
@@ -58,6 +58,7 @@ class PredictionResponse(BaseModel):
     labels: list[str]
     probabilities: list[float]
     overlay: str | None = None  # with ?explain=true: a PNG data URL of the Grad-CAM of the top label
+    note: str | None = None  # an audio model's: the recording was longer than its clip, and only part was heard
 
 
 class Health(BaseModel):
@@ -67,40 +68,6 @@ class Health(BaseModel):
     in_progress: int
     capacity: int
     explain: bool  # whether /predict?explain=true can return a Grad-CAM overlay (checkpoints, not ONNX)
-
-
-class Explainer:
-    """Grad-CAM overlays, each computed on a private copy of the model that no other request touches.
-
-    Grad-CAM registers a forward hook on the target layer and runs a backward pass; on the
-    shared model that hook would also fire inside concurrent plain predictions (which run
-    without gradients, and fail) and could record another request's activations. A copy
-    is made the first time a worker needs one and reused after, so there are at most as
-    many copies as requests explained at once (``max_concurrency``).
-    """
-
-    def __init__(self, classifier) -> None:
-        self.classifier = classifier
-        self.idle: queue.SimpleQueue = queue.SimpleQueue()
-
-    def _private_copy(self):
-        try:
-            return self.idle.get_nowait()
-        except queue.Empty:
-            private = copy.copy(self.classifier)  # shares the (read-only) class names and preprocessing
-            private.model = copy.deepcopy(self.classifier.model)
-            return private
-
-    def overlay(self, pixels, class_index: int) -> str:
-        """A PNG data URL of the Grad-CAM of ``class_index`` over the uint8 image ``pixels`` (1, C, H, W)."""
-        from cnnkit.understand.explain import overlay_png
-
-        private = self._private_copy()
-        try:
-            png = overlay_png(private, pixels, class_index)
-        finally:
-            self.idle.put(private)
-        return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 class Gate:
@@ -210,18 +177,19 @@ def check_image(data: bytes, max_pixels: int) -> None:
         )
 
 
-PREDICT_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
-            },
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-        },
+def upload_body(media_type: str) -> dict:
+    """The OpenAPI request body of an upload: the multipart field ``file``, or the raw bytes of ``media_type``."""
+    binary = {"type": "string", "format": "binary"}
+    content = {"multipart/form-data": {"schema": {"type": "object", "properties": {"file": binary}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {**content, "application/octet-stream": {"schema": binary}, media_type: {"schema": binary}},
+        }
     }
-}
+
+
+PREDICT_BODY = upload_body("image/*")
 # The statuses an endpoint taking an image upload can answer (the schema's list; /predict and /search alike).
 UPLOAD_RESPONSES = {
     400: {"description": "empty, malformed or undecodable upload"},
@@ -245,6 +213,9 @@ def create_app(
 ) -> FastAPI:
     """A FastAPI app serving one classifier (a checkpoint's :class:`Classifier` or an ``OnnxClassifier``).
 
+    An image model takes image uploads; an audio model takes WAV files and its page records from the
+    microphone (:mod:`cnnkit.deploy.serve.audio`).
+
     Args:
         classifier: What :func:`cnnkit.load` returns.
         max_upload_bytes: Largest request body. Defaults to 10 MiB.
@@ -262,9 +233,10 @@ def create_app(
         >>> app = create_app(cnnkit.load("runs/export/model.onnx"))
         >>> uvicorn.run(app, host="127.0.0.1", port=8000)
     """
+    audio = classifier.preprocessing.modality == "audio"
     app = FastAPI(
         title="cnnkit prediction service",
-        summary="Top-k labels for an uploaded image.",
+        summary=f"Top-k labels for an uploaded {'WAV file' if audio else 'image'}.",
         version=__version__,
         docs_url=None,  # FastAPI's Swagger UI loads from a CDN; /docs is the offline page below
         redoc_url=None,
@@ -273,26 +245,34 @@ def create_app(
     runtime = "onnxruntime" if getattr(classifier, "session", None) is not None else "pytorch"
     num_classes = len(classifier.classes)
 
-    explainer = Explainer(classifier) if runtime == "pytorch" else None
+    explainer = Explainer(classifier) if runtime == "pytorch" and not audio else None
 
     def predict_image(data: bytes, top_k: int, explain: bool) -> PredictionResponse:
-        check_image(data, max_pixels)
-        try:
-            pixels = classifier.pixels([data])  # decoded once: the prediction and the overlay share it
-        except ImageDecodeError as error:
-            raise HTTPException(400, f"cannot decode the image: {error}") from None
-        [prediction] = classifier.rank(classifier.probabilities(pixels), ["<upload>"], top_k)
+        note = None
+        if audio:
+            inputs, note = decode_upload(classifier, data)
+        else:
+            check_image(data, max_pixels)
+            try:
+                inputs = classifier.pixels([data])  # decoded once: the prediction and the overlay share it
+            except ImageDecodeError as error:
+                raise HTTPException(400, f"cannot decode the image: {error}") from None
+        [prediction] = classifier.rank(classifier.probabilities(inputs), ["<upload>"], top_k)
         overlay = None
         if explain and explainer is not None:
-            overlay = explainer.overlay(pixels, classifier.classes.index(prediction.label))
+            overlay = explainer.overlay(inputs, classifier.classes.index(prediction.label))
         return PredictionResponse(
-            label=prediction.label, labels=prediction.labels, probabilities=prediction.probabilities, overlay=overlay
+            label=prediction.label,
+            labels=prediction.labels,
+            probabilities=prediction.probabilities,
+            overlay=overlay,
+            note=note,
         )
 
     @app.post(
         "/predict",
         response_model=PredictionResponse,
-        openapi_extra=PREDICT_BODY,
+        openapi_extra=upload_body("audio/wav") if audio else PREDICT_BODY,
         responses=UPLOAD_RESPONSES,
     )
     async def predict(
@@ -300,7 +280,7 @@ def create_app(
         top_k: int = Query(5, ge=1, description="how many labels to return"),
         explain: bool = Query(False, description="add a Grad-CAM overlay of the top label (checkpoints only)"),
     ) -> PredictionResponse:
-        """Classify one image sent as the raw body or as the multipart field ``file``."""
+        """Classify one image (an audio model: one WAV file) sent as the raw body or as the multipart field ``file``."""
         deadline = asyncio.get_running_loop().time() + timeout
         async with gate.admit():
             data = await receive_image(request, max_upload_bytes, timeout)
@@ -343,16 +323,27 @@ def finish_app(app: FastAPI, page: str, gate: Gate, token: str | None, cors_orig
 
 
 def render_page(classifier, runtime: str) -> str:
-    """The web page, naming the model, its input and its classes."""
+    """The web page, naming the model, its input and its classes; an audio model's also records."""
     prep, classes = classifier.preprocessing, classifier.classes
-    colour = {1: "grayscale", 3: "RGB"}.get(prep.channels, f"{prep.channels}-channel")
+    if prep.modality == "audio":
+        values = page_values(classifier)
+    else:
+        colour = {1: "grayscale", 3: "RGB"}.get(prep.channels, f"{prep.channels}-channel")
+        values = {
+            "subject": "an image",
+            "input": f"{prep.img_size}x{prep.img_size} {colour}",
+            "pick": "an image",
+            "accept": "image/*",
+            "preview": '<img id="preview" alt="" hidden>',
+            "recorder": "",
+        }
     return fill_page(
         "page.html",
         model=html.escape(classifier.info.model.name),
         runtime=runtime,
-        input=f"{prep.img_size}x{prep.img_size} {colour}",
         count=len(classes),
         classes=html.escape(shown_classes(classes)),
+        **values,
     )
 
 
