@@ -119,20 +119,22 @@ def test_predict_series_bad_input_is_one_line_and_exit_2(series_run, series_expo
 
 @pytest.mark.slow
 def test_export_series_refuses_int8_before_writing_anything(series_run, tmp_path):
-    with pytest.raises(CnnkitError, match=r"--int8 quantizes image models so far; .* reads time series"):
+    with pytest.raises(CnnkitError, match=r"--int8 quantizes image and audio models so far; .* reads time series"):
         export_onnx(series_run, out=tmp_path, int8=True, verbose=False)
     assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("command", "says"), [("benchmark", "times"), ("serve", "takes")])
+@pytest.mark.parametrize(
+    ("command", "says"), [("benchmark", "times image models so far"), ("serve", "takes image and audio models so far")]
+)
 def test_benchmark_and_serve_refuse_series_in_one_line(series_run, series_export, capsys, monkeypatch, command, says):
     uvicorn = pytest.importorskip("uvicorn")
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: pytest.fail("a series model was served"))
     for model in (series_run, series_export[0]):
         assert main([command, str(model)]) == 2
         error = capsys.readouterr().err
-        assert f"reads series, and cnnkit {command} {says} image models so far" in error
+        assert f"reads series, and cnnkit {command} {says}" in error
         assert error.count("\n") == 1
 
 

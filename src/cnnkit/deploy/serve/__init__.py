@@ -94,8 +94,8 @@ def serve(
         from cnnkit.deploy.load import load_predictor
 
         model = load_predictor(checkpoint, device="cpu", threads=1)  # requests run in parallel, each ONNX on one core
-        if (modality := model.preprocessing.modality) != "image":  # the page and POST /predict take image uploads
-            raise CnnkitError(f"{checkpoint} reads {modality}, and cnnkit serve takes image models so far")
+        if (modality := model.preprocessing.modality) == "series":  # one file per request; a series file holds many
+            raise CnnkitError(f"{checkpoint} reads {modality}, and cnnkit serve takes image and audio models so far")
         if isinstance(model, ImageDetector):  # boxes: its own /predict answer and page
             from cnnkit.deploy.serve.detect import create_detection_app as create_app
         else:
