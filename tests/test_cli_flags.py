@@ -115,7 +115,7 @@ def test_models_json_lists_every_registered_model_with_its_facts(capsys):
 
     code, stdout, _ = run_main(capsys, "models", "--json")
     rows = json.loads(stdout)
-    assert code == 0 and [row["name"] for row in rows] == list_models()
+    assert code == 0 and [row["name"] for row in rows] == list_models(task=None)
     convnet = next(row for row in rows if row["name"] == "convnet")
     assert convnet["parameters"] > 1000 and convnet["pretrained"] is False and convnet["modality"] == "image"
     assert next(row for row in rows if row["name"] == "resnet18")["parameters"] == 11_181_642  # torchvision's count

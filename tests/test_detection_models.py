@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
@@ -201,3 +202,22 @@ def test_boxnet_overfits_coloured_squares_of_20_to_40_px(one_thread):
         for box, label in zip(target["boxes"], target["labels"]):
             same_class = found["boxes"][found["labels"] == label]
             assert len(same_class) and box_iou(box[None], same_class).max() >= 0.5
+
+
+def test_models_command_lists_detectors_with_their_task_and_size(capsys):
+    from cnnkit.cli.main import main
+
+    assert main(["models", "--task", "detect", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert sorted(rows) == DETECTORS and {row["task"] for row in rows.values()} == {"detect"}
+    for name, (low, high) in PARAMETERS.items():  # counted at 10 classes: the head grows a little
+        assert low <= rows[name]["parameters"] <= high * 1.05
+    assert main(["models", "--task", "detect"]) == 0 and "fcos                 image   detect" in capsys.readouterr().out
+
+
+def test_summary_of_a_detector_name_lists_its_layers():
+    from cnnkit.understand.summary import summarize_model
+
+    summary = summarize_model("boxnet", img_size=64)
+    assert summary.parameters == sum(p.numel() for p in create_model("boxnet", 10).parameters())
+    assert summary.layers[-1].type == "Conv2d" and list(summary.input_shape) == [3, 64, 64]

@@ -126,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="list the available architectures and their facts")
     models.add_argument("--json", action="store_true", help="print one JSON record per architecture")
+    models.add_argument("--task", choices=["classify", "detect"], help="only the models for this task (default: all)")
     cli_deploy.add_commands(commands)
 
     summary = commands.add_parser(
@@ -303,7 +304,7 @@ def run_models(args: argparse.Namespace) -> int:
 
     pretrained = set(list_models(pretrained=True))
     rows = []
-    for name in list_models():
+    for name in list_models(task=args.task):
         try:
             with torch.device("meta"):  # shapes only: no memory and no weight initialisation, ~10x faster
                 model = create_model(name, num_classes=10, in_channels=3, img_size=32)
@@ -315,6 +316,7 @@ def run_models(args: argparse.Namespace) -> int:
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "pretrained": name in pretrained,
                 "modality": model_entry(name).modality,
+                "task": model_entry(name).task,
                 "input": SHOWN_INPUT.get(model_entry(name).modality),
             }
         )
@@ -322,12 +324,12 @@ def run_models(args: argparse.Namespace) -> int:
         print(json.dumps(rows))
         return 0
     print(
-        f"{'model':<20} {'input':<7} {'parameters':>12}  pretrained   "
+        f"{'model':<20} {'input':<7} {'task':<9} {'parameters':>12}  pretrained   "
         "(10 classes, 3 channels; images 32x32, series (3, L) of any length L)"
     )
     for row in rows:
         pretrained = "ImageNet" if row["pretrained"] else "-"
-        print(f"{row['name']:<20} {row['modality']:<7} {row['parameters']:>12,}  {pretrained}")
+        print(f"{row['name']:<20} {row['modality']:<7} {row['task']:<9} {row['parameters']:>12,}  {pretrained}")
     return 0
 
 

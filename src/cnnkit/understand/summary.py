@@ -165,7 +165,7 @@ def summarize_model(
         channels: Input channels (not for checkpoints). Defaults to 3.
         num_classes: Output classes (not for checkpoints). Defaults to 10.
     """
-    from cnnkit.models import create_model, model_entry
+    from cnnkit.models import create_model, list_models, model_entry
     from cnnkit.models.spec import resolve_model
 
     path = Path(model).expanduser()
@@ -182,7 +182,8 @@ def summarize_model(
                 f"{len(info.classes)} classes): leave them out"
             )
         return summarize(net, prep.input_shape, model)  # (C, H, W), or (C, L) for a series model
-    name, kwargs = resolve_model(model)
+    # a detector is summarised like a classifier: its layers on one zero image (resolve_model names only those)
+    name, kwargs = (model, {}) if model in list_models(task="detect") else resolve_model(model)
     spec_input = kwargs.get("input")
     if spec_input and len(spec_input) == 3:  # a spec's own input size is its default; the builder refuses others
         channels, img_size = channels or spec_input[0], img_size or spec_input[1]
