@@ -14,9 +14,9 @@ MiniRocket's and InceptionTime's, each set trained in at most 2 minutes on 2 CPU
 on an idle machine; a shared one makes the seconds meaningless.
 
 Nothing is tuned on the TEST files. ``--select`` compares settings on TRAIN alone: it copies each
-TRAIN file to a name without ``_TRAIN`` (so no TEST file comes with it), carves validation (20%) and
-a held-out part (30%) from it, and prints only their accuracy, for every combination of
-``--models``, ``--lrs``, ``--augments`` and ``--batch-sizes``; the last line counts the
+TRAIN file to a name without ``_TRAIN`` (so no TEST file comes with it), carves validation (20%, or
+``--val-splits``) and a held-out part (30%) from it, and prints only their accuracy, for every
+combination of ``--models``, ``--lrs``, ``--augments``, ``--batch-sizes`` and ``--val-splits``; the last line counts the
 configurations tried. The comparison (without ``--select``) reads each TEST file once.
 
     pip install aeon                                          # the competitor (pandas, numba come with it)
@@ -85,7 +85,7 @@ def train_cnnkit(data: Path, settings: dict, threads: int, out: Path) -> tuple[f
     torch.set_num_threads(threads)
     run = cnnkit.train(data=str(data), out=str(out), verbose=False, **settings)
     seconds = sum(row["seconds"] for row in run.history)
-    best_val = run.history[run.best_epoch - 1]["val_acc"] if run.best_epoch else math.nan
+    best_val = run.history[run.best_epoch - 1].get("val_acc", math.nan) if run.best_epoch else math.nan
     return run.test.accuracy if run.test else math.nan, best_val, seconds, run.config.epochs
 
 
@@ -149,11 +149,12 @@ def select(args: argparse.Namespace, root: Path, out: Path) -> list[dict]:
         source = root / SETS[name]
         data = train_only / source.name.replace("_TRAIN", "")  # without _TRAIN, no TEST file is brought along
         shutil.copyfile(source, data)
-        grid = itertools.product(args.models, args.lrs, args.augments, args.batch_sizes)
-        for index, (model, lr, augment, batch_size) in enumerate(grid):
-            settings = settings_for(args, model, lr, augment, batch_size) | dict(val_split=0.2, test_split=0.3)
+        grid = itertools.product(args.models, args.lrs, args.augments, args.batch_sizes, args.val_splits)
+        for index, (model, lr, augment, batch_size, val_split) in enumerate(grid):
+            settings = settings_for(args, model, lr, augment, batch_size) | dict(val_split=val_split, test_split=0.3)
             held_out, val, seconds, epochs = train_cnnkit(data, settings, args.threads, out / f"{name}-{index}")
-            row = dict(set=name, model=model, lr=lr, augment=augment, batch_size=batch_size, epochs=epochs)
+            row = dict(set=name, model=model, lr=lr, augment=augment, batch_size=batch_size, val_split=val_split)
+            row.update(epochs=epochs)
             row.update(val=100 * val, held_out=100 * held_out, seconds=seconds)
             rows.append(row)
             print(json.dumps(row))
@@ -195,6 +196,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--augments", nargs="+", default=[None], help="--augment lists; the first is compared (default: cnnkit's auto)"
+    )
+    parser.add_argument(
+        "--val-splits",
+        nargs="+",
+        type=float,
+        default=[0.2],
+        help="--select: validation shares of TRAIN (0: fit on all but the held-out 30%%, best epoch by train loss)",
     )
     parser.add_argument("--epochs", type=int, help="default: cnnkit's for series (e.g. 1 for a check)")
     parser.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=SERIES_NORMALIZE)

@@ -71,7 +71,7 @@ def test_train_series_writes_the_run_directory_and_beats_chance(waves_run):
     results = json.loads((run_dir / "results.json").read_text())
     assert results["test"]["count"] == 20 and results["test"]["accuracy"] >= 0.8  # chance is 0.5
     assert "36 train / 4 val / 20 test series" in printed and "1x64 (z-normalised)" in printed
-    assert "augment: window=0.1, scale=0.1 (series; image augmentation is off)" in printed
+    assert "augment: none (series; image augmentation is off)" in printed
 
 
 @pytest.mark.slow

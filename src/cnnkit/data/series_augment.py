@@ -23,8 +23,9 @@ import torch
 from cnnkit.data.augment import _own, _uniform, parse_spec
 from cnnkit.errors import CnnkitError
 
-# Chosen on validation carved from the UCR TRAIN files alone (benchmarks/ucr.py --select, docs/benchmarks.md).
-AUTO_SERIES_AUGMENTATION = "window=0.1,scale=0.1"
+# What ``auto`` stands for: none until a TRAIN-only comparison (benchmarks/ucr.py --select --augments ...,
+# docs/benchmarks.md) measures a list that helps; the loaded dev machine could not run one (issue 16).
+AUTO_SERIES_AUGMENTATION = "none"
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def scale(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
 def parse_series_augmentation(spec: str) -> SeriesAugmentation | None:
     """Turn ``--augment`` of a series run into a :class:`SeriesAugmentation`, or None for ``none``.
 
-    ``auto`` is :data:`AUTO_SERIES_AUGMENTATION`; otherwise a comma-separated list of
+    ``auto`` is :data:`AUTO_SERIES_AUGMENTATION` (none so far); otherwise a comma-separated list of
     ``key=value`` of the fields, e.g. ``window=0.1,scale=0.1,jitter=0.03``.
 
     Example:
