@@ -226,7 +226,7 @@ def latency(run: Path, reference: torch.nn.Module, paths: list[Path], threads: i
     export_detector(run, out=out, name="export", verbose=False)
     onnx = load_detector(out / "export" / "model.onnx", threads=threads)
     prep = eager.preprocessing
-    pixels = [decode_image(path, prep.img_size, prep.channels, prep.resize)[None] for path in paths]
+    pixels = [decode_image(path, prep.img_size, prep.channels, prep.resize)[None].copy() for path in paths]
     with torch.inference_mode():
         return {
             "boxnet eager": milliseconds(eager.detect, pixels),
@@ -253,6 +253,38 @@ def print_table(rows: list[dict], final: bool) -> None:
     print(f"time: cnnkit / reference = {ours['seconds'] / ref['seconds']:.2f} (target: mAP ratio >= 1 at time <= 0.5)")
 
 
+def train_both(args: argparse.Namespace, root: Path, trained: Path, out: Path) -> tuple:
+    """Both trainings, or with ``--reuse`` the ones ``out`` holds from an earlier call with the same settings.
+
+    Reuse is for rerunning the scoring and latency after a change to them; the
+    training times reported are the ones measured when the models were trained.
+    """
+    from safetensors.torch import load_file, save_file
+
+    keys = ("data", "train", "val", "test", "budget", "reference", "batch_size", "workers", "cnnkit_epochs", "seed")
+    settings = {key: getattr(args, key) for key in keys}
+    record = out / "trained.json"
+    if args.reuse and record.is_file() and (saved := json.loads(record.read_text()))["settings"] == settings:
+        model = getattr(detection, args.reference)(weights=None, weights_backbone=None, num_classes=len(CLASSES) + 1)
+        model.load_state_dict(load_file(out / "reference.safetensors"))
+        reference = {**saved["reference"], "model": model.eval()}
+        return reference, Path(saved["run"]), saved["seconds"], saved["epochs"], saved["probe"]
+    shutil.rmtree(out / "runs", ignore_errors=True)
+    reference = train_reference(args.reference, root, args.budget, args.batch_size, args.workers, args.seed)
+    print(f"reference {args.reference}: {reference['steps']} steps, {reference['epochs']} epochs, "
+          f"{reference['seconds']:.0f}s", flush=True)  # fmt: skip
+    save_file(reference["model"].state_dict(), out / "reference.safetensors")
+    if args.cnnkit_epochs:
+        epochs, probe = args.cnnkit_epochs, {}
+    else:
+        epochs, probe = fit_epochs(trained, args.budget / 2, args.seed, out / "runs")
+    run, seconds = run_cnnkit(trained, epochs, args.seed, out / "runs", "boxnet")
+    kept = {key: value for key, value in reference.items() if key != "model"}
+    record.write_text(json.dumps({"settings": settings, "reference": kept, "run": str(run), "seconds": seconds,
+                                  "epochs": epochs, "probe": probe}))  # fmt: skip
+    return reference, run, seconds, epochs, probe
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "cnnkit-detect-composite"))
@@ -268,6 +300,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--final", action="store_true", help="also score the untouched test split (once)")
     parser.add_argument("--quick", action="store_true", help="tiny settings: a run-through, not a measurement")
+    parser.add_argument("--reuse", action="store_true", help="score the models --out holds from the same settings")
     parser.add_argument("--out", default=None, help="folder for runs and results.json (default: a temporary one)")
     args = parser.parse_args()
     if args.quick:
@@ -278,18 +311,9 @@ def main() -> None:
     summary = build_composite(root, args.train, args.val, args.test, args.seed)
     print(json.dumps({split: {k: v for k, v in s.items() if k != "photos"} for split, s in summary["splits"].items()}))
     out = Path(args.out or tempfile.mkdtemp(prefix="detect-reference-"))
-    shutil.rmtree(out / "runs", ignore_errors=True)
     trained = view_without_test(root, out / "data")
     splits = {"val": read_split(root / "val")} | ({"test": read_split(root / "test")} if args.final else {})
-
-    reference = train_reference(args.reference, root, args.budget, args.batch_size, args.workers, args.seed)
-    print(f"reference {args.reference}: {reference['steps']} steps, {reference['epochs']} epochs, "
-          f"{reference['seconds']:.0f}s", flush=True)  # fmt: skip
-    if args.cnnkit_epochs:
-        epochs, probe = args.cnnkit_epochs, {}
-    else:
-        epochs, probe = fit_epochs(trained, args.budget / 2, args.seed, out / "runs")
-    run, seconds = run_cnnkit(trained, epochs, args.seed, out / "runs", "boxnet")
+    reference, run, seconds, epochs, probe = train_both(args, root, trained, out)
 
     from cnnkit.deploy.load import load_detector
 
