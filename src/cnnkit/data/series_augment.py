@@ -11,7 +11,9 @@ Classification using Convolutional Neural Networks", ECML/PKDD AALTD workshop 20
 on a random window of each series, stretched back to the full length by linear
 interpolation, so that the model sees a class's shape at slightly different positions and
 speeds; the full series is classified at test time. Scaling multiplies each series by one
-random factor (Um et al. 2017). Neither changes a series' padding: zeros stay zeros.
+random factor (Um et al. 2017). Scaling and jitter keep a series' padding zero; the window
+is taken over the padded length (the batch carries no lengths), so a short series of an
+unequal-length set is stretched with its padding, by the same factor as the rest.
 """
 
 from __future__ import annotations
