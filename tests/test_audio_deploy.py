@@ -135,22 +135,24 @@ def test_export_audio_checks_parity_on_validation_clips_and_takes_waveforms(audi
 
 
 @pytest.mark.slow
-def test_export_audio_int8_quantizes_the_convolutions_and_keeps_the_front_end_float(audio_run, tmp_path):
+def test_export_audio_int8_quantizes_the_convolutions_and_keeps_the_front_end_float(audio_run, audio_export, tmp_path):
     import onnx
 
-    from cnnkit.deploy.export import export_onnx
-    from cnnkit.deploy.quantize import float_nodes
+    from cnnkit.deploy.onnx_runtime import OnnxClassifier
+    from cnnkit.deploy.quantize import calibration_images, float_nodes, quantize_int8
 
-    report = export_onnx(audio_run, out=tmp_path / "tones.onnx", int8=True, verbose=False)
-    int8 = report["int8"]
-    assert int8["decision"] != "rejected" and int8["images"] > 0 and int8["calibration_images"] > 0
+    clips = calibration_images(cnnkit.load(audio_run, device="cpu"))  # what export --int8 calibrates on
+    assert clips.dtype == np.float32 and clips.shape[1:] == (1, CLIP)
+    quantize_int8(audio_export[0], tmp_path / "tones.int8.onnx", clips)
+    logits = OnnxClassifier(tmp_path / "tones.int8.onnx").run(clips)
+    assert logits.shape == (len(clips), len(cnnkit.load(audio_export[0]).classes)) and np.isfinite(logits).all()
+    front = set(float_nodes(onnx.load(str(audio_export[0])).graph))
     graph = onnx.load(str(tmp_path / "tones.int8.onnx")).graph
-    front = set(float_nodes(onnx.load(str(tmp_path / "tones.onnx")).graph))
     assert {"Conv", "MatMul", "Log"} <= {node.op_type for node in graph.node if node.name in front}  # still float
-    quantized = {name for node in graph.node if node.op_type == "DequantizeLinear" for name in node.output}
-    consumers = [node for node in graph.node if set(node.input) & quantized]
-    assert consumers and {node.op_type for node in consumers} <= {"Conv", "Gemm"}  # only they read int8 values
-    assert not front & {node.name for node in consumers}
+    dequantized = {name for node in graph.node if node.op_type == "DequantizeLinear" for name in node.output}
+    layers = [node for node in graph.node if node.op_type in ("Conv", "Gemm") and node.name not in front]
+    assert layers and all(set(node.input) & dequantized for node in layers)  # the network's layers compute in int8
+    assert not any(set(node.input) & dequantized for node in graph.node if node.name in front)
 
 
 @pytest.mark.slow
@@ -254,3 +256,13 @@ def test_serve_audio_page_records_the_microphone_and_posts_a_16_bit_wav(audio_cl
     spectrum = np.abs(np.fft.rfft(samples[:, 0]))
     assert abs(spectrum.argmax() * info.sample_rate / len(samples) - 440) < 20  # the tone it heard, through opus
     assert shown == classifier.predict(tmp_path / "recording.wav")[0].label
+
+
+@pytest.mark.slow
+def test_models_shows_the_input_audio_models_are_counted_on(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["bcresnet"]["input"] == rows["m5"]["input"] == "1x16000"  # mono waveforms, 1 s at 16 kHz
+    assert rows["m5"]["parameters"] == 558_090  # the summary's count of m5 with 10 classes: one input channel
+    assert main(["models"]) == 0
+    assert "bcresnet             audio 1x16000" in capsys.readouterr().out

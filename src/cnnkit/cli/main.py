@@ -294,7 +294,10 @@ def run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-SHOWN_INPUT = {"image": "3x32x32", "series": "3xL"}  # the input `models` counts with; a series model takes any L
+# The input `models` counts parameters with, (in_channels, img_size) and as shown: RGB 32x32 images, 3-channel
+# series of 32 steps, 1 s of mono 16 kHz audio (an MLP's count depends on the length; a CNN's does not).
+COUNTED_WITH = {"image": (3, 32), "series": (3, 32), "audio": (1, 16000)}
+SHOWN_INPUT = {"image": "3x32x32", "series": "3x32", "audio": "1x16000"}
 
 
 def run_models(args: argparse.Namespace) -> int:
@@ -305,11 +308,12 @@ def run_models(args: argparse.Namespace) -> int:
     pretrained = set(list_models(pretrained=True))
     rows = []
     for name in list_models(task=args.task):
+        channels, size = COUNTED_WITH[model_entry(name).modality]
         try:
             with torch.device("meta"):  # shapes only: no memory and no weight initialisation, ~10x faster
-                model = create_model(name, num_classes=10, in_channels=3, img_size=32)
+                model = create_model(name, num_classes=10, in_channels=channels, img_size=size)
         except (RuntimeError, NotImplementedError):  # a builder that computes with tensors cannot run on meta
-            model = create_model(name, num_classes=10, in_channels=3, img_size=32)
+            model = create_model(name, num_classes=10, in_channels=channels, img_size=size)
         rows.append(
             {
                 "name": name,
@@ -324,12 +328,13 @@ def run_models(args: argparse.Namespace) -> int:
         print(json.dumps(rows))
         return 0
     print(
-        f"{'model':<20} {'input':<7} {'task':<9} {'parameters':>12}  pretrained   "
-        "(10 classes, 3 channels; images 32x32, series (3, L) of any length L)"
+        f"{'model':<20} {'input':<14} {'task':<9} {'parameters':>12}  pretrained   "
+        "(10 classes; the series and audio CNNs take any length)"
     )
     for row in rows:
         pretrained = "ImageNet" if row["pretrained"] else "-"
-        print(f"{row['name']:<20} {row['modality']:<7} {row['task']:<9} {row['parameters']:>12,}  {pretrained}")
+        shown = f"{row['modality']} {row['input']}"
+        print(f"{row['name']:<20} {shown:<14} {row['task']:<9} {row['parameters']:>12,}  {pretrained}")
     return 0
 
 
