@@ -103,6 +103,8 @@ def run_spot(args: argparse.Namespace) -> int:
 
 def _score(args: argparse.Namespace, run, spotter, found: list, words: list, seconds: float) -> None:
     """Print the metrics of a labelled recording; with --out, write det.png and spot.json there."""
+    from dataclasses import asdict
+
     import numpy as np
 
     from cnnkit.tasks.spot import det_curve, plot_det, score_detections
@@ -122,7 +124,7 @@ def _score(args: argparse.Namespace, run, spotter, found: list, words: list, sec
     plot_det(points, metrics, args.threshold, args.out / "det.png")
     record = {
         "metrics": metrics.to_dict(),
-        "settings": {**vars(spotter.settings)},
+        "settings": asdict(spotter.settings),
         "det": [{"threshold": t, **m.to_dict()} for t, m in points],
         "detections": [d.to_dict() for d in found],
     }

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+from torch import nn
 
 from cnnkit.checkpoint import load_model, resolve_checkpoint
 from cnnkit.data.background import BACKGROUND_CLASS
@@ -22,13 +23,14 @@ from cnnkit.errors import CnnkitError
 from cnnkit.tasks.spot.spotter import Detection, SpotSettings, Spotter
 
 STREAM_BLOCK_SECONDS = 0.1  # read from a pipe this much at a time: a detection waits at most a chunk more
+RESAMPLED_BLOCK_SECONDS = 1.0  # blocks resampled alone: longer ones put their edges (zeros beyond) further apart
 
 
 @dataclass
 class SpotRun:
     """A run's model and what spotting needs of it: classes, window and rate, and its notes (one line each)."""
 
-    model: object
+    model: nn.Module
     classes: list[str]
     window: int
     sample_rate: int
@@ -80,7 +82,8 @@ def read_recording(path: str | Path, run: SpotRun) -> tuple[np.ndarray, list[str
 
 def pcm_blocks(stream: BinaryIO, sample_rate: int, run: SpotRun, say: Callable[[str], None]) -> Iterator[np.ndarray]:
     """Blocks of mono float32 samples at the run's rate from 16-bit little-endian mono PCM at ``sample_rate``."""
-    size = 2 * max(1, round(STREAM_BLOCK_SECONDS * sample_rate))
+    seconds = STREAM_BLOCK_SECONDS if sample_rate == run.sample_rate else RESAMPLED_BLOCK_SECONDS
+    size = 2 * max(1, round(seconds * sample_rate))
     while True:
         data = stream.read(size)
         if not data:
