@@ -105,6 +105,31 @@ def test_detector_returns_float32_boxes_under_bf16_autocast(name, one_thread):
     assert len(found["boxes"]) and found["boxes"].dtype == found["scores"].dtype == torch.float32
 
 
+@pytest.mark.parametrize("name", ["faster_rcnn", "ssdlite"])
+def test_torchvision_detector_heads_decode_boxes_from_float32_under_bf16_autocast(name, one_thread):
+    model = create_model(name, num_classes=2, img_size=64).train()
+    heads = [model.detector.rpn.head, model.detector.roi_heads.box_predictor] if name == "faster_rcnn" else []
+    heads = heads or [model.detector.head]
+    dtypes = []
+    for head in heads:  # registered after the detector's own hook, so it sees what the box coder receives
+        head.register_forward_hook(lambda module, inputs, outputs: dtypes.append(_tensors(outputs)) and None)
+    images, targets = boxes_batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(
+            images[:, :, :64, :64], [{"boxes": t["boxes"][:1] / 2, "labels": t["labels"][:1]} for t in targets]
+        )
+    assert {dtype for found in dtypes for dtype in found} == {torch.float32} and len(dtypes) == len(heads)
+    assert all(torch.isfinite(loss) for loss in losses.values())
+
+
+def _tensors(outputs) -> list[torch.dtype]:
+    """The dtypes of every tensor in a head's (nested) outputs."""
+    if isinstance(outputs, torch.Tensor):
+        return [outputs.dtype]
+    values = outputs.values() if isinstance(outputs, dict) else outputs
+    return [dtype for value in values for dtype in _tensors(value)]
+
+
 @pytest.mark.parametrize("name", ["boxnet", "ssdlite"])
 def test_detector_refuses_targets_it_cannot_learn_from_in_one_line(name):
     model = create_model(name, num_classes=3, img_size=64).train()
@@ -204,6 +229,7 @@ def test_boxnet_overfits_coloured_squares_of_20_to_40_px(one_thread):
             assert len(same_class) and box_iou(box[None], same_class).max() >= 0.5
 
 
+@pytest.mark.slow
 def test_models_command_lists_detectors_with_their_task_and_size(capsys):
     from cnnkit.cli.main import main
 
@@ -212,7 +238,9 @@ def test_models_command_lists_detectors_with_their_task_and_size(capsys):
     assert sorted(rows) == DETECTORS and {row["task"] for row in rows.values()} == {"detect"}
     for name, (low, high) in PARAMETERS.items():  # counted at 10 classes: the head grows a little
         assert low <= rows[name]["parameters"] <= high * 1.05
-    assert main(["models", "--task", "detect"]) == 0 and "fcos                 image   detect" in capsys.readouterr().out
+    assert (
+        main(["models", "--task", "detect"]) == 0 and "fcos                 image   detect" in capsys.readouterr().out
+    )
 
 
 def test_summary_of_a_detector_name_lists_its_layers():

@@ -32,6 +32,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
@@ -132,6 +133,9 @@ class TorchvisionDetector(Detector):
         super().__init__()
         detector.transform = FixedSizeTransform(getattr(detector.transform, "size_divisible", 32))
         self.detector, self.num_classes, self.label_offset = detector, num_classes, label_offset
+        heads = [detector.rpn.head, detector.roi_heads.box_predictor] if hasattr(detector, "rpn") else [detector.head]
+        for head in heads:
+            head.register_forward_hook(_float32_outputs)
 
     @property
     def score_threshold(self) -> float:
@@ -154,6 +158,16 @@ class TorchvisionDetector(Detector):
             {"boxes": d["boxes"].float(), "scores": d["scores"].float(), "labels": d["labels"] - self.label_offset}
             for d in detections
         ]
+
+
+def _float32_outputs(module: nn.Module, inputs: tuple, outputs: Any) -> Any:
+    """A head's outputs in float32: under bf16 autocast torchvision's box coders cast the anchors to the deltas'
+    dtype, and in bf16 a 320 px anchor coordinate rounds by up to 1 px, a tenth of a 20 px box's IoU slack."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float()
+    if isinstance(outputs, dict):
+        return {key: _float32_outputs(module, inputs, value) for key, value in outputs.items()}
+    return type(outputs)(_float32_outputs(module, inputs, value) for value in outputs)
 
 
 def _anchor_sizes(levels: int) -> tuple[tuple[int, ...], ...]:
