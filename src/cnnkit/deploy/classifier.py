@@ -62,12 +62,18 @@ class ImageClassifier:
         """What the model's inputs are called in messages: ``images``, ``series`` or ``clips``."""
         return INPUT_NOUNS[self.preprocessing.modality]
 
-    def pixels(self, images: Sequence[ImageSource]) -> np.ndarray:
-        """Decode images exactly as in training: uint8 (N, C, H, W)."""
+    def _require_images(self) -> Preprocessing:
+        """The image preprocessing, or the one-line refusal naming what reads this model's files instead."""
         prep = self.preprocessing
         if prep.modality != "image":  # prediction, serving and explanation read image files
+            reads = "WAV files" if prep.modality == "audio" else "time series"
             reader = "predict_clips" if prep.modality == "audio" else "predict_series"
-            raise CnnkitError(f"this model reads {self.input_noun}, not images; predict its files with {reader}")
+            raise CnnkitError(f"this model reads {reads}, not images; predict its files with {reader}")
+        return prep
+
+    def pixels(self, images: Sequence[ImageSource]) -> np.ndarray:
+        """Decode images exactly as in training: uint8 (N, C, H, W)."""
+        prep = self._require_images()
         return np.stack([decode_image(image, prep.img_size, prep.channels, prep.resize) for image in images])
 
     def decode_clip(self, source: WavSource) -> tuple[np.ndarray, str | None]:
@@ -128,7 +134,7 @@ class ImageClassifier:
         self, paths: Sequence[str | Path], top_k: int = 5, batch_size: int = 256
     ) -> tuple[list[Prediction], list[tuple[str, str]]]:
         """Predict many files in batches; files that cannot be decoded are skipped and returned with the reason."""
-        prep = self.preprocessing
+        prep = self._require_images()
         predictions, failures = [], []
         for pixels, names, failed in decode_batches(paths, prep.img_size, prep.channels, prep.resize, batch_size):
             failures += failed
