@@ -5,8 +5,8 @@ image facts; what decides between a CNN and an MLP on a signal is *where* the pa
 sits. An MLP learns one weight per time step, so it does well when the classes differ
 in level or shape at fixed positions and badly when the telling pattern moves in time;
 a CNN's shared filters and global pooling find it anywhere. Wang et al. (2017) measured
-both: their MLP beat the FCN on ECG200 (heartbeats aligned by the R peak) and lost by
-tens of points on sets such as OSULeaf, whose leaf outlines start at arbitrary points.
+both: their MLP beat the FCN on ECG200 (heartbeats aligned by the R peak) and lost badly
+on sets such as OSULeaf, whose leaf outlines start at arbitrary points.
 
 So the study measures, on the same splits and with one budget (``cnnkit train``'s
 settings for the kind of data): both models' test accuracy over ``budget.seeds`` seeds;
