@@ -187,8 +187,12 @@ def test_detect_evaluate_refuses_data_with_classes_the_model_does_not_know(train
 @pytest.mark.slow
 def test_detection_run_is_refused_in_one_line_by_commands_that_need_a_classifier(trained: tuple[Path, object]):
     run_dir, _ = trained
+    from cnnkit.deploy.index.embedder import load_embedder
+
     with pytest.raises(CnnkitError, match=r"is a detector \(boxnet\).*need a classifier"):
         cnnkit.load(run_dir)
+    with pytest.raises(CnnkitError, match=r"is a detector \(boxnet\): index and search embed images with a classifier"):
+        load_embedder(run_dir)  # what cnnkit index builds with
     result = run_cli("explain", str(run_dir), str(run_dir / "curves.png"), "--out", str(run_dir.parent / "explained"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "is a detector" in result.stderr
 

@@ -206,7 +206,7 @@ def check_box_parity(reference: ImageDetector, exported: ImageDetector, pixels: 
     return BoxParity(len(pixels), compared, matched, box_diff, score_diff)
 
 
-def _validation_pixels(checkpoint: str | Path, info: CheckpointInfo) -> np.ndarray:
+def validation_pixels(checkpoint: str | Path, info: CheckpointInfo) -> np.ndarray:
     """The run's validation images (its test images when it has none) as uint8 (N, C, S, S), read as in training."""
     from cnnkit.tasks.detect.evaluate import read_split
 
@@ -237,7 +237,7 @@ def export_detector(
     """
     say = print if verbose else (lambda *args: None)
     reference = load_checkpoint_detector(checkpoint, device="cpu")
-    pixels = _validation_pixels(checkpoint, reference.info)
+    pixels = validation_pixels(checkpoint, reference.info)
     path, _, report_path = export_paths(out, name)
     example = None if isinstance(reference.model, BoxNet) else tracing_example(reference, pixels)
     write_detector_onnx(reference.model, reference.info, path, example)

@@ -293,6 +293,13 @@ def load_embedder(
             )
     checkpoint = resolve_checkpoint(path).resolve()
     network, info = load_model(checkpoint, target)
+    from cnnkit.models.registry import model_entry
+
+    if model_entry(info.model.name).task == "detect":  # boxes, not a feature vector to search by
+        raise CnnkitError(
+            f"{model} is a detector ({info.model.name}): index and search embed images with a classifier or an "
+            "embed run; evaluate, predict, export and serve take a detector"
+        )
     network = inference_network(network, target, trace_input(info.preprocessing, settings))
     digest = file_sha256(checkpoint)
     identity = {"kind": "checkpoint", "name": info.model.name, "source": str(checkpoint), "sha256": digest}
