@@ -125,3 +125,9 @@ def test_compare_cli_on_series_trains_both_models_per_seed_and_writes_a_verdict(
     assert results["verdict"][0].split()[0] in ("Use", "The") and results["verdict"][1].startswith("Why")
     report = (tmp_path / "runs" / "c" / "report.md").read_text()
     assert "Where the pattern sits" in report and (tmp_path / "runs" / "c" / "summary.png").is_file()
+
+
+def test_compare_refuses_seeds_for_images_in_one_line(tmp_path, capsys):
+    assert main(["compare", "--seeds", "2", "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "--seeds is for time series and audio" in error and error.count("\n") == 1 and not any(tmp_path.iterdir())

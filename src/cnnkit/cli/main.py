@@ -285,6 +285,8 @@ def run_compare(args: argparse.Namespace) -> int:
         results, out_dir = compare_signals(
             args.data, modality, given, args.out, args.name, args.data_dir, args.device, say
         )
+    elif "seeds" in given:
+        raise CnnkitError(f"--seeds is for time series and audio; --data {args.data} holds images: give --seed")
     else:
         results, out_dir = compare(args.data, Budget(**given), args.out, args.name, args.data_dir, args.device, say)
     if args.json:
