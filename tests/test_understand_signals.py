@@ -136,6 +136,7 @@ def test_report_of_an_audio_model_draws_spectrograms_of_its_mistakes(tmp_path):
 
 def test_summary_gives_series_and_audio_models_their_input_shapes():
     assert summarize_model("mlp1d", img_size=150, channels=1).input_shape == [1, 150]
+    assert summarize_model("inception_time").input_shape == [1, 128]  # one channel, the builders' default length
     logmel = summarize_model("mlp_logmel")
     assert logmel.input_shape == [1, 16000] and logmel.layers[-1].output_shape == [10]  # one second at 16 kHz
     assert summarize_model("resnet1d", img_size=64, channels=2).layers[0].output_shape == [64, 64]

@@ -64,7 +64,7 @@ class Summary:
         lines += [
             "-" * len(header),
             f"parameters {self.parameters:,} ({self.trainable_parameters:,} trainable); "
-            f"multiply-adds per image {self.mult_adds:,}",
+            f"multiply-adds per input {self.mult_adds:,}",
         ]
         return "\n".join(lines)
 
@@ -161,8 +161,9 @@ def summarize_model(
 
     Args:
         model: What to summarize.
-        img_size: Input side, or a series model's length (not for checkpoints, which record theirs). Defaults to 224.
-        channels: Input channels (not for checkpoints). Defaults to 3.
+        img_size: Input side, a series model's length or an audio model's samples (not for checkpoints, which
+            record theirs). Defaults to 224 (series: 128; audio: 16000, one second at 16 kHz).
+        channels: Input channels (not for checkpoints). Defaults to 3 (series and audio: 1).
         num_classes: Output classes (not for checkpoints). Defaults to 10.
     """
     from cnnkit.models import create_model, list_models, model_entry
@@ -190,6 +191,8 @@ def summarize_model(
     modality = model_entry(name).modality
     if modality == "audio":  # a waveform (C, samples): one second of mono 16 kHz audio unless told otherwise
         img_size, channels = img_size or 16000, channels or 1
+    elif modality == "series":  # (C, L): one channel of the series builders' default length unless told otherwise
+        img_size, channels = img_size or 128, channels or 1
     img_size, channels = img_size or 224, channels or 3
     net = create_model(name, num_classes or 10, channels, img_size, **kwargs)
     side = (img_size,) if modality in ("series", "audio") else (img_size, img_size)  # a series or waveform: (C, L)
