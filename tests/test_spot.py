@@ -146,6 +146,7 @@ def test_spotter_stream_gives_the_files_detections_in_any_block_size(spot_run):
     assert len(np.concatenate(whole.posteriors)) == 1 + -(-(len(samples) - WINDOW) // 800)  # to the last sample
 
 
+@pytest.mark.slow
 def test_spot_cli_prints_json_lines_and_scores_a_labelled_recording(spot_run, tmp_path, capsys):
     stereo = np.repeat(0.2 * np.random.default_rng(4).standard_normal((3 * 16000, 1)), 2, axis=1)
     write_wav(tmp_path / "long.wav", stereo.astype(np.float32), 16000)  # another rate, two channels
