@@ -14,7 +14,8 @@ the same annotation files, in original pixels.
   the batch (0.02 for 16 images; 0.01 for RetinaNet and FCOS), its schedule (linear warm-up
   from 1/1000 over the first epoch, x0.1 at epochs 16 and 22 of 26) mapped onto a wall-clock
   budget of ``--budget`` seconds: the warm-up is the first 1/26 of it, the steps at 16/26
-  and 22/26. The recipe's aspect-ratio grouping is a no-op here (every image is square).
+  and 22/26; it stops at the first step that ends past the budget. The recipe's
+  aspect-ratio grouping is a no-op here (every image is square).
 - **cnnkit**: ``cnnkit train --task detect --data DIR --epochs E`` as a user runs it (a
   subprocess, every default: boxnet, 320 px, batch 64, AdamW one-cycle, ``--augment auto``),
   with a cold image cache. Its time is the whole command's wall time (imports, decoding,
@@ -28,7 +29,7 @@ NMS in numpy) against PyTorch eager, and the reference model eager, one validati
 a time (batch 1) through each ``detect`` path, on ``--threads`` threads.
 
     python benchmarks/detect_reference.py --final                # 1200 train images, 480 s reference, 240 s cnnkit
-    python benchmarks/detect_reference.py --quick                # a run-through in about two minutes
+    python benchmarks/detect_reference.py --quick                # a run-through: tiny set, 40 s budget
 """
 
 from __future__ import annotations
