@@ -175,6 +175,8 @@ def test_torchvision_detector_export_selects_boxes_in_the_graph_as_pytorch_does(
     assert exported.settings == {"selection": "graph", "score_threshold": 0.05, "max_detections": 100}
     parity = check_box_parity(reference, exported, pixels, floor=0.06)
     assert parity.passed and parity.boxes > 100, parity.format()
+    [record] = exported.predict(np.ascontiguousarray(pixels[0].transpose(1, 2, 0)), threshold=0.06)  # (H, W, C)
+    assert 0 < len(record.to_dict()["boxes"]) <= 100
 
 
 def test_drawn_names_number_a_repeated_stem():
