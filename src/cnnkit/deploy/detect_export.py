@@ -31,15 +31,14 @@ through an image with none records torchvision's empty-input early return as the
 The export's ``detection`` metadata says which kind a file is (``selection``: ``runtime`` or
 ``graph``; exports written before the key existed are boxnet's, ``runtime``).
 
-Measured once on the shared 2-core development machine under load (indicative only), on
-runs of the 32-image squares set at 64 px (fcos 3 epochs, ssdlite and faster_rcnn 2), one
-thread, batch 1, ``benchmarks/detect_export_latency.py``: parity 758/758 boxes for FCOS (max
-7.6e-6 px, 1.4e-7 in score), 800/800 for SSDlite (4.6e-5 px), 89/89 for Faster R-CNN
-(1.8e-4 px); ONNX Runtime against eager per image, FCOS 16 vs 65 ms, SSDlite 9 vs 51 ms,
-Faster R-CNN 128 vs 124 ms. RetinaNet's 2-epoch run found no box above 0.05, so it was refused
-(nothing to trace); on an untrained RetinaNet with spread class weights 299 of 300 boxes
-matched, the other a tie at the 100-box cap (scores equal to 1e-5), so it is not yet verified
-on a trained run: the parity check decides each export.
+Measured on the shared 2-core development machine (load average about 5: indicative only),
+on runs of the 32-image squares set at 64 px (FCOS 3 epochs, SSDlite and Faster R-CNN 2,
+RetinaNet 6), one thread, batch 1, 8 validation images, ``benchmarks/detect_export_latency.py``:
+parity 758/758 boxes for FCOS (max 7.6e-6 px, 1.4e-7 in score), 788/788 for RetinaNet
+(2.7e-5 px), 800/800 for SSDlite (4.6e-5 px), 89/89 for Faster R-CNN (1.8e-4 px); ONNX
+Runtime against eager, median ms per image: FCOS 5.7 vs 27.9, RetinaNet 4.3 vs 18.0, SSDlite
+2.6 vs 13.4, Faster R-CNN 41.7 vs 35.7 (its RoIAlign and second stage gain nothing). A
+RetinaNet run of 2 epochs found no box above 0.05 and was refused (nothing to trace).
 """
 
 from __future__ import annotations
