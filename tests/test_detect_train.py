@@ -293,3 +293,10 @@ def test_detect_train_under_bf16_autocast_records_it_and_evaluates_to_a_finite_m
     assert recorded_precision(result.dir) == "bf16"
     test = json.loads((result.dir / "results.json").read_text())["test"]
     assert 0 <= test["map"] <= 1 and 0 <= test["map50"] <= 1 and np.isfinite(result.history[-1]["train_loss"])
+
+
+def test_load_data_of_annotated_images_suggests_the_detect_task(squares: Path):
+    with pytest.raises(
+        CnnkitError, match=r"holds box annotations, not class folders: train a detector with --task detect"
+    ):
+        cnnkit.data.load_data(str(squares))
