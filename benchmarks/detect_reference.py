@@ -224,6 +224,7 @@ def latency(run: Path, reference: torch.nn.Module, paths: list[Path], threads: i
     from cnnkit.deploy.load import load_detector
 
     eager = load_detector(run, device="cpu")
+    shutil.rmtree(out / "export", ignore_errors=True)  # an earlier call's (--reuse)
     export_detector(run, out=out, name="export", verbose=False)
     onnx = load_detector(out / "export" / "model.onnx", threads=threads)
     prep = eager.preprocessing
