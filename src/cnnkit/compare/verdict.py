@@ -203,17 +203,18 @@ def signal_verdict(results: dict[str, Any]) -> list[str]:
         f"moving the test {items} by {share:.0%} of the length ({steps} {'samples' if audio else 'steps'}) "
         f"changes the CNN's accuracy by {_pp(-cnn_drop)} and the MLP's by {_pp(-mlp_drop)}"
     )
-    if gap > margin and (moves or not fixed):
+    if gap > margin and moves:
         lines.append(
             f"Why the CNN wins: the pattern shifts in time: {where}; {shifted}. An MLP has one weight per time step, "
             "so it must learn a pattern at every place it occurs; the CNN's shared filters and global pooling find "
             "it anywhere."
         )
     elif gap > margin:
+        alone = ", so a fixed position alone does not tell the classes apart" if not fixed else ""
         lines.append(
-            f"Why the CNN wins is not where the pattern sits ({where}): its filters read local shape (slopes, peaks, "
-            f"their order) that one weight per step learns less easily from {results['sizes']['train']} {items}; "
-            f"{shifted}."
+            f"Why the CNN wins: not where the pattern sits but its shape ({where}{alone}): its filters read local "
+            f"shape (slopes, peaks, their order) that one weight per step learns less easily from "
+            f"{results['sizes']['train']} {items}; {shifted}."
         )
     else:
         verb = "wins" if gap < -margin else "matches"
