@@ -94,6 +94,8 @@ def test_signal_verdict_says_which_model_wins_and_why():
     moving = signal_verdict(_results(0.98, 0.60, 0.55, 0.2, 0.40))
     assert moving[0].startswith("Use the CNN") and "the pattern shifts in time" in moving[1]
     assert "Time-shift robustness (a CNN tolerates a pattern moved in time better): held" in moving[2]
+    shape = signal_verdict(_results(0.98, 0.95, 0.76, 0.0, 0.60))  # GunPoint's numbers: aligned, yet no template
+    assert shape[0].startswith("Use the CNN") and "not where the pattern sits but its shape" in shape[1]
     fixed = signal_verdict(_results(0.90, 0.905, 0.88, 0.0, 0.50))
     assert fixed[0].startswith("The MLP matches") and "differ in level or shape at fixed positions" in fixed[1]
     mlp = signal_verdict(_results(0.80, 0.90, 0.86, 0.0, 0.50))
