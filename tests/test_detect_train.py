@@ -300,3 +300,24 @@ def test_load_data_of_annotated_images_suggests_the_detect_task(squares: Path):
         CnnkitError, match=r"holds box annotations, not class folders: train a detector with --task detect"
     ):
         cnnkit.data.load_data(str(squares))
+
+
+def test_detect_run_trains_at_the_tasks_batch_size_unless_one_is_given(tmp_path: Path):
+    from cnnkit.tasks.detect import DEFAULT_BATCH_SIZE
+
+    data = make_squares_folder(tmp_path / "squares", count=16)
+
+    class Started(Exception):
+        pass
+
+    class RecordBatchSize:  # stops the run once its settings are final, before any step
+        def on_fit_start(self, run_dir: Path, config) -> None:
+            seen.append(config.batch_size)
+            raise Started
+
+    seen = []
+    for given in ({}, {"batch_size": 4}):
+        with pytest.raises(Started):
+            settings = {"img_size": 64, "epochs": 1, "verbose": False, "callbacks": [RecordBatchSize()], **given}
+            cnnkit.train(task="detect", data=str(data), out=str(tmp_path / "runs"), **settings)
+    assert seen == [DEFAULT_BATCH_SIZE, 4] and DEFAULT_BATCH_SIZE != 64

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from cnnkit.errors import CnnkitError, describe_error
+from cnnkit.tasks.detect import DEFAULT_BATCH_SIZE as DETECTION_BATCH_SIZE
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ class TrainConfig:
     )
     batch_size: int = _option(
         64,
-        f"images per training step (default: 64; time series: {SERIES_TRAINING['batch_size']})",
+        f"images per step (default 64; time series {SERIES_TRAINING['batch_size']}; detection {DETECTION_BATCH_SIZE})",
         "optimisation",
         COUNT,
     )

@@ -37,7 +37,7 @@ from cnnkit.models import ModelSpec, create_model, list_models, model_entry
 from cnnkit.models.pretrained import pretrained_preprocessing
 from cnnkit.rundir import new_run_dir
 from cnnkit.safeload import read_header
-from cnnkit.tasks.detect import DEFAULT_DETECTOR, DEFAULT_IMG_SIZE
+from cnnkit.tasks.detect import DEFAULT_BATCH_SIZE, DEFAULT_DETECTOR, DEFAULT_IMG_SIZE
 from cnnkit.tasks.detect.evaluate import evaluate_boxes
 from cnnkit.tasks.detect.metrics import DetectionMetrics
 from cnnkit.tasks.detect.report import plot_detection_curves, write_split_figures
@@ -45,7 +45,7 @@ from cnnkit.training import runlog
 from cnnkit.training.detect_session import DetectionData, DetectionSession, train_detection_epochs
 from cnnkit.training.loop import StepSettings, check_batch_size
 from cnnkit.training.optim import Optimisation
-from cnnkit.training.prepare import check_bad_share
+from cnnkit.training.prepare import check_bad_share, given_keys
 from cnnkit.training.resume import STATE, Progress, SavedState, truncate_logs
 from cnnkit.training.runlog import Run
 from cnnkit.training.session import build_schedule
@@ -81,8 +81,10 @@ def fit_detection(
     """
     started = time.perf_counter()
     say = print if verbose else _silent
-    if resume is None and "model" not in overrides and (config is None or config.model is None):
-        overrides = {**overrides, "model": DEFAULT_DETECTOR}  # the task's default, which config.yaml records
+    if resume is None:  # the task's defaults, which config.yaml records, where the caller left them
+        given = given_keys(config, overrides)
+        defaults = {"model": DEFAULT_DETECTOR, "batch_size": DEFAULT_BATCH_SIZE}
+        overrides = {**{key: value for key, value in defaults.items() if key not in given}, **overrides}
     config, saved = resolve(config, resume, overrides)
     check_detection_config(config)
     device = compute.select_device(config.device)
