@@ -75,11 +75,11 @@ def run_spot(args: argparse.Namespace) -> int:
         raise CnnkitError("--labels scores a recording; give AUDIO.wav instead of --stream")
     if args.out is not None and args.labels is None:
         raise CnnkitError("--out holds the DET curve of a labelled recording; give --labels too")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     settings = SpotSettings(args.threshold, args.hop, args.smooth, args.refractory)
     run = load_run(args.run)
     words = read_labels(args.labels, run.keywords) if args.labels is not None else None
+    if args.threads:  # once the input is known good: a refused command leaves the process as it was
+        torch.set_num_threads(args.threads)
     for note in run.notes:
         print(f"warning: {note}", file=sys.stderr)
     spotter = run.spotter(settings, keep=words is not None)
