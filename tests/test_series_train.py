@@ -127,7 +127,7 @@ def test_summary_and_models_show_series_input(waves_run, capsys):
     assert list(summary.input_shape) == [1, LENGTH] and summary.layers[0].type == "Conv1d"
     assert main(["models", "--json"]) == 0
     rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
-    assert rows["resnet1d"]["input"] == "3xL" and rows["convnet"]["input"] == "3x32x32"
+    assert rows["resnet1d"]["input"] == "3x32" and rows["convnet"]["input"] == "3x32x32"
 
 
 @pytest.mark.slow
