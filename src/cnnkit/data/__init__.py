@@ -79,13 +79,13 @@ def load_data(
         return load_builtin(data, data_dir, img_size, channels, resize, val_split, test_split)
     if is_series(data):
         return load_series(data, val_split, test_split, series_normalize)
-    from cnnkit.data.annotations import has_annotations
-
     try:
         return load_folder(
             Path(data).expanduser(), img_size, channels, resize, val_split, test_split, workers or os.cpu_count() or 1
         )
     except CnnkitError as error:
+        from cnnkit.data.annotations import has_annotations  # only a folder that failed to load is looked at again
+
         if has_annotations(data):  # COCO's or YOLO's image folder read as one class: the user meant detection
             raise CnnkitError(
                 f"{data} holds box annotations, not class folders: train a detector with --task detect"
