@@ -28,16 +28,19 @@ validation accuracy. The default augmentation for data without background record
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
+import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import cnnkit
-from cnnkit.config import DEFAULT_MODELS
+from cnnkit.config import DEFAULT_MODELS, SPLIT_BY
 from cnnkit.data.speech import FSDD, FSDD_NAME, FSDD_TEST_INDICES, locate_speech
 
 TARGETS = {"standard": 98.0, "loso_mean": 90.0, "seconds": 180.0}
@@ -53,9 +56,9 @@ def train(settings: dict, threads: int, out: Path) -> dict:
     return dict(test=100 * test, val=100 * best_val, seconds=seconds, epochs=run.config.epochs)
 
 
-def settings_for(args: argparse.Namespace, lr: float | None, augment: str | None) -> dict:
+def settings_for(args: argparse.Namespace, epochs: int | None, lr: float | None, augment: str | None) -> dict:
     """cnnkit's own audio defaults, but for what the command line sets."""
-    given = {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": lr, "augment": augment}
+    given = {"model": args.model, "epochs": epochs, "batch_size": args.batch_size, "lr": lr, "augment": augment}
     return dict(data_dir=str(args.data_dir), seed=args.seed) | {k: v for k, v in given.items() if v is not None}
 
 
@@ -65,7 +68,7 @@ def speakers(data_dir: Path) -> list[str]:
 
 
 def measure(args: argparse.Namespace, out: Path) -> dict:
-    settings = settings_for(args, args.lrs[0], args.augments[0])
+    settings = settings_for(args, args.epochs[0], args.lrs[0], args.augments[0])
     standard = train(settings, args.threads, out / "standard")
     print(f"standard split: test {standard['test']:.2f}% in {standard['seconds']:.1f}s ({standard['epochs']} epochs)")
     folds = {}
@@ -87,22 +90,41 @@ def measure(args: argparse.Namespace, out: Path) -> dict:
     return dict(standard=standard, folds=folds, loso_mean=mean)
 
 
-def select(args: argparse.Namespace, out: Path) -> list[dict]:
-    """Settings compared on the training takes (5-49) alone, by validation carved from them; no test take is read."""
-    recordings = locate_speech(FSDD, args.data_dir) / "recordings"
-    train_only = out / "train_only" / "recordings"
-    train_only.mkdir(parents=True)
+def link_recordings(data_dir: Path, keep: Callable[[re.Match], bool], folder: Path) -> Path:
+    """A scratch copy of FSDD (symbolic links) holding only the recordings whose name match ``keep`` accepts."""
+    recordings = locate_speech(FSDD, data_dir) / "recordings"
+    (folder / "recordings").mkdir(parents=True)
     for path in recordings.iterdir():
-        if (match := FSDD_NAME.match(path.name)) and int(match.group(3)) not in FSDD_TEST_INDICES:
-            (train_only / path.name).symlink_to(path.resolve())
+        if (match := FSDD_NAME.match(path.name)) and keep(match):
+            (folder / "recordings" / path.name).symlink_to(path.resolve())
+    return folder
+
+
+def select(args: argparse.Namespace, out: Path) -> list[dict]:
+    """Settings compared by validation alone; no test recording is read.
+
+    ``--split-by index``: on the training takes (5-49), validation carved from them (the best epoch's).
+    ``--split-by speaker``: nested; the ``--fold`` speaker (the outer test) is left out of the scratch
+    copy, and each of the other speakers (or the first ``--folds`` of them) is held out in turn as
+    validation: the score is the mean accuracy on those held-out training speakers.
+    """
+    if args.split_by == "speaker":
+        outer = speakers(args.data_dir)[args.fold]
+        data = link_recordings(args.data_dir, lambda match: match.group(2) != outer, out / "without_test_speaker")
+        inner = [dict(split_by="speaker", fold=fold) for fold in range(len(speakers(data)))][: args.folds]
+        print(f"test speaker {outer} left out; validation speakers: {', '.join(speakers(data)[: len(inner)])}")
+    else:
+        data = link_recordings(args.data_dir, lambda match: int(match.group(3)) not in FSDD_TEST_INDICES, out / "train")
+        inner = [{}]
     rows = []
-    for lr in args.lrs:
-        for augment in args.augments:
-            settings = settings_for(args, lr, augment) | dict(data_dir=str(train_only.parent))
-            result = train(settings, args.threads, out / "runs")
-            row = dict(lr=lr, augment=augment, epochs=result["epochs"], val=result["val"], seconds=result["seconds"])
-            rows.append(row)
-            print(json.dumps(row))
+    for epochs, lr, augment in itertools.product(args.epochs, args.lrs, args.augments):
+        settings = settings_for(args, epochs, lr, augment) | dict(data_dir=str(data))
+        results = [train(settings | split, args.threads, out / "runs") for split in inner]
+        scores = [result["test" if split else "val"] for result, split in zip(results, inner, strict=True)]
+        row = dict(epochs=results[0]["epochs"], lr=lr, augment=augment, val=float(np.mean(scores)))
+        row |= dict(val_each=scores, seconds=[result["seconds"] for result in results])
+        rows.append(row)
+        print(json.dumps(row))
     return rows
 
 
@@ -115,13 +137,21 @@ def main() -> None:
     )
     parser.add_argument("--augments", nargs="+", default=[None], help="--augment values; the first is measured")
     parser.add_argument("--batch-size", type=int, help="default: cnnkit's for audio")
-    parser.add_argument("--epochs", type=int, help="default: cnnkit's for audio (e.g. 1 for a check)")
+    parser.add_argument(
+        "--epochs", nargs="+", type=int, default=[None], help="the first is measured (default: cnnkit's; 1: a check)"
+    )
     parser.add_argument("--folds", type=int, default=None, help="speakers held out in turn (default: all)")
+    parser.add_argument(
+        "--split-by", choices=SPLIT_BY, default="index", help="--select: on the training takes, or by speaker (nested)"
+    )
+    parser.add_argument("--fold", type=int, default=0, help="--select --split-by speaker: the test speaker left out")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--select", action="store_true", help="compare --lrs x --augments on training takes alone")
+    parser.add_argument("--select", action="store_true", help="compare --epochs x --lrs x --augments on validation")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args()
+    if not 0 <= args.fold < len(speakers(args.data_dir)):
+        parser.error(f"--fold {args.fold}: give 0 to {len(speakers(args.data_dir)) - 1} (speakers in name order)")
     with tempfile.TemporaryDirectory() as scratch:
         result = (select if args.select else measure)(args, Path(scratch))
     if args.json:
