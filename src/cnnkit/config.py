@@ -25,9 +25,6 @@ from cnnkit.tasks.detect import DEFAULT_BATCH_SIZE as DETECTION_BATCH_SIZE
 class Range:
     """The numbers a setting accepts: its kind and bounds. NaN and infinity never pass.
 
-    One home for each key's limits: the command line's flag types, ``TrainConfig.check`` and
-    config files all read them here, so a value is refused alike wherever it comes from.
-
     Args:
         kind: ``int`` or ``float``.
         low: Smallest allowed value; None for no bound. Defaults to None.
@@ -111,9 +108,7 @@ class TrainConfig:
     """Every setting of a training run, with its default. Saved as ``config.yaml`` in each run."""
 
     data: str = _option(
-        "digits",
-        "folder with one subfolder per class, or a built-in: digits, mnist, fashion-mnist, cifar10",
-        "data",
+        "digits", "folder with one subfolder per class, or a built-in: digits, mnist, fashion-mnist, cifar10", "data"
     )
     data_dir: str | None = _option(
         None,
@@ -147,9 +142,7 @@ class TrainConfig:
     )
     pretrained: bool = _option(False, "start from ImageNet weights, with the preprocessing they expect", "model")
     weights: str | None = _option(
-        None,
-        "local ImageNet weights file (safetensors, or a .pt/.pth state dict) for --pretrained/--finetune",
-        "model",
+        None, "local ImageNet weights file (safetensors, or a .pt/.pth state dict) for --pretrained/--finetune", "model"
     )
     finetune: bool = _option(
         False,
@@ -158,10 +151,7 @@ class TrainConfig:
         "model",
     )
     freeze: int | None = _option(
-        None,
-        "epochs that train only the new head before unfreezing (default with --finetune: 1)",
-        "model",
-        Range(int, 0),
+        None, "epochs training only the new head before unfreezing (default with --finetune: 1)", "model", Range(int, 0)
     )
     epochs: int = _option(
         20,
@@ -226,6 +216,12 @@ class TrainConfig:
     background: float | None = _option(
         None, "audio: _background_ clips (noise, gaps) per clip of each split; 0: none (default 0.1)", "data", SHARE
     )
+    keywords: str | None = _option(
+        None,
+        "speech-commands: standard (its published 12-class task) or words such as yes,no,up, each task adding "
+        "_silence_ and _unknown_ (default: all 35 words, no task)",
+        "data",
+    )
     val_split: float = _option(
         0.1, "share of training images held out for validation when no val/ folder exists", "data", SHARE
     )
@@ -244,10 +240,7 @@ class TrainConfig:
     out: str = _option("runs", "folder that holds run directories", "output")
     name: str | None = _option(None, "run directory name under --out (default: train, train2, ...)", "output")
     save_every: int = _option(
-        0,
-        "also save the resumable state every N steps (0: at the end of each epoch only)",
-        "output",
-        Range(int, 0),
+        0, "also save the resumable state every N steps (0: at the end of each epoch only)", "output", Range(int, 0)
     )
     nonfinite: str = _option(
         "stop",
@@ -357,6 +350,8 @@ class TrainConfig:
         ]
         if self.fold is not None and self.split_by != "speaker":
             problems.append("fold is used only with split_by speaker")
+        if self.keywords is not None and self.data != "speech-commands":
+            problems.append("keywords is used only with data speech-commands")
         if not problems and self.val_split + self.test_split >= 1:
             total = self.val_split + self.test_split
             problems.append(f"val_split and test_split must sum to less than 1 (got {total:g})")
@@ -398,3 +393,8 @@ def _kind(spec: dataclasses.Field) -> tuple[type, bool]:
     annotation = str(spec.type)
     kind = next(k for k in (bool, int, float, str) if k.__name__ in annotation.split(" | "))
     return kind, "None" in annotation
+
+
+def audio_defaults(keywords: str | None) -> dict[str, Any]:
+    """``AUDIO_TRAINING`` for a run; with ``keywords`` no ``_background_``: the task's ``_silence_`` is non-speech."""
+    return {**AUDIO_TRAINING, "background": 0.0} if keywords else AUDIO_TRAINING

@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", default="digits", help="built-in dataset name, image folder, time series or audio (default: digits)"
     )
     compare.add_argument("--data-dir", help="folder holding a built-in dataset's files")
+    compare.add_argument("--keywords", help="speech-commands: its keyword task, as train takes it (standard, yes,no)")
     for flag, kind, help_text in (
         ("--epochs", config_type("epochs"), "passes over the training images, for every model"),
         ("--batch-size", config_type("batch_size"), "images per training step"),
@@ -283,8 +284,10 @@ def run_compare(args: argparse.Namespace) -> int:
         from cnnkit.compare.signals import compare_signals
 
         results, out_dir = compare_signals(
-            args.data, modality, given, args.out, args.name, args.data_dir, args.device, say
+            args.data, modality, given, args.out, args.name, args.data_dir, args.device, say, args.keywords
         )
+    elif args.keywords is not None:
+        raise CnnkitError(f"--keywords: for speech-commands only; --data {args.data} holds images, leave it out")
     elif "seeds" in given:
         raise CnnkitError(f"--seeds is for time series and audio; --data {args.data} holds images: give --seed")
     else:

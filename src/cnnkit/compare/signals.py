@@ -59,18 +59,21 @@ def signal_budget(modality: str, train_count: int, given: dict[str, Any]) -> Bud
     return Budget(**{**settled, **given})
 
 
-def load_signal_study(data: str, modality: str, given: dict[str, Any], data_dir: str | None, device: str) -> Study:
-    """Series (a UCR/aeon pair, CSV, NPY) or audio (WAV class folders, a speech built-in) as a study."""
+def load_signal_study(
+    data: str, modality: str, given: dict[str, Any], data_dir: str | None, device: str, keywords: str | None = None
+) -> Study:
+    """Series (a UCR/aeon pair, CSV, NPY) or audio (WAV class folders, a speech built-in; ``keywords``: its task)."""
     from cnnkit.data import load_data
-    from cnnkit.data.speech import clip_format, load_audio
+    from cnnkit.data.speech import check_keywords, clip_format, load_audio
 
+    check_keywords(data, keywords)
     model_kwargs: dict[str, Any] = {}
     if modality == "series":
         splits = load_data(data)
         preprocessing = SeriesPreprocessing(splits.channels, splits.length)
     else:
         audio_format = clip_format(data)
-        splits = load_audio(data, audio_format, data_dir=data_dir)
+        splits = load_audio(data, audio_format, data_dir=data_dir, keywords=keywords)
         preprocessing = AudioPreprocessing(audio_format.sample_rate, audio_format.clip_samples, audio_format.pad,
                                            audio_format.crop)  # fmt: skip
         model_kwargs = {"sample_rate": audio_format.sample_rate}  # as cnnkit train records it
@@ -201,6 +204,7 @@ def compare_signals(
     data_dir: str | None = None,
     device: str = "auto",
     say: Callable[[str], None] = print,
+    keywords: str | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """Run the signal study and write its report under ``out/name``, with the image study's folder rules.
 
@@ -214,6 +218,7 @@ def compare_signals(
         data_dir: Folder holding a built-in speech set.
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
         say: Where progress lines go. Defaults to ``print``.
+        keywords: speech-commands' keyword task, as ``cnnkit train --keywords`` takes it. Defaults to None.
 
     Example:
         >>> results, folder = compare_signals("GunPoint/", "series", {"seeds": 5})
@@ -221,7 +226,7 @@ def compare_signals(
     """
     from cnnkit.compare.verdict import signal_verdict
 
-    study = load_signal_study(data, modality, given or {}, data_dir, device)
+    study = load_signal_study(data, modality, given or {}, data_dir, device, keywords)
 
     def produce() -> dict[str, Any]:
         results = measure_signals(study, data, modality, say)

@@ -7,6 +7,9 @@ Every file becomes one clip by one rule (:class:`cnnkit.data.wav.AudioFormat`), 
 parallel processes into a memory-mapped float32 cache entry ``<cache>/audio/<key>/`` whose key is
 the image cache's fingerprint of the files and the rule; later runs only map it. Clips are held
 in a :class:`cnnkit.data.series.SeriesSet`: a waveform is a series of one channel.
+
+A ``_background_noise_/`` subfolder (Speech Commands' name) holds background recordings, never a
+class: they are mixed into training clips as noise and lend windows to the ``_background_`` class.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from cnnkit.errors import CnnkitError, describe_error
 AUDIO_CACHE_VERSION = 1
 VALUES = "values.f32"
 CHUNK = 64  # files per worker task
+BACKGROUND_NOISE = "_background_noise_"  # a folder of background recordings (Speech Commands' name), not a class
 
 
 @dataclass
@@ -248,6 +252,23 @@ def check_share(flag: str, share: float, whole: bool = False) -> None:
         raise CnnkitError(f"{flag} {share}: use a share from 0 to {'1' if whole else 'below 1'} (0.1 is usual)")
 
 
+def read_background(root: Path, audio_format: AudioFormat) -> tuple[list[np.ndarray], list[str], list[SkippedFile]]:
+    """The WAVs of ``root/_background_noise_/`` as mono signals at the format's rate, their names, and those skipped."""
+    signals, names, skipped = [], [], []
+    folder = root / BACKGROUND_NOISE
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if path.suffix.lower() not in WAV_EXTENSIONS or not path.is_file():  # Speech Commands keeps a README.md there
+            continue
+        try:
+            samples, info = read_wav(path)
+        except AudioDecodeError as error:
+            skipped.append(SkippedFile(f"{BACKGROUND_NOISE}/{path.name}", str(error).replace(str(path), "file")))
+            continue
+        signals.append(to_mono(samples, info.sample_rate, audio_format))
+        names.append(path.name)
+    return signals, names, skipped
+
+
 def is_audio_folder(root: str | Path) -> bool:
     """Whether ``root`` (or its ``train/``) has class subfolders holding WAV files and no images (for a dispatcher)."""
     root = Path(root).expanduser()
@@ -298,6 +319,7 @@ def load_audio_folder(
         raise CnnkitError(f"audio folder not found: {root}; give a folder with one subfolder of WAV files per class")
     train_dir = _split_dir(root, "train") or root
     classes, outputs = list_classes(train_dir)
+    classes = [name for name in classes if name != BACKGROUND_NOISE]
     files, ignored, nested = list_images(train_dir, classes, WAV_EXTENSIONS)
     prefix = "" if train_dir == root else f"{train_dir.name}/"
     used = sorted({label for _, label in files})
@@ -332,7 +354,7 @@ def load_audio_folder(
         if split_dir is None:
             continue
         found, _ = list_classes(split_dir)
-        unknown = sorted(set(found) - set(classes))
+        unknown = sorted(set(found) - set(classes) - {BACKGROUND_NOISE})
         if unknown:
             raise CnnkitError(f"{split_dir} has class folders {train_dir} lacks: {', '.join(unknown)}")
         given, _, _ = list_images(split_dir, classes, WAV_EXTENSIONS)
@@ -345,5 +367,18 @@ def load_audio_folder(
     if any(fractions):
         shares = f"test {fractions[0]:.0%}, val {fractions[1]:.0%}"
         rule = f"stratified by file-name hash: {shares} of {prefix or 'the folder'}"
+    noise: list[torch.Tensor] = []
+    if noise_root := next((d for d in (train_dir, root) if (d / BACKGROUND_NOISE).is_dir()), None):
+        where = ("" if noise_root == root else prefix) + BACKGROUND_NOISE
+        signals, _, noise_skipped = read_background(noise_root, audio_format)
+        noise = [torch.from_numpy(signal) for signal in signals]
+        skipped += [SkippedFile(item.path.replace(BACKGROUND_NOISE, where, 1), item.reason) for item in noise_skipped]
+        rule += f"; {where}/ ({len(noise)} recordings): background noise, not a class"
+        warnings.append(
+            f"{where}/ holds background recordings, not a class: they are mixed into training clips as noise "
+            "and into the _background_ class; rename the folder to train it as a class"
+        )
     warnings += cropped_warning(cropped, audio_format)
-    return AudioSplits(str(root), carved["train"], carved["val"], carved["test"], rule, audio_format, skipped, warnings)
+    return AudioSplits(
+        str(root), carved["train"], carved["val"], carved["test"], rule, audio_format, skipped, warnings, noise
+    )

@@ -114,6 +114,7 @@ def labelled_audio(
             config.get("test_split", 0.2),
             config.get("data_dir") if own else None,
             background=config.get("background") or 0.0,  # the run's own _background_ clips of that split
+            keywords=config.get("keywords") if own else None,  # the run's keyword task: its classes, _silence_
         )
         clips = getattr(splits, split)
     else:

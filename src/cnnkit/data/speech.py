@@ -24,11 +24,20 @@ import numpy as np
 import torch
 
 from cnnkit.data.archive import DatasetArchive, fetch_archive
-from cnnkit.data.audio import AudioSplits, check_share, cropped_warning, is_audio_folder, load_audio_folder, read_clips
+from cnnkit.data.audio import (
+    BACKGROUND_NOISE,
+    AudioSplits,
+    check_share,
+    cropped_warning,
+    is_audio_folder,
+    load_audio_folder,
+    read_background,
+    read_clips,
+)
 from cnnkit.data.background import add_background
 from cnnkit.data.imageset import SkippedFile, _stable_order, stratified_split
 from cnnkit.data.series import SeriesSet
-from cnnkit.data.wav import AudioDecodeError, AudioFormat, read_wav, to_mono
+from cnnkit.data.wav import AudioFormat
 from cnnkit.errors import CnnkitError, did_you_mean
 
 FSDD_COMMIT = "26eb9aaf76e81b692f806f9140c2d2777410d7a1"  # v1.0.10 plus docs: 6 speakers, 3,000 recordings
@@ -53,7 +62,6 @@ FSDD_TEST_INDICES = range(5)  # the dataset's own convention: takes 0-4 of every
 
 STANDARD_KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 SILENCE, UNKNOWN = "_silence_", "_unknown_"
-BACKGROUND = "_background_noise_"
 # Shares of the background recordings' length for each split's silence windows, in order: no window is shared.
 NOISE_SHARES = {"train": (0.0, 0.8), "val": (0.8, 0.9), "test": (0.9, 1.0)}
 
@@ -199,21 +207,6 @@ def _read_list(root: Path, name: str) -> set[str]:
     return {line.strip() for line in path.read_text().splitlines() if line.strip()}
 
 
-def _background(root: Path, audio_format: AudioFormat) -> tuple[list[np.ndarray], list[str], list[SkippedFile]]:
-    """The background-noise recordings as mono signals at the format's rate, their names, and those skipped."""
-    signals, names, skipped = [], [], []
-    folder = root / BACKGROUND
-    for path in sorted(folder.glob("*.wav")) if folder.is_dir() else []:
-        try:
-            samples, info = read_wav(path)
-        except AudioDecodeError as error:
-            skipped.append(SkippedFile(f"{BACKGROUND}/{path.name}", str(error).replace(str(path), "file")))
-            continue
-        signals.append(to_mono(samples, info.sample_rate, audio_format))
-        names.append(path.name)
-    return signals, names, skipped
-
-
 def _silence(
     signals: list[np.ndarray], names: list[str], split: str, count: int, audio_format: AudioFormat
 ) -> tuple[np.ndarray, list[str]]:
@@ -233,8 +226,27 @@ def _silence(
     for i in range(count):
         k, offset = windows[i % len(windows)]
         clips[i] = gains[i] * signals[k][offset : offset + width]
-        sources.append(f"{BACKGROUND}/{names[k]}@{offset / audio_format.sample_rate:.2f}s*{gains[i]:.3f}")
+        sources.append(f"{BACKGROUND_NOISE}/{names[k]}@{offset / audio_format.sample_rate:.2f}s*{gains[i]:.3f}")
     return clips, sources
+
+
+def parse_keywords(keywords: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """The words of the keyword task: ``standard`` (:data:`STANDARD_KEYWORDS`), ``yes,no,up`` or a sequence; None: none."""
+    if keywords is None:
+        return None
+    given = keywords.split(",") if isinstance(keywords, str) else keywords
+    words = STANDARD_KEYWORDS if keywords == "standard" else tuple(str(word).strip() for word in given)
+    if not words or not all(words):
+        raise CnnkitError(f"keywords {keywords!r}: give standard or comma-separated Speech Commands words, e.g. yes,no")
+    if len(set(words)) != len(words):
+        raise CnnkitError(f"keywords repeat a word: {', '.join(words)}")
+    return words
+
+
+def check_keywords(data: str, keywords: str | Sequence[str] | None) -> None:
+    """Refuse ``keywords`` for data other than speech-commands, whose words they name, in one line."""
+    if keywords is not None and data != "speech-commands":
+        raise CnnkitError(f"--keywords: for speech-commands only; {data} has its own classes, leave it out")
 
 
 def _keyword_labels(
@@ -255,7 +267,7 @@ def _keyword_labels(
 def load_speech_commands(
     data_dir: str | Path | None = None,
     audio_format: AudioFormat | None = None,
-    keywords: Sequence[str] | None = None,
+    keywords: str | Sequence[str] | None = None,
     silence_share: float = 0.1,
     unknown_share: float = 0.1,
     workers: int | None = None,
@@ -266,8 +278,9 @@ def load_speech_commands(
         data_dir: The unpacked dataset; defaults to ``$CNNKIT_DATA_DIR/speech-commands``, then the
             cache, then a download of the official archive (checked by SHA-256).
         audio_format: Clip rule; defaults to 16 kHz, 1 s (the recordings' own).
-        keywords: None for all 35 words as classes; a list of words (:data:`STANDARD_KEYWORDS` for
-            the standard 12-class task) for those words plus ``_silence_`` and ``_unknown_``.
+        keywords: None for all 35 words as classes; words (``standard`` or :data:`STANDARD_KEYWORDS` for the
+            standard 12-class task, or ``"yes,no,up"``) for those words plus ``_silence_`` and ``_unknown_``,
+            ``_silence_`` being the task's one non-speech class (:func:`load_audio` adds no ``_background_``).
         silence_share: ``_silence_`` clips per split, as a share of its keyword clips. Defaults to 0.1.
         unknown_share: ``_unknown_`` clips (other words, chosen by hash) per split, as that share. Defaults to 0.1.
         workers: Decoding processes; defaults to the number of cores.
@@ -279,6 +292,7 @@ def load_speech_commands(
     """
     audio_format = _clip_format(audio_format, "speech-commands")
     workers = workers or os.cpu_count() or 1
+    keywords = parse_keywords(keywords)
     check_share("silence_share", silence_share, whole=True)
     check_share("unknown_share", unknown_share, whole=True)
     root = locate_speech(SPEECH_COMMANDS, data_dir)
@@ -286,8 +300,6 @@ def load_speech_commands(
     for word in keywords or ():
         if word not in words:
             raise CnnkitError(f"keyword {word!r} is not a Speech Commands word{did_you_mean(word, words)}")
-    if keywords is not None and len(set(keywords)) != len(keywords):
-        raise CnnkitError(f"keywords repeat a word: {', '.join(keywords)}")
     lists = {"val": _read_list(root, "validation_list.txt"), "test": _read_list(root, "testing_list.txt")}
     everything = sorted(f"{word}/{f.name}" for word in words for f in (root / word).iterdir() if f.suffix == ".wav")
     listed = lists["val"] | lists["test"]
@@ -295,7 +307,7 @@ def load_speech_commands(
     by_split["train"] = [rel for rel in everything if rel not in listed]
     missing = listed - set(everything)
     warnings = [f"{len(missing)} file(s) named in the split lists are missing, e.g. {min(missing)}"] if missing else []
-    signals, names, skipped = _background(root, audio_format)
+    signals, names, skipped = read_background(root, audio_format)
     sets, cropped = {}, []
     for split, files in by_split.items():
         classes, labelled = _keyword_labels(files, words, keywords, unknown_share)
@@ -314,22 +326,15 @@ def load_speech_commands(
             )
         sets[split] = clips
     if keywords is not None and not signals:
-        warnings.append(f"no {BACKGROUND}/ recordings: {SILENCE} clips are digital silence")
+        warnings.append(f"no {BACKGROUND_NOISE}/ recordings: {SILENCE} clips are digital silence")
     rule = "Speech Commands' validation_list.txt and testing_list.txt; the rest train"
     if keywords is not None:
         rule += f"; {SILENCE} {silence_share:.0%} and {UNKNOWN} {unknown_share:.0%} (by hash) of each split's keywords"
+        rule += f"; {SILENCE} is the non-speech class (no _background_)"
     train_noise = [torch.from_numpy(s[: int(NOISE_SHARES["train"][1] * len(s))].copy()) for s in signals]
-    return AudioSplits(
-        "speech-commands",
-        sets["train"],
-        sets["val"],
-        sets["test"],
-        rule,
-        audio_format,
-        skipped,
-        warnings + cropped_warning(cropped, audio_format),
-        train_noise,
-    )
+    warnings += cropped_warning(cropped, audio_format)
+    ordered = [sets[split] for split in ("train", "val", "test")]
+    return AudioSplits("speech-commands", *ordered, rule, audio_format, skipped, warnings, train_noise)
 
 
 # The built-in audio datasets by name, for a dispatcher beside cnnkit.data.builtin.BUILTINS.
@@ -359,6 +364,7 @@ def load_audio(
     data_dir: str | None = None,
     workers: int | None = None,
     background: float = 0.0,
+    keywords: str | Sequence[str] | None = None,
 ) -> AudioSplits:
     """Audio by name or folder as train/val/test clips: the one dispatcher that training and evaluation share.
 
@@ -373,13 +379,18 @@ def load_audio(
         workers: Decoding processes; defaults to the number of cores.
         background: Clips of the class ``_background_`` per clip of each split
             (:func:`cnnkit.data.background.add_background`); 0 for none. Defaults to 0.
+        keywords: speech-commands only: its keyword task (:func:`load_speech_commands`), whose ``_silence_``
+            is the non-speech class, so ``background`` must be 0. Defaults to None (every word a class).
     """
+    check_keywords(data, keywords)
+    if keywords is not None and background:  # two non-speech classes would not be the published task
+        raise CnnkitError(f"background {background:g} with keywords: {SILENCE} is their non-speech class; use 0")
     if data == "spoken-digits":
         splits = load_spoken_digits(data_dir, audio_format, split_by or "index", fold, val_split, workers)
     elif given := [flag for flag, value in (("--split-by", split_by), ("--fold", fold)) if value is not None]:
         raise CnnkitError(f"{', '.join(given)}: for spoken-digits only; {data} has its own split rule, leave them out")
     elif data == "speech-commands":
-        splits = load_speech_commands(data_dir, audio_format, workers=workers)
+        splits = load_speech_commands(data_dir, audio_format, keywords, workers=workers)
     else:
         splits = load_audio_folder(Path(data).expanduser(), audio_format, val_split, test_split, workers)
     return add_background(splits, background) if background else splits

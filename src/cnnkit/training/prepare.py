@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from cnnkit.config import AUDIO_TRAINING, SERIES_EPOCHS, SERIES_STEPS, SERIES_TRAINING, TrainConfig
+from cnnkit.config import SERIES_EPOCHS, SERIES_STEPS, SERIES_TRAINING, TrainConfig, audio_defaults
 from cnnkit.data import load_data
 from cnnkit.data.audio import AudioSplits
 from cnnkit.data.audio_augment import AudioBatchAugmentation, noise_bank, parse_audio_augmentation
@@ -174,10 +174,11 @@ def prepare_audio(
     parse_audio_augmentation(config.augment)  # refuses an image list before any file is decoded
     audio_format = clip_format(config.data, config.sample_rate, config.clip_seconds)
     # a new run records its share (audio_training); a resumed run without one predates the background class
-    background = config.background if config.background is not None else 0.0 if saved else AUDIO_TRAINING["background"]
+    share = 0.0 if saved else audio_defaults(config.keywords)["background"]  # keywords: none, _silence_ is theirs
+    background = config.background if config.background is not None else share
     splits = load_audio(
         config.data, audio_format, config.split_by, config.fold, config.val_split, config.test_split,
-        config.data_dir, config.workers, background,
+        config.data_dir, config.workers, background, config.keywords,
     )  # fmt: skip
     report_problems(splits, say)
     rule = audio_format
@@ -195,7 +196,7 @@ def audio_training(config: TrainConfig, data: Prepared, saved: SavedState | None
     """A new audio run's epochs, batch size and lr where ``given`` leaves them to cnnkit (``config.AUDIO_TRAINING``)."""
     if saved is not None or data.preprocessing.modality != "audio":
         return config
-    return replace(config, **{key: value for key, value in AUDIO_TRAINING.items() if key not in given})
+    return replace(config, **{key: value for key, value in audio_defaults(config.keywords).items() if key not in given})
 
 
 def given_keys(config: TrainConfig | None, overrides: dict[str, Any]) -> set[str]:
