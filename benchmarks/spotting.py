@@ -39,39 +39,42 @@ import torch
 
 import cnnkit
 from cnnkit.data.background import BACKGROUND_CLASS, pink_noise, white_noise
-from cnnkit.data.speech import load_spoken_digits
+from cnnkit.data.series import SeriesSet
+from cnnkit.data.speech import FSDD, FSDD_NAME, FSDD_TEST_INDICES, load_spoken_digits, locate_speech
 from cnnkit.data.wav import AudioFormat, write_wav
-from cnnkit.tasks.spot import SpotSettings, Word, load_run, score_detections, spot_blocks
+from cnnkit.tasks.spot import SpotRun, SpotSettings, Word, load_run, score_detections, spot_blocks
 
 SPOTTING_AUGMENTATION = "shift=0.1,gain=6,noise=0.8,snr_min=10,snr_max=40"
 GAP_SECONDS = (1.0, 2.0)
 NOISE_LEVELS_DB = (-70.0, -20.0)
 
 
-def noise(samples: int, decibels: float, rng: np.random.Generator) -> np.ndarray:
-    """Half white, half pink noise (samples,) at ``decibels`` RMS below full scale."""
-    rms = 10 ** (decibels / 20) / np.sqrt(2)
-    return white_noise(samples, rms, rng) + pink_noise(samples, rms, rng)
+def noise(samples: int, decibels: float, rng: np.random.Generator, colour: str = "mix") -> np.ndarray:
+    """Noise (samples,) at ``decibels`` RMS below full scale: white, pink, or ``mix`` (half of each in power)."""
+    rms = 10 ** (decibels / 20)
+    if colour != "mix":
+        return (white_noise if colour == "white" else pink_noise)(samples, rms, rng)
+    return white_noise(samples, rms / np.sqrt(2), rng) + pink_noise(samples, rms / np.sqrt(2), rng)
 
 
-def long_recording(data_dir: str | None, rate: int, noise_db: float, seed: int) -> tuple[np.ndarray, list[Word]]:
-    """The FSDD test takes in a shuffled order, each after a noise gap, over noise: (samples,), and the words."""
-    splits = load_spoken_digits(data_dir, AudioFormat(rate, rate))
-    test = splits.test
+def long_recording(
+    clips: SeriesSet, rate: int, noise_db: float, seed: int, colour: str = "mix"
+) -> tuple[np.ndarray, list[Word], list[int]]:
+    """``clips`` in a shuffled order, each after a noise gap, over noise: (samples,), the words, the clips' order."""
     rng = np.random.default_rng(seed)
     pieces, words, position = [], [], 0
-    for index in rng.permutation(len(test)).tolist():
+    order = rng.permutation(len(clips)).tolist()
+    for index in order:
         gap = round(rng.uniform(*GAP_SECONDS) * rate)
-        clip = test.values[index, 0, : int(test.lengths[index])].numpy()
+        clip = clips.values[index, 0, : int(clips.lengths[index])].numpy()
         pieces += [np.zeros(gap, np.float32), clip]
-        words.append(
-            Word(test.classes[int(test.labels[index])], (position + gap) / rate, (position + gap + len(clip)) / rate)
-        )
+        start, end = (position + gap) / rate, (position + gap + len(clip)) / rate
+        words.append(Word(clips.classes[int(clips.labels[index])], start, end))
         position += gap + len(clip)
     tail = np.zeros(round(GAP_SECONDS[0] * rate), np.float32)
     samples = np.concatenate([*pieces, tail])
-    samples += noise(len(samples), noise_db, rng)
-    return np.clip(samples, -1, 1), words
+    samples += noise(len(samples), noise_db, rng, colour)
+    return np.clip(samples, -1, 1), words, order
 
 
 def noise_hour(minutes: float, rate: int, seed: int):
@@ -94,29 +97,63 @@ def timed(spotter, blocks) -> tuple[list, float]:
     return found, time.perf_counter() - started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", help="folder holding FSDD's recordings/ (default: cnnkit's lookup)")
-    parser.add_argument("--run", help="an audio run trained on spoken-digits' standard split (default: train one)")
-    parser.add_argument("--epochs", type=int, help="training epochs (default: cnnkit's audio default)")
-    parser.add_argument("--augment", default=SPOTTING_AUGMENTATION, help="training augmentation (default: %(default)s)")
-    parser.add_argument("--out", default="runs/spotting", help="folder for the run, long.wav, long.csv, results.json")
-    parser.add_argument("--threshold", type=float, default=SpotSettings().threshold)
-    parser.add_argument("--noise-db", type=float, default=-45.0, help="RMS of the noise between and under the words")
-    parser.add_argument("--noise-minutes", type=float, default=60.0, help="minutes of speech-free noise")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+def train(args: argparse.Namespace, augment: str, data_dir: str | None, out: Path, name: str) -> cnnkit.Run:
+    """A run of ``cnnkit.train`` on spoken-digits with the audio defaults but ``augment`` (and ``--epochs``)."""
+    overrides = {"epochs": args.epochs} if args.epochs else {}
+    data = {"data": "spoken-digits", "data_dir": data_dir, "out": str(out), "name": name}
+    return cnnkit.train(**data, seed=args.seed, augment=augment, verbose=False, **overrides)
+
+
+def spot_recording(run: SpotRun, clips: SeriesSet, noise_db: float, seed: int, colour: str = "mix") -> dict:
+    """F1, hits, misses and false alarms of ``run`` on the long recording of ``clips``, and its hits by speaker."""
+    samples, words, order = long_recording(clips, run.sample_rate, noise_db, seed, colour)
+    found, _ = timed(run.spotter(SpotSettings()), iter([samples]))
+    speakers = [FSDD_NAME.match(source).group(2) for source in clips.sources]
+    by_speaker = {}
+    for speaker in sorted(set(speakers)):
+        own = [word for word, index in zip(words, order) if speakers[index] == speaker]
+        by_speaker[speaker] = f"{score_detections(found, own, 1.0).hits}/{len(own)}"
+    metrics = score_detections(found, words, len(samples) / run.sample_rate).to_dict()
+    return {key: metrics[key] for key in ("f1", "hits", "misses", "false_alarms")} | {"hits_by_speaker": by_speaker}
+
+
+def select(args: argparse.Namespace) -> None:
+    """Each ``--augments`` value trained on FSDD's training takes alone and spotted on their validation words.
+
+    Takes 5-49 are linked into a scratch folder, so no test take (0-4) is read at all; the run
+    carves its validation takes from them (10%, stratified) as a standard-split run does, and
+    those words, never trained on, make the long recording, at ``--noise-db`` in each colour.
+    """
+    out = Path(args.out)
+    train_only = out / "train_only"
+    recordings = train_only / "recordings"
+    recordings.mkdir(parents=True, exist_ok=True)
+    for path in (locate_speech(FSDD, args.data_dir) / "recordings").iterdir():
+        match = FSDD_NAME.match(path.name)
+        if match and int(match.group(3)) not in FSDD_TEST_INDICES and not (recordings / path.name).exists():
+            (recordings / path.name).symlink_to(path.resolve())
+    for number, augment in enumerate(args.augments):
+        trained = train(args, augment, str(train_only), out, f"select{number}")
+        clean = trained.history[trained.best_epoch - 1]["val_acc"]  # words and background clips, no noise added
+        run = load_run(trained.dir)
+        val = load_spoken_digits(str(train_only), AudioFormat(run.sample_rate, run.sample_rate)).val
+        row = {"augment": augment, "epochs": len(trained.history), "clean_val_acc": round(100 * clean, 2)}
+        for colour in ("mix", "white", "pink"):
+            row[f"{colour}@{args.noise_db:g}dB"] = spot_recording(run, val, args.noise_db, args.seed, colour)
+        alarms, _ = timed(run.spotter(SpotSettings()), noise_hour(args.noise_minutes, run.sample_rate, args.seed))
+        row["noise_false_alarms"] = f"{len(alarms)} in {args.noise_minutes:g} min"
+        print(json.dumps(row), flush=True)
+
+
+def measure(args: argparse.Namespace) -> None:
+    """Train (unless ``--run``), then spot the test takes' long recording and the hour of noise."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    run_dir = args.run
-    if run_dir is None:
-        overrides = {"epochs": args.epochs} if args.epochs else {}
-        data = {"data": "spoken-digits", "data_dir": args.data_dir, "out": str(out), "name": "fsdd"}
-        run_dir = cnnkit.train(**data, seed=args.seed, augment=args.augment, **overrides).dir
-    torch.set_num_threads(1)
+    run_dir = args.run or train(args, args.augments[0], args.data_dir, out, "fsdd").dir
     run = load_run(run_dir)
     settings = SpotSettings(threshold=args.threshold)
-    samples, words = long_recording(args.data_dir, run.sample_rate, args.noise_db, args.seed)
+    test = load_spoken_digits(args.data_dir, AudioFormat(run.sample_rate, run.sample_rate)).test
+    samples, words, _ = long_recording(test, run.sample_rate, args.noise_db, args.seed)
     write_wav(out / "long.wav", samples, run.sample_rate)
     (out / "long.csv").write_text(
         "label,start,end\n" + "".join(f"{w.label},{w.start:.3f},{w.end:.3f}\n" for w in words)
@@ -144,6 +181,25 @@ def main() -> None:
     print(json.dumps(results, indent=1))
     again = f"cnnkit spot {run_dir} {out / 'long.wav'} --labels {out / 'long.csv'} --out {out}"
     print(f"repeat it and draw the DET curve: {again}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", help="folder holding FSDD's recordings/ (default: cnnkit's lookup)")
+    parser.add_argument("--run", help="an audio run trained on spoken-digits' standard split (default: train one)")
+    parser.add_argument("--epochs", type=int, help="training epochs (default: cnnkit's audio default)")
+    parser.add_argument(
+        "--augments", nargs="+", default=[SPOTTING_AUGMENTATION], help="--augment of training; --select compares each"
+    )
+    parser.add_argument("--out", default="runs/spotting", help="folder for the run, long.wav, long.csv, results.json")
+    parser.add_argument("--threshold", type=float, default=SpotSettings().threshold)
+    parser.add_argument("--noise-db", type=float, default=-45.0, help="RMS of the noise between and under the words")
+    parser.add_argument("--noise-minutes", type=float, default=60.0, help="minutes of speech-free noise")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--select", action="store_true", help="compare --augments on validation words alone")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # training and spotting alike: the speeds are one core's
+    (select if args.select else measure)(args)
 
 
 def cpu_name() -> str:

@@ -38,6 +38,8 @@ class AudioAugmentation:
         noise: Probability that a clip gets background noise mixed in. Defaults to 0.
         snr_min: Lowest signal-to-noise ratio of the mix in dB. Defaults to 5.
         snr_max: Highest signal-to-noise ratio in dB (drawn uniformly in dB between the two). Defaults to 20.
+        pink: Probability that a clip's noise is pink (power falling as 1/f, as the background class's
+            ``pink`` clips) rather than white, where no background recordings are mixed in. Defaults to 0.
         speed: Maximum relative speed change, drawn in [1 - speed, 1 + speed]: resampling, so pitch
             moves with it. Defaults to 0.
         time_masks: SpecAugment masks over time per clip. Defaults to 0.
@@ -51,6 +53,7 @@ class AudioAugmentation:
     noise: float = 0.0
     snr_min: float = 5.0
     snr_max: float = 20.0
+    pink: float = 0.0
     speed: float = 0.0
     time_masks: int = 0
     time_width: int = 20
@@ -61,7 +64,7 @@ class AudioAugmentation:
         values = asdict(self)
         problems = [f"{key}={value} is not a number" for key, value in values.items() if not math.isfinite(value)]
         problems += [f"{key}={values[key]} must be >= 0" for key in _KEYS if values[key] < 0]
-        problems += [f"noise={self.noise} is a probability in [0, 1]"] if self.noise > 1 else []
+        problems += [f"{key}={values[key]} is a probability in [0, 1]" for key in ("noise", "pink") if values[key] > 1]
         problems += [f"speed={self.speed} must be below 1"] if self.speed >= 1 else []
         problems += [f"snr_min={self.snr_min} is above snr_max={self.snr_max}"] if self.snr_min > self.snr_max else []
         if problems:
@@ -75,6 +78,7 @@ class AudioAugmentation:
         parts = [f"{key}={getattr(self, key)}" for key in ("shift", "gain", "speed") if getattr(self, key)]
         if self.noise:
             parts.append(f"noise={self.noise} at {self.snr_min:g}-{self.snr_max:g} dB")
+            parts += [f"pink={self.pink}"] if self.pink else []
         parts += [f"time_masks={self.time_masks}x{self.time_width}"] if self.time_masks else []
         parts += [f"freq_masks={self.freq_masks}x{self.freq_width}"] if self.freq_masks else []
         return ", ".join(parts) or "none"
@@ -95,7 +99,7 @@ class AudioAugmentation:
         if self.shift:
             x = random_shift(x, self.shift, generator)
         if self.noise:
-            x = random_noise(x, self.noise, self.snr_min, self.snr_max, generator, noise_bank)
+            x = random_noise(x, self.noise, self.snr_min, self.snr_max, generator, noise_bank, self.pink)
         if self.gain:
             x = random_gain(x, self.gain, generator)
         return x
@@ -161,13 +165,15 @@ class AudioBatchAugmentation:
                 handle.remove()
 
     def to_dict(self) -> dict:
-        return {**self.augmentation.to_dict(), "noise_from": "white" if self.noise_bank is None else "background"}
+        white = "white and pink" if self.augmentation.pink else "white"
+        return {**self.augmentation.to_dict(), "noise_from": white if self.noise_bank is None else "background"}
 
     def describe(self) -> str:
         """The settings that act, and where the noise comes from when it is mixed in."""
         described = self.augmentation.describe()
         if self.augmentation.noise:
-            source = "white noise" if self.noise_bank is None else f"{len(self.noise_bank)} background recordings"
+            white = "white and pink noise" if self.augmentation.pink else "white noise"
+            source = white if self.noise_bank is None else f"{len(self.noise_bank)} background recordings"
             described += f" ({source})"
         return described
 
@@ -218,6 +224,16 @@ def mix_noise(x: torch.Tensor, noise: torch.Tensor, snr: torch.Tensor) -> torch.
     return x + noise * scale[:, None, None]
 
 
+def pink(white: torch.Tensor) -> torch.Tensor:
+    """Shape white noise (B, T) in the spectrum so its power falls as 1/f (B, T), as ``background.pink_noise`` does.
+
+    The level is left to :func:`mix_noise`, which scales each clip's noise to its ratio.
+    """
+    spectrum = torch.fft.rfft(white.float())
+    frequency = torch.arange(spectrum.shape[-1], device=white.device, dtype=torch.float32)
+    return torch.fft.irfft(spectrum / frequency.clamp_min(1.0).sqrt(), white.shape[-1])  # amplitude 1/sqrt(f)
+
+
 def noise_excerpts(bank: torch.Tensor, batch: int, length: int, generator: torch.Generator) -> torch.Tensor:
     """(batch, length) excerpts of the (N, L) recordings, each from a random recording at a random offset.
 
@@ -241,14 +257,19 @@ def random_noise(
     snr_max: float,
     generator: torch.Generator,
     bank: torch.Tensor | None = None,
+    pink_share: float = 0.0,
 ) -> torch.Tensor:
     """Mix background noise into a ``probability`` share of the clips, at SNRs drawn in [snr_min, snr_max] dB.
 
-    Every channel of a clip gets the same excerpt; without a ``bank``, Gaussian white noise.
+    Every channel of a clip gets the same excerpt; without a ``bank``, Gaussian noise: pink
+    for a ``pink_share`` of the clips, else white (with no pink share, the draws of earlier runs).
     """
     batch, _, length = x.shape
     if bank is None:
         draws = torch.randn(batch, length, generator=generator, device=generator.device)
+        if pink_share:
+            coloured = _uniform(batch, 0, 1, generator, draws.device) < pink_share
+            draws = torch.where(coloured[:, None], pink(draws), draws)
     else:
         draws = noise_excerpts(bank.float(), batch, length, generator)
     noise = draws.to(x.device)[:, None, :].expand_as(x)
