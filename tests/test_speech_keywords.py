@@ -13,6 +13,7 @@ import yaml
 from test_cli_flags import assert_one_line_error, run_main
 
 import cnnkit
+from cnnkit.compare.signals import load_signal_study
 from cnnkit.config import TrainConfig
 from cnnkit.data.audio import load_audio_folder
 from cnnkit.data.background import BACKGROUND_CLASS
@@ -125,7 +126,9 @@ def test_train_keywords_on_other_data_is_one_line_before_any_run(capsys, tmp_pat
     assert not any(tmp_path.iterdir())
 
 
-def test_compare_keywords_on_images_is_one_line(capsys, tmp_path: Path):
+def test_compare_keywords_study_the_12_class_task_and_are_one_line_on_images(capsys, tmp_path: Path, speech_commands):
+    study = load_signal_study("speech-commands", "audio", {}, str(speech_commands), "cpu", "standard")
+    assert study.train.classes == STANDARD_TASK and study.test.classes == STANDARD_TASK
     code, _, err = run_main(capsys, "compare", "--data", "digits", "--keywords", "standard", "--out", str(tmp_path))
     assert_one_line_error(code, err, "--keywords: for speech-commands only; --data digits holds images, leave it out")
 
