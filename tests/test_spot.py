@@ -22,7 +22,7 @@ from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import AudioPreprocessing, CheckpointInfo, ModelSpec, Preprocessing
 from cnnkit.models.registry import build
 from cnnkit.tasks.spot import Detection, EventPicker, SpotSettings, Word, load_run, score_detections
-from cnnkit.tasks.spot.scores import WindowScorer
+from cnnkit.tasks.spot.scores import POOLED_SPANS, WindowScorer
 from cnnkit.training.prepare import prepare_audio
 
 RATE, WINDOW = 8000, 2000  # 0.25 s windows keep the model's work small
@@ -101,6 +101,18 @@ def test_pooled_scores_equal_the_model_on_a_window_alone(spot_run):
     pooled = scorer.score(samples, 5)
     assert pooled.shape == (5, 3) and torch.allclose(pooled[0], alone[0], atol=1e-5)
     assert torch.allclose(WindowScorer(torch.nn.Sequential(run.model), WINDOW, 800).score(samples, 5), each, atol=1e-5)
+
+
+def test_window_scorer_scores_chunks_together_to_the_bit_as_each_alone(spot_run):
+    scorer = WindowScorer(load_run(spot_run).model, WINDOW, 800)
+    chunks, count = POOLED_SPANS + 1, 2  # two forward passes, the second mostly zero rows
+    stride = count * 800
+    noise = np.random.default_rng(5).standard_normal(chunks * stride + WINDOW)
+    samples = torch.from_numpy((0.1 * noise).astype(np.float32))
+    together = scorer.score_chunks(samples, count, chunks)
+    assert len(together) == chunks and not torch.equal(together[0], together[1])  # other audio, other posteriors
+    for index in (0, POOLED_SPANS - 1, POOLED_SPANS):  # first and last row of a pass, and one past it
+        assert torch.equal(together[index], scorer.score(samples[index * stride :], count))
 
 
 def _posteriors(rows: list[tuple[float, float]]) -> np.ndarray:

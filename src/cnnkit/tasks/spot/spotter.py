@@ -163,11 +163,9 @@ class Spotter:
         """Detections closed by these samples (mono float32 in [-1, 1] at the run's rate)."""
         self.buffer = np.concatenate([self.buffer, np.asarray(samples, np.float32)])
         self.received += len(samples)
-        found = []
-        span = self.scorer.span(self.settings.chunk)
-        while len(self.buffer) >= span:
-            found += self._score(self.settings.chunk)
-        return found
+        chunk = self.settings.chunk
+        ready = (len(self.buffer) - self.scorer.span(chunk)) // (chunk * self.hop) + 1  # whole chunks held
+        return self._score(chunk, ready) if ready > 0 else []
 
     def finish(self) -> list[Detection]:
         """The detections left at the end: the last windows (zero-padded to whole windows) and an open event."""
@@ -176,12 +174,21 @@ class Spotter:
             count = max(1, -(-(remaining - self.window) // self.hop) + 1)  # windows reaching past the last sample
             padding = np.zeros(max(0, self.scorer.span(count) - remaining), np.float32)
             self.buffer = np.concatenate([self.buffer, padding])
-            for step in [self.settings.chunk] * (count // self.settings.chunk) + [count % self.settings.chunk]:
-                found += self._score(step) if step else []
+            chunk = self.settings.chunk
+            found += self._score(chunk, count // chunk) if count >= chunk else []
+            found += self._score(count % chunk, 1) if count % chunk else []
         return found + self.picker.finish()
 
-    def _score(self, count: int) -> list[Detection]:
-        raw = self.scorer.score(torch.from_numpy(self.buffer), count).numpy().astype(np.float64)  # (count, K)
+    def _score(self, count: int, chunks: int) -> list[Detection]:
+        """Detections closed by the next ``chunks`` chunks of ``count`` windows, each smoothed and picked in turn."""
+        found = []
+        for posteriors in self.scorer.score_chunks(torch.from_numpy(self.buffer), count, chunks):
+            found += self._pick(posteriors.numpy().astype(np.float64))  # (count, K)
+            self.buffer = self.buffer[count * self.hop :]
+        return found
+
+    def _pick(self, raw: np.ndarray) -> list[Detection]:
+        count = len(raw)
         joined = np.concatenate([self.recent, raw])
         sums = np.cumsum(np.pad(joined, ((1, 0), (0, 0))), axis=0)
         width = np.minimum(np.arange(len(self.recent) + 1, len(joined) + 1), self.settings.smooth)
@@ -192,5 +199,4 @@ class Spotter:
             self.posteriors.append(smoothed.astype(np.float32))
         found = self.picker.push(smoothed, self.scored)
         self.scored += count
-        self.buffer = self.buffer[count * self.hop :]
         return found
