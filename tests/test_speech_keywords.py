@@ -89,7 +89,7 @@ def test_load_audio_keywords_make_the_12_class_task_with_silence_as_its_one_non_
     test_words = {source.split("/")[0] for source in splits.test.sources}
     assert set(STANDARD_KEYWORDS) <= test_words and "_background_noise_" in test_words  # its silence windows
     assert not any("README" in item.path for item in splits.skipped)  # only the WAVs of _background_noise_/ are read
-    with pytest.raises(CnnkitError, match=rf"background 0.1 with keywords: {SILENCE} is their non-speech class"):
+    with pytest.raises(CnnkitError, match=rf"--background 0.1 with --keywords: {SILENCE} is their non-speech class"):
         load_audio("speech-commands", FORMAT, data_dir=str(speech_commands), background=0.1, keywords="standard")
     with pytest.raises(CnnkitError, match="--keywords: for speech-commands only; spoken-digits has its own classes"):
         load_audio("spoken-digits", FORMAT, keywords="standard")

@@ -397,4 +397,4 @@ def _kind(spec: dataclasses.Field) -> tuple[type, bool]:
 
 def audio_defaults(keywords: str | None) -> dict[str, Any]:
     """``AUDIO_TRAINING`` for a run; with ``keywords`` no ``_background_``: the task's ``_silence_`` is non-speech."""
-    return {**AUDIO_TRAINING, "background": 0.0} if keywords else AUDIO_TRAINING
+    return {**AUDIO_TRAINING, "background": 0.0} if keywords is not None else AUDIO_TRAINING

@@ -231,7 +231,7 @@ def _silence(
 
 
 def parse_keywords(keywords: str | Sequence[str] | None) -> tuple[str, ...] | None:
-    """The words of the keyword task: ``standard`` (:data:`STANDARD_KEYWORDS`), ``yes,no,up`` or a sequence; None: none."""
+    """The keyword task's words: ``standard`` (:data:`STANDARD_KEYWORDS`), ``yes,no,up`` or a sequence; None: none."""
     if keywords is None:
         return None
     given = keywords.split(",") if isinstance(keywords, str) else keywords
@@ -383,8 +383,9 @@ def load_audio(
             is the non-speech class, so ``background`` must be 0. Defaults to None (every word a class).
     """
     check_keywords(data, keywords)
+    keywords = parse_keywords(keywords)
     if keywords is not None and background:  # two non-speech classes would not be the published task
-        raise CnnkitError(f"background {background:g} with keywords: {SILENCE} is their non-speech class; use 0")
+        raise CnnkitError(f"--background {background:g} with --keywords: {SILENCE} is their non-speech class; use 0")
     if data == "spoken-digits":
         splits = load_spoken_digits(data_dir, audio_format, split_by or "index", fold, val_split, workers)
     elif given := [flag for flag, value in (("--split-by", split_by), ("--fold", fold)) if value is not None]:
