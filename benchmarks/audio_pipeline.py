@@ -47,9 +47,11 @@ from torch import nn
 
 from cnnkit import compute
 from cnnkit.config import TrainConfig
+from cnnkit.data.audio import is_audio_folder
 from cnnkit.data.audio_augment import AudioAugmentation
 from cnnkit.data.speech import FSDD_NAME
 from cnnkit.data.wav import AudioFormat, fit_length, read_wav, to_mono
+from cnnkit.errors import CnnkitError
 from cnnkit.models.frontend import LogMel
 from cnnkit.models.registry import build
 from cnnkit.training.fit import build_model, make_task, prepare, resolve_config
@@ -62,10 +64,11 @@ SHARED_FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd"
 
 def link_fsdd(data_dir: Path, folder: Path, clips: int | None) -> Path:
     """FSDD's recordings as symlinks in one folder per digit; ``clips`` of them, spread over digits and speakers."""
-    found = [(m, path) for path in (data_dir / "recordings").iterdir() if (m := FSDD_NAME.match(path.name))]
-    found.sort(key=lambda item: (int(item[0].group(3)), item[0].group(2), item[0].group(1)))  # take, speaker, digit
+    recordings = data_dir / "recordings"
+    found = [(m, p) for p in recordings.iterdir() if (m := FSDD_NAME.match(p.name))] if recordings.is_dir() else []
     if not found:
-        raise SystemExit(f"no FSDD recordings in {data_dir / 'recordings'}; give --data-dir or --folder")
+        raise SystemExit(f"no FSDD recordings in {recordings}; give --data-dir or --folder")
+    found.sort(key=lambda item: (int(item[0].group(3)), item[0].group(2), item[0].group(1)))  # take, speaker, digit
     for match, path in found[:clips]:
         (folder / match.group(1)).mkdir(parents=True, exist_ok=True)
         (folder / match.group(1) / path.name).symlink_to(path.resolve())
@@ -164,10 +167,9 @@ def cnnkit_epochs(
     """Clips/s of each epoch of cnnkit's training steps; the first includes preparing the data (the cache build)."""
     start = time.perf_counter()
     overrides = {"data": str(folder), "background": 0.0, "workers": workers, "sample_rate": sample_rate}
-    config, _ = resolve_config(
-        None, None, {**overrides, "epochs": epochs}
-    )  # the default audio model, as cnnkit train picks it
+    config, _ = resolve_config(None, None, {**overrides, "epochs": epochs})  # the default audio model, as train's
     data = prepare(config, None, lambda *_: None)
+    prepared = time.perf_counter() - start
     config = audio_training(config, data, None, {"epochs", "background"})  # a new audio run's batch size and lr
     device = torch.device("cpu")
     model, settings = build_model(config, data, device)
@@ -188,7 +190,8 @@ def cnnkit_epochs(
             train_one_epoch(model, train, data.preprocessing, task, optimisation, device, generator, steps)
         rates.append(len(train) / (time.perf_counter() - start))
         start = time.perf_counter()
-    print(f"cnnkit: {settings.describe()}; augment {data.augment.describe() if data.augment else 'none'}")
+    augment = data.augment.describe() if data.augment else "none"
+    print(f"cnnkit: {settings.describe()}; augment {augment}; data prepared (cache built) in {prepared:.1f} s")
     return rates, data, config
 
 
@@ -212,6 +215,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader and decoding processes")
     args = parser.parse_args()
+    if args.workers < 1 or args.epochs < 1 or (args.clips is not None and args.clips < 1):
+        raise SystemExit("error: --workers, --epochs and --clips take whole numbers of at least 1")
+    if args.folder is not None and not is_audio_folder(args.folder):
+        raise SystemExit(f"error: --folder {args.folder} is not a folder of WAV files in one subfolder per class")
 
     cpu = f"{platform.processor() or platform.machine()} ({cpu_model()}), {os.cpu_count()} cores"
     threads = f"{torch.get_num_threads()} torch threads"
@@ -219,7 +226,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.folder or link_fsdd(args.data_dir, Path(scratch) / "wavs", args.clips)
         os.environ["CNNKIT_CACHE_DIR"] = str(Path(scratch) / "cache")  # a cold cache: the first epoch builds it
-        ours, data, config = cnnkit_epochs(folder, args.epochs, args.workers, args.sample_rate)
+        try:
+            ours, data, config = cnnkit_epochs(folder, args.epochs, args.workers, args.sample_rate)
+        except CnnkitError as error:  # not a folder of WAV class folders, too few clips, ...: cnnkit's one line
+            raise SystemExit(f"error: {error}") from None
         rule = data.splits.audio_format
         clips = f"{len(data.splits.train)} training clips of {rule.clip_seconds:g} s at {rule.sample_rate} Hz"
         setup = f"{len(data.splits.classes)} classes, batch {config.batch_size}, {args.workers} workers"
