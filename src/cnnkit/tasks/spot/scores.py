@@ -8,8 +8,9 @@ Two ways, one answer per window (B, K) of softmax posteriors:
   window's logits are the classifier of the mean of its own frames. Overlapping windows share their
   convolutions: with a 1 s window and a 0.1 s hop this does about a tenth of the work, and a
   window alone in its span (the first of a recording, a one-window recording) scores as
-  ``model(window)`` does, to float rounding. A window inside a span sees the audio round it where it was trained on
-  zeros beyond its edges: a difference of context only, measured on the spotting benchmark.
+  ``model(window)`` does, to float rounding. A window inside a span sees the audio round it
+  where it was trained on zeros beyond its edges: a difference of context only, measured on
+  the spotting benchmark.
 - **windows**: any other network (m5, an MLP) is given each window as a clip, batched.
 
 Speed, on one thread: the pooled network is small (BC-ResNet-1: 9k weights), so a chunk's span
