@@ -17,6 +17,7 @@ from cnnkit.config import TrainConfig
 from cnnkit.data.audio import AudioSplits
 from cnnkit.data.background import BACKGROUND_CLASS, add_background, background_clips
 from cnnkit.data.series import SeriesSet
+from cnnkit.data.speech import SILENCE, UNKNOWN
 from cnnkit.data.wav import AudioFormat, write_wav
 from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import AudioPreprocessing, CheckpointInfo, ModelSpec, Preprocessing
@@ -130,6 +131,14 @@ def test_event_picker_reports_each_keyword_once_where_its_windows_overlap():
         ("yes", 0.4, 1.3, 0.95),
         ("no", 1.3, 2.2, 0.7),
     ]
+
+
+def test_event_picker_never_reports_silence_unknown_or_background_of_a_keyword_run():
+    classes = ["yes", SILENCE, UNKNOWN, BACKGROUND_CLASS]  # the --keywords task's classes, background too
+    picker = EventPicker(classes, SpotSettings(threshold=0.5, hop_seconds=0.1, smooth=1), window_seconds=1.0)
+    silence, unknown, yes = [0.05, 0.9, 0.05, 0.0], [0.05, 0.05, 0.9, 0.0], [0.9, 0.05, 0.05, 0.0]
+    found = picker.push(np.array([silence] * 3 + [unknown] * 3 + [yes] * 2), 0) + picker.finish()
+    assert [d.label for d in found] == ["yes"]
 
 
 def test_score_detections_counts_hits_misses_and_false_alarms_once_each():

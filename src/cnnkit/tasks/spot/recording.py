@@ -20,7 +20,7 @@ from cnnkit.checkpoint import load_model, resolve_checkpoint
 from cnnkit.data.background import BACKGROUND_CLASS
 from cnnkit.data.wav import AudioFormat, read_wav, resample, to_mono
 from cnnkit.errors import CnnkitError
-from cnnkit.tasks.spot.spotter import Detection, SpotSettings, Spotter
+from cnnkit.tasks.spot.spotter import NON_KEYWORDS, Detection, SpotSettings, Spotter
 
 STREAM_BLOCK_SECONDS = 0.1  # read from a pipe this much at a time: a detection waits at most a chunk more
 RESAMPLED_BLOCK_SECONDS = 1.0  # blocks resampled alone: longer ones put their edges (zeros beyond) further apart
@@ -38,8 +38,8 @@ class SpotRun:
 
     @property
     def keywords(self) -> list[str]:
-        """The classes a detection can name: all but the background class."""
-        return [name for name in self.classes if name != BACKGROUND_CLASS]
+        """The classes a detection can name: all but background, silence and other words."""
+        return [name for name in self.classes if name not in NON_KEYWORDS]
 
     @property
     def window_seconds(self) -> float:
@@ -59,7 +59,7 @@ def load_run(run: str | Path) -> SpotRun:
         )
     rule = info.preprocessing
     notes = []
-    if BACKGROUND_CLASS not in info.classes:
+    if not NON_KEYWORDS & set(info.classes):
         notes.append(
             f"this run has no {BACKGROUND_CLASS} class, so every window is some keyword and silence may fire; "
             "retrain it with cnnkit's default --background"

@@ -23,8 +23,13 @@ import torch
 from torch import nn
 
 from cnnkit.data.background import BACKGROUND_CLASS
+from cnnkit.data.speech import SILENCE, UNKNOWN
 from cnnkit.errors import CnnkitError
 from cnnkit.tasks.spot.scores import WindowScorer, frame_hop
+
+# Classes that name what is not a keyword, never reported: cnnkit's background class, and the standard
+# speech-commands task's silence and other words (``--keywords``).
+NON_KEYWORDS = frozenset({BACKGROUND_CLASS, SILENCE, UNKNOWN})
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ class EventPicker:
 
     def __init__(self, classes: list[str], settings: SpotSettings, window_seconds: float) -> None:
         self.classes, self.settings, self.window_seconds = classes, settings, window_seconds
-        self.keywords = [i for i, name in enumerate(classes) if name != BACKGROUND_CLASS]
+        self.keywords = [i for i, name in enumerate(classes) if name not in NON_KEYWORDS]
         self.open: list | None = None  # [label index, first window, last window, peak score]
         self.quiet_until = -np.inf  # seconds: the refractory window's end
 
@@ -121,7 +126,7 @@ class Spotter:
 
     Args:
         model: The run's classifier of (B, 1, window) waveforms, in eval mode.
-        classes: Its class names; :data:`BACKGROUND_CLASS` is never reported.
+        classes: Its class names; those in :data:`NON_KEYWORDS` are never reported.
         window: Samples per window (the run's clip).
         sample_rate: Of the samples fed.
         settings: Threshold, hop, smoothing, refractory window and chunk.
