@@ -1,14 +1,24 @@
-"""Noise mixed under keyword clips: pink as well as white, so a word in pink noise is not taken for background."""
+"""Noise under keyword clips: pink as well as white, and batch norms measured on the noisy clips a run trained on."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from cnnkit.data.audio_augment import AudioAugmentation, parse_audio_augmentation, pink, random_noise
+from cnnkit.data.audio_augment import (
+    AudioAugmentation,
+    AudioBatchAugmentation,
+    parse_audio_augmentation,
+    pink,
+    random_noise,
+)
 from cnnkit.data.background import pink_noise
+from cnnkit.data.series import SeriesSet
 from cnnkit.errors import CnnkitError
+from cnnkit.modelinfo import AudioPreprocessing
+from cnnkit.training.loop import recompute_batch_norm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,3 +53,15 @@ def test_audio_augmentation_pink_is_parsed_checked_and_described():
     assert AudioAugmentation(**augmentation.to_dict()) == augmentation
     with pytest.raises(CnnkitError, match=r"pink=1\.5 is a probability"):
         parse_audio_augmentation("noise=0.8,pink=1.5")
+
+
+def test_recompute_batch_norm_measures_an_audio_run_on_its_augmented_clips():
+    clips = torch.sin(torch.linspace(0, 300, 400)).repeat(64, 1, 1) * 0.1  # (64, 1, 400), variance 0.005
+    data = SeriesSet(clips, torch.full((64,), 400), torch.zeros(64, dtype=torch.long), ["tone"], [""] * 64)
+    rule = AudioPreprocessing(8000, 400, "end", "centre")
+    noisy = AudioBatchAugmentation(AudioAugmentation(noise=1.0, snr_min=0.0, snr_max=0.0))  # noise power = signal's
+    norm = nn.BatchNorm1d(1)
+    recompute_batch_norm(norm, data, rule, torch.device("cpu"), 16)
+    clean = norm.running_var.item()
+    recompute_batch_norm(norm, data, rule, torch.device("cpu"), 16, augment=noisy)
+    assert clean == pytest.approx(0.005, rel=0.05) and norm.running_var.item() == pytest.approx(2 * clean, rel=0.1)

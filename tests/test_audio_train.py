@@ -15,7 +15,7 @@ from test_resume import Killed, same_run
 import cnnkit
 from cnnkit.checkpoint import read_checkpoint
 from cnnkit.config import TrainConfig
-from cnnkit.data.audio_augment import AUTO_AUDIO_WITHOUT_BACKGROUND, parse_audio_augmentation
+from cnnkit.data.audio_augment import AUTO_AUDIO_WITHOUT_BACKGROUND, AudioBatchAugmentation, parse_audio_augmentation
 from cnnkit.data.labelled import labelled_images
 from cnnkit.data.speech import clip_format, load_audio
 from cnnkit.data.wav import write_wav
@@ -71,7 +71,8 @@ def test_train_audio_folder_writes_a_run_that_records_its_clip_rule(tone_run):
     assert info.preprocessing == AudioPreprocessing(RATE, CLIP, "end", "centre")
     assert info.extra["data"]["sample_rate"] == RATE and info.extra["data"]["clip_samples"] == CLIP
     assert json.loads((run_dir / "split.json").read_text())["audio"]["clip_seconds"] == 0.25
-    assert "augment: shift=0.1, gain=6.0 (audio; image augmentation is off); clips of 0.25 s at 16000 Hz" in console
+    augment = AudioBatchAugmentation(parse_audio_augmentation(AUTO_AUDIO_WITHOUT_BACKGROUND)).describe()
+    assert f"augment: {augment} (audio; image augmentation is off); clips of 0.25 s at 16000 Hz" in console
     assert "tone/broken.wav" in (run_dir / "skipped.csv").read_text()
     results = json.loads((run_dir / "results.json").read_text())
     assert results["test"]["accuracy"] >= 0.75  # chance is 0.5; 8 test clips, so two may still be wrong

@@ -175,13 +175,16 @@ def recompute_batch_norm(
     device: torch.device,
     batch_size: int,
     max_batches: int = 20,
+    augment: AudioBatchAugmentation | None = None,
 ) -> None:
     """Set batch-norm running statistics to exact averages over up to ``max_batches`` training batches.
 
     The running averages kept during training lag behind the weights; with few steps per
     epoch (small datasets) they are far off and validation accuracy collapses. Recomputing
-    them (PreciseBN) costs a few forward passes and fixes that; the fixed generator keeps
-    it deterministic.
+    them (PreciseBN) costs a few forward passes and fixes that; the fixed generators keep
+    it deterministic. An audio run passes its waveform ``augment``: noise mixed into most
+    clips moves the log-mels' statistics, and statistics of clean clips alone leave a
+    network trained on noisy ones mis-scaled on noisy audio (``benchmarks/spotting.py``).
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -192,8 +195,10 @@ def recompute_batch_norm(
         norm.momentum = None  # cumulative average over the batches below
     model.train()
     batches = iterate_batches(data, batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))
+    draws = torch.Generator().manual_seed(1)  # the augmentation's own, so the batches are those of before
     for _, (images, _) in zip(range(max_batches), batches):
         if len(images) > 1:
-            model(preprocessing.normalize(images.to(device)))
+            images = images.to(device) if augment is None else augment(images.to(device), draws)
+            model(preprocessing.normalize(images))
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum

@@ -284,7 +284,8 @@ def run_epoch(session: Session, epoch: int, steps: StepLog | None) -> dict[str, 
             except NonFiniteStep as error:
                 fall_back_to_fp32(session, error)
     session.order = None  # the next epoch draws its order from the training generator again
-    recompute_batch_norm(session.model, splits.train, prep, device, config.batch_size)
+    statistics = data.augment if audio else None  # an audio run's batch norms measured on the clips as trained
+    recompute_batch_norm(session.model, splits.train, prep, device, config.batch_size, augment=statistics)
     val = task.evaluate(session.model, splits.val, prep, device)
     row = {
         "epoch": epoch,
