@@ -18,11 +18,16 @@ alone: it links takes 5-49 into a scratch folder (so the standard split's test t
 there at all), trains on it with validation carved from those takes, and prints only the
 validation accuracy. The default augmentation for data without background recordings
 (``data/audio_augment.AUTO_AUDIO_WITHOUT_BACKGROUND``) was chosen so; its comment has the numbers.
+``--select --split-by speaker`` is the speaker-independent, nested version: the ``--fold`` speaker
+(the outer test speaker) is left out of the scratch folder, and each other speaker (the first
+``--folds`` of them) is held out in turn as validation; the score is their mean accuracy.
 
     python benchmarks/spoken_digits.py --data-dir ../shared/data/fsdd            # both measurements (minutes)
     python benchmarks/spoken_digits.py --data-dir ../shared/data/fsdd --epochs 1 --folds 1   # a check
     python benchmarks/spoken_digits.py --data-dir ../shared/data/fsdd --select --lrs 1e-3 3e-3 \\
         --augments auto none
+    python benchmarks/spoken_digits.py --data-dir ../shared/data/fsdd --select --split-by speaker --fold 0 \\
+        --folds 1 --augments auto shift=0.1,gain=6,speed=0.1
 """
 
 from __future__ import annotations
