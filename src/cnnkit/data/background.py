@@ -8,9 +8,9 @@ lies between words:
 - ``silence``: digital silence, or dither at -90 dBFS;
 - ``white`` and ``pink`` noise at a level drawn from :data:`NOISE_LEVELS_DB` (RMS, dBFS);
 - ``gaps``: the quiet frames of the split's own recordings (the room between words), joined;
-- ``recording``: windows of the data set's background recordings (Speech Commands'
-  ``_background_noise_``, training split only: its val and test shares are its silence clips' own),
-  at a gain drawn from 0.1 to 1.
+- ``recording``: windows of the data set's background recordings (the ``_background_noise_/``
+  folder of Speech Commands or of a WAV class folder; training split only: its val and test shares
+  are its silence clips' own), at a gain drawn from 0.1 to 1.
 
 The kinds take turns, clip by clip. Every draw comes from a generator seeded by the split alone
 (:data:`BACKGROUND_SEED`), never by the run's seed, so evaluation rebuilds exactly the clips a run
