@@ -127,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="list the available architectures and their facts")
     models.add_argument("--json", action="store_true", help="print one JSON record per architecture")
-    models.add_argument("--task", choices=["classify", "detect"], help="only the models for this task (default: all)")
+    models.add_argument(
+        "--task", choices=["classify", "detect", "generate"], help="only the models for this task (default: all)"
+    )
     cli_deploy.add_commands(commands)
 
     summary = commands.add_parser(

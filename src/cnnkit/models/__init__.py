@@ -6,6 +6,7 @@ from cnnkit.models import detection as _detection  # noqa: F401
 from cnnkit.models import detector as _detector  # noqa: F401
 from cnnkit.models import efficientnet_lite as _efficientnet_lite  # noqa: F401
 from cnnkit.models import embedding as _embedding  # noqa: F401
+from cnnkit.models import gan as _gan  # noqa: F401
 from cnnkit.models import kws as _kws  # noqa: F401
 from cnnkit.models import mlp as _mlp  # noqa: F401
 from cnnkit.models import series as _series  # noqa: F401

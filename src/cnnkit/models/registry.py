@@ -29,7 +29,7 @@ from cnnkit.modelinfo import ModelSpec, Preprocessing
 ModelBuilder = Callable[..., nn.Module]
 
 MODALITIES = ("image", "series", "audio")  # what a model's input is: (B, C, H, W) images, (B, C, L) series, waveforms
-TASKS = ("classify", "detect")  # what it returns: (B, K) logits (embedding models too), or boxes (models/detector.py)
+TASKS = ("classify", "detect", "generate")  # what it returns: (B, K) logits (embedding models too), boxes, or images
 
 
 class WeightSource(Protocol):
@@ -84,7 +84,8 @@ def register_model(
         pretrained: Where its pretrained weights come from. Defaults to None (no weights).
         kwargs_for_data: Training-set size -> builder arguments. Defaults to None (none depend on the data).
         modality: The input it is built for: "image" (B, C, H, W), "series" (B, C, L) or "audio". Defaults to "image".
-        task: What it returns: "classify" (B, K) logits or "detect" boxes. Defaults to "classify".
+        task: What it returns: "classify" (B, K) logits, "detect" boxes or "generate" images (models/gan.py).
+            Defaults to "classify".
     """
     if modality not in MODALITIES:
         raise ValueError(f"modality {modality!r} is not one of {MODALITIES}")  # a programming error, not user input
