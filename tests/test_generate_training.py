@@ -67,3 +67,13 @@ def test_uint8_round_trip_and_matches_the_run_preprocessing():
 def test_dcgan_refuses_a_size_that_is_not_a_power_of_two_from_8_to_128(img_size):
     with pytest.raises(CnnkitError, match="power of two"):
         create_model("dcgan", num_classes=2, in_channels=1, img_size=img_size)
+
+
+def test_dcgan_ema_statistics_are_measured_for_the_averaged_weights():
+    gan = create_model("dcgan", num_classes=2, in_channels=1, img_size=8, width=8)
+    noise, labels = latent_noise(32, gan.latent_dim, seed=3), torch.arange(32) % 2
+    gan.recompute_ema_statistics(noise, labels, batch_size=32)
+    norm = gan.generator_ema.first_norm.norm
+    projected = gan.generator_ema.project(noise).unflatten(1, (-1, 4, 4))  # (32, C, 4, 4): what the norm saw
+    assert torch.allclose(norm.running_mean, projected.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert not gan.generator_ema.training and norm.momentum == 0.1

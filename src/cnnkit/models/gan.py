@@ -24,8 +24,8 @@ Loss and stabilisers, and why (the trainer in ``cnnkit.training.generate`` appli
   norm's gain and bias are looked up per class, so the class shapes each resolution rather
   than only the first layer.
 - EMA of the generator's weights (Karras et al. 2018; Yazici et al. 2019): averaging the
-  oscillating iterates gives visibly steadier, better samples for free at inference; batch
-  norm's running statistics are copied, not averaged (they describe the live weights' activations).
+  oscillating iterates gives visibly steadier, better samples for free at inference; its batch
+  norms' statistics are measured for the averaged weights (:meth:`ConditionalGAN.recompute_ema_statistics`).
 
 Layout (DCGAN, Radford et al. 2016): a linear layer makes a 4x4 map, stride-2 transposed
 convolutions double it to ``img_size`` (a power of two, 8 to 128: the 8x8 digits, 28 px
@@ -156,7 +156,7 @@ class ConditionalGAN(nn.Module):
         width: Channels at full resolution (doubling per halving, up to 8x). Defaults to 64.
 
     The EMA copy stays in eval mode whatever ``train()`` is told: it is never trained, and
-    its batch norms use the statistics copied from the generator.
+    its batch norms use the statistics measured for its own weights.
     """
 
     def __init__(self, num_classes: int, channels: int, img_size: int, latent_dim: int = 128, width: int = 64) -> None:
@@ -186,11 +186,28 @@ class ConditionalGAN(nn.Module):
 
     @torch.no_grad()
     def update_ema(self, decay: float) -> None:
-        """Move the EMA weights ``1 - decay`` of the way to the generator's; copy its batch-norm statistics."""
+        """Move every EMA weight ``1 - decay`` of the way to the generator's (batch-norm statistics: below)."""
         for average, live in zip(self.generator_ema.parameters(), self.generator.parameters()):
             average.lerp_(live, 1.0 - decay)
-        for average, live in zip(self.generator_ema.buffers(), self.generator.buffers()):
-            average.copy_(live)
+
+    @torch.no_grad()
+    def recompute_ema_statistics(self, noise: torch.Tensor, labels: torch.Tensor, batch_size: int) -> None:
+        """Set the EMA generator's batch-norm statistics to exact averages over ``noise`` (N, latent_dim), ``labels``.
+
+        The live generator's running statistics describe its own weights, not the averaged
+        ones, so the EMA copy measures its own (BigGAN's "standing statistics"); fixed noise
+        keeps it deterministic. The copy is back in eval mode afterwards.
+        """
+        norms = [module for module in self.generator_ema.modules() if isinstance(module, nn.BatchNorm2d)]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a cumulative average over the batches below
+        self.generator_ema.train()
+        for start in range(0, len(noise), batch_size):
+            self.generator_ema(noise[start : start + batch_size], labels[start : start + batch_size])
+        for norm in norms:
+            norm.momentum = 0.1  # BatchNorm2d's default, which the generator's norms keep
+        self.generator_ema.eval()
 
 
 @register_model(task="generate")
