@@ -287,17 +287,22 @@ def _signal_setup(results: dict[str, Any]) -> str:
     )
 
 
-def _parts(results: dict[str, Any]) -> tuple[str, list, dict]:
-    """The setup line, the tables and the plots of an image or a signal study."""
+def _parts(results: dict[str, Any]) -> tuple[str, str, list, dict]:
+    """The title, the setup line, the tables and the plots of an image, a signal or a synthetic-image study."""
+    if results.get("kind") == "synthetic":
+        from cnnkit.compare.synthetic_report import synthetic_parts
+
+        return synthetic_parts(results)
+    title = "CNN or MLP? `cnnkit compare` report"
     if results.get("kind") == "signals":
-        return _signal_setup(results), _signal_tables(results), {"summary.png": _plot_signal_study}
-    return _setup(results), _tables(results), PLOTS
+        return title, _signal_setup(results), _signal_tables(results), {"summary.png": _plot_signal_study}
+    return title, _setup(results), _tables(results), PLOTS
 
 
 def to_markdown(results: dict[str, Any]) -> str:
     """The report as Markdown, with the plots as relative image links."""
-    setup, tables, _ = _parts(results)
-    lines = ["# CNN or MLP? `cnnkit compare` report", "", setup, "", "## Verdict", ""]
+    heading, setup, tables, _ = _parts(results)
+    lines = [f"# {heading}", "", setup, "", "## Verdict", ""]
     lines += [f"- {sentence}" for sentence in results["verdict"]]
     for title, header, rows, plot, note in tables:
         lines += ["", f"## {title}", *(["", note] if note else []), ""]
@@ -310,7 +315,7 @@ def to_markdown(results: dict[str, Any]) -> str:
 def to_html(results: dict[str, Any]) -> str:
     from cnnkit.understand import figures
 
-    setup, tables, _ = _parts(results)
+    heading, setup, tables, _ = _parts(results)
     parts = [f"<p>{html.escape(setup)}</p><h2>Verdict</h2><ul>"]
     parts += [f"<li>{html.escape(sentence)}</li>" for sentence in results["verdict"]]
     parts.append("</ul>")
@@ -318,7 +323,7 @@ def to_html(results: dict[str, Any]) -> str:
         paragraph = f"<p>{html.escape(note)}</p>" if note else ""
         image = f'<img src="{plot}" alt="">' if plot else ""
         parts.append(f"<h2>{html.escape(title)}</h2>{paragraph}{figures.html_table(header, rows)}{image}")
-    return figures.html_page("CNN or MLP? cnnkit compare report", "".join(parts))
+    return figures.html_page(heading.replace("`", ""), "".join(parts))
 
 
 def write_compare_report(results: dict[str, Any], out_dir: Path) -> None:
@@ -332,7 +337,7 @@ def write_compare_report(results: dict[str, Any], out_dir: Path) -> None:
     from cnnkit.understand import figures
 
     with figures.pyplot().style.context("default"):
-        for name, plot in _parts(results)[2].items():
+        for name, plot in _parts(results)[3].items():
             plot(results, out_dir / name)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     (out_dir / "report.md").write_text(to_markdown(results))

@@ -89,11 +89,14 @@ class Study:
         self,
         name: str,
         train: ImageSet | None = None,
-        augment: bool = False,
+        augment: bool | str = False,
         weight_decay: float = TrainConfig.weight_decay,
         **kwargs: Any,
     ) -> tuple[nn.Module, float]:
-        """Train model ``name`` (builder ``kwargs``) on ``train`` (default: all training images), timed."""
+        """Train model ``name`` (builder ``kwargs``) on ``train`` (default: all training images), timed.
+
+        ``augment``: True for ``--augment crop``, or an ``--augment`` list such as ``crop,hflip``.
+        """
         train = self.train if train is None else train
         budget, prep = self.budget, self.preprocessing
         config = TrainConfig(
@@ -104,8 +107,9 @@ class Study:
         steps = num_batches(train, budget.batch_size)
         optimisation = Optimisation(*build_optimizer(model, config, budget.epochs * steps))
         generator = torch.Generator().manual_seed(budget.seed)
-        shifts = parse_augmentation("crop", img_size=prep.img_size) if augment else None  # as `--augment crop`
-        task, settings = ClassifyTask(train.classes), StepSettings(budget.batch_size, augment=shifts)
+        spec = "crop" if augment is True else augment
+        augmentation = parse_augmentation(spec, img_size=prep.img_size) if augment else None
+        task, settings = ClassifyTask(train.classes), StepSettings(budget.batch_size, augment=augmentation)
         started = time.perf_counter()
         for _ in range(budget.epochs):
             train_one_epoch(model, train, prep, task, optimisation, self.device, generator, settings)
