@@ -1,0 +1,257 @@
+"""GAN epoch time: ``cnnkit train --task generate`` against the PyTorch examples' DCGAN loop, and quality per second.
+
+Both sides train the same networks on the same training images with the same batch size:
+
+- **example**: the training loop of github.com/pytorch/examples ``dcgan/main.py``. A torchvision
+  dataset hands out one PIL image per item and the per-sample transforms make it a tensor
+  (``Resize``, ``CenterCrop``, ``ToTensor``, ``Normalize(0.5, 0.5)``, as the example's folder
+  and MNIST datasets do): for a built-in, the images in memory, read the way
+  ``torchvision.datasets.MNIST.__getitem__`` reads them; for a folder, ``ImageFolder`` on the
+  PNG/JPEG files. A ``DataLoader`` with ``--workers`` processes shuffles and batches them. Each
+  step: the discriminator on a real batch and on a generated one with BCE loss (real 1, fake 0),
+  one Adam step (lr 2e-4, betas 0.5/0.999, the example's), then the generator on the same fakes
+  against label 1, one Adam step. fp32, default memory format.
+- **cnnkit**: ``cnnkit train --task generate --data DATA`` in its own process, as a user runs it;
+  the epoch times and quality figures are its run's ``metrics.csv``.
+
+What differs, on purpose or because the example has no such thing: the networks are cnnkit's
+``dcgan`` (class-conditional: conditional batch norm in the generator, a projection discriminator
+with spectral norm), built from the cnnkit run's own ``ModelSpec``, because the example's
+networks are unconditional and fixed at 64 px; the example's ``weights_init`` (normal 0.02) is
+not applied; the discriminator returns logits, so BCE is ``BCEWithLogitsLoss`` (the example's
+``Sigmoid`` + ``BCELoss``, without its saturation); the class of each fake is drawn uniformly;
+the example's per-step print, its image dump every 100 steps and its per-epoch ``torch.save``
+are left out (they favour cnnkit, whose epoch time includes its sample grid, checkpoints and
+quality figures). cnnkit keeps its own recipe: hinge loss, TTUR learning rates, Adam betas
+0/0.9, the EMA generator, its batch pipeline and its compute choices (``--precision auto``).
+The judge cnnkit trains before the first epoch is outside both epoch times; the script prints
+the whole command's wall time too.
+
+After its epochs the example's generator is scored by the cnnkit run's judge on the same
+validation images (its weights copied into the EMA slot, as the example has no EMA), so the
+quality the two recipes reach in the same epochs can be compared.
+
+Each side runs in a fresh process (the same ``--threads``), so settings one makes for its
+process cannot help or hurt the other. Time it on an idle machine; on a shared one the seconds
+are meaningless. Target (issue 17): cnnkit's epoch at least 2x faster.
+
+    python benchmarks/gan.py --data fashion-mnist --epochs 5
+    python benchmarks/gan.py --data digits --epochs 20
+    python benchmarks/gan.py --data digits --limit 512 --epochs 1      # a check (a folder of 512 PNGs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from audio_pipeline import cpu_model
+from PIL import Image
+from torch import nn
+
+from cnnkit.checkpoint import load_model
+from cnnkit.data import load_data
+from cnnkit.data.builtin import BUILTINS
+from cnnkit.models import build
+from cnnkit.tasks.generate.quality import NAMES, measure_quality
+
+EXAMPLE_LR, EXAMPLE_BETAS = 2e-4, (0.5, 0.999)  # dcgan/main.py's defaults
+QUALITY_KEYS = ("frechet", "kid", "precision", "recall", "class_accuracy")
+
+
+class ExampleImages(torch.utils.data.Dataset):
+    """torchvision's MNIST-style dataset: uint8 images held in memory, one PIL image per item, then the transform."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        pixels = self.images[index].numpy()  # (C, H, W)
+        image = Image.fromarray(pixels[0], mode="L") if len(pixels) == 1 else Image.fromarray(pixels.transpose(1, 2, 0))
+        return self.transform(image), int(self.labels[index])
+
+
+def example_dataset(data: str, run_dir: Path, classes: list[str], img_size: int, channels: int):
+    """The cnnkit run's training images (its ``split.json``) as the example's dataset with per-sample transforms."""
+    import torchvision
+    from torchvision import transforms
+
+    to_channels = transforms.Grayscale(1) if channels == 1 else transforms.Lambda(lambda image: image.convert("RGB"))
+    transform = transforms.Compose(
+        [
+            to_channels,
+            transforms.Resize(img_size),
+            transforms.CenterCrop(img_size),
+            transforms.ToTensor(),
+            transforms.Normalize((0.5,) * channels, (0.5,) * channels),
+        ]
+    )
+    train_sources = set(json.loads((run_dir / "split.json").read_text())["train"])
+    if data in BUILTINS:  # at the dataset's own size: the example resizes each item
+        train = load_data(data).train
+        keep = torch.tensor([source in train_sources for source in train.sources])
+        return ExampleImages(train.images[keep], train.labels[keep], transform)
+    root = Path(data).resolve()
+    folder = torchvision.datasets.ImageFolder(
+        root, transform, is_valid_file=lambda path: Path(path).resolve().relative_to(root).as_posix() in train_sources
+    )
+    index = {name: classes.index(name) for name in folder.classes}  # the judge's class order, by name
+    folder.target_transform = lambda target: index[folder.classes[target]]
+    return folder
+
+
+def example_epochs(args: argparse.Namespace) -> dict:
+    """The example's loop on cnnkit's networks and training images: seconds per epoch, then the judge's figures."""
+    torch.set_num_threads(args.threads)
+    run_dir = Path(args.reference)
+    _, info = load_model(run_dir / "best.safetensors")
+    torch.manual_seed(args.seed)
+    gan = build(info.model)
+    spec = info.model
+    dataset = example_dataset(args.data, run_dir, info.classes, spec.img_size, spec.in_channels)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers)
+    generator, discriminator = gan.generator, gan.discriminator
+    optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=EXAMPLE_LR, betas=EXAMPLE_BETAS)
+    optimizer_g = torch.optim.Adam(generator.parameters(), lr=EXAMPLE_LR, betas=EXAMPLE_BETAS)
+    criterion = nn.BCEWithLogitsLoss()
+    gan.train()
+    seconds = []
+    for _ in range(args.epochs):
+        start = time.perf_counter()
+        for real, labels in loader:  # (B, C, H, W) in [-1, 1], (B,)
+            batch = len(real)
+            real_target, fake_target = torch.ones(batch), torch.zeros(batch)
+            discriminator.zero_grad()
+            criterion(discriminator(real, labels), real_target).backward()
+            noise, fake_labels = torch.randn(batch, gan.latent_dim), torch.randint(gan.num_classes, (batch,))
+            fake = generator(noise, fake_labels)
+            criterion(discriminator(fake.detach(), fake_labels), fake_target).backward()
+            optimizer_d.step()
+            generator.zero_grad()
+            criterion(discriminator(fake, fake_labels), real_target).backward()  # fakes are "real" for G's loss
+            optimizer_g.step()
+        seconds.append(time.perf_counter() - start)
+    gan.generator_ema.load_state_dict(generator.state_dict())  # the example has no EMA: score what it trained
+    judge, judge_info = load_model(run_dir / "judge" / "best.safetensors")
+    val = load_data(args.data, img_size=spec.img_size, channels=spec.in_channels).val
+    quality = measure_quality(
+        gan, judge, judge_info.preprocessing, val.images, val.labels, args.per_class, 0, "cpu", info.classes
+    )
+    return {"seconds": seconds, "images": len(dataset), "quality": quality.to_dict()}
+
+
+def write_folder(name: str, limit: int, folder: Path) -> Path:
+    """The first ``limit`` training images of a built-in as PNG files in class folders (a check on little data)."""
+    train = load_data(name).train
+    for index in range(min(limit, len(train))):
+        label = train.classes[int(train.labels[index])]
+        target = folder / re.sub(r"[^\w.-]+", "-", label)  # "T-shirt/top" is no folder name
+        target.mkdir(parents=True, exist_ok=True)
+        pixels = train.images[index].numpy()
+        image = Image.fromarray(pixels[0]) if len(pixels) == 1 else Image.fromarray(pixels.transpose(1, 2, 0))
+        image.save(target / f"{index:05d}.png")
+    return folder
+
+
+def run_cnnkit(args: argparse.Namespace, data: str, out: Path, environment: dict) -> tuple[Path, float]:
+    """``cnnkit train --task generate`` in its own process: its run directory and the command's wall time."""
+    command = [sys.executable, "-m", "cnnkit", "train", "--task", "generate", "--data", data]
+    command += ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
+    command += ["--workers", str(args.workers), "--out", str(out), "--name", "gan"]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=environment)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"cnnkit train failed ({' '.join(command[1:])}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return out / "gan", wall
+
+
+def run_example(args: argparse.Namespace, data: str, run_dir: Path, scratch: Path, environment: dict) -> dict:
+    """:func:`example_epochs` in a fresh process of this script."""
+    result = scratch / "example.json"
+    command = [sys.executable, __file__, "--data", data, "--epochs", str(args.epochs), "--seed", str(args.seed)]
+    command += ["--batch-size", str(args.batch_size), "--workers", str(args.workers), "--threads", str(args.threads)]
+    command += ["--per-class", str(args.per_class), "--reference", str(run_dir), "--json", str(result)]
+    done = subprocess.run(command, capture_output=True, text=True, env=environment)
+    if done.returncode != 0:
+        raise SystemExit(f"the example's loop failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return json.loads(result.read_text())
+
+
+def print_report(rows: list[dict], example: dict, wall: float) -> None:
+    """Epoch times side by side, then cnnkit's quality per epoch against its training time."""
+    theirs = example["seconds"]
+    print("\nepoch  example s  cnnkit s  ratio (example / cnnkit)")
+    for epoch, (a, row) in enumerate(zip(theirs, rows), start=1):
+        b = float(row["seconds"])
+        print(f"{epoch:>5}  {a:>9.2f}  {b:>8.2f}  {a / b:>5.2f}x")
+    total_theirs, total_ours = sum(theirs), sum(float(row["seconds"]) for row in rows)
+    print(f"total  {total_theirs:>9.2f}  {total_ours:>8.2f}  {total_theirs / total_ours:>5.2f}x   (target: >= 2x)")
+    print(f"cnnkit's whole command (data, judge, epochs, test): {wall:.1f} s")
+    print(
+        "\ncnnkit's quality against training time (its metrics.csv; " + "; ".join(NAMES[k] for k in QUALITY_KEYS) + ")"
+    )
+    print("epoch  seconds  " + "  ".join(f"{key:>14}" for key in QUALITY_KEYS))
+    elapsed = 0.0
+    for row in rows:
+        elapsed += float(row["seconds"])
+        print(f"{int(row['epoch']):>5}  {elapsed:>7.1f}  " + "  ".join(f"{float(row[k]):>14.4g}" for k in QUALITY_KEYS))
+    figures = example["quality"]
+    print(f"{'example':>5}  {total_theirs:>7.1f}  " + "  ".join(f"{figures[k]:>14.4g}" for k in QUALITY_KEYS))
+    print("(example: its generator after the same epochs, scored by the same judge on the same validation images)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default="fashion-mnist", help="a built-in (digits, fashion-mnist) or a class folder")
+    parser.add_argument("--limit", type=int, help="train both on the first N training images, written as PNG files")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=64, help="both sides (the example's and cnnkit's default)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader processes; cnnkit's too")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads of each side")
+    parser.add_argument("--per-class", type=int, default=100, help="generated images per class for the figures")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="keep cnnkit's run directory here (default: a scratch folder)")
+    parser.add_argument("--reference", help=argparse.SUPPRESS)  # internal: run the example's side on this run dir
+    parser.add_argument("--json", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if min(args.epochs, args.batch_size, args.workers, args.threads, args.per_class, args.limit or 1) < 1:
+        raise SystemExit("error: --epochs, --batch-size, --workers, --threads, --per-class and --limit take 1 or more")
+    if args.reference:
+        Path(args.json).write_text(json.dumps(example_epochs(args)))
+        return
+    if args.data not in BUILTINS and not Path(args.data).is_dir():
+        raise SystemExit(f"error: --data {args.data} is neither a built-in ({', '.join(BUILTINS)}) nor a folder")
+    if args.limit and args.data not in BUILTINS:
+        raise SystemExit("error: --limit takes a built-in's first images; for a folder, pass a smaller folder")
+    environment = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}  # cnnkit train takes torch's default threads
+    cpu = f"{platform.processor() or platform.machine()} ({cpu_model()}), {os.cpu_count()} cores"
+    print(f"{cpu}, {torch.backends.cpu.get_cpu_capability()}, {args.threads} torch threads, torch {torch.__version__}")
+    with tempfile.TemporaryDirectory() as scratch_name:
+        scratch = Path(scratch_name)
+        environment["CNNKIT_CACHE_DIR"] = str(scratch / "cache")  # a cold image cache, as a first run has
+        data = str(write_folder(args.data, args.limit, scratch / "images")) if args.limit else args.data
+        run_dir, wall = run_cnnkit(args, data, args.out or scratch / "runs", environment)
+        with open(run_dir / "metrics.csv", newline="") as file:
+            rows = list(csv.DictReader(file))
+        example = run_example(args, data, run_dir, scratch, environment)
+        setup = f"batch {args.batch_size}, {args.workers} DataLoader workers, {args.epochs} epochs"
+        print(f"{example['images']} training images of {args.data}{' (PNG files)' if args.limit else ''}, {setup}")
+        print_report(rows, example, wall)
+
+
+if __name__ == "__main__":
+    main()
