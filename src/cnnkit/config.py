@@ -126,10 +126,10 @@ class TrainConfig:
     task: str = _option(
         "classify",
         "what the network learns: classify (a label per image), embed (an embedding for similarity search, "
-        "evaluated by Recall@K on classes held out of training) or detect (boxes of objects, from COCO, YOLO "
-        "or VOC annotations; evaluated by COCO mAP)",
+        "evaluated by Recall@K on held-out classes), detect (boxes, from COCO, YOLO or VOC annotations; COCO mAP) "
+        "or generate (images of each class: a conditional GAN, best by Fréchet distance on a judge's features)",
         "model",
-        choices=("classify", "embed", "detect"),
+        choices=("classify", "embed", "detect", "generate"),
     )
     embed_dim: int | None = _option(
         None, "width of the L2-normalised embedding (--task embed; default: 512)", "model", COUNT

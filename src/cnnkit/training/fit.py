@@ -41,6 +41,7 @@ from cnnkit.tasks.embed.holdout import held_out_classes, hold_out
 from cnnkit.training import runlog
 from cnnkit.training.detect import fit_detection, is_detection
 from cnnkit.training.distributed import World
+from cnnkit.training.generate import fit_generation, is_generation
 from cnnkit.training.loop import check_batch_size
 from cnnkit.training.prepare import (
     Prepared,
@@ -111,6 +112,9 @@ def fit(
     if is_detection(config, resume, overrides):  # boxes, not labels: its own data, epoch, metric
         lent = (partial(call, callbacks), resolve_config, discard_unfinished)
         return fit_detection(config, resume, overrides, verbose, *lent)
+    if is_generation(config, resume, overrides):  # two networks, judged by a classifier that fit itself trains
+        lent = (partial(call, callbacks), resolve_config, discard_unfinished, fit)
+        return fit_generation(config, resume, overrides, verbose, *lent)
     resume = resume or world.restarted_run(overrides.get("out", (config or TrainConfig()).out))
     given = given_keys(config, overrides)
     config, saved = resolve_config(config, resume, world.claim(overrides))
