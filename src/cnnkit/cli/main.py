@@ -17,15 +17,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cnnkit import __version__
+from cnnkit.cli import compare as cli_compare
 from cnnkit.cli import deploy as cli_deploy
 from cnnkit.cli import detect as cli_detect
+from cnnkit.cli import generate as cli_generate
 from cnnkit.cli import inference as cli_inference
 from cnnkit.cli import search as cli_search
 from cnnkit.cli import spot as cli_spot
 from cnnkit.cli.complete import add_completion_command, completion_script
 from cnnkit.cli.flags import CommandParser, add_config_flags, config_default, config_type, number_type
-from cnnkit.compare.budget import Budget
-from cnnkit.config import COUNT, Range, TrainConfig
+from cnnkit.config import Range, TrainConfig
 from cnnkit.errors import CnnkitError, describe_error
 
 
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_inference.add_commands(commands)
     cli_search.add_commands(commands)
     cli_spot.add_commands(commands)
+    cli_generate.add_commands(commands)
 
     check = commands.add_parser(
         "check",
@@ -98,32 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=number_type(Range(float, 0, 1, low_open=True)),
         help="--near-duplicates: smallest cosine similarity of a pair (default: 0.8, measured for efficientnet_lite0)",
     )
-    compare = commands.add_parser(
-        "compare",
-        help="CNN vs MLP on the same data: accuracy, cost, data efficiency, robustness",
-        description="Train the default CNN and an MLP with the same budget; write a report with a verdict.",
-    )
-    compare.add_argument(
-        "--data", default="digits", help="built-in dataset name, image folder, time series or audio (default: digits)"
-    )
-    compare.add_argument("--data-dir", help="folder holding a built-in dataset's files")
-    compare.add_argument("--keywords", help="speech-commands: its keyword task, as train takes it (standard, yes,no)")
-    for flag, kind, help_text in (
-        ("--epochs", config_type("epochs"), "passes over the training images, for every model"),
-        ("--batch-size", config_type("batch_size"), "images per training step"),
-        ("--lr", config_type("lr"), "peak learning rate of the one-cycle schedule (AdamW)"),
-        ("--train-size", number_type(COUNT), "use at most this many training images (stratified)"),
-        ("--test-size", number_type(COUNT), "measure on at most this many test images"),
-        ("--seed", config_type("seed"), "seed for weights, data order and subsets"),
-        ("--seeds", number_type(COUNT), "series and audio: seeds per model, from --seed on"),
-    ):
-        default = getattr(Budget, flag[2:].replace("-", "_"))  # series and audio: epochs, batch and lr as in train
-        signal = " for images" if flag in ("--epochs", "--batch-size", "--lr") else ""
-        compare.add_argument(flag, type=kind, help=f"{help_text} (default: {default}{signal})")
-    compare.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
-    compare.add_argument("--out", default="runs", help="folder that holds the report directory (default: runs)")
-    compare.add_argument("--name", help="report directory name under --out (default: compare, compare2, ...)")
-    compare.add_argument("--json", action="store_true", help="print the results as JSON")
+    cli_compare.add_commands(commands)
 
     models = commands.add_parser("models", help="list the available architectures and their facts")
     models.add_argument("--json", action="store_true", help="print one JSON record per architecture")
@@ -275,32 +252,6 @@ def run_check(args: argparse.Namespace) -> int:
     return 1 if share > args.max_bad_share else 0
 
 
-def run_compare(args: argparse.Namespace) -> int:
-    from cnnkit.compare.study import compare
-    from cnnkit.training.prepare import data_modality
-
-    keys = ("epochs", "batch_size", "lr", "train_size", "test_size", "seed", "seeds")
-    given = {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
-    say = (lambda line: print(line, file=sys.stderr)) if args.json else print
-    if (modality := data_modality(args.data)) != "image":  # the default CNN of the kind vs Wang et al.'s MLP
-        from cnnkit.compare.signals import compare_signals
-
-        results, out_dir = compare_signals(
-            args.data, modality, given, args.out, args.name, args.data_dir, args.device, say, args.keywords
-        )
-    elif args.keywords is not None:
-        raise CnnkitError(f"--keywords: for speech-commands only; --data {args.data} holds images, leave it out")
-    elif "seeds" in given:
-        raise CnnkitError(f"--seeds is for time series and audio; --data {args.data} holds images: give --seed")
-    else:
-        results, out_dir = compare(args.data, Budget(**given), args.out, args.name, args.data_dir, args.device, say)
-    if args.json:
-        print(json.dumps(results))
-    else:
-        print("\n".join(["", *results["verdict"], "", f"report written to {out_dir / 'report.html'}"]))
-    return 0
-
-
 # The input `models` counts parameters with, (in_channels, img_size) and as shown: RGB 32x32 images, 3-channel
 # series of 32 steps, 1 s of mono 16 kHz audio (an MLP's count depends on the length; a CNN's does not).
 COUNTED_WITH = {"image": (3, 32), "series": (3, 32), "audio": (1, 16000)}
@@ -367,7 +318,8 @@ COMMANDS = {
     **cli_inference.COMMANDS,
     **cli_search.COMMANDS,
     **cli_spot.COMMANDS,
-    "compare": run_compare,
+    **cli_generate.COMMANDS,
+    **cli_compare.COMMANDS,
     "summary": run_summary,
     "completion": run_completion,
 }
