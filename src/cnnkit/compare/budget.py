@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# compare --synthetic: K, the real images per class where --train-size is not given (few labelled images, where
+# synthetic ones are said to help), and the generated images per class as a multiple of K.
+SYNTHETIC_PER_CLASS = 10
+SYNTHETIC_MULTIPLE = 10
+
 
 @dataclass
 class Budget:

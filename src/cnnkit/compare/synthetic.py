@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnkit.compare.budget import Budget
+from cnnkit.compare.budget import SYNTHETIC_MULTIPLE, SYNTHETIC_PER_CLASS, Budget
 from cnnkit.compare.interval import mean_interval
 from cnnkit.compare.study import CNN, Study, _cap, write_study
 from cnnkit.compute import select_device
@@ -50,8 +50,6 @@ from cnnkit.data.loader import channel_stats, num_batches
 from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import CheckpointInfo, Preprocessing
 
-SYNTHETIC_MULTIPLE = 10  # generated images per class, as a multiple of the real K, when --synthetic-size is not given
-DEFAULT_PER_CLASS = 10  # K: few labelled images, where synthetic ones are said to help
 ARMS = {"real": "real", "mixed": "real + synthetic", "synthetic": "synthetic only"}  # key: progress name
 
 # (images per class, an empty folder to fill with <class>/*.png, seed): the real one is generate_images.
@@ -65,7 +63,7 @@ def synthetic_budget(given: dict[str, Any]) -> Budget:
     whole training set); ``epochs`` counts passes over the real + synthetic set.
     """
     defaults = {"epochs": TrainConfig.epochs, "batch_size": TrainConfig.batch_size, "lr": TrainConfig.lr}
-    return Budget(**{**defaults, "train_size": DEFAULT_PER_CLASS, **given})
+    return Budget(**{**defaults, "train_size": SYNTHETIC_PER_CLASS, **given})
 
 
 def standard_augmentation(data: str) -> str:
