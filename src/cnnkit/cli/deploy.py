@@ -59,10 +59,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser(
         "serve",
         help="HTTP prediction or similarity-search service with a web page",
-        description="Serve a model (POST /predict) or an index directory from `cnnkit index` (POST /search, "
-        "GET /thumbnail/POSITION), with GET /health, GET / (a web page), an API reference at /docs and the "
-        "OpenAPI schema at /openapi.json. Only this machine can connect unless --host says otherwise; then set a "
-        "token.",
+        description="Serve a model (POST /predict), a generator run (GET /generate?class=NAME: a PNG grid) or an "
+        "index directory from `cnnkit index` (POST /search, GET /thumbnail/POSITION), with GET /health, GET / "
+        "(a web page), an API reference at /docs and the OpenAPI schema at /openapi.json. Only this machine can "
+        "connect unless --host says otherwise; then set a token.",
     )
     serve.add_argument("checkpoint", metavar="RUN_ONNX_OR_INDEX")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
@@ -92,7 +92,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from cnnkit.tasks.detect.evaluate import is_detection_run
+    from cnnkit.tasks.generate import is_generation_run
 
+    if is_generation_run(args.checkpoint):  # noise and class in, images out: its own graph and parity check
+        from cnnkit.deploy.generator_export import export_generator
+
+        if args.int8:
+            raise CnnkitError(f"--int8 quantizes classifiers; {args.checkpoint} is a generator (fp32): leave it out")
+        export_generator(args.checkpoint, args.out, args.name)
+        return 0
     if is_detection_run(args.checkpoint):  # boxes, not logits: its own graph and parity check
         from cnnkit.deploy.detect_export import export_detector
 

@@ -1,0 +1,187 @@
+"""Using a trained generator: cnnkit generate's files, the generator export, and the service's grid."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+from PIL import Image
+
+from cnnkit.checkpoint import save_checkpoint
+from cnnkit.cli.main import main
+from cnnkit.data import load_data
+from cnnkit.errors import CnnkitError
+from cnnkit.modelinfo import CheckpointInfo, ModelSpec, Preprocessing
+from cnnkit.models import create_model
+from cnnkit.tasks.generate.sampling import BLOCK, class_noise, generate_images, load_generator, sample_class
+
+CLASSES = ["circle", "square", "T-shirt/top"]  # the last as Fashion-MNIST names it: no folder name holds a slash
+FOLDERS = ["circle", "square", "T-shirt_top"]
+SIZE = 8
+
+
+def png_files(root: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*.png"))}
+
+
+def save_run(folder: Path, name: str, model: torch.nn.Module, kwargs: dict, channels: int = 1) -> Path:
+    spec = ModelSpec(name, len(CLASSES), channels, SIZE, kwargs)
+    prep = Preprocessing(SIZE, channels, (0.5,) * channels, (0.5,) * channels)
+    folder.mkdir(parents=True)
+    save_checkpoint(folder / "best.safetensors", model, CheckpointInfo(spec, CLASSES, prep, {}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def generator_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained 8 px grayscale dcgan saved as a run directory: every file and shape, none of the training."""
+    torch.manual_seed(0)
+    kwargs = {"latent_dim": 16, "width": 8}
+    model = create_model("dcgan", len(CLASSES), 1, SIZE, **kwargs)
+    return save_run(tmp_path_factory.mktemp("runs") / "gan", "dcgan", model, kwargs)
+
+
+@pytest.fixture(scope="module")
+def generated(generator_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``generate_images`` of 20 images per class (a block of 16 and a cut one) with seed 3."""
+    out = tmp_path_factory.mktemp("generated") / "synthetic"
+    assert generate_images(generator_run, 20, out, seed=3, device="cpu") == {name: 20 for name in CLASSES}
+    return out
+
+
+def test_generate_images_same_seed_same_bytes_whatever_num_or_class(generator_run, generated, tmp_path):
+    files = png_files(generated)
+    assert len(files) == 60 and sorted(files) == list(files)  # names sort in generation order
+    assert list(files)[:2] == ["T-shirt_top/s3_00000.png", "T-shirt_top/s3_00001.png"]
+    generate_images(generator_run, 20, tmp_path / "again", seed=3, device="cpu")
+    assert png_files(tmp_path / "again") == files
+    # fewer images of one class, across the block boundary: the first files of that class's folder
+    generate_images(generator_run, BLOCK + 1, tmp_path / "one", class_name="square", seed=3, device="cpu")
+    first = {name: data for name, data in files.items() if name.startswith("square/")}
+    assert png_files(tmp_path / "one") == dict(list(first.items())[: BLOCK + 1])
+    generate_images(generator_run, 20, tmp_path / "other", seed=4, device="cpu")
+    other = png_files(tmp_path / "other")
+    assert all(name.replace("s3_", "s4_") in other for name in files)
+    assert sum(data == other[name.replace("s3_", "s4_")] for name, data in files.items()) == 0
+
+
+def test_sample_class_is_the_same_in_any_block_company(generator_run):
+    model, _ = load_generator(generator_run)
+    images = sample_class(model, 1, 2 * BLOCK, seed=3)  # (32, 1, 8, 8)
+    assert images.dtype == torch.uint8 and images.shape == (2 * BLOCK, 1, SIZE, SIZE)
+    assert torch.equal(sample_class(model, 1, 5, seed=3), images[:5])
+    assert len(torch.unique(images.flatten(1), dim=0)) == 2 * BLOCK  # every image its own noise
+    assert class_noise(model.latent_dim, 1, 5, 3).shape == (5, model.latent_dim)
+
+
+def test_generate_images_layout_reads_as_an_image_folder(generator_run, generated):
+    splits = load_data(str(generated), img_size=SIZE, val_split=0.0, test_split=0.0)
+    assert splits.train.classes == sorted(FOLDERS)
+    assert splits.train.images.shape == (60, 1, SIZE, SIZE)  # grayscale PNGs read back as one channel
+    model, _ = load_generator(generator_run)
+    square = splits.train.images[splits.train.labels == splits.train.classes.index("square")]
+    assert torch.equal(square, sample_class(model, CLASSES.index("square"), 20, seed=3))  # PNG is lossless
+
+
+def test_generate_images_refuses_bad_input_in_one_line_and_writes_nothing(generator_run, tmp_path):
+    convnet = save_run(tmp_path / "classifier", "convnet", create_model("convnet", 3, 1, SIZE), {})
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "keep.txt").write_text("user data")
+    cases = [
+        (dict(num=0), "--num must be an integer >= 1 (got 0)"),
+        (dict(num=-3), "--num must be an integer >= 1"),
+        (dict(seed=-1), "--seed must be an integer in [0, 4294967295]"),
+        (dict(class_name="sqare"), "'sqare' is not a class of this run (did you mean 'square'?); it generates circle"),
+        (dict(run=convnet), "is not a generator; give a run of `cnnkit train --task generate`"),
+        (dict(out=user), "already holds files"),
+        (dict(out=user / "keep.txt"), "is a file"),
+    ]
+    for given, expected in cases:
+        arguments = {"run": generator_run, "num": 2, "out": tmp_path / "new", **given}
+        with pytest.raises(CnnkitError, match=r"^[^\n]+$") as error:
+            generate_images(**arguments, device="cpu")
+        assert expected in str(error.value)
+    assert not (tmp_path / "new").exists() and (user / "keep.txt").read_text() == "user data"
+
+
+def test_generate_cli_prints_a_line_per_class_and_the_total(generator_run, generated, tmp_path):
+    result = run_cli("generate", str(generator_run), "--num", "20", "--seed", "3", "--out", str(tmp_path / "cli"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[2] == f"T-shirt/top: 20 images in {tmp_path / 'cli' / 'T-shirt_top'}"
+    assert lines[-1] == f"wrote 60 images (3 classes, seed 3) to {tmp_path / 'cli'}"
+    assert png_files(tmp_path / "cli") == png_files(generated)
+
+
+def cli_error(argv: list[str], capsys) -> tuple[int, str]:
+    """The exit code and stderr of ``cnnkit ARGV`` run in this process (a flag's range check exits while parsing)."""
+    try:
+        code = main(argv)
+    except SystemExit as exit:
+        code = exit.code
+    return code, capsys.readouterr().err
+
+
+def test_generate_and_export_cli_bad_input_is_one_line_exit_2(generator_run, tmp_path, capsys):
+    run = str(generator_run)
+    for argv, expected in (
+        (["generate", run, "--num", "0", "--out", str(tmp_path / "a")], "--num must be an integer >= 1 (got 0)"),
+        (["generate", run, "--num", "2", "--class", "dog", "--out", str(tmp_path / "b")], "'dog' is not a class"),
+        (["export", run, "--int8", "--out", str(tmp_path / "c")], "--int8 quantizes classifiers; "),
+    ):
+        code, error = cli_error(argv, capsys)
+        assert code == 2 and error.startswith("cnnkit: error: ") and error.count("\n") == 1, error
+        assert expected in error, error
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def generator_export(generator_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """``export_generator`` of the run: the .onnx file and the report."""
+    pytest.importorskip("onnxruntime", reason="the deploy extra (pip install -e '.[test]') provides onnxruntime")
+    from cnnkit.deploy.generator_export import export_generator
+
+    path = tmp_path_factory.mktemp("exports") / "generator.onnx"
+    return path, export_generator(generator_run, path, verbose=False)
+
+
+@pytest.mark.slow
+def test_export_generator_matches_pytorch_and_describes_itself(generator_run, generator_export, generated):
+    from cnnkit.deploy.generator_export import ATOL, IMAGES, LABELS, NOISE
+    from cnnkit.deploy.onnx_runtime import create_session
+    from cnnkit.models.gan import to_uint8
+
+    path, report = generator_export
+    assert report["parity"]["passed"] and report["parity"]["max_abs_diff"] <= ATOL
+    assert json.loads(path.with_name("generator.export.json").read_text()) == report
+    session = create_session(path)
+    props = session.get_modelmeta().custom_metadata_map
+    assert json.loads(props["classes"]) == CLASSES and json.loads(props["latent_dim"]) == 16
+    assert json.loads(props["task"]) == "generate"
+    assert [(i.name, i.type) for i in session.get_inputs()] == [(NOISE, "tensor(float)"), (LABELS, "tensor(int64)")]
+    # a batch the parity check never ran (5), with cnnkit generate's noise: its files, within one rounding level
+    label = CLASSES.index("square")
+    noise = class_noise(16, label, 5, 3).numpy()
+    [images] = session.run([IMAGES], {NOISE: noise, LABELS: np.full(5, label, np.int64)})
+    assert images.shape == (5, 1, SIZE, SIZE) and np.abs(images).max() <= 1.0
+    files = [np.asarray(Image.open(generated / "square" / f"s3_{index:05d}.png")) for index in range(5)]
+    pixels = to_uint8(torch.from_numpy(images))[:, 0].numpy().astype(int)
+    assert np.abs(pixels - np.stack(files)).max() <= 1
+
+
+def test_export_refuses_a_generator_that_disagrees_and_removes_the_file(generator_run, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime", reason="the deploy extra (pip install -e '.[test]') provides onnxruntime")
+    from cnnkit.deploy import generator_export
+
+    monkeypatch.setattr(generator_export, "write_generator_onnx", lambda model, info, path: path.write_bytes(b"x"))
+    monkeypatch.setattr(
+        generator_export, "check_generator_parity", lambda *_: generator_export.GeneratorParity(64, 0.5)
+    )
+    with pytest.raises(CnnkitError, match=r"ONNX Runtime disagrees with PyTorch.*was removed"):
+        generator_export.export_generator(generator_run, tmp_path / "bad.onnx", verbose=False)
+    assert not (tmp_path / "bad.onnx").exists()
