@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -185,3 +187,69 @@ def test_export_refuses_a_generator_that_disagrees_and_removes_the_file(generato
     with pytest.raises(CnnkitError, match=r"ONNX Runtime disagrees with PyTorch.*was removed"):
         generator_export.export_generator(generator_run, tmp_path / "bad.onnx", verbose=False)
     assert not (tmp_path / "bad.onnx").exists()
+
+
+@pytest.fixture(scope="module")
+def generation_app(generator_run: Path):
+    pytest.importorskip("fastapi", reason="the deploy extra (pip install -e '.[test]') provides fastapi")
+    pytest.importorskip("httpx", reason="the test extra provides httpx")
+    from cnnkit.deploy.serve.generate import create_generation_app
+
+    return create_generation_app(*load_generator(generator_run))
+
+
+def client_of(app):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # starlette 1.x suggests httpx2 (its own warning class)
+        from fastapi.testclient import TestClient
+    return TestClient(app)
+
+
+def test_serve_generate_draws_the_images_cnnkit_generate_writes(generation_app, generated):
+    from cnnkit.deploy.serve.generate import GAP
+
+    client = client_of(generation_app)
+    answer = client.get("/generate", params={"class": "square", "count": 5, "seed": 3})
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
+    assert answer.headers["x-seed"] == "3"
+    grid = np.asarray(Image.open(io.BytesIO(answer.content)))  # 3 columns, 2 rows of 64 px tiles (8 px x 8)
+    tile = SIZE * 8
+    assert grid.shape == (GAP + 2 * (tile + GAP), GAP + 3 * (tile + GAP))
+    for index in range(5):
+        row, column = divmod(index, 3)
+        top, left = GAP + row * (tile + GAP), GAP + column * (tile + GAP)
+        expected = np.asarray(Image.open(generated / "square" / f"s3_{index:05d}.png"))
+        assert np.array_equal(grid[top : top + tile : 8, left : left + tile : 8], expected)
+    fresh = [client.get("/generate", params={"class": "circle"}) for _ in range(2)]
+    assert [answer.status_code for answer in fresh] == [200, 200]
+    assert fresh[0].headers["x-seed"] != fresh[1].headers["x-seed"]  # a new seed each time, and it says which
+
+
+def test_serve_generate_refuses_bad_requests_and_keeps_serving(generation_app):
+    client = client_of(generation_app)
+    unknown = client.get("/generate", params={"class": "dog"})
+    assert unknown.status_code == 400 and "it generates circle, square, T-shirt/top" in unknown.json()["detail"]
+    for params in ({"class": "square", "count": 0}, {"class": "square", "count": 65}, {"class": "square", "seed": -1}):
+        assert client.get("/generate", params=params).status_code == 422
+    assert client.get("/generate").status_code == 422  # no class
+    health = client.get("/health").json()
+    assert health["task"] == "generate" and health["classes"] == CLASSES and health["latent_dim"] == 16
+    page = client.get("/").text
+    assert '<option value="T-shirt/top">T-shirt/top</option>' in page and 'fetch("generate?"' in page
+    assert client.get("/generate", params={"class": "T-shirt/top", "count": 1}).status_code == 200
+
+
+def test_serve_runs_a_generator_run_behind_its_token(generator_run, monkeypatch):
+    pytest.importorskip("fastapi", reason="the deploy extra (pip install -e '.[test]') provides fastapi")
+    pytest.importorskip("httpx", reason="the test extra provides httpx")
+    import uvicorn
+
+    from cnnkit.deploy.serve import serve
+
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: apps.append(app))
+    serve(generator_run, token="secret")
+    client = client_of(apps[0])
+    assert client.get("/generate", params={"class": "square"}).status_code == 401
+    answer = client.get("/generate", params={"class": "square"}, headers={"Authorization": "Bearer secret"})
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"

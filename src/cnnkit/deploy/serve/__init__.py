@@ -49,7 +49,8 @@ def serve(
 
     A model answers ``POST /predict`` (:mod:`cnnkit.deploy.serve.app`; a detector's boxes,
     :mod:`cnnkit.deploy.serve.detect`); an index built by
-    ``cnnkit index`` answers ``POST /search`` and serves thumbnails (:mod:`cnnkit.deploy.serve.search`).
+    ``cnnkit index`` answers ``POST /search`` and serves thumbnails (:mod:`cnnkit.deploy.serve.search`); a generator
+    run draws a grid of a chosen class at ``GET /generate`` (:mod:`cnnkit.deploy.serve.generate`).
 
     Args:
         checkpoint: A run directory, ``.safetensors`` checkpoint, ``.onnx`` model or index directory.
@@ -82,6 +83,7 @@ def serve(
     import uvicorn
 
     from cnnkit.deploy.serve.search import is_index
+    from cnnkit.tasks.generate import is_generation_run
 
     limits = (int(max_upload_mb * 2**20), max_concurrency, max_queue, timeout)
     if is_index(checkpoint):
@@ -89,6 +91,12 @@ def serve(
         from cnnkit.deploy.serve.search import create_search_app
 
         app = create_search_app(open_index(checkpoint), None, *limits, token=token, cors_origins=origins)
+    elif is_generation_run(checkpoint):  # nothing uploaded, images drawn: GET /generate and its own page
+        from cnnkit.deploy.serve.generate import create_generation_app
+        from cnnkit.tasks.generate.sampling import load_generator
+
+        model, info = load_generator(checkpoint, "cpu")
+        app = create_generation_app(model, info, *limits[1:], token=token, cors_origins=origins)
     else:
         from cnnkit.deploy.detector import ImageDetector
         from cnnkit.deploy.load import load_predictor
