@@ -30,11 +30,11 @@ def png_files(root: Path) -> dict[str, bytes]:
     return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*.png"))}
 
 
-def save_run(folder: Path, name: str, model: torch.nn.Module, kwargs: dict, channels: int = 1) -> Path:
-    spec = ModelSpec(name, len(CLASSES), channels, SIZE, kwargs)
-    prep = Preprocessing(SIZE, channels, (0.5,) * channels, (0.5,) * channels)
+def save_run(folder: Path, name: str, model: torch.nn.Module, kwargs: dict, extra: dict) -> Path:
+    spec = ModelSpec(name, len(CLASSES), 1, SIZE, kwargs)
     folder.mkdir(parents=True)
-    save_checkpoint(folder / "best.safetensors", model, CheckpointInfo(spec, CLASSES, prep, {}))
+    info = CheckpointInfo(spec, CLASSES, Preprocessing(SIZE, 1, (0.5,), (0.5,)), extra)
+    save_checkpoint(folder / "best.safetensors", model, info)
     return folder
 
 
@@ -44,7 +44,7 @@ def generator_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     kwargs = {"latent_dim": 16, "width": 8}
     model = create_model("dcgan", len(CLASSES), 1, SIZE, **kwargs)
-    return save_run(tmp_path_factory.mktemp("runs") / "gan", "dcgan", model, kwargs)
+    return save_run(tmp_path_factory.mktemp("runs") / "gan", "dcgan", model, kwargs, {"task": "generate"})
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,7 @@ def generated(generator_run: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return out
 
 
+@pytest.mark.slow
 def test_generate_images_same_seed_same_bytes_whatever_num_or_class(generator_run, generated, tmp_path):
     files = png_files(generated)
     assert len(files) == 60 and sorted(files) == list(files)  # names sort in generation order
@@ -90,7 +91,7 @@ def test_generate_images_layout_reads_as_an_image_folder(generator_run, generate
 
 
 def test_generate_images_refuses_bad_input_in_one_line_and_writes_nothing(generator_run, tmp_path):
-    convnet = save_run(tmp_path / "classifier", "convnet", create_model("convnet", 3, 1, SIZE), {})
+    convnet = save_run(tmp_path / "classifier", "convnet", create_model("convnet", 3, 1, SIZE), {}, {})
     user = tmp_path / "mine"
     user.mkdir()
     (user / "keep.txt").write_text("user data")
@@ -111,6 +112,7 @@ def test_generate_images_refuses_bad_input_in_one_line_and_writes_nothing(genera
     assert not (tmp_path / "new").exists() and (user / "keep.txt").read_text() == "user data"
 
 
+@pytest.mark.slow
 def test_generate_cli_prints_a_line_per_class_and_the_total(generator_run, generated, tmp_path):
     result = run_cli("generate", str(generator_run), "--num", "20", "--seed", "3", "--out", str(tmp_path / "cli"))
     assert result.returncode == 0, result.stderr
@@ -174,6 +176,14 @@ def test_export_generator_matches_pytorch_and_describes_itself(generator_run, ge
     files = [np.asarray(Image.open(generated / "square" / f"s3_{index:05d}.png")) for index in range(5)]
     pixels = to_uint8(torch.from_numpy(images))[:, 0].numpy().astype(int)
     assert np.abs(pixels - np.stack(files)).max() <= 1
+
+
+def test_classifier_commands_refuse_a_generator_and_its_export_in_one_line(generator_run, generator_export, capsys):
+    path, _ = generator_export
+    image = str(next(iter(sorted(path.parent.glob("*.json")))))  # any file: the model is refused before reading it
+    for target in (str(generator_run), str(path)):
+        code, error = cli_error(["predict", target, image], capsys)
+        assert code == 2 and error.count("\n") == 1 and "dcgan is a generator: it makes images" in error, error
 
 
 def test_export_refuses_a_generator_that_disagrees_and_removes_the_file(generator_run, tmp_path, monkeypatch):

@@ -47,6 +47,11 @@ class ImageClassifier:
     """
 
     def __init__(self, info: CheckpointInfo) -> None:
+        if info.extra.get("task") == "generate":  # a generator's run or export: noise in, images out
+            raise CnnkitError(
+                f"{info.model.name} is a generator: it makes images and classifies none; give its run to "
+                "cnnkit generate, export or serve"
+            )
         self.info = info
 
     @property
