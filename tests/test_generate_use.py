@@ -178,12 +178,16 @@ def test_export_generator_matches_pytorch_and_describes_itself(generator_run, ge
     assert np.abs(pixels - np.stack(files)).max() <= 1
 
 
-def test_classifier_commands_refuse_a_generator_and_its_export_in_one_line(generator_run, generator_export, capsys):
-    path, _ = generator_export
-    image = str(next(iter(sorted(path.parent.glob("*.json")))))  # any file: the model is refused before reading it
-    for target in (str(generator_run), str(path)):
-        code, error = cli_error(["predict", target, image], capsys)
+def test_classifier_commands_refuse_a_generator_and_its_export_in_one_line(
+    generator_run, generator_export, generated, tmp_path, capsys
+):
+    path, run, image = str(generator_export[0]), str(generator_run), str(generated / "circle" / "s3_00000.png")
+    for argv in (["predict", run, image], ["predict", path, image], ["evaluate", run], ["explain", run, image]):
+        code, error = cli_error([*argv, "--out", str(tmp_path / "out")] if argv[0] == "explain" else argv, capsys)
         assert code == 2 and error.count("\n") == 1 and "dcgan is a generator: it makes images" in error, error
+    code, error = cli_error(["index", run, str(generated), "--out", str(tmp_path / "index")], capsys)
+    assert code == 2 and error.count("\n") == 1 and "is a generator (dcgan): index and search embed" in error, error
+    assert not any(tmp_path.iterdir())
 
 
 def test_export_refuses_a_generator_that_disagrees_and_removes_the_file(generator_run, tmp_path, monkeypatch):

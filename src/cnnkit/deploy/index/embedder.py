@@ -300,6 +300,11 @@ def load_embedder(
             f"{model} is a detector ({info.model.name}): index and search embed images with a classifier or an "
             "embed run; evaluate, predict, export and serve take a detector"
         )
+    if model_entry(info.model.name).task == "generate":  # noise in, images out: nothing to embed an image with
+        raise CnnkitError(
+            f"{model} is a generator ({info.model.name}): index and search embed images with a classifier or an "
+            "embed run; generate, export and serve take a generator"
+        )
     network = inference_network(network, target, trace_input(info.preprocessing, settings))
     digest = file_sha256(checkpoint)
     identity = {"kind": "checkpoint", "name": info.model.name, "source": str(checkpoint), "sha256": digest}
