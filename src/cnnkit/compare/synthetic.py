@@ -138,7 +138,7 @@ def load_synthetic_study(
         CnnkitError: ``run`` is not a generator, its classes are not the data's, K < 1 or larger
             than the smallest class, fewer than two seeds, or the generator trained on test images.
     """
-    from cnnkit.checkpoint import read_checkpoint, resolve_checkpoint
+    from cnnkit.checkpoint import load_model, resolve_checkpoint
     from cnnkit.tasks.generate import is_generation_run
 
     if budget.epochs < 1 or budget.seeds < 2 or budget.test_size < 1:
@@ -152,7 +152,7 @@ def load_synthetic_study(
     path = resolve_checkpoint(run)
     if not is_generation_run(path):
         raise CnnkitError(f"--synthetic {run}: {path} is not a generator; give a run of `cnnkit train --task generate`")
-    _, info = read_checkpoint(path)
+    _, info = load_model(path)  # weights that do not fit the model are refused before anything trains
     splits = load_data(data, img_size=info.model.img_size, channels=info.model.in_channels, data_dir=data_dir)
     if not isinstance(splits.train, ImageSet):
         raise CnnkitError(f"--synthetic: {data} is not images; the generator makes images, give an image folder")
