@@ -95,12 +95,14 @@ def test_generate_images_refuses_bad_input_in_one_line_and_writes_nothing(genera
     user = tmp_path / "mine"
     user.mkdir()
     (user / "keep.txt").write_text("user data")
+    (user / "model.onnx").write_bytes(b"not read")
     cases = [
         (dict(num=0), "--num must be an integer >= 1 (got 0)"),
         (dict(num=-3), "--num must be an integer >= 1"),
         (dict(seed=-1), "--seed must be an integer in [0, 4294967295]"),
         (dict(class_name="sqare"), "'sqare' is not a class of this run (did you mean 'square'?); it generates circle"),
         (dict(run=convnet), "is not a generator; give a run of `cnnkit train --task generate`"),
+        (dict(run=tmp_path / "mine" / "model.onnx"), "is an ONNX export; give the run it was exported from"),
         (dict(out=user), "already holds files"),
         (dict(out=user / "keep.txt"), "is a file"),
     ]

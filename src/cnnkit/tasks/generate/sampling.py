@@ -51,6 +51,8 @@ INDEX_DIGITS = 5  # file numbers are zero-padded to at least this width, so name
 def load_generator(run: str | Path, device: torch.device | str = "cpu") -> tuple[ConditionalGAN, CheckpointInfo]:
     """The trained generator of ``run`` (a run directory or checkpoint), in eval mode; other runs are refused."""
     path = resolve_checkpoint(run)
+    if path.suffix.lower() == ".onnx":  # the noise is PyTorch's generator, so the files come from the run
+        raise CnnkitError(f"{path} is an ONNX export; give the run it was exported from (its best.safetensors)")
     if not is_generation_run(path):
         raise CnnkitError(
             f"{path} is not a generator; give a run of `cnnkit train --task generate` (its best.safetensors)"
