@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 from pathlib import Path
@@ -14,6 +16,7 @@ from cnnkit.cli.main import main
 from cnnkit.compare.interval import mean_interval, t_quantile
 from cnnkit.compare.synthetic import compare_synthetic, standard_augmentation, summarise_arms
 from cnnkit.compare.synthetic_report import synthetic_verdict
+from cnnkit.data import load_data
 from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import CheckpointInfo, ModelSpec, Preprocessing
 from cnnkit.models import create_model
@@ -46,14 +49,18 @@ def synthetic_report(shapes_and_generator: tuple[Path, Path], tmp_path_factory: 
     """``cnnkit compare --synthetic`` run in-process with the real generate_images, K=5, M=4, 1 epoch, 2 seeds."""
     shapes, generator = shapes_and_generator
     out = tmp_path_factory.mktemp("reports")
-    flags = ["--out", str(out), "--name", "s", "--device", "cpu"]
-    assert main(["compare", "--synthetic", str(generator), "--data", str(shapes), *TINY, *flags]) == 0
+    flags = ["--out", str(out), "--name", "s", "--device", "cpu", "--json"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(io.StringIO()):  # --json: progress to stderr
+        assert main(["compare", "--synthetic", str(generator), "--data", str(shapes), *TINY, *flags]) == 0
+    (out / "s" / "printed.json").write_text(printed.getvalue())
     return out / "s"
 
 
 @pytest.mark.slow
 def test_compare_synthetic_trains_three_arms_per_seed_at_equal_steps(synthetic_report: Path):
     results = json.loads((synthetic_report / "results.json").read_text())
+    assert json.loads((synthetic_report / "printed.json").read_text()) == results  # --json prints the results
     arms = results["arms"]
     assert results["kind"] == "synthetic" and list(arms) == ["real", "mixed", "synthetic"]
     assert [arms[arm]["images"] for arm in arms] == [15, 27, 12]  # 5 real, 5 + 4, 4 generated per class of 3
@@ -143,6 +150,7 @@ def test_standard_augmentation_adds_the_crop_to_autos_choice():
         ("K too large", "--train-size 10 (real images per class) is more than"),
         ("K zero", "--train-size must be an integer >= 1 (got 0)"),
         ("one seed", "--seeds >= 2 (an interval needs two seeds)"),
+        ("trained on test", "the generator trained on 1 of the test images compare measures on"),
     ],
 )
 def test_compare_synthetic_refuses_bad_input_in_one_line(case, expected, shapes_and_generator, tmp_path, capsys):
@@ -152,6 +160,10 @@ def test_compare_synthetic_refuses_bad_input_in_one_line(case, expected, shapes_
         generator = save_generator(tmp_path / "classifier", SHAPES, task_model="convnet")
     elif case == "other classes":
         generator = save_generator(tmp_path / "stars", ["circle", "square", "star"])
+    elif case == "trained on test":  # its run's split.json lists a test image among its training images
+        generator = save_generator(tmp_path / "leaky", SHAPES)
+        test_image = load_data(str(shapes), img_size=8, channels=3).test.sources[0]
+        (generator / "split.json").write_text(json.dumps({"train": ["circle/circle_000.jpg", test_image]}))
     flags = ["--train-size", "5", *sizes.get(case, []), "--out", str(tmp_path / "runs")]
     if case == "K zero":  # the flag's own type refuses it before the study is reached
         with pytest.raises(SystemExit, match="2"):

@@ -195,18 +195,16 @@ def read_synthetic(folder: Path, classes: list[str], preprocessing: Preprocessin
     from cnnkit.tasks.generate.sampling import class_folder
 
     files, _, _ = list_images(folder, [class_folder(name) for name in classes])
-    arrays, labels = [], []
-    for start, (batch, _, failures) in zip(range(0, len(files), 256), decode_batches(
-        [folder / rel for rel, _ in files], preprocessing.img_size, preprocessing.channels, batch_size=256
-    )):  # fmt: skip
+    if not files:
+        raise CnnkitError(f"the generator wrote no images into {folder}")
+    paths, arrays = [folder / rel for rel, _ in files], []
+    for batch, _, failures in decode_batches(paths, preprocessing.img_size, preprocessing.channels):
         if failures:
             raise CnnkitError(f"generated image {failures[0][0]} cannot be read: {failures[0][1]}")
         arrays.append(batch)
-        labels += [label for _, label in files[start : start + 256]]
-    if not arrays:
-        raise CnnkitError(f"the generator wrote no images into {folder}")
-    images = torch.from_numpy(np.concatenate(arrays))  # (N, C, H, W) uint8
-    return ImageSet(images, torch.tensor(labels, dtype=torch.long), classes, [f"synthetic/{rel}" for rel, _ in files])
+    images = torch.from_numpy(np.concatenate(arrays))  # (N, C, H, W) uint8, in the order of files
+    labels = torch.tensor([label for _, label in files], dtype=torch.long)
+    return ImageSet(images, labels, classes, [f"synthetic/{rel}" for rel, _ in files])
 
 
 def _train_arm(seeded: Study, images: ImageSet, steps: int, augment: str) -> dict[str, Any]:
