@@ -114,6 +114,29 @@ def test_generate_images_refuses_bad_input_in_one_line_and_writes_nothing(genera
     assert not (tmp_path / "new").exists() and (user / "keep.txt").read_text() == "user data"
 
 
+def test_generate_images_that_fail_midway_leave_no_folder(generator_run, tmp_path, monkeypatch):
+    import errno
+
+    from cnnkit.tasks.generate import sampling
+
+    encode, calls = sampling.encode_png, []
+
+    def fill_the_disk(image: np.ndarray) -> bytes:
+        calls.append(1)
+        if len(calls) > 25:  # the second class, halfway
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return encode(image)
+
+    monkeypatch.setattr(sampling, "encode_png", fill_the_disk)
+    with pytest.raises(CnnkitError, match=r"No space left on device; nothing was written$"):
+        generate_images(generator_run, 20, tmp_path / "synthetic", device="cpu")
+    assert not any(tmp_path.iterdir())  # neither the folder nor its staging copy
+    monkeypatch.undo()
+    (tmp_path / "empty").mkdir()  # an empty folder is filled
+    assert generate_images(generator_run, 1, tmp_path / "empty", class_name="circle", device="cpu") == {"circle": 1}
+    assert [path.name for path in tmp_path.iterdir()] == ["empty"] and len(png_files(tmp_path / "empty")) == 1
+
+
 @pytest.mark.slow
 def test_generate_cli_prints_a_line_per_class_and_the_total(generator_run, generated, tmp_path):
     result = run_cli("generate", str(generator_run), "--num", "20", "--seed", "3", "--out", str(tmp_path / "cli"))

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
@@ -162,7 +164,8 @@ def generate_images(
 
     Raises:
         CnnkitError: ``num`` below 1, a negative seed, a class the run does not have, a run that is not a
-            generator, or an ``out`` that already holds files; nothing is written then.
+            generator, an ``out`` that already holds files, or a failed write (a full disk); nothing is written
+            then: the files appear in ``out`` all at once, after the last is written.
 
     Example:
         >>> generate_images("runs/train", 100, "synthetic", seed=3)
@@ -179,12 +182,21 @@ def generate_images(
     if len(set(folders)) < len(folders):
         raise CnnkitError(f"{run}: two class names give the same folder name ({', '.join(folders)}); rename one")
     width = max(INDEX_DIGITS, len(str(num - 1)))
-    written = {}
-    for label, folder in zip(labels, folders):
-        (out / folder).mkdir(parents=True, exist_ok=True)
-        images = (image for block in sample_blocks(model, label, num, seed) for image in block.numpy())
-        for index, image in enumerate(images):  # written block by block: memory stays flat for any num
-            with open(out / folder / f"s{seed}_{index:0{width}d}.png", "xb") as stream:  # "x": never overwrite
-                stream.write(encode_png(image))
-        written[info.classes[label]] = num
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.partial{os.getpid()}")  # the whole folder appears at once, or nothing
+    staging.mkdir()
+    try:
+        written = {}
+        for label, folder in zip(labels, folders):
+            (staging / folder).mkdir()
+            images = (image for block in sample_blocks(model, label, num, seed) for image in block.numpy())
+            for index, image in enumerate(images):  # written block by block: memory stays flat for any num
+                (staging / folder / f"s{seed}_{index:0{width}d}.png").write_bytes(encode_png(image))
+            written[info.classes[label]] = num
+        staging.replace(out)  # onto a missing or still empty folder; one that gained files meanwhile refuses
+    except OSError as error:
+        reason = error.strerror or error
+        raise CnnkitError(f"could not write the images to {out}: {reason}; nothing was written") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # after a failure or Ctrl-C: no half-written folder stays
     return written
