@@ -18,7 +18,8 @@ step. Where the numbers come from, and why:
   library versions: another device's arithmetic differs by rounding too.
 - Pixels: :func:`~cnnkit.models.gan.to_uint8`, written as 8-bit grayscale PNG for a 1-channel
   model and RGB for a 3-channel one, in files named ``s<seed>_<index>.png`` that sort in
-  generation order.
+  generation order, into a hidden staging folder beside ``out`` that becomes ``out`` once the
+  last file is written: a reader never sees half a generation, and a failure leaves none.
 """
 
 from __future__ import annotations
