@@ -90,16 +90,9 @@ def example_dataset(data: str, run_dir: Path, classes: list[str], img_size: int,
     import torchvision
     from torchvision import transforms
 
-    to_channels = transforms.Grayscale(1) if channels == 1 else transforms.Lambda(lambda image: image.convert("RGB"))
-    transform = transforms.Compose(
-        [
-            to_channels,
-            transforms.Resize(img_size),
-            transforms.CenterCrop(img_size),
-            transforms.ToTensor(),
-            transforms.Normalize((0.5,) * channels, (0.5,) * channels),
-        ]
-    )
+    gray = [transforms.Grayscale(1)] if channels == 1 else []  # ImageFolder's loader gives RGB
+    resize = [transforms.Resize(img_size), transforms.CenterCrop(img_size), transforms.ToTensor()]
+    transform = transforms.Compose([*gray, *resize, transforms.Normalize((0.5,) * channels, (0.5,) * channels)])
     train_sources = set(json.loads((run_dir / "split.json").read_text())["train"])
     if data in BUILTINS:  # at the dataset's own size: the example resizes each item
         train = load_data(data).train

@@ -87,10 +87,10 @@ def test_kernel_distance_equals_direct_unbiased_mmd_on_whole_sets():
 
 def test_kernel_distance_near_zero_for_one_distribution_and_positive_when_shifted():
     rng = np.random.default_rng(0)
-    real, same, shifted = rng.normal(size=(2000, 8)), rng.normal(size=(2000, 8)), rng.normal(size=(2000, 8)) + 0.5
+    real, same, shifted = rng.normal(size=(1000, 8)), rng.normal(size=(1000, 8)), rng.normal(size=(1000, 8)) + 0.5
     near, near_std = kernel_distance(real, same, subsets=20, subset_size=500)
     far, _ = kernel_distance(real, shifted, subsets=20, subset_size=500)
-    # About 0.003 ± 0.009 against about 1.07: a margin no rounding or seed can cross.
+    # About -0.002 ± 0.005 against about 1.07: a margin no rounding or seed can cross.
     assert abs(near) < 0.05 and 0 < near_std < 0.05
     assert far > 0.5
 
@@ -138,5 +138,9 @@ def test_measure_quality_of_untrained_dcgan_is_finite_and_repeatable():
     assert set(quality.per_class_accuracy) == {"a", "b", "c"} and 0 <= quality.class_accuracy <= 1
     assert quality.frechet > 0 and 0 <= quality.precision <= 1 and 0 <= quality.recall <= 1
     assert NAMES["frechet"] in quality.describe() and "FID" not in quality.describe()
+    tiny = measure_quality(generator, judge, preprocessing, real[:2], labels[:2], per_class=1, seed=0, device="cpu")
+    assert math.isfinite(tiny.frechet) and 0 <= tiny.recall <= 1  # precision and recall with k cut to 1
     with pytest.raises(CnnkitError, match="per_class"):
         measure_quality(generator, judge, preprocessing, real, labels, per_class=0, seed=0, device="cpu")
+    with pytest.raises(CnnkitError, match="at least 2 real"):
+        measure_quality(generator, judge, preprocessing, real[:1], labels[:1], per_class=2, seed=0, device="cpu")

@@ -36,6 +36,7 @@ from cnnkit.modelinfo import Preprocessing
 from cnnkit.models.gan import ConditionalGAN, latent_noise, to_uint8
 from cnnkit.tasks.classify.evaluate import predict_logits
 
+NEIGHBOURS = 3  # k of precision and recall: Kynkäänniemi et al.'s choice
 BLOCK_VALUES = 1 << 24  # distances or kernel values per block (128 MB as float64)
 NAMES = {
     "frechet": "Fréchet distance on the judge's features",
@@ -189,7 +190,7 @@ def _inside(queries: torch.Tensor, points: torch.Tensor, radii: torch.Tensor) ->
     return inside / len(queries)
 
 
-def precision_recall(real: Features, fake: Features, k: int = 3) -> tuple[float, float]:
+def precision_recall(real: Features, fake: Features, k: int = NEIGHBOURS) -> tuple[float, float]:
     """Improved precision and recall of generated features against real ones (Kynkäänniemi et al. 2019).
 
     Args:
@@ -328,10 +329,11 @@ def measure_quality(
             train/eval mode is left as it is. Must be on ``device``.
         judge: A cnnkit classifier (``Network``) trained on the real images, on ``device``.
         judge_preprocessing: The judge's preprocessing; images of another side are resized to it.
-        real_images: uint8 (N, C, H, W), e.g. the validation split; N > 3.
+        real_images: uint8 (N, C, H, W), e.g. the validation split; N >= 2 (precision and recall
+            use k = 3 neighbours, fewer when a set has no more than 3 images).
         real_labels: Their classes (N,); only their count per class is reported, the figures
             compare the whole sets.
-        per_class: Generated images per class (>= 1; at least 4 in all).
+        per_class: Generated images per class (>= 1; at least 2 in all).
         seed: Seed of the noise and of the kernel distance's subsets.
         device: Where the generator and judge run.
         class_names: Names for ``per_class_accuracy``. Defaults to the class indices as strings.
@@ -347,6 +349,11 @@ def measure_quality(
         raise CnnkitError(f"per_class must be at least 1; got {per_class}")
     if len(real_images) != len(real_labels):
         raise CnnkitError(f"{len(real_images)} real images but {len(real_labels)} labels")
+    if len(real_images) < 2 or classes * per_class < 2:
+        raise CnnkitError(
+            f"the quality figures compare at least 2 real and 2 generated images, not {len(real_images)} and "
+            f"{classes * per_class}; give more data or a larger --val-split"
+        )
     device = torch.device(device)
     labels = torch.arange(classes).repeat_interleave(per_class)  # (classes * per_class,)
     fake_features, predicted = judge_images(
@@ -355,7 +362,8 @@ def measure_quality(
     real_features, _ = judge_images(judge, judge_preprocessing, real_images, device)
     correct = (predicted == labels).double()  # (M,)
     kid, kid_std = kernel_distance(real_features, fake_features, seed=seed)
-    precision, recall = precision_recall(real_features, fake_features)
+    neighbours = min(NEIGHBOURS, len(real_features) - 1, len(fake_features) - 1)  # a tiny split cannot have 3
+    precision, recall = precision_recall(real_features, fake_features, k=neighbours)
     return Quality(
         frechet=frechet_distance(real_features, fake_features),
         kid=kid,
