@@ -275,6 +275,9 @@ def test_serve_generate_refuses_bad_requests_and_keeps_serving(generation_app):
     assert health["task"] == "generate" and health["classes"] == CLASSES and health["latent_dim"] == 16
     page = client.get("/").text
     assert '<option value="T-shirt/top">T-shirt/top</option>' in page and 'fetch("generate?"' in page
+    assert "src=" not in page.replace('id="grid"', "") and "http" not in page  # loads nothing from elsewhere
+    reference = client.get("/docs").text
+    assert "GET /generate" in reference and "generate?class=NAME" in reference and "/predict" not in reference
     assert client.get("/generate", params={"class": "T-shirt/top", "count": 1}).status_code == 200
 
 

@@ -303,10 +303,13 @@ def create_app(
     return finish_app(app, render_page(classifier, runtime), gate, token, cors_origins)
 
 
-def finish_app(app: FastAPI, page: str, gate: Gate, token: str | None, cors_origins: Sequence[str]) -> FastAPI:
+def finish_app(
+    app: FastAPI, page: str, gate: Gate, token: str | None, cors_origins: Sequence[str], example: str | None = None
+) -> FastAPI:
     """What every cnnkit service ends with: its web page at ``/``, the API reference at ``/docs``, access control.
 
-    The classifier and search services both call it, so their pages and guards cannot drift apart.
+    The classifier and search services both call it, so their pages and guards cannot drift apart; ``example``
+    is the reference page's curl lines (:func:`~cnnkit.deploy.serve.reference.render_reference`'s default if None).
     """
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -315,7 +318,7 @@ def finish_app(app: FastAPI, page: str, gate: Gate, token: str | None, cors_orig
 
     @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
     async def reference() -> str:
-        return render_reference(app.openapi())
+        return render_reference(app.openapi(), example)
 
     add_access_control(app, token, cors_origins)
     app.state.gate = gate

@@ -35,6 +35,10 @@ MAX_COUNT = 64  # images per grid: an 8x8 grid, drawn in well under a second on 
 DEFAULT_COUNT = 16
 MIN_TILE = 64  # pixels per image side in the grid, at least
 GAP = 2  # pixels between images
+CURL_EXAMPLE = (
+    "curl -o grid.png -D - 'http://HOST:PORT/generate?class=NAME&count=16'   # X-Seed: the seed drawn\n"
+    "curl -H 'Authorization: Bearer TOKEN' -o grid.png 'http://HOST:PORT/generate?class=NAME&seed=3'  # with a token"
+)
 GRID_RESPONSES = {
     200: {"content": {"image/png": {}}, "description": "a PNG grid, row by row; X-Seed names the noise seed"},
     400: {"description": "a class the run does not have"},
@@ -141,7 +145,7 @@ def create_generation_app(
             capacity=gate.capacity,
         )
 
-    return finish_app(app, render_generation_page(model, info), gate, token, cors_origins)
+    return finish_app(app, render_generation_page(model, info), gate, token, cors_origins, CURL_EXAMPLE)
 
 
 def render_generation_page(model: ConditionalGAN, info: CheckpointInfo) -> str:

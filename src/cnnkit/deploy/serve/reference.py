@@ -77,11 +77,12 @@ def _component(name: str, schema: dict) -> str:
     )
 
 
-def render_reference(schema: dict) -> str:
+def render_reference(schema: dict, example: str | None = None) -> str:
     """The reference page for an OpenAPI ``schema``: every operation, its parameters, bodies and statuses.
 
     Args:
         schema: What ``app.openapi()`` returns.
+        example: The curl lines shown first. Defaults to None: an upload to ``/predict``.
 
     Returns:
         A complete HTML document with no external references.
@@ -94,7 +95,7 @@ def render_reference(schema: dict) -> str:
         for method, operation in methods.items()
     ]
     components = [_component(name, spec) for name, spec in schema.get("components", {}).get("schemas", {}).items()]
-    example = (
+    example = example or (
         "curl -F file=@digit.png 'http://HOST:PORT/predict?top_k=3'\n"
         "curl -H 'Authorization: Bearer TOKEN' --data-binary @digit.png http://HOST:PORT/predict  # with a token"
     )
