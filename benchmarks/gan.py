@@ -38,6 +38,7 @@ are meaningless. Target (issue 17): cnnkit's epoch at least 2x faster.
     python benchmarks/gan.py --data fashion-mnist --epochs 5
     python benchmarks/gan.py --data digits --epochs 20
     python benchmarks/gan.py --data digits --limit 512 --epochs 1      # a check (a folder of 512 PNGs)
+    python benchmarks/gan.py --data fashion-mnist --device cuda       # both sides on a GPU
 """
 
 from __future__ import annotations
@@ -113,9 +114,14 @@ def example_epochs(args: argparse.Namespace) -> dict:
     run_dir = Path(args.reference)
     _, info = read_checkpoint(run_dir / "best.safetensors")  # its spec and classes; the example starts afresh
     torch.manual_seed(args.seed)
-    gan = build(info.model)
+    device = torch.device(args.device)
+    gan = build(info.model).to(device)
     spec = info.model
     dataset = example_dataset(args.data, run_dir, info.classes, spec.img_size, spec.in_channels)
+    start, probe = time.perf_counter(), min(len(dataset), 256)
+    for index in range(probe):
+        dataset[index]
+    item_seconds = (time.perf_counter() - start) / probe  # how much of the example's step is its data
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers)
     generator, discriminator = gan.generator, gan.discriminator
     optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=EXAMPLE_LR, betas=EXAMPLE_BETAS)
@@ -126,20 +132,23 @@ def example_epochs(args: argparse.Namespace) -> dict:
     for _ in range(args.epochs):
         start = time.perf_counter()
         for real, labels in loader:  # (B, C, H, W) in [-1, 1], (B,)
-            batch = len(real)
-            real_target, fake_target = torch.ones(batch), torch.zeros(batch)
+            batch, real, labels = len(real), real.to(device), labels.to(device)
+            real_target, fake_target = torch.ones(batch, device=device), torch.zeros(batch, device=device)
             discriminator.zero_grad()
             criterion(discriminator(real, labels), real_target).backward()
-            noise, fake_labels = torch.randn(batch, gan.latent_dim), torch.randint(gan.num_classes, (batch,))
+            noise = torch.randn(batch, gan.latent_dim, device=device)
+            fake_labels = torch.randint(gan.num_classes, (batch,), device=device)
             fake = generator(noise, fake_labels)
             criterion(discriminator(fake.detach(), fake_labels), fake_target).backward()
             optimizer_d.step()
             generator.zero_grad()
             criterion(discriminator(fake, fake_labels), real_target).backward()  # fakes are "real" for G's loss
             optimizer_g.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         seconds.append(time.perf_counter() - start)
     gan.generator_ema.load_state_dict(generator.state_dict())  # the example has no EMA: score what it trained
-    judge, judge_info = load_model(run_dir / "judge" / "best.safetensors")
+    judge, judge_info = load_model(run_dir / "judge" / "best.safetensors", device)
     val = load_data(args.data, img_size=spec.img_size, channels=spec.in_channels).val
     start = time.perf_counter()
     quality = measure_quality(
@@ -150,11 +159,14 @@ def example_epochs(args: argparse.Namespace) -> dict:
         val.labels,
         QUALITY_PER_CLASS,
         QUALITY_SEED,
-        "cpu",
+        device,
         info.classes,
     )  # what cnnkit's epochs are scored with
     measured = time.perf_counter() - start  # what each cnnkit epoch spends on the same figures
-    return {"seconds": seconds, "images": len(dataset), "quality": quality.to_dict(), "quality_seconds": measured}
+    return {
+        "seconds": seconds, "images": len(dataset), "item_seconds": item_seconds, "quality": quality.to_dict(),
+        "quality_seconds": measured,
+    }  # fmt: skip
 
 
 def write_folder(name: str, limit: int, folder: Path) -> Path:
@@ -174,7 +186,7 @@ def run_cnnkit(args: argparse.Namespace, data: str, out: Path, environment: dict
     """``cnnkit train --task generate`` in its own process: its run directory and the command's wall time."""
     command = [sys.executable, "-m", "cnnkit", "train", "--task", "generate", "--data", data]
     command += ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
-    command += ["--workers", str(args.workers), "--out", str(out), "--name", "gan"]
+    command += ["--workers", str(args.workers), "--device", args.device, "--out", str(out), "--name", "gan"]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=environment)
     wall = time.perf_counter() - start
@@ -188,7 +200,7 @@ def run_example(args: argparse.Namespace, data: str, run_dir: Path, scratch: Pat
     result = scratch / "example.json"
     command = [sys.executable, __file__, "--data", data, "--epochs", str(args.epochs), "--seed", str(args.seed)]
     command += ["--batch-size", str(args.batch_size), "--workers", str(args.workers), "--threads", str(args.threads)]
-    command += ["--reference", str(run_dir), "--json", str(result)]
+    command += ["--device", args.device, "--reference", str(run_dir), "--json", str(result)]
     done = subprocess.run(command, capture_output=True, text=True, env=environment)
     if done.returncode != 0:
         raise SystemExit(f"the example's loop failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
@@ -210,6 +222,7 @@ def print_report(rows: list[dict], example: dict, wall: float) -> None:
     timed = f"{figures:.2f} s each (timed on the example's side)"
     print(f"cnnkit's epochs include the quality figures, {timed}; without them: {alone}")
     print(f"cnnkit's whole command (data, judge, epochs, test): {wall:.1f} s")
+    print(f"example: {1000 * example['item_seconds']:.2f} ms per item (PIL image, resize, to tensor) in one process")
     print("\nquality against training time, on the judge's features, against the validation images:")
     print("".join(f"  {key}: {NAMES[key]}\n" for key in QUALITY_KEYS), end="")
     print("side     epoch  seconds  " + "  ".join(f"{key:>14}" for key in QUALITY_KEYS))
@@ -231,6 +244,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader processes; cnnkit's too")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads of each side")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="both sides (default: cpu; cuda for a GPU check)")
     parser.add_argument("--out", type=Path, help="keep cnnkit's run directory here (default: a scratch folder)")
     parser.add_argument("--reference", help=argparse.SUPPRESS)  # internal: run the example's side on this run dir
     parser.add_argument("--json", help=argparse.SUPPRESS)
