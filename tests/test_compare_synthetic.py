@@ -115,8 +115,9 @@ def made_up(real: list[float], mixed: list[float], synthetic: list[float]) -> di
     arms, differences = summarise_arms(
         {"real": records(real, 100, 0.0), "mixed": records(mixed, 600, 1.5), "synthetic": records(synthetic, 500, 1.5)}
     )
+    generator = {"split_checked": True, "train_seconds": 120.0, "train_images": 5000}
     return {"per_class": 10, "synthetic_per_class": 50, "classes": 10, "chance": 0.1, "arms": arms,
-            "differences": differences, "generator": {"split_checked": True, "train_seconds": 120.0}}  # fmt: skip
+            "differences": differences, "generator": generator}  # fmt: skip
 
 
 def test_synthetic_verdict_says_paid_off_hurt_or_no_measurable_benefit():
@@ -128,6 +129,7 @@ def test_synthetic_verdict_says_paid_off_hurt_or_no_measurable_benefit():
     assert "generating 500 images took 1.5 s a seed" in gain[0] and "120 s of training the generator" in gain[0]
     assert "alone reached 41.0%" in gain[1] and "carry less of each class than 10 real ones" in gain[1]
     assert "never trained on the test images" in gain[2]
+    assert gain[3].startswith("The generator learned from 5,000 labelled images, the real arm from 10 per class (100)")
     tie = synthetic_verdict(made_up([0.60, 0.62, 0.61], [0.62, 0.60, 0.63], [0.60, 0.63, 0.61]))
     assert tie[0].startswith("No measurable benefit on this data") and "spans 0" in tie[0] and "about as much" in tie[1]
     loss = synthetic_verdict(made_up([0.60, 0.62, 0.61], [0.50, 0.51, 0.52], [0.70, 0.71, 0.72]))

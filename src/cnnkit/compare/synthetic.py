@@ -177,6 +177,7 @@ def load_synthetic_study(
     trained_on = generator.pop("train_sources")
     leaked = sorted(trained_on & set(test.sources)) if trained_on is not None else []
     generator["split_checked"] = trained_on is not None
+    generator["train_images"] = len(trained_on) if trained_on is not None else None  # labelled images it learned from
     if leaked:
         raise CnnkitError(
             f"--synthetic {run}: the generator trained on {len(leaked)} of the test images compare measures on "

@@ -62,7 +62,8 @@ def synthetic_verdict(results: dict[str, Any]) -> list[str]:
 
     Returns:
         The answer first (paid off, hurt, or no measurable benefit), then train-on-synthetic /
-        test-on-real, then whether the generator's training split was checked against the test images.
+        test-on-real, then whether the generator's training split was checked against the test images,
+        and, where it learned from more labelled images than the real arm has, that a gain passes those on.
     """
     arms, differences = results["arms"], results["differences"]
     real, synthetic = results["per_class"], results["synthetic_per_class"]
@@ -91,12 +92,21 @@ def synthetic_verdict(results: dict[str, Any]) -> list[str]:
         f"{_accuracy(arms['synthetic']['test_accuracy'])} on the real test images (chance {_pct(results['chance'])}), "
         f"{_difference(alone)} against {real} real images per class: {holds}."
     )
-    if results["generator"]["split_checked"]:
+    generator = results["generator"]
+    if generator["split_checked"]:
         lines.append("The generator never trained on the test images (its run's split.json checked).")
     else:
         lines.append(
             "The generator's training images could not be checked against the test images (no split.json beside "
             "its checkpoint): if it trained on them, its images carry the test set and these gains are too high."
+        )
+    learned_from = generator.get("train_images")
+    if learned_from is not None and learned_from > real * results["classes"]:
+        lines.append(
+            f"The generator learned from {learned_from:,} labelled images, the real arm from {real} per class "
+            f"({real * results['classes']:,}): a gain here is what those images pass on second-hand, not what a GAN "
+            f"adds to {real} labelled images per class; to measure that, train the generator on the same {real} per "
+            "class."
         )
     return lines
 
