@@ -17,7 +17,7 @@ number on other features cannot be compared with published ones:
 - class accuracy: the judge's top-1 on each generated image against the class it was asked for.
 
 All distances are computed in float64 and in blocks of :data:`BLOCK_VALUES` values, so tens of
-thousands of features need no more than a few hundred megabytes.
+thousands of features need about a hundred megabytes.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from cnnkit.models.gan import ConditionalGAN, latent_noise, to_uint8
 from cnnkit.tasks.classify.evaluate import predict_logits
 
 NEIGHBOURS = 3  # k of precision and recall: Kynkäänniemi et al.'s choice
-BLOCK_VALUES = 1 << 24  # distances or kernel values per block (128 MB as float64)
+BLOCK_VALUES = 1 << 22  # distances or kernel values per block (32 MB as float64; a few such live at once)
 NAMES = {
     "frechet": "Fréchet distance on the judge's features",
     "kid": "kernel distance (unbiased MMD², cubic kernel) on the judge's features",
