@@ -142,5 +142,8 @@ def test_measure_quality_of_untrained_dcgan_is_finite_and_repeatable():
     assert math.isfinite(tiny.frechet) and 0 <= tiny.recall <= 1  # precision and recall with k cut to 1
     with pytest.raises(CnnkitError, match="per_class"):
         measure_quality(generator, judge, preprocessing, real, labels, per_class=0, seed=0, device="cpu")
+    other_judge = create_model("convnet", num_classes=4, in_channels=1, img_size=8)
+    with pytest.raises(CnnkitError, match="judge tells 4 classes"):
+        measure_quality(generator, other_judge, preprocessing, real, labels, per_class=2, seed=0, device="cpu")
     with pytest.raises(CnnkitError, match="at least 2 real"):
         measure_quality(generator, judge, preprocessing, real[:1], labels[:1], per_class=2, seed=0, device="cpu")

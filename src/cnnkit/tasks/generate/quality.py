@@ -347,6 +347,11 @@ def measure_quality(
         raise CnnkitError(f"{len(names)} class names for a generator of {classes} classes")
     if per_class < 1:
         raise CnnkitError(f"per_class must be at least 1; got {per_class}")
+    if judge.get_classifier().out_features != classes:
+        raise CnnkitError(
+            f"the judge tells {judge.get_classifier().out_features} classes apart but the generator makes {classes}; "
+            "use a judge trained on the generator's data"
+        )
     if len(real_images) != len(real_labels):
         raise CnnkitError(f"{len(real_images)} real images but {len(real_labels)} labels")
     if len(real_images) < 2 or classes * per_class < 2:
