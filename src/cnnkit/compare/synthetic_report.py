@@ -124,18 +124,23 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     plt = figures.pyplot()
     labels = arm_labels(results)
     figure, (arms_axes, gap_axes) = plt.subplots(1, 2, figsize=(11, 3.8))
+    lowest = 1.0
     for position, (key, arm) in enumerate(results["arms"].items()):
-        interval = arm["test_accuracy"]
-        arms_axes.bar(
-            position, interval["mean"], yerr=_error(interval, low=0.0), capsize=4, color=COLOURS[key], alpha=0.6
-        )
-        seeds = [run["test_accuracy"] for run in arm["runs"]]
-        arms_axes.plot([position] * len(seeds), seeds, "o", color=COLOURS[key])
-    arms_axes.axhline(results["chance"], color="grey", ls=":", lw=0.8, label="chance")
+        interval, seeds = arm["test_accuracy"], [run["test_accuracy"] for run in arm["runs"]]
+        arms_axes.errorbar(position, interval["mean"], yerr=_error(interval, low=0.0), fmt="s", capsize=6,
+                           color=COLOURS[key])  # fmt: skip
+        arms_axes.plot([position + 0.08] * len(seeds), seeds, "o", color=COLOURS[key], alpha=0.5, markersize=4)
+        lowest = min(lowest, *seeds, max(0.0, interval["low"]))
     names = [labels[key].replace(" + ", "\n+ ") for key in results["arms"]]
     arms_axes.set_xticks(range(len(names)), names, fontsize=8)
-    arms_axes.set(ylabel="test accuracy", title="test accuracy (bars: 95% CI; dots: seeds)", ylim=(0, 1))
-    arms_axes.legend(fontsize=8)
+    arms_axes.set_xlim(-0.5, len(names) - 0.5)
+    arms_axes.set(ylabel="test accuracy", title="test accuracy (squares: mean, 95% CI; dots: seeds)")
+    bottom = max(0.0, lowest - 0.05)  # zoomed to the seeds: a 1-point gap at 95% must be visible
+    if results["chance"] >= bottom:
+        arms_axes.axhline(results["chance"], color="grey", ls=":", lw=0.8, label="chance")
+        arms_axes.legend(fontsize=8)
+    arms_axes.set_ylim(bottom, 1.0)
+    arms_axes.grid(alpha=0.3)
     for position, (key, interval) in enumerate(results["differences"].items()):
         error = _error(interval, 100)
         gap_axes.errorbar(position, interval["mean"] * 100, yerr=error, fmt="o", capsize=6, color=COLOURS[key])
