@@ -21,8 +21,8 @@ networks are unconditional and fixed at 64 px; the example's ``weights_init`` (n
 not applied; the discriminator returns logits, so BCE is ``BCEWithLogitsLoss`` (the example's
 ``Sigmoid`` + ``BCELoss``, without its saturation); the class of each fake is drawn uniformly;
 the example's per-step print, its image dump every 100 steps and its per-epoch ``torch.save``
-are left out (they favour cnnkit, whose epoch time includes its sample grid, checkpoints and
-quality figures). cnnkit keeps its own recipe: hinge loss, TTUR learning rates, Adam betas
+are left out (which favours the example: cnnkit's epoch time includes its sample grid,
+checkpoints and quality figures). cnnkit keeps its own recipe: hinge loss, TTUR learning rates, Adam betas
 0/0.9, the EMA generator, its batch pipeline and its compute choices (``--precision auto``).
 The judge cnnkit trains before the first epoch is outside both epoch times; the script prints
 the whole command's wall time too.
@@ -256,6 +256,8 @@ def main() -> None:
         return
     if args.data not in BUILTINS and not Path(args.data).is_dir():
         raise SystemExit(f"error: --data {args.data} is neither a built-in ({', '.join(BUILTINS)}) nor a folder")
+    if args.out is not None and (args.out / "gan").exists():
+        raise SystemExit(f"error: {args.out / 'gan'} exists; give another --out")
     if args.limit and args.data not in BUILTINS:
         raise SystemExit("error: --limit takes a built-in's first images; for a folder, pass a smaller folder")
     environment = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}  # cnnkit train takes torch's default threads
