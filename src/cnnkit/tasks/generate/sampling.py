@@ -81,16 +81,18 @@ def class_folder(class_name: str) -> str:
     return f"_{name}" if name.startswith(".") or name in ("", "..") else name  # a dot-folder is hidden from readers
 
 
-def block_seed(seed: int, label: int, block: int) -> int:
-    """The seed of block ``block`` of class ``label`` under ``seed``: distinct for every triple, the same everywhere."""
+def block_noise(latent_dim: int, label: int, block: int, seed: int) -> torch.Tensor:
+    """The noise (BLOCK, latent_dim) of block ``block`` of class ``label`` under ``seed``, the same everywhere.
+
+    Its seed is a hash of the three, so no two (seed, class, block) share noise.
+    """
     digest = hashlib.sha256(f"cnnkit.generate/{seed}/{label}/{block}".encode()).digest()
-    return int.from_bytes(digest[:8], "little")
+    return latent_noise(BLOCK, latent_dim, int.from_bytes(digest[:8], "little"))
 
 
 def class_noise(latent_dim: int, label: int, count: int, seed: int) -> torch.Tensor:
     """The noise (count, latent_dim) of the first ``count`` images of class ``label`` under ``seed``."""
-    blocks = [latent_noise(BLOCK, latent_dim, block_seed(seed, label, block)) for block in range(-(-count // BLOCK))]
-    return torch.cat(blocks)[:count]
+    return torch.cat([block_noise(latent_dim, label, block, seed) for block in range(-(-count // BLOCK))])[:count]
 
 
 @torch.no_grad()
@@ -106,7 +108,7 @@ def sample_blocks(model: ConditionalGAN, label: int, count: int, seed: int = 0) 
     device = next(model.parameters()).device
     labels = torch.full((BLOCK,), label, dtype=torch.int64, device=device)
     for start in range(0, count, BLOCK):
-        noise = latent_noise(BLOCK, model.latent_dim, block_seed(seed, label, start // BLOCK))  # (BLOCK, latent_dim)
+        noise = block_noise(model.latent_dim, label, start // BLOCK, seed)  # (BLOCK, latent_dim)
         yield to_uint8(model(noise.to(device), labels)).cpu()[: count - start]  # the whole block runs, then is cut
 
 
