@@ -104,9 +104,9 @@ def synthetic_verdict(results: dict[str, Any]) -> list[str]:
     if learned_from is not None and learned_from > real * results["classes"]:
         lines.append(
             f"The generator learned from {learned_from:,} labelled images, the real arm from {real} per class "
-            f"({real * results['classes']:,}): a gain here is what those images pass on second-hand, not what a GAN "
-            f"adds to {real} labelled images per class; to measure that, train the generator on the same {real} per "
-            "class."
+            f"({real * results['classes']:,}): any gain here passes those images on second-hand, it is not what a "
+            f"GAN adds to {real} labelled images per class; to measure that, train the generator on the same {real} "
+            "per class."
         )
     return lines
 
