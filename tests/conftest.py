@@ -99,3 +99,21 @@ def digits_export(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) ->
     out = tmp_path_factory.mktemp("exports")
     export_onnx(digits_run, out=out, name="digits", int8=True, verbose=False)
     return out / "digits"
+
+
+@pytest.fixture(scope="session")
+def generate_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``cnnkit train --task generate`` run on the digits (2 epochs of 5 steps, a 1-epoch judge; read-only).
+
+    Its generator is barely trained: for file, shape and command tests, not for image quality.
+    """
+    import cnnkit
+    from cnnkit.training import generate
+
+    out = tmp_path_factory.mktemp("runs")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(generate, "JUDGE_EPOCHS", 1)  # the judge's budget is the task's constant; a test needs less
+        run = cnnkit.train(
+            task="generate", data="digits", epochs=2, batch_size=256, out=str(out), name="gan", verbose=False
+        )
+    return run.dir

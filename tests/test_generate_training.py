@@ -74,6 +74,142 @@ def test_dcgan_ema_statistics_are_measured_for_the_averaged_weights():
     noise, labels = latent_noise(32, gan.latent_dim, seed=3), torch.arange(32) % 2
     gan.recompute_ema_statistics(noise, labels, batch_size=32)
     norm = gan.generator_ema.first_norm.norm
-    projected = gan.generator_ema.project(noise).unflatten(1, (-1, 4, 4))  # (32, C, 4, 4): what the norm saw
+    inputs = torch.cat([noise, gan.generator_ema.embed(labels)], 1)
+    projected = gan.generator_ema.project(inputs).unflatten(1, (-1, 4, 4))  # (32, C, 4, 4): what the norm saw
     assert torch.allclose(norm.running_mean, projected.mean(dim=(0, 2, 3)), atol=1e-5)
     assert not gan.generator_ema.training and norm.momentum == 0.1
+
+
+# --- training: cnnkit train --task generate ---------------------------------------------------------------------
+
+RUN_FILES = ("config.yaml", "split.json", "environment.json", "metrics.csv", "best.safetensors", "last.safetensors")
+RUN_FILES += ("state.safetensors", "curves.png", "results.json", "judge/best.safetensors", "samples/epoch_002.png")
+
+
+@pytest.mark.slow
+def test_generate_run_writes_its_files_and_a_loadable_generator(generate_run):
+    import json
+
+    from PIL import Image
+
+    from cnnkit.checkpoint import load_model
+    from cnnkit.tasks.generate import GRID_COLUMNS, is_generation_run
+
+    assert all((generate_run / name).is_file() for name in RUN_FILES), sorted(p.name for p in generate_run.iterdir())
+    header = (generate_run / "metrics.csv").read_text().splitlines()[0]
+    assert header == "epoch,d_loss,g_loss,frechet,kid,precision,recall,class_accuracy,seconds"
+    model, info = load_model(generate_run / "best.safetensors")
+    assert (
+        isinstance(model, ConditionalGAN) and info.model.name == "dcgan" and info.classes == [str(i) for i in range(10)]
+    )
+    assert info.preprocessing.mean == (0.5,) and info.preprocessing.std == (0.5,) and info.extra["task"] == "generate"
+    assert is_generation_run(generate_run) and not is_generation_run(generate_run / "judge")
+    split, judged = (json.loads((path / "split.json").read_text()) for path in (generate_run, generate_run / "judge"))
+    assert all(split[name] == judged[name] for name in ("train", "val", "test"))  # the judge saw the same real images
+    width, height = Image.open(generate_run / "samples" / "epoch_001.png").size
+    assert height == 10 * 32 and width > GRID_COLUMNS * 32  # one row per class, 8 px digits enlarged to 32
+
+
+@pytest.mark.slow
+def test_generate_run_keeps_the_epoch_of_lowest_frechet_distance(generate_run):
+    import csv
+    import json
+
+    from cnnkit.checkpoint import read_checkpoint
+
+    rows = list(csv.DictReader((generate_run / "metrics.csv").read_text().splitlines()))
+    lowest = min(rows, key=lambda row: float(row["frechet"]))
+    results = json.loads((generate_run / "results.json").read_text())
+    assert results["best_epoch"] == int(lowest["epoch"]) and "Fréchet" in results["selected_by"]
+    _, info = read_checkpoint(generate_run / "best.safetensors")
+    assert info.extra["epoch"] == int(lowest["epoch"]) and info.extra["metrics"]["frechet"] == float(lowest["frechet"])
+    assert set(results["test"]) >= {"frechet", "kid", "precision", "recall", "class_accuracy"}
+
+
+@pytest.mark.slow
+def test_generate_run_stopped_mid_epoch_resumes_bit_for_bit(generate_run, tmp_path, monkeypatch):
+    import csv
+
+    import cnnkit
+    from cnnkit.safeload import load_tensors
+    from cnnkit.training import generate
+
+    monkeypatch.setattr(generate, "JUDGE_EPOCHS", 1)  # the settings of generate_run, the uninterrupted run
+    settings = {"task": "generate", "data": "digits", "epochs": 2, "batch_size": 256, "verbose": False}
+
+    class StopInTheSecondEpoch:  # at its first state saved by --save-every, part-way through the epoch's batches
+        def on_checkpoint(self, run_dir, path, epoch, step):
+            if path.name == "state.safetensors" and epoch == 2:
+                raise KeyboardInterrupt
+
+    stopped = cnnkit.train(
+        out=str(tmp_path), name="parts", save_every=2, callbacks=[StopInTheSecondEpoch()], **settings
+    )
+    assert stopped.interrupted and len(stopped.history) == 1
+    resumed = cnnkit.train(resume=stopped.dir, verbose=False)
+    assert not resumed.interrupted and len(resumed.history) == 2
+    for name in ("last.safetensors", "best.safetensors"):  # both networks, the EMA and its statistics
+        ours, theirs = load_tensors(generate_run / name), load_tensors(stopped.dir / name)
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[key], theirs[key]) for key in ours), name
+    whole = list(csv.DictReader((generate_run / "metrics.csv").read_text().splitlines()))
+    for key in ("d_loss", "frechet", "class_accuracy"):  # the generator's mean loss covers the resumed steps only
+        assert [row[key] for row in resumed.history] == [float(row[key]) for row in whole]
+
+
+def _class_folder(root, sizes_by_class):
+    from PIL import Image
+
+    for name, sizes in sizes_by_class.items():
+        (root / name).mkdir(parents=True)
+        for index, size in enumerate(sizes):
+            Image.new("L", size, 40 * index).save(root / name / f"{index}.png")
+    return root
+
+
+def test_generate_refuses_a_single_class_folder_before_any_run_dir(tmp_path):
+    import cnnkit
+
+    data = _class_folder(tmp_path / "one", {"cat": [(8, 8)] * 4})
+    with pytest.raises(CnnkitError, match="a conditional model needs at least 2 classes"):
+        cnnkit.train(task="generate", data=str(data), out=str(tmp_path / "runs"), verbose=False)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"model": "convnet"}, "--model convnet is not a generator; --task generate trains one of: dcgan"),
+        ({"pretrained": True}, "--pretrained: not used by --task generate"),
+        ({"finetune": True, "tta": "flip"}, "--finetune, --tta: not used by --task generate"),
+        ({"img_size": 28}, "--img-size 28: dcgan makes images of side 8, 16, 32, 64, 128"),
+        ({"precision": "fp16"}, "--precision fp16"),
+    ],
+)
+def test_generate_refuses_settings_that_mean_nothing_for_a_gan(tmp_path, settings, message):
+    import cnnkit
+
+    with pytest.raises(CnnkitError, match=message.replace("(", r"\(")):
+        cnnkit.train(task="generate", data="digits", out=str(tmp_path / "runs"), verbose=False, **settings)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_generate_refuses_time_series(tmp_path):
+    import numpy as np
+
+    import cnnkit
+
+    np.save(tmp_path / "X.npy", np.zeros((8, 1, 16), dtype=np.float32))
+    np.save(tmp_path / "y.npy", np.arange(8) % 2)
+    with pytest.raises(CnnkitError, match=r"--task generate trains on images, and --data .* holds time series"):
+        cnnkit.train(task="generate", data=str(tmp_path), out=str(tmp_path / "runs"), verbose=False)
+
+
+def test_generate_resizes_mixed_image_sizes_by_the_cache_rule(tmp_path):
+    from cnnkit.config import TrainConfig
+    from cnnkit.training.generate import prepare_generation
+
+    data = _class_folder(tmp_path / "mixed", {"a": [(8, 8), (20, 12)] * 3, "b": [(12, 20), (16, 16)] * 3})
+    config = TrainConfig(task="generate", data=str(data), model="dcgan", img_size=8, val_split=0.0, test_split=0.0)
+    prepared = prepare_generation(config, None, lambda *_: None)
+    assert prepared.splits.train.images.shape == (12, 1, 8, 8) and prepared.spec.img_size == 8
+    assert prepared.preprocessing.resize == "crop" and prepared.spec.num_classes == 2

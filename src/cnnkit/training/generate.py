@@ -201,7 +201,7 @@ def open_generation_run(
     """A new run directory with the split and skipped files, or the resumed one checked against the data."""
     splits = data.splits
     if saved is None:
-        run_dir = new_run_dir(config.out, config.name, "generate")
+        run_dir = new_run_dir(config.out, config.name, "train")
         runlog.write_data_records(run_dir, splits)
         try:
             check_bad_share(splits, config.max_bad_share, run_dir)

@@ -4,11 +4,11 @@ A step takes a batch of uint8 images from the loader classification uses (the sa
 and the same position in it when a stopped epoch resumes), draws the noise for as many
 fakes from the training generator (so a resumed epoch draws the same noise), and:
 
-1. updates the discriminator on real and generated images of the batch's classes in one
-   forward pass, so both halves see the same spectral-norm estimate: hinge loss
-   ``relu(1 - D(x, y)) + relu(1 + D(G(z, y), y))``;
+1. updates the discriminator on real and generated images of the batch's classes, each set
+   in its own pass (the discriminator's batch-spread channel must not mix them), both shifted
+   by :func:`translate`: hinge loss ``relu(1 - D(T(x), y)) + relu(1 + D(T(G(z, y)), y))``;
 2. every :data:`~cnnkit.tasks.generate.N_DIS`-th step, updates the generator on the same
-   fakes (no second generator pass) through the just-updated discriminator: ``-D(G(z, y), y)``;
+   fakes (no second generator pass) through the just-updated discriminator: ``-D(T(G(z, y)), y)``;
    then moves the EMA generator towards it.
 
 Both networks' optimizers are one Adam with two parameter groups, generator first: Adam
@@ -50,6 +50,23 @@ def build_gan_optimizer(model: ConditionalGAN, lr: float, d_lr: float, betas: tu
         {"params": list(model.discriminator.parameters()), "lr": d_lr},
     ]
     return torch.optim.Adam(groups, betas=betas)
+
+
+def translate(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Shift each image (B, C, H, W) in [-1, 1] by up to 1/8 of its side, filling with black: DiffAugment's translation.
+
+    Differentiable (the generator learns through it) and applied alike to real and fake images,
+    so the discriminator cannot memorise a small training set's exact pixels (Zhao et al. 2020).
+    """
+    count, _, height, width = images.shape
+    reach = max(1, height // 8)
+    shifts = torch.randint(-reach, reach + 1, (count, 2), generator=generator).to(images.device)  # (B, 2) pixels
+    rows = (torch.arange(height, device=images.device).view(1, -1) - shifts[:, :1]).clamp(-1, height)  # (B, H)
+    columns = (torch.arange(width, device=images.device).view(1, -1) - shifts[:, 1:]).clamp(-1, width)  # (B, W)
+    padded = F.pad(images + 1.0, (1, 1, 1, 1))  # zero = black once shifted back; index -1 and H land in the border
+    batch = torch.arange(count, device=images.device).view(-1, 1, 1)
+    picked = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None] + 1, columns[:, None, :] + 1]  # (B, H, W, C)
+    return picked.permute(0, 3, 1, 2) - 1.0
 
 
 def _update(
@@ -108,8 +125,8 @@ def train_generation_epoch(
         with torch.set_grad_enabled(train_generator), autocast(settings.compute):
             fake = live(noise, labels)  # (B, C, H, W) in [-1, 1]
         with autocast(settings.compute):
-            scores = discriminator(torch.cat([real, fake.detach()]), torch.cat([labels, labels])).float()  # (2B,)
-            real_scores, fake_scores = scores.chunk(2)
+            real_scores = discriminator(translate(real, generator), labels).float()
+            fake_scores = discriminator(translate(fake.detach(), generator), labels).float()
             d_loss = F.relu(1.0 - real_scores).mean() + F.relu(1.0 + fake_scores).mean()
         d_value = _update(d_loss, discriminator, optimizer, settings, "discriminator")
         skipped = d_value is None
@@ -120,7 +137,7 @@ def train_generation_epoch(
             discriminator.requires_grad_(False)  # the generator's loss needs no discriminator gradients
             try:
                 with autocast(settings.compute):
-                    g_loss = -discriminator(fake, labels).float().mean()
+                    g_loss = -discriminator(translate(fake, generator), labels).float().mean()
                 g_value = _update(g_loss, live, optimizer, settings, "generator")
             finally:
                 discriminator.requires_grad_(True)

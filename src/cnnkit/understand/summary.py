@@ -174,6 +174,8 @@ def summarize_model(
         from cnnkit.checkpoint import load_model
 
         net, info = load_model(path)
+        if info.model.name in list_models(task="generate"):  # noise and class in, not an image: no layer table
+            raise CnnkitError(f"{model} is a generator (a GAN); summary describes classifiers and detectors")
         prep = info.preprocessing
         given = {"--img-size": img_size, "--channels": channels, "--num-classes": num_classes}
         if any(value is not None for value in given.values()):
