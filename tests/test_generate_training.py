@@ -213,3 +213,63 @@ def test_generate_resizes_mixed_image_sizes_by_the_cache_rule(tmp_path):
     prepared = prepare_generation(config, None, lambda *_: None)
     assert prepared.splits.train.images.shape == (12, 1, 8, 8) and prepared.spec.img_size == 8
     assert prepared.preprocessing.resize == "crop" and prepared.spec.num_classes == 2
+
+
+def test_translate_shifts_each_image_by_whole_pixels_and_fills_black():
+    from cnnkit.training.generate_epoch import translate
+
+    images = torch.rand(16, 1, 8, 8) * 2 - 1
+    shifted = translate(images, torch.Generator().manual_seed(0))
+    assert shifted.shape == images.shape and torch.equal(
+        translate(images, torch.Generator().manual_seed(0)), shifted
+    )  # the run's generator draws the shifts: a resumed run draws the same
+    for image, moved in zip(images, shifted):  # each one is the original moved by at most 1 px (1/8 of 8)
+        matches = [
+            (dy, dx)
+            for dy in (-1, 0, 1)
+            for dx in (-1, 0, 1)
+            if torch.equal(
+                moved[0, max(dy, 0) : 8 + min(dy, 0), max(dx, 0) : 8 + min(dx, 0)],
+                image[0, max(-dy, 0) : 8 + min(-dy, 0), max(-dx, 0) : 8 + min(-dx, 0)],
+            )
+        ]
+        assert matches
+        dy, dx = matches[0]
+        border = torch.ones(8, 8, dtype=torch.bool)
+        border[max(dy, 0) : 8 + min(dy, 0), max(dx, 0) : 8 + min(dx, 0)] = False
+        assert (moved[0][border] == -1).all()
+
+
+def _tiny_set(count=8, value=None):
+    from cnnkit.data.imageset import ImageSet
+
+    images = torch.randint(0, 256, (count, 1, 8, 8), dtype=torch.uint8)
+    return ImageSet(images, torch.arange(count) % 2, ["a", "b"], [f"{i}.png" for i in range(count)])
+
+
+def test_train_generation_epoch_updates_both_networks_and_the_ema():
+    from cnnkit.modelinfo import Preprocessing
+    from cnnkit.training.generate_epoch import build_gan_optimizer, train_generation_epoch
+    from cnnkit.training.loop import StepSettings
+    from cnnkit.training.resume import EpochTally
+
+    torch.manual_seed(0)
+    gan = create_model("dcgan", num_classes=2, in_channels=1, img_size=8, width=8)
+    before = {name: tensor.clone() for name, tensor in gan.state_dict().items()}
+    optimizer = build_gan_optimizer(gan, 1e-3, 4e-3, (0.0, 0.9))
+    steps = []
+    d_loss, g_loss = train_generation_epoch(
+        gan, _tiny_set(), Preprocessing(8, 1, (0.5,), (0.5,)), optimizer, torch.device("cpu"),
+        torch.Generator().manual_seed(0), StepSettings(4), 0, EpochTally(), steps.append,
+    )  # fmt: skip
+    assert steps == [False, False] and d_loss > 0 and g_loss == g_loss
+    changed = {name.split(".")[0] for name, tensor in gan.state_dict().items() if not torch.equal(tensor, before[name])}
+    assert changed == {"generator", "generator_ema", "discriminator"}
+    assert [group["lr"] for group in optimizer.param_groups] == [1e-3, 4e-3]
+
+
+def test_ema_decay_ramps_up_to_its_constant():
+    from cnnkit.tasks.generate import EMA_DECAY
+    from cnnkit.training.generate_epoch import ema_decay
+
+    assert ema_decay(0) == 0.1 and ema_decay(90) == 0.91 and ema_decay(10**7) == EMA_DECAY

@@ -105,6 +105,8 @@ def fit_generation(
     device = compute.select_device(config.device)
     data = prepare_generation(config, saved, say)
     model, settings = build_gan(config, data, device)
+    if saved is not None and runlog.recorded_precision(Path(resume).expanduser()) == "fp32":
+        settings = compute.fall_back(settings, "an earlier session of this run") or settings  # auto's bf16 fell back
     run_dir = open_generation_run(config, data, saved, resume, device, settings, discard)
     try:
         judge = train_judge(config, data, run_dir, device, fit, say)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
+from cnnkit import compute
 from cnnkit.checkpoint import BEST, LAST, CheckpointWriteError, save_checkpoint, versions
 from cnnkit.config import TrainConfig
 from cnnkit.data.imageset import DataSplits, ImageSet
@@ -166,10 +167,21 @@ def run_generation_epoch(session: GenerationSession, epoch: int) -> dict[str, fl
 
     started = time.perf_counter()
     with interrupts:
-        d_loss, g_loss = train_generation_epoch(
-            model, splits.train, data.preprocessing, session.optimisation.optimizer, device, session.generator,
-            session.steps, progress.step, progress.tally, on_step, session.order,
-        )  # fmt: skip
+        while True:
+            try:
+                d_loss, g_loss = train_generation_epoch(
+                    model, splits.train, data.preprocessing, session.optimisation.optimizer, device,
+                    session.generator, session.steps, progress.step, progress.tally, on_step, session.order,
+                )  # fmt: skip
+                break
+            except NonFiniteStep as error:  # auto's bf16: go on in fp32 from this step, as classification does
+                fp32 = compute.fall_back(session.steps.compute, f"step {progress.step + 1} ({error})")
+                if fp32 is None:
+                    raise
+                session.steps = replace(session.steps, compute=fp32)
+                session.order = torch.Generator().set_state(session.order_state)  # the epoch's order again
+                runlog.record_compute(session.run_dir, fp32.to_dict())
+                session.say(f"{fp32.precision_note}: the step is repeated and the run goes on in fp32")
     session.order = None  # the next epoch draws its order from the training generator again
     noise, labels = fixed_noise(model, EMA_STATISTICS_BATCHES * config.batch_size, STATISTICS_SEED)
     model.recompute_ema_statistics(noise.to(device), labels.to(device), config.batch_size)
