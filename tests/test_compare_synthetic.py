@@ -25,6 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 SHAPES = ["circle", "square", "triangle"]
 TINY = ["--train-size", "5", "--synthetic-size", "4", "--epochs", "1", "--seeds", "2", "--batch-size", "16"]
+TINY += ["--test-size", "40"]
 
 
 def save_generator(path: Path, classes: list[str], task_model: str = "dcgan") -> Path:
@@ -45,14 +46,13 @@ def shapes_and_generator(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
 
 
 @pytest.fixture(scope="module")
-def synthetic_report(shapes_and_generator: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``cnnkit compare --synthetic`` run in-process with the real generate_images, K=5, M=4, 1 epoch, 2 seeds."""
-    shapes, generator = shapes_and_generator
+def synthetic_report(generate_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``cnnkit compare --synthetic`` of the digits GAN run, in-process: K=5, M=4, 1 epoch, 2 seeds, 40 test images."""
     out = tmp_path_factory.mktemp("reports")
     flags = ["--out", str(out), "--name", "s", "--device", "cpu", "--json"]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(io.StringIO()):  # --json: progress to stderr
-        assert main(["compare", "--synthetic", str(generator), "--data", str(shapes), *TINY, *flags]) == 0
+        assert main(["compare", "--synthetic", str(generate_run), "--data", "digits", *TINY, *flags]) == 0
     (out / "s" / "printed.json").write_text(printed.getvalue())
     return out / "s"
 
@@ -63,23 +63,25 @@ def test_compare_synthetic_trains_three_arms_per_seed_at_equal_steps(synthetic_r
     assert json.loads((synthetic_report / "printed.json").read_text()) == results  # --json prints the results
     arms = results["arms"]
     assert results["kind"] == "synthetic" and list(arms) == ["real", "mixed", "synthetic"]
-    assert [arms[arm]["images"] for arm in arms] == [15, 27, 12]  # 5 real, 5 + 4, 4 generated per class of 3
-    for arm in arms.values():
-        assert [run["seed"] for run in arm["runs"]] == [0, 1]
-        assert arm["runs"][0]["steps"] == 2  # 1 pass over 27 images in batches of 16; the others as many steps
+    assert [arms[arm]["images"] for arm in arms] == [50, 90, 40]  # 5 real, 5 + 4, 4 generated per class of 10
+    steps = {arm: [run["steps"] for run in arms[arm]["runs"]] for arm in arms}
+    assert steps == {"real": [8, 8], "mixed": [6, 6], "synthetic": [6, 6]}  # 1 pass of 90 in 16s: 6; 50: 2 passes
+    assert [run["seed"] for run in arms["real"]["runs"]] == [0, 1] and results["sizes"]["test"] == 40
     assert arms["real"]["generation_seconds"] == 0.0 < arms["mixed"]["generation_seconds"]
     for arm in ("mixed", "synthetic"):  # the paired difference is the mean of the per-seed differences
         gaps = [
             run["test_accuracy"] - base["test_accuracy"] for run, base in zip(arms[arm]["runs"], arms["real"]["runs"])
         ]
         assert results["differences"][arm]["mean"] == pytest.approx(sum(gaps) / 2)
-    assert results["augment"] == "crop,hflip" and results["generator"]["split_checked"] is False
+    generator = results["generator"]
+    assert results["augment"] == "crop" and generator["split_checked"] and generator["train_images"] == 1259
     assert results["verdict"][0].split(":")[0] in (
         "The synthetic images paid off on this data",
         "The synthetic images hurt on this data",
         "No measurable benefit on this data",
     )
     assert results["verdict"][1].startswith("Train on synthetic, test on real: 4 generated images per class")
+    assert results["verdict"][3].startswith("The generator learned from 1,259 labelled images")
     report = (synthetic_report / "report.md").read_text()
     assert report.startswith("# Do synthetic images help?") and "5 real + 4 synthetic / class" in report
     assert (synthetic_report / "summary.png").stat().st_size > 0 and (synthetic_report / "report.html").is_file()
