@@ -106,14 +106,22 @@ def generate_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ``cnnkit train --task generate`` run on the digits (2 epochs of 5 steps, a 1-epoch judge; read-only).
 
     Its generator is barely trained: for file, shape and command tests, not for image quality.
+    Beside it, ``mid_epoch_state.safetensors`` is its state part-way through epoch 2 (the resume test's start).
     """
+    import shutil
+
     import cnnkit
     from cnnkit.training import generate
 
+    class KeepMidEpochState:  # the first state saved in epoch 2 is --save-every's, one batch into the epoch
+        def on_checkpoint(self, run_dir: Path, path: Path, epoch: int, step: int) -> None:
+            kept = run_dir.parent / "mid_epoch_state.safetensors"
+            if path.name == "state.safetensors" and epoch == 2 and not kept.exists():
+                shutil.copy(path, kept)
+
     out = tmp_path_factory.mktemp("runs")
+    settings = {"task": "generate", "data": "digits", "epochs": 2, "batch_size": 256, "save_every": 2}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(generate, "JUDGE_EPOCHS", 1)  # the judge's budget is the task's constant; a test needs less
-        run = cnnkit.train(
-            task="generate", data="digits", epochs=2, batch_size=256, out=str(out), name="gan", verbose=False
-        )
+        run = cnnkit.train(out=str(out), name="gan", verbose=False, callbacks=[KeepMidEpochState()], **settings)
     return run.dir

@@ -127,30 +127,30 @@ def test_generate_run_keeps_the_epoch_of_lowest_frechet_distance(generate_run):
 
 
 @pytest.mark.slow
-def test_generate_run_stopped_mid_epoch_resumes_bit_for_bit(generate_run, tmp_path, monkeypatch):
+def test_generate_run_stopped_mid_epoch_resumes_bit_for_bit(generate_run, tmp_path):
     import csv
+    import shutil
 
     import cnnkit
     from cnnkit.safeload import load_tensors
-    from cnnkit.training import generate
 
-    monkeypatch.setattr(generate, "JUDGE_EPOCHS", 1)  # the settings of generate_run, the uninterrupted run
-    settings = {"task": "generate", "data": "digits", "epochs": 2, "batch_size": 256, "verbose": False}
+    stopped = tmp_path / "stopped"  # generate_run as it was one batch into epoch 2, its judge trained
+    shutil.copytree(generate_run, stopped)
+    shutil.copy(generate_run.parent / "mid_epoch_state.safetensors", stopped / "state.safetensors")
+    (stopped / "last.safetensors").unlink()
+    saved_at = []
 
-    class StopInTheSecondEpoch:  # at its first state saved by --save-every, part-way through the epoch's batches
+    class RecordSteps:
         def on_checkpoint(self, run_dir, path, epoch, step):
-            if path.name == "state.safetensors" and epoch == 2:
-                raise KeyboardInterrupt
+            saved_at.append(step)
 
-    stopped = cnnkit.train(
-        out=str(tmp_path), name="parts", save_every=2, callbacks=[StopInTheSecondEpoch()], **settings
-    )
-    assert stopped.interrupted and len(stopped.history) == 1
-    resumed = cnnkit.train(resume=stopped.dir, verbose=False)
+    resumed = cnnkit.train(resume=stopped, verbose=False, callbacks=[RecordSteps()])
     assert not resumed.interrupted and len(resumed.history) == 2
-    for name in ("last.safetensors", "best.safetensors"):  # both networks, the EMA and its statistics
-        ours, theirs = load_tensors(generate_run / name), load_tensors(stopped.dir / name)
+    assert saved_at[0] == 8  # it went on from step 6 (the state's), to the next --save-every 2, not from the start
+    for name in ("last.safetensors", "state.safetensors"):  # both networks, the EMA, best weights, moments, RNG
+        ours, theirs = load_tensors(generate_run / name), load_tensors(stopped / name)
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[key], theirs[key]) for key in ours), name
+    assert any(key.startswith("best.") for key in ours) and any(key.startswith("optimizer.") for key in ours)
     whole = list(csv.DictReader((generate_run / "metrics.csv").read_text().splitlines()))
     for key in ("d_loss", "frechet", "class_accuracy"):  # the generator's mean loss covers the resumed steps only
         assert [row[key] for row in resumed.history] == [float(row[key]) for row in whole]
