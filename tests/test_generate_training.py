@@ -273,3 +273,15 @@ def test_ema_decay_ramps_up_to_its_constant():
     from cnnkit.training.generate_epoch import ema_decay
 
     assert ema_decay(0) == 0.1 and ema_decay(90) == 0.91 and ema_decay(10**7) == EMA_DECAY
+
+
+@pytest.mark.slow
+def test_models_task_generate_lists_the_generator(capsys):
+    import json
+
+    from cnnkit.cli.main import main
+
+    assert main(["models", "--task", "generate", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(row["name"], row["task"], row["modality"]) for row in rows] == [("dcgan", "generate", "image")]
+    assert rows[0]["parameters"] > 1_000_000  # generator, its EMA copy and the discriminator at 32 px
