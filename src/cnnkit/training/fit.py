@@ -113,7 +113,7 @@ def fit(
         lent = (partial(call, callbacks), resolve_config, discard_unfinished)
         return fit_detection(config, resume, overrides, verbose, *lent)
     if is_generation(config, resume, overrides):  # two networks, judged by a classifier that fit itself trains
-        lent = (partial(call, callbacks), resolve_config, discard_unfinished, fit)
+        lent = (partial(call, callbacks), resolve_config, discard_unfinished, open_run_dir, fit)
         return fit_generation(config, resume, overrides, verbose, *lent)
     resume = resume or world.restarted_run(overrides.get("out", (config or TrainConfig()).out))
     given = given_keys(config, overrides)

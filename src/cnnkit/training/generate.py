@@ -37,7 +37,6 @@ from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import Preprocessing
 from cnnkit.models import ModelSpec, build, list_models
 from cnnkit.models.gan import SIZES, ConditionalGAN
-from cnnkit.rundir import new_run_dir
 from cnnkit.safeload import read_header
 from cnnkit.tasks.generate import (
     BETAS,
@@ -54,7 +53,7 @@ from cnnkit.training.generate_epoch import build_gan_optimizer
 from cnnkit.training.generate_session import GenerationData, GenerationSession, Judge, measure, train_generation_epochs
 from cnnkit.training.loop import StepSettings
 from cnnkit.training.optim import Optimisation
-from cnnkit.training.prepare import check_bad_share, data_modality, given_keys, prepare_data
+from cnnkit.training.prepare import data_modality, given_keys, prepare_data
 from cnnkit.training.resume import STATE, Progress, SavedState, truncate_logs
 from cnnkit.training.runlog import Run
 
@@ -85,15 +84,17 @@ def fit_generation(
     notify: Callable[..., None],
     resolve: Callable[..., tuple[TrainConfig, SavedState | None]],
     discard: Callable[[Path], None],
+    open_run: Callable[..., Path],
     fit: Callable[..., Run],
 ) -> Run:
     """Train a class-conditional GAN end to end and write its run directory (see the module docstring).
 
     Called by :func:`cnnkit.training.fit.fit` for ``task="generate"`` with its arguments and
-    four of its functions, so that this module needs no import of the one that imports it:
+    five of its functions, so that this module needs no import of the one that imports it:
     ``notify(event, **kwargs)`` runs fit's callbacks, ``resolve`` is ``resolve_config``,
-    ``discard(run_dir)`` removes a new run directory that failed before saving a state, and
-    ``fit`` itself trains the judge.
+    ``discard(run_dir)`` removes a new run directory that failed before saving a state,
+    ``open_run`` is ``open_run_dir`` (a new run directory, or the resumed one checked against
+    the data), and ``fit`` itself trains the judge.
     """
     started = time.perf_counter()
     say = print if verbose else _silent
@@ -107,7 +108,7 @@ def fit_generation(
     model, settings = build_gan(config, data, device)
     if saved is not None and runlog.recorded_precision(Path(resume).expanduser()) == "fp32":
         settings = compute.fall_back(settings, "an earlier session of this run") or settings  # auto's bf16 fell back
-    run_dir = open_generation_run(config, data, saved, resume, device, settings, discard)
+    run_dir = open_run(config, data, saved, resume, device, settings)
     try:
         judge = train_judge(config, data, run_dir, device, fit, say)
         say(describe(data, model, settings, judge, run_dir))
@@ -189,33 +190,6 @@ def build_gan(
     if settings.precision == "fp16":
         settings = replace(settings, precision="fp32", precision_note="auto: fp32, as fp16 would need two loss scalers")
     return compute.prepare_model(model, settings), settings
-
-
-def open_generation_run(
-    config: TrainConfig,
-    data: GenerationData,
-    saved: SavedState | None,
-    resume: str | Path | None,
-    device: torch.device,
-    settings: ComputeSettings,
-    discard: Callable[[Path], None],
-) -> Path:
-    """A new run directory with the split and skipped files, or the resumed one checked against the data."""
-    splits = data.splits
-    if saved is None:
-        run_dir = new_run_dir(config.out, config.name, "train")
-        runlog.write_data_records(run_dir, splits)
-        try:
-            check_bad_share(splits, config.max_bad_share, run_dir)
-        except CnnkitError:
-            discard(run_dir)
-            raise
-    else:
-        run_dir = Path(resume).expanduser()
-        saved.check_spec(data.spec, splits.classes, runlog.check_same_split(run_dir, splits))
-    config.save(run_dir / "config.yaml")
-    runlog.write_environment(run_dir, config, device, settings.to_dict())
-    return run_dir
 
 
 def train_judge(

@@ -60,6 +60,8 @@ class GenerationData:
     splits: DataSplits
     preprocessing: Preprocessing
     spec: ModelSpec
+    augment: None = None  # a GAN trains without augmentation of its data (what the run directory records)
+    tta: str = "none"  # nor test-time flip
 
 
 @dataclass
