@@ -183,6 +183,7 @@ def test_generate_refuses_a_single_class_folder_before_any_run_dir(tmp_path):
         ({"finetune": True, "tta": "flip"}, "--finetune, --tta: not used by --task generate"),
         ({"img_size": 28}, "--img-size 28: dcgan makes images of side 8, 16, 32, 64, 128"),
         ({"precision": "fp16"}, "--precision fp16"),
+        ({"weight_decay": 1e-4, "sample_rate": 8000}, "--weight-decay, --sample-rate: not used by --task generate"),
     ],
 )
 def test_generate_refuses_settings_that_mean_nothing_for_a_gan(tmp_path, settings, message):

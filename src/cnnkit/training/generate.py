@@ -61,7 +61,9 @@ from cnnkit.training.runlog import Run
 UNUSED = {
     "pretrained": (False,), "weights": (None,), "finetune": (False,), "freeze": (None,), "devices": (1,),
     "class_weights": ("none",), "sampler": ("shuffle",), "label_smoothing": (0.0,), "tta": ("auto", "none"),
-    "compile": (False,), "augment": ("auto", "none"),
+    "compile": (False,), "augment": ("auto", "none"), "weight_decay": (0.0,), "series_normalize": (False,),
+    "split_by": (None,), "fold": (None,), "sample_rate": (None,), "clip_seconds": (None,), "background": (None,),
+    "keywords": (None,),
 }  # fmt: skip
 
 
@@ -148,8 +150,8 @@ def check_generation_config(config: TrainConfig) -> None:
         )
     if given := [f"--{key.replace('_', '-')}" for key, unset in UNUSED.items() if getattr(config, key) not in unset]:
         raise CnnkitError(
-            f"{', '.join(given)}: not used by --task generate (it trains both networks from scratch, on one "
-            "process, with plain shuffling and no augmentation or test-time flip); leave them out"
+            f"{', '.join(given)}: not used by --task generate (it trains both networks from scratch on images, on "
+            "one process, with Adam, plain shuffling and no augmentation or test-time flip); leave them out"
         )
     if config.precision == "fp16":
         raise CnnkitError("--precision fp16: --task generate runs in fp32 or bf16; use --precision bf16 or auto")
