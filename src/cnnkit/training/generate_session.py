@@ -176,7 +176,8 @@ def run_generation_epoch(session: GenerationSession, epoch: int) -> dict[str, fl
                     session.generator, session.steps, progress.step, progress.tally, on_step, session.order,
                 )  # fmt: skip
                 break
-            except NonFiniteStep as error:  # auto's bf16: go on in fp32 from this step, as classification does
+            except NonFiniteStep as error:  # auto's bf16: redo the batch in fp32 (a failed generator update
+                # leaves that batch's discriminator update in place), then go on in fp32, as classification does
                 fp32 = compute.fall_back(session.steps.compute, f"step {progress.step + 1} ({error})")
                 if fp32 is None:
                     raise
