@@ -20,9 +20,9 @@ def arm_labels(results: dict[str, Any]) -> dict[str, str]:
     """What each arm trained on, in words."""
     real, synthetic = results["per_class"], results["synthetic_per_class"]
     return {
-        "real": f"{real} real / class",
-        "mixed": f"{real} real + {synthetic} synthetic / class",
-        "synthetic": f"{synthetic} synthetic / class",
+        "real": f"{real:,} real / class",
+        "mixed": f"{real:,} real + {synthetic:,} synthetic / class",
+        "synthetic": f"{synthetic:,} synthetic / class",
     }
 
 
@@ -70,7 +70,7 @@ def synthetic_verdict(results: dict[str, Any]) -> list[str]:
     seeds = arms["real"]["test_accuracy"]["count"]
     added, change = differences["mixed"], _difference(differences["mixed"])
     accuracies = f"{_pct(arms['real']['test_accuracy']['mean'])} -> {_pct(arms['mixed']['test_accuracy']['mean'])}"
-    what = f"adding {synthetic} generated images per class to {real} real ones changed test accuracy by {change}"
+    what = f"adding {synthetic:,} generated images per class to {real:,} real ones changed test accuracy by {change}"
     if _sign(added) > 0:
         answer = f"The synthetic images paid off on this data: {what} over {seeds} seeds ({accuracies}); the cost: "
         answer += f"{_cost(results)}."
@@ -88,7 +88,7 @@ def synthetic_verdict(results: dict[str, Any]) -> list[str]:
         0: f"the generated images alone carry about as much of each class as {real} real ones (the interval spans 0)",
     }[_sign(alone)]
     lines.append(
-        f"Train on synthetic, test on real: {synthetic} generated images per class alone reached "
+        f"Train on synthetic, test on real: {synthetic:,} generated images per class alone reached "
         f"{_accuracy(arms['synthetic']['test_accuracy'])} on the real test images (chance {_pct(results['chance'])}), "
         f"{_difference(alone)} against {real} real images per class: {holds}."
     )
