@@ -185,3 +185,13 @@ def test_compare_synthetic_refuses_k_below_one_from_python(shapes_and_generator,
     with pytest.raises(CnnkitError, match="--synthetic-size >= 1"):
         compare_synthetic(str(shapes), generator, {"train_size": 2}, synthetic_size=0, out=tmp_path / "runs")
     assert not (tmp_path / "runs").exists()
+
+
+def test_compare_synthetic_flags_out_of_place_are_one_line(shapes_and_generator, tmp_path, capsys):
+    shapes, generator = shapes_and_generator
+    out = ["--out", str(tmp_path / "runs")]
+    assert main(["compare", "--data", str(shapes), "--synthetic-size", "3", *out]) == 2
+    assert "--synthetic-size is for --synthetic RUN" in capsys.readouterr().err
+    assert main(["compare", "--synthetic", str(generator), "--data", str(shapes), "--keywords", "yes,no", *out]) == 2
+    error = capsys.readouterr().err
+    assert "--keywords is for speech-commands" in error and error.count("\n") == 1 and not (tmp_path / "runs").exists()
