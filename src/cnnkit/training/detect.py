@@ -251,8 +251,9 @@ def start_detection_session(
     optimizer, scheduler = build_schedule(model, config, progress, first_epoch, steps_per_epoch)
     optimisation = Optimisation(optimizer, scheduler, compute.grad_scaler(settings))
     session = DetectionSession(
-        config, data, model, device, run_dir, say, progress, optimisation, steps, steps_per_epoch, first_epoch,
-        generator,
+        config=config, data=data, model=model, device=device, run_dir=run_dir, say=say, progress=progress,
+        optimisation=optimisation, steps=steps, generator=generator, steps_per_epoch=steps_per_epoch,
+        first_epoch=first_epoch,
     )  # fmt: skip
     if saved is not None:
         new_cycle = first_epoch > 1 and progress.cycle(first_epoch)[0] == first_epoch and not progress.tally.batches

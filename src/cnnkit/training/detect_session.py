@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import torch
-from torch import nn
 
 from cnnkit import compute
-from cnnkit.checkpoint import BEST, LAST, CheckpointWriteError, save_checkpoint, versions
-from cnnkit.config import TrainConfig
+from cnnkit.checkpoint import BEST, LAST, CheckpointWriteError, versions
 from cnnkit.data.box_augment import BoxAugmentation
 from cnnkit.data.boxset import DecodedDetection
 from cnnkit.errors import CnnkitError
@@ -33,11 +29,11 @@ from cnnkit.tasks.detect.evaluate import evaluate_boxes
 from cnnkit.training import runlog
 from cnnkit.training.detect_epoch import recompute_detector_batch_norm, train_detection_epoch
 from cnnkit.training.interrupts import DeferredInterrupts, StepInterrupt
-from cnnkit.training.loop import NonFiniteStep, StepSettings
+from cnnkit.training.loop import NonFiniteStep
 from cnnkit.training.optim import Optimisation
-from cnnkit.training.resume import STATE, STEPS, EpochTally, Progress, carry_moments, save_state
+from cnnkit.training.resume import STEPS, EpochTally, carry_moments
 from cnnkit.training.runlog import StepLog
-from cnnkit.training.session import build_schedule
+from cnnkit.training.session import TaskSession, build_schedule
 
 
 @dataclass
@@ -50,59 +46,27 @@ class DetectionData:
     augment: BoxAugmentation | None
 
 
-@dataclass
-class DetectionSession:
-    """What the epoch loop reads and updates (the fields of :class:`cnnkit.training.session.Session` it needs)."""
+@dataclass(kw_only=True)
+class DetectionSession(TaskSession):
+    """What the epoch loop reads and updates: a task's fields, and where a new learning-rate cycle starts."""
 
-    config: TrainConfig
     data: DetectionData
-    model: nn.Module
-    device: torch.device
-    run_dir: Path
-    say: Callable[..., None]
-    progress: Progress
-    optimisation: Optimisation
-    steps: StepSettings
     steps_per_epoch: int
     first_epoch: int
-    generator: torch.Generator
-    order: torch.Generator | None = None
-    order_state: torch.Tensor | None = None
-    best_state: dict[str, torch.Tensor] | None = None
-    notify: Callable[..., None] = field(default=lambda *_, **__: None)  # (event, **kwargs): fit's callbacks
 
-    def save_state(self, epoch: int) -> None:
-        state = (self.model, self.best_state, self.optimisation, self.order_state, self.generator)
-        save_state(self.run_dir, *state, self.progress, self.data.spec, self.config)
-        self.notify(
-            "on_checkpoint", run_dir=self.run_dir, path=self.run_dir / STATE, epoch=epoch, step=self.progress.step
-        )
-
-    def save_checkpoint(self, name: str, epoch: int, row: dict[str, float]) -> None:
-        save_checkpoint(self.run_dir / name, self.model, detection_checkpoint_info(self, epoch, row))
-        self.notify(
-            "on_checkpoint", run_dir=self.run_dir, path=self.run_dir / name, epoch=epoch, step=self.progress.step
-        )
-
-    def resume_hint(self) -> str:
-        if (self.run_dir / STATE).exists():
-            return f"continue with --resume {self.run_dir}"
-        return "run the command again to start over: no resumable state had been saved yet"
-
-
-def detection_checkpoint_info(session: DetectionSession, epoch: int, row: dict[str, float]) -> CheckpointInfo:
-    """What a detector's checkpoint carries: spec, classes and preprocessing to rebuild it, and the run's facts."""
-    data, splits = session.data, session.data.splits
-    extra = {
-        "config": session.config.to_dict(),
-        "task": "detect",
-        "data": {"name": splits.name, "format": splits.format, "split_rule": splits.split_rule},
-        "epoch": epoch,
-        "metrics": row,
-        "versions": versions(),
-        "device": str(session.device),
-    }
-    return CheckpointInfo(data.spec, splits.classes, data.preprocessing, extra)
+    def checkpoint_info(self, epoch: int, row: dict[str, float]) -> CheckpointInfo:
+        """What a detector's checkpoint carries: spec, classes and preprocessing to rebuild it, and the run's facts."""
+        data, splits = self.data, self.data.splits
+        extra = {
+            "config": self.config.to_dict(),
+            "task": "detect",
+            "data": {"name": splits.name, "format": splits.format, "split_rule": splits.split_rule},
+            "epoch": epoch,
+            "metrics": row,
+            "versions": versions(),
+            "device": str(self.device),
+        }
+        return CheckpointInfo(data.spec, splits.classes, data.preprocessing, extra)
 
 
 def train_detection_epochs(session: DetectionSession) -> bool:

@@ -243,8 +243,8 @@ def start_generation_session(
     optimizer = build_gan_optimizer(model, config.lr, config.lr * D_LR_RATIO, BETAS)
     scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)  # constant, as in SNGAN
     session = GenerationSession(
-        config, data, model, judge, device, run_dir, say, progress, Optimisation(optimizer, scheduler), steps,
-        generator,
+        config=config, data=data, model=model, judge=judge, device=device, run_dir=run_dir, say=say, progress=progress,
+        optimisation=Optimisation(optimizer, scheduler), steps=steps, generator=generator,
     )  # fmt: skip
     if saved is not None:
         session.best_state = saved.restore(model, optimizer, scheduler, generator)

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +23,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from cnnkit import compute
-from cnnkit.checkpoint import BEST, LAST, CheckpointWriteError, save_checkpoint, versions
-from cnnkit.config import TrainConfig
+from cnnkit.checkpoint import BEST, LAST, CheckpointWriteError, versions
 from cnnkit.data.imageset import DataSplits, ImageSet
 from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import CheckpointInfo, Preprocessing
@@ -42,9 +40,9 @@ from cnnkit.tasks.generate import (
 from cnnkit.training import runlog
 from cnnkit.training.generate_epoch import train_generation_epoch
 from cnnkit.training.interrupts import DeferredInterrupts, StepInterrupt
-from cnnkit.training.loop import NonFiniteStep, StepSettings
-from cnnkit.training.optim import Optimisation
-from cnnkit.training.resume import STATE, EpochTally, Progress, save_state
+from cnnkit.training.loop import NonFiniteStep
+from cnnkit.training.resume import EpochTally
+from cnnkit.training.session import TaskSession
 
 MONITOR = ("-frechet",)  # the lowest Fréchet distance on the judge's features is the best epoch
 QUALITY_KEYS = ("frechet", "kid", "precision", "recall", "class_accuracy")  # metrics.csv columns, in this order
@@ -73,60 +71,30 @@ class Judge:
     accuracy: float | None  # on the real test images (else validation), as its own run measured it
 
 
-@dataclass
-class GenerationSession:
-    """What the epoch loop reads and updates (the fields of :class:`cnnkit.training.session.Session` it needs)."""
+@dataclass(kw_only=True)
+class GenerationSession(TaskSession):
+    """What the epoch loop reads and updates: a task's fields, the judge, and its features of the real images."""
 
-    config: TrainConfig
     data: GenerationData
     model: ConditionalGAN
     judge: Judge
-    device: torch.device
-    run_dir: Path
-    say: Callable[..., None]
-    progress: Progress
-    optimisation: Optimisation
-    steps: StepSettings
-    generator: torch.Generator
-    order: torch.Generator | None = None
-    order_state: torch.Tensor | None = None
-    best_state: dict[str, torch.Tensor] | None = None
-    notify: Callable[..., None] = field(default=lambda *_, **__: None)  # (event, **kwargs): fit's callbacks
+    real_features: torch.Tensor | None = None  # the judge's of the validation images (N, D), once per session
 
-    def save_state(self, epoch: int) -> None:
-        state = (self.model, self.best_state, self.optimisation, self.order_state, self.generator)
-        save_state(self.run_dir, *state, self.progress, self.data.spec, self.config)
-        self.notify(
-            "on_checkpoint", run_dir=self.run_dir, path=self.run_dir / STATE, epoch=epoch, step=self.progress.step
-        )
-
-    def save_checkpoint(self, name: str, epoch: int, row: dict[str, float]) -> None:
-        save_checkpoint(self.run_dir / name, self.model, generation_checkpoint_info(self, epoch, row))
-        self.notify(
-            "on_checkpoint", run_dir=self.run_dir, path=self.run_dir / name, epoch=epoch, step=self.progress.step
-        )
-
-    def resume_hint(self) -> str:
-        if (self.run_dir / STATE).exists():
-            return f"continue with --resume {self.run_dir}"
-        return "run the command again to start over: no resumable state had been saved yet"
-
-
-def generation_checkpoint_info(session: GenerationSession, epoch: int, row: dict[str, float]) -> CheckpointInfo:
-    """What a GAN's checkpoint carries: spec, classes and preprocessing to rebuild it, and the run's facts."""
-    data, splits = session.data, session.data.splits
-    extra = {
-        "config": session.config.to_dict(),
-        "task": "generate",
-        "data": {"name": splits.name, "split_rule": splits.split_rule},
-        "epoch": epoch,
-        "metrics": row,
-        "selected_by": SELECTED_BY,
-        "judge": "judge/best.safetensors",
-        "versions": versions(),
-        "device": str(session.device),
-    }
-    return CheckpointInfo(data.spec, splits.classes, data.preprocessing, extra)
+    def checkpoint_info(self, epoch: int, row: dict[str, float]) -> CheckpointInfo:
+        """What a GAN's checkpoint carries: spec, classes and preprocessing to rebuild it, and the run's facts."""
+        data, splits = self.data, self.data.splits
+        extra = {
+            "config": self.config.to_dict(),
+            "task": "generate",
+            "data": {"name": splits.name, "split_rule": splits.split_rule},
+            "epoch": epoch,
+            "metrics": row,
+            "selected_by": SELECTED_BY,
+            "judge": "judge/best.safetensors",
+            "versions": versions(),
+            "device": str(self.device),
+        }
+        return CheckpointInfo(data.spec, splits.classes, data.preprocessing, extra)
 
 
 def train_generation_epochs(session: GenerationSession) -> bool:
@@ -189,7 +157,10 @@ def run_generation_epoch(session: GenerationSession, epoch: int) -> dict[str, fl
     noise, labels = fixed_noise(model, EMA_STATISTICS_BATCHES * config.batch_size, STATISTICS_SEED)
     model.recompute_ema_statistics(noise.to(device), labels.to(device), config.batch_size)
     write_sample_grid(model, splits.classes, session.run_dir / "samples" / f"epoch_{epoch:03d}.png")
-    quality = measure(session, splits.val if len(splits.val) else splits.train)
+    real = splits.val if len(splits.val) else splits.train
+    if session.real_features is None:  # the judge is fixed for the run, so are its features of the real images
+        session.real_features = judge_features(session, real)
+    quality = measure(session, real, session.real_features)
     row = {
         "epoch": epoch,
         "d_loss": d_loss,
@@ -216,15 +187,26 @@ def run_generation_epoch(session: GenerationSession, epoch: int) -> dict[str, fl
     return row
 
 
-def measure(session: GenerationSession, real: ImageSet):  # -> cnnkit.tasks.generate.quality.Quality
-    """The EMA generator's quality figures against ``real`` on the judge's features (fixed noise: comparable epochs)."""
+def measure(session: GenerationSession, real: ImageSet, features: torch.Tensor | None = None):  # -> Quality
+    """The EMA generator's quality figures against ``real`` on the judge's features (fixed noise: comparable epochs).
+
+    ``features`` are the judge's of ``real`` when already computed (:func:`judge_features`).
+    """
     from cnnkit.tasks.generate.quality import measure_quality
 
     judge = session.judge
     return measure_quality(
         session.model, judge.model, judge.preprocessing, real.images, real.labels, QUALITY_PER_CLASS,
-        QUALITY_SEED, session.device, session.data.splits.classes,
+        QUALITY_SEED, session.device, session.data.splits.classes, features,
     )  # fmt: skip
+
+
+def judge_features(session: GenerationSession, real: ImageSet) -> torch.Tensor:
+    """The judge's features (N, D) of ``real``'s images, as :func:`measure` would compute them."""
+    from cnnkit.tasks.generate.quality import judge_images
+
+    judge = session.judge
+    return judge_images(judge.model, judge.preprocessing, real.images, session.device)[0]
 
 
 def fixed_noise(model: ConditionalGAN, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -317,6 +317,7 @@ def measure_quality(
     seed: int,
     device: torch.device | str,
     class_names: Sequence[str] | None = None,
+    real_features: torch.Tensor | None = None,
 ) -> Quality:
     """The quality figures of ``per_class`` generated images of each class against ``real_images``.
 
@@ -337,6 +338,9 @@ def measure_quality(
         seed: Seed of the noise and of the kernel distance's subsets.
         device: Where the generator and judge run.
         class_names: Names for ``per_class_accuracy``. Defaults to the class indices as strings.
+        real_features: The judge's features of ``real_images`` (N, D), as :func:`judge_images`
+            returns them, for a caller that measures against the same images each epoch.
+            Defaults to computing them.
 
     Returns:
         A :class:`Quality`.
@@ -364,7 +368,8 @@ def measure_quality(
     fake_features, predicted = judge_images(
         judge, judge_preprocessing, generate_uint8(generator, labels, seed, device), device
     )
-    real_features, _ = judge_images(judge, judge_preprocessing, real_images, device)
+    if real_features is None:
+        real_features, _ = judge_images(judge, judge_preprocessing, real_images, device)
     correct = (predicted == labels).double()  # (M,)
     kid, kid_std = kernel_distance(real_features, fake_features, seed=seed)
     neighbours = min(NEIGHBOURS, len(real_features) - 1, len(fake_features) - 1)  # a tiny split cannot have 3
