@@ -33,10 +33,11 @@ from torch import nn
 from cnnkit.compare.budget import Budget
 from cnnkit.compare.study import Study, _cap, write_study
 from cnnkit.compute import select_device
-from cnnkit.config import AUDIO_TRAINING, DEFAULT_MODELS, SERIES_EPOCHS, SERIES_STEPS, SERIES_TRAINING
+from cnnkit.config import AUDIO_TRAINING, DEFAULT_MODELS, SERIES_TRAINING
 from cnnkit.data.series import SeriesSet
 from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import AudioPreprocessing, SeriesPreprocessing
+from cnnkit.training.prepare import series_epochs
 from cnnkit.understand.summary import count_multiply_adds
 
 MLPS = {"series": "mlp1d", "audio": "mlp_logmel"}  # Wang et al.'s MLP baseline, on the series or on log-mels
@@ -52,8 +53,7 @@ def signal_budget(modality: str, train_count: int, given: dict[str, Any]) -> Bud
     """
     if modality == "series":
         batch_size = given.get("batch_size", SERIES_TRAINING["batch_size"])
-        epochs = min(SERIES_EPOCHS[1], max(SERIES_EPOCHS[0], round(SERIES_STEPS / math.ceil(train_count / batch_size))))
-        settled = {**SERIES_TRAINING, "epochs": epochs}
+        settled = {**SERIES_TRAINING, "epochs": series_epochs(train_count, batch_size)}
     else:
         settled = {key: value for key, value in AUDIO_TRAINING.items() if key in ("epochs", "batch_size", "lr")}
     return Budget(**{**settled, **given})

@@ -214,10 +214,14 @@ def series_training(config: TrainConfig, data: Prepared, saved: SavedState | Non
     if saved is not None or data.preprocessing.modality != "series":
         return config
     batch_size = config.batch_size if "batch_size" in given else SERIES_TRAINING["batch_size"]
-    steps_per_epoch = math.ceil(len(data.splits.train) / batch_size)
-    epochs = min(SERIES_EPOCHS[1], max(SERIES_EPOCHS[0], round(SERIES_STEPS / steps_per_epoch)))
-    settled = {**SERIES_TRAINING, "batch_size": batch_size, "epochs": epochs}
+    settled = {**SERIES_TRAINING, "batch_size": batch_size, "epochs": series_epochs(len(data.splits.train), batch_size)}
     return replace(config, **{key: value for key, value in settled.items() if key not in given})
+
+
+def series_epochs(train_count: int, batch_size: int) -> int:
+    """The epochs making about ``SERIES_STEPS`` steps, within ``SERIES_EPOCHS``: sets of 30 or 300 series both learn."""
+    steps_per_epoch = math.ceil(train_count / batch_size)
+    return min(SERIES_EPOCHS[1], max(SERIES_EPOCHS[0], round(SERIES_STEPS / steps_per_epoch)))
 
 
 def builder_kwargs(saved: SavedState | None, model_name: str, given: dict, train_count: int) -> dict[str, Any]:
