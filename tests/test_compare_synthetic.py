@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import make_shapes_folder
 
 from cnnkit.checkpoint import save_checkpoint
@@ -46,13 +47,17 @@ def shapes_and_generator(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
 
 
 @pytest.fixture(scope="module")
-def synthetic_report(generate_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``cnnkit compare --synthetic`` of the digits GAN run, in-process: K=5, M=4, 1 epoch, 2 seeds, 40 test images."""
+def synthetic_report(generate_run: Path, digits_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``cnnkit compare --synthetic`` of the GAN run on its own digits folder, in-process: K=5, M=4, 1 epoch."""
     out = tmp_path_factory.mktemp("reports")
     flags = ["--out", str(out), "--name", "s", "--device", "cpu", "--json"]
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(io.StringIO()):  # --json: progress to stderr
-        assert main(["compare", "--synthetic", str(generate_run), "--data", "digits", *TINY, *flags]) == 0
+    printed, threads = io.StringIO(), torch.get_num_threads()
+    torch.set_num_threads(1)  # the module's one_thread starts after its module fixtures
+    try:
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(io.StringIO()):  # --json: progress: stderr
+            assert main(["compare", "--synthetic", str(generate_run), "--data", str(digits_folder), *TINY, *flags]) == 0
+    finally:
+        torch.set_num_threads(threads)
     (out / "s" / "printed.json").write_text(printed.getvalue())
     return out / "s"
 
@@ -74,14 +79,14 @@ def test_compare_synthetic_trains_three_arms_per_seed_at_equal_steps(synthetic_r
         ]
         assert results["differences"][arm]["mean"] == pytest.approx(sum(gaps) / 2)
     generator = results["generator"]
-    assert results["augment"] == "crop" and generator["split_checked"] and generator["train_images"] == 1259
+    assert results["augment"] == "crop,hflip" and generator["split_checked"] and generator["train_images"] == 140
     assert results["verdict"][0].split(":")[0] in (
         "The synthetic images paid off on this data",
         "The synthetic images hurt on this data",
         "No measurable benefit on this data",
     )
     assert results["verdict"][1].startswith("Train on synthetic, test on real: 4 generated images per class")
-    assert results["verdict"][3].startswith("The generator learned from 1,259 labelled images")
+    assert results["verdict"][3].startswith("The generator learned from 140 labelled images")
     report = (synthetic_report / "report.md").read_text()
     assert report.startswith("# Do synthetic images help?") and "5 real + 4 synthetic / class" in report
     assert (synthetic_report / "summary.png").stat().st_size > 0 and (synthetic_report / "report.html").is_file()

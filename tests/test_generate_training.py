@@ -127,14 +127,14 @@ def test_generate_run_keeps_the_epoch_of_lowest_frechet_distance(generate_run):
 
 
 @pytest.mark.slow
-def test_generate_run_stopped_mid_epoch_resumes_bit_for_bit(generate_run, tmp_path):
+def test_generate_run_stopped_mid_epoch_resumes_bit_for_bit(generate_run, tmp_path, one_thread):
     import csv
     import shutil
 
     import cnnkit
     from cnnkit.safeload import load_tensors
 
-    stopped = tmp_path / "stopped"  # generate_run as it was one batch into epoch 2, its judge trained
+    stopped = tmp_path / "stopped"  # generate_run as it was one batch into epoch 2 (of 3), its judge trained
     shutil.copytree(generate_run, stopped)
     shutil.copy(generate_run.parent / "mid_epoch_state.safetensors", stopped / "state.safetensors")
     (stopped / "last.safetensors").unlink()
@@ -146,7 +146,7 @@ def test_generate_run_stopped_mid_epoch_resumes_bit_for_bit(generate_run, tmp_pa
 
     resumed = cnnkit.train(resume=stopped, verbose=False, callbacks=[RecordSteps()])
     assert not resumed.interrupted and len(resumed.history) == 2
-    assert saved_at[0] == 8  # it went on from step 6 (the state's), to the next --save-every 2, not from the start
+    assert saved_at[0] == 6  # from step 4 (the state's) to epoch 2's end; started over, it would save at step 2
     for name in ("last.safetensors", "state.safetensors"):  # both networks, the EMA, best weights, moments, RNG
         ours, theirs = load_tensors(generate_run / name), load_tensors(stopped / name)
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[key], theirs[key]) for key in ours), name

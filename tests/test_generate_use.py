@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
 from PIL import Image
 
 from cnnkit.checkpoint import save_checkpoint
@@ -159,11 +158,10 @@ def test_generate_images_that_fail_midway_leave_no_folder(generator_run, tmp_pat
 
 
 @pytest.mark.slow
-def test_generate_cli_prints_a_line_per_class_and_the_total(generator_run, generated, tmp_path):
-    out = tmp_path / "cli"
-    result = run_cli("generate", str(generator_run), "--num", str(NUM), "--seed", "3", "--out", str(out))
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+def test_generate_cli_prints_a_line_per_class_and_the_total(generator_run, generated, tmp_path, capsys):
+    out = tmp_path / "cli"  # main() in this process: a subprocess adds ~4 s of imports; test_cli covers the entry point
+    assert main(["generate", str(generator_run), "--num", str(NUM), "--seed", "3", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
     assert lines[:-1] == [f"{name}: {NUM} images in {out / name}" for name in CLASSES]
     assert lines[-1] == f"wrote {10 * NUM} images (10 classes, seed 3) to {out}"
     assert png_files(tmp_path / "cli") == png_files(generated)
