@@ -144,6 +144,7 @@ def test_generate_run_stopped_mid_epoch_resumes_bit_for_bit(generate_run, tmp_pa
         def on_checkpoint(self, run_dir, path, epoch, step):
             saved_at.append(step)
 
+    # one_thread: the fixture trained on one thread too, so the replayed steps sum in the same order
     resumed = cnnkit.train(resume=stopped, verbose=False, callbacks=[RecordSteps()])
     assert not resumed.interrupted and len(resumed.history) == 2
     assert saved_at[0] == 6  # from step 4 (the state's) to epoch 2's end; started over, it would save at step 2

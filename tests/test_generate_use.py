@@ -1,6 +1,6 @@
 """Using a trained generator: cnnkit generate's files, the generator export, and the service's grid.
 
-The run is conftest's ``generate_run`` (the digits: ten classes ``0``-``9``, 8x8 grayscale, barely trained).
+The run is conftest's ``generate_run`` (a digits folder: ten classes ``0``-``9``, 8x8 grayscale, barely trained).
 """
 
 from __future__ import annotations
