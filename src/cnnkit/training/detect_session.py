@@ -17,10 +17,9 @@ from dataclasses import dataclass, replace
 import torch
 
 from cnnkit import compute
-from cnnkit.checkpoint import BEST, LAST, CheckpointWriteError, versions
+from cnnkit.checkpoint import BEST, LAST, versions
 from cnnkit.data.box_augment import BoxAugmentation
 from cnnkit.data.boxset import DecodedDetection
-from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import CheckpointInfo, Preprocessing
 from cnnkit.models import ModelSpec
 from cnnkit.tasks import monitor_score
@@ -28,12 +27,13 @@ from cnnkit.tasks.detect import MONITOR
 from cnnkit.tasks.detect.evaluate import evaluate_boxes
 from cnnkit.training import runlog
 from cnnkit.training.detect_epoch import recompute_detector_batch_norm, train_detection_epoch
-from cnnkit.training.interrupts import DeferredInterrupts, StepInterrupt
+from cnnkit.training.interrupts import DeferredInterrupts
 from cnnkit.training.loop import NonFiniteStep
 from cnnkit.training.optim import Optimisation
 from cnnkit.training.resume import STEPS, EpochTally, carry_moments
 from cnnkit.training.runlog import StepLog
-from cnnkit.training.session import TaskSession, build_schedule
+from cnnkit.training.session import build_schedule
+from cnnkit.training.task_session import TaskSession
 
 
 @dataclass
@@ -70,31 +70,12 @@ class DetectionSession(TaskSession):
 
 
 def train_detection_epochs(session: DetectionSession) -> bool:
-    """Run the remaining epochs; True if Ctrl-C stopped them (the state is then saved, exact between two steps)."""
-    config, progress, run_dir = session.config, session.progress, session.run_dir
-    steps = StepLog(run_dir / STEPS)
+    """Run the remaining epochs, each step's loss in ``steps.csv``; True if Ctrl-C stopped them."""
+    steps = StepLog(session.run_dir / STEPS)
     try:
-        try:
-            for epoch in range(progress.epoch + 1, config.epochs + 1):
-                row = run_detection_epoch(session, epoch, steps)
-                session.notify("on_epoch_end", run_dir=run_dir, row=row)
-        except KeyboardInterrupt as stop:
-            if isinstance(stop, StepInterrupt):
-                session.save_state(progress.epoch + 1)
-            history = progress.history
-            session.save_checkpoint(LAST, len(history), history[-1] if history else {})
-            session.say(f"\ninterrupted: last checkpoint kept at {run_dir / LAST}; {session.resume_hint()}")
-            return True
-    except NonFiniteStep as error:
-        raise CnnkitError(
-            f"training stopped at step {progress.step + 1} (epoch {progress.epoch + 1}): {error}. "
-            f"Lower --lr (now {config.lr}), add --clip-grad-norm 1.0, or pass --nonfinite skip; {session.resume_hint()}"
-        ) from None
-    except CheckpointWriteError as error:
-        raise CnnkitError(f"{error}; free some space, then {session.resume_hint()}") from None
+        return session.train_epochs(lambda epoch: run_detection_epoch(session, epoch, steps))
     finally:
         steps.close()
-    return False
 
 
 def run_detection_epoch(session: DetectionSession, epoch: int, steps: StepLog) -> dict[str, float]:

@@ -23,9 +23,8 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from cnnkit import compute
-from cnnkit.checkpoint import BEST, LAST, CheckpointWriteError, versions
+from cnnkit.checkpoint import BEST, LAST, versions
 from cnnkit.data.imageset import DataSplits, ImageSet
-from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import CheckpointInfo, Preprocessing
 from cnnkit.models import ModelSpec
 from cnnkit.models.gan import ConditionalGAN, latent_noise, to_uint8
@@ -39,10 +38,10 @@ from cnnkit.tasks.generate import (
 )
 from cnnkit.training import runlog
 from cnnkit.training.generate_epoch import train_generation_epoch
-from cnnkit.training.interrupts import DeferredInterrupts, StepInterrupt
+from cnnkit.training.interrupts import DeferredInterrupts
 from cnnkit.training.loop import NonFiniteStep
 from cnnkit.training.resume import EpochTally
-from cnnkit.training.session import TaskSession
+from cnnkit.training.task_session import TaskSession
 
 MONITOR = ("-frechet",)  # the lowest Fréchet distance on the judge's features is the best epoch
 QUALITY_KEYS = ("frechet", "kid", "precision", "recall", "class_accuracy")  # metrics.csv columns, in this order
@@ -99,26 +98,7 @@ class GenerationSession(TaskSession):
 
 def train_generation_epochs(session: GenerationSession) -> bool:
     """Run the remaining epochs; True if Ctrl-C stopped them (the state is then saved, exact between two steps)."""
-    config, progress, run_dir = session.config, session.progress, session.run_dir
-    try:
-        for epoch in range(progress.epoch + 1, config.epochs + 1):
-            row = run_generation_epoch(session, epoch)
-            session.notify("on_epoch_end", run_dir=run_dir, row=row)
-    except KeyboardInterrupt as stop:
-        if isinstance(stop, StepInterrupt):
-            session.save_state(progress.epoch + 1)
-        history = progress.history
-        session.save_checkpoint(LAST, len(history), history[-1] if history else {})
-        session.say(f"\ninterrupted: last checkpoint kept at {run_dir / LAST}; {session.resume_hint()}")
-        return True
-    except NonFiniteStep as error:
-        raise CnnkitError(
-            f"training stopped at step {progress.step + 1} (epoch {progress.epoch + 1}): {error}. "
-            f"Lower --lr (now {config.lr}), add --clip-grad-norm 1.0, or pass --nonfinite skip; {session.resume_hint()}"
-        ) from None
-    except CheckpointWriteError as error:
-        raise CnnkitError(f"{error}; free some space, then {session.resume_hint()}") from None
-    return False
+    return session.train_epochs(lambda epoch: run_generation_epoch(session, epoch))
 
 
 def run_generation_epoch(session: GenerationSession, epoch: int) -> dict[str, float]:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -46,6 +46,9 @@ from cnnkit.training.resume import (
     truncate_logs,
 )
 from cnnkit.training.runlog import StepLog
+
+if TYPE_CHECKING:
+    from cnnkit.training.task_session import TaskSession
 
 
 @dataclass
@@ -113,53 +116,6 @@ class Session:
             "run the command again to start over: no resumable state had been saved yet "
             "(one is saved after each epoch and every --save-every N steps)"
         )
-
-
-@dataclass(kw_only=True)
-class TaskSession:
-    """The fields and run-saving methods of a task's own epoch loop (detection's, the GAN's).
-
-    :class:`Session`'s without a distributed world: one process writes, and fit's callbacks
-    hear ``on_checkpoint`` through ``notify``. A task's subclass narrows ``data``, adds its
-    own fields and says what its checkpoints carry (:meth:`checkpoint_info`).
-    """
-
-    config: TrainConfig
-    data: Any  # the task's prepared data; the state records its ``spec``
-    model: nn.Module
-    device: torch.device
-    run_dir: Path
-    say: Callable[..., None]
-    progress: Progress
-    optimisation: Optimisation
-    steps: StepSettings
-    generator: torch.Generator
-    order: torch.Generator | None = None
-    order_state: torch.Tensor | None = None
-    best_state: dict[str, torch.Tensor] | None = None
-    notify: Callable[..., None] = field(default=lambda *_, **__: None)  # (event, **kwargs): fit's callbacks
-
-    def checkpoint_info(self, epoch: int, row: dict[str, float]) -> CheckpointInfo:
-        """What a checkpoint of ``epoch`` carries besides the weights (its task's facts)."""
-        raise NotImplementedError
-
-    def save_state(self, epoch: int) -> None:
-        state = (self.model, self.best_state, self.optimisation, self.order_state, self.generator)
-        save_state(self.run_dir, *state, self.progress, self.data.spec, self.config)
-        self.notify(
-            "on_checkpoint", run_dir=self.run_dir, path=self.run_dir / STATE, epoch=epoch, step=self.progress.step
-        )
-
-    def save_checkpoint(self, name: str, epoch: int, row: dict[str, float]) -> None:
-        save_checkpoint(self.run_dir / name, self.model, self.checkpoint_info(epoch, row))
-        self.notify(
-            "on_checkpoint", run_dir=self.run_dir, path=self.run_dir / name, epoch=epoch, step=self.progress.step
-        )
-
-    def resume_hint(self) -> str:
-        if (self.run_dir / STATE).exists():
-            return f"continue with --resume {self.run_dir}"
-        return "run the command again to start over: no resumable state had been saved yet"
 
 
 def build_schedule(
@@ -258,11 +214,7 @@ def train_epochs(session: Session, on_epoch_end: Callable[..., None]) -> bool:
             for epoch in range(progress.epoch + 1, config.epochs + 1):
                 on_epoch_end(row=run_epoch(session, epoch, steps))
         except KeyboardInterrupt as stop:
-            if isinstance(stop, StepInterrupt):  # between two steps: the state now is exact
-                session.save_state(progress.epoch + 1)
-            history = progress.history
-            session.save_checkpoint(LAST, len(history), history[-1] if history else {})
-            session.say(f"\ninterrupted: last checkpoint kept at {run_dir / LAST}; {session.resume_hint()}")
+            keep_interrupted(session, stop)
             return True
     except NonFiniteStep as error:
         saved = (run_dir / STATE).exists()
@@ -277,6 +229,16 @@ def train_epochs(session: Session, on_epoch_end: Callable[..., None]) -> bool:
         if steps is not None:
             steps.close()
     return False
+
+
+def keep_interrupted(session: Session | TaskSession, stop: KeyboardInterrupt) -> None:
+    """After Ctrl-C: the state if it came between two steps, ``last`` as of the last epoch, and what to do next."""
+    progress, run_dir = session.progress, session.run_dir
+    if isinstance(stop, StepInterrupt):  # between two steps: the state now is exact
+        session.save_state(progress.epoch + 1)
+    history = progress.history
+    session.save_checkpoint(LAST, len(history), history[-1] if history else {})
+    session.say(f"\ninterrupted: last checkpoint kept at {run_dir / LAST}; {session.resume_hint()}")
 
 
 def run_epoch(session: Session, epoch: int, steps: StepLog | None) -> dict[str, float]:
