@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-import torch
-
-from cnnkit import compute
 from cnnkit.checkpoint import BEST, LAST, versions
 from cnnkit.data.box_augment import BoxAugmentation
 from cnnkit.data.boxset import DecodedDetection
@@ -32,7 +29,7 @@ from cnnkit.training.loop import NonFiniteStep
 from cnnkit.training.optim import Optimisation
 from cnnkit.training.resume import STEPS, EpochTally, carry_moments
 from cnnkit.training.runlog import StepLog
-from cnnkit.training.session import build_schedule
+from cnnkit.training.session import build_schedule, fall_back_to_fp32
 from cnnkit.training.task_session import TaskSession
 
 
@@ -107,13 +104,7 @@ def run_detection_epoch(session: DetectionSession, epoch: int, steps: StepLog) -
                 )  # fmt: skip
                 break
             except NonFiniteStep as error:  # auto's bf16: repeat the step in fp32, as classification does
-                fp32 = compute.fall_back(session.steps.compute, f"step {progress.step + 1} ({error})")
-                if fp32 is None:
-                    raise
-                session.steps = replace(session.steps, compute=fp32)
-                session.order = torch.Generator().set_state(session.order_state)
-                runlog.record_compute(session.run_dir, fp32.to_dict())
-                session.say(f"{fp32.precision_note}: the step is repeated and the run goes on in fp32")
+                fall_back_to_fp32(session, error)
     session.order = None
     recompute_detector_batch_norm(session.model, splits.train, prep, device, config.batch_size)
     val = evaluate_boxes(session.model, splits.val, prep, device) if len(splits.val) else None

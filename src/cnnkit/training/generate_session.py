@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,6 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
-from cnnkit import compute
 from cnnkit.checkpoint import BEST, LAST, versions
 from cnnkit.data.imageset import DataSplits, ImageSet
 from cnnkit.modelinfo import CheckpointInfo, Preprocessing
@@ -41,6 +40,7 @@ from cnnkit.training.generate_epoch import train_generation_epoch
 from cnnkit.training.interrupts import DeferredInterrupts
 from cnnkit.training.loop import NonFiniteStep
 from cnnkit.training.resume import EpochTally
+from cnnkit.training.session import fall_back_to_fp32
 from cnnkit.training.task_session import TaskSession
 
 MONITOR = ("-frechet",)  # the lowest Fréchet distance on the judge's features is the best epoch
@@ -126,13 +126,7 @@ def run_generation_epoch(session: GenerationSession, epoch: int) -> dict[str, fl
                 break
             except NonFiniteStep as error:  # auto's bf16: redo the batch in fp32 (a failed generator update
                 # leaves that batch's discriminator update in place), then go on in fp32, as classification does
-                fp32 = compute.fall_back(session.steps.compute, f"step {progress.step + 1} ({error})")
-                if fp32 is None:
-                    raise
-                session.steps = replace(session.steps, compute=fp32)
-                session.order = torch.Generator().set_state(session.order_state)  # the epoch's order again
-                runlog.record_compute(session.run_dir, fp32.to_dict())
-                session.say(f"{fp32.precision_note}: the step is repeated and the run goes on in fp32")
+                fall_back_to_fp32(session, error)
     session.order = None  # the next epoch draws its order from the training generator again
     noise, labels = fixed_noise(model, EMA_STATISTICS_BATCHES * config.batch_size, STATISTICS_SEED)
     model.recompute_ema_statistics(noise.to(device), labels.to(device), config.batch_size)

@@ -292,7 +292,7 @@ def run_epoch(session: Session, epoch: int, steps: StepLog | None) -> dict[str, 
                 )  # fmt: skip
                 break
             except NonFiniteStep as error:
-                fall_back_to_fp32(session, error)
+                fall_back_to_fp32(session, error, session.world.leader)
     session.order = None  # the next epoch draws its order from the training generator again
     statistics = data.augment if audio else None  # an audio run's batch norms measured on the clips as trained
     recompute_batch_norm(session.model, splits.train, prep, device, config.batch_size, augment=statistics)
@@ -328,17 +328,18 @@ def run_epoch(session: Session, epoch: int, steps: StepLog | None) -> dict[str, 
     return row
 
 
-def fall_back_to_fp32(session: Session, error: NonFiniteStep) -> None:
+def fall_back_to_fp32(session: Session | TaskSession, error: NonFiniteStep, record: bool = True) -> None:
     """After a NaN or infinite step on ``auto``'s bf16, go on in fp32 from that step; else re-raise.
 
     The loop raises before the weights change, so the step is repeated from the same weights.
+    ``record`` writes the new precision to the run's log (in a distributed run rank 0 alone does).
     """
     fp32 = compute.fall_back(session.steps.compute, f"step {session.progress.step + 1} ({error})")
     if fp32 is None:
         raise error
     session.steps = replace(session.steps, compute=fp32)
     session.order = torch.Generator().set_state(session.order_state)  # the epoch's order again, from the failed step
-    if session.world.leader:
+    if record:
         runlog.record_compute(session.run_dir, fp32.to_dict())
     session.say(f"{fp32.precision_note}: the step is repeated and the run goes on in fp32")
 
