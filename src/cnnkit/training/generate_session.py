@@ -77,7 +77,7 @@ class GenerationSession(TaskSession):
     data: GenerationData
     model: ConditionalGAN
     judge: Judge
-    real_features: torch.Tensor | None = None  # the judge's of the validation images (N, D), once per session
+    real_features: torch.Tensor | None = None  # the judge's (N, D) of the images each epoch is measured against
 
     def checkpoint_info(self, epoch: int, row: dict[str, float]) -> CheckpointInfo:
         """What a GAN's checkpoint carries: spec, classes and preprocessing to rebuild it, and the run's facts."""
