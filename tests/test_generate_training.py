@@ -21,6 +21,16 @@ def test_dcgan_shapes_follow_classes_channels_and_size(channels, img_size):
     assert (gan.num_classes, gan.channels, gan.img_size) == (3, channels, img_size)
 
 
+def test_default_epochs_give_a_small_set_the_steps_of_the_digits():
+    from cnnkit.tasks.generate import DEFAULTS, MIN_STEPS, default_epochs
+
+    assert default_epochs(1259, 64) == DEFAULTS["epochs"] == 40  # the digits: 20 steps an epoch already make 800
+    assert default_epochs(54000, 64) == 40  # a large set is never cut below the default
+    assert default_epochs(100, 64) == 400  # 10 per class: 2 steps an epoch, 800 steps in all
+    assert default_epochs(100, 64) * 2 >= MIN_STEPS and default_epochs(500, 64) * 8 >= MIN_STEPS
+    assert default_epochs(3, 64) == MIN_STEPS  # one step an epoch: as many epochs as steps
+
+
 def test_dcgan_is_registered_for_the_generate_task_only():
     assert list_models(task="generate") == ["dcgan"] and "dcgan" not in list_models()
     assert model_entry("dcgan").task == "generate"

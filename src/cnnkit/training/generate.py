@@ -47,6 +47,7 @@ from cnnkit.tasks.generate import (
     JUDGE_EPOCHS,
     JUDGE_MODEL,
     SELECTED_BY,
+    default_epochs,
 )
 from cnnkit.training import runlog
 from cnnkit.training.generate_epoch import build_gan_optimizer
@@ -107,6 +108,8 @@ def fit_generation(
     check_generation_config(config)
     device = compute.select_device(config.device)
     data = prepare_generation(config, saved, say)
+    if resume is None and "epochs" not in given:  # a small set gets enough steps (tasks/generate.MIN_STEPS)
+        config = replace(config, epochs=default_epochs(len(data.splits.train), config.batch_size))
     model, settings = build_gan(config, data, device)
     if saved is not None and runlog.recorded_precision(Path(resume).expanduser()) == "fp32":
         settings = compute.fall_back(settings, "an earlier session of this run") or settings  # auto's bf16 fell back
