@@ -46,7 +46,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,7 @@ from torch import nn
 
 from cnnkit.checkpoint import write_atomic
 from cnnkit.deploy.detector import ImageDetector
-from cnnkit.deploy.export import NormalizedModel, _reject, export_paths, metadata, write_graph
+from cnnkit.deploy.export import NormalizedModel, export_paths, metadata, record_parity, write_graph
 from cnnkit.deploy.onnx_detector import BOXES, GRAPH, LABELS, RUNTIME, SCORES, OnnxDetector, iou
 from cnnkit.deploy.onnx_runtime import INPUT_NAME, require
 from cnnkit.deploy.torch_runtime import load_checkpoint_detector
@@ -253,10 +253,6 @@ def export_detector(
     exported = OnnxDetector(path)
     floor = exported.settings["score_threshold"] + SCORE_MARGIN
     parity = check_box_parity(reference, exported, pixels, floor)
-    report = {"model": str(path), "parity": {**asdict(parity), "passed": parity.passed}}
-    write_atomic(report_path, json.dumps(report, indent=2).encode())
-    say(f"wrote {path}\n{parity.format()}")
-    if not parity.passed:
-        raise _reject(path, f"ONNX Runtime disagrees with PyTorch: {parity.format()}")
+    report = record_parity(path, report_path, parity, say)
     say(f"report written to {report_path}")
     return report

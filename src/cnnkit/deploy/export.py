@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -225,6 +227,28 @@ def export_paths(out: str | Path, name: str | None) -> tuple[Path, Path, Path]:
     return paths
 
 
+class ParityCheck(Protocol):
+    """What every export's parity check reports (a dataclass): whether it passed, and the line that says so."""
+
+    @property
+    def passed(self) -> bool: ...
+
+    def format(self) -> str: ...
+
+
+def record_parity(path: Path, report_path: Path, parity: ParityCheck, say: Callable[..., None]) -> dict:
+    """The export's report, written with ``parity`` and printed; a failed check removes ``path`` and raises.
+
+    Classifier, detector and generator exports each check their own outputs, then end the same way.
+    """
+    report: dict = {"model": str(path), "parity": {**asdict(parity), "passed": parity.passed}}
+    write_atomic(report_path, json.dumps(report, indent=2).encode())
+    say(f"wrote {path}\n{parity.format()}")
+    if not parity.passed:
+        raise _reject(path, f"ONNX Runtime disagrees with PyTorch: {parity.format()}")
+    return report
+
+
 def _reject(path: Path, message: str) -> CnnkitError:
     path.unlink(missing_ok=True)
     return CnnkitError(f"{message}; {path.name} was removed so it cannot be deployed by mistake")
@@ -289,11 +313,7 @@ def export_onnx(
     path, int8_path, report_path = export_paths(out, name)
     write_onnx(reference.model, reference.info, path)
     parity = check_parity(reference, OnnxClassifier(path), images, atol, f"{split} {reference.input_noun}")
-    report: dict = {"model": str(path), "parity": {**asdict(parity), "passed": parity.passed}}
-    write_atomic(report_path, json.dumps(report, indent=2).encode())
-    say(f"wrote {path}\n{parity.format()}")
-    if not parity.passed:
-        raise _reject(path, f"ONNX Runtime disagrees with PyTorch: {parity.format()}")
+    report = record_parity(path, report_path, parity, say)
     if int8:
         from cnnkit.deploy.quantize import REJECTED, quantize_run
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from cnnkit.checkpoint import versions, write_atomic
-from cnnkit.deploy.export import _reject, export_paths
+from cnnkit.deploy.export import export_paths, record_parity
 from cnnkit.deploy.onnx_runtime import FORMAT, create_session, require
 from cnnkit.modelinfo import CheckpointInfo
 from cnnkit.models.gan import ConditionalGAN, latent_noise
@@ -173,10 +173,6 @@ def export_generator(
     path, _, report_path = export_paths(out, name)
     write_generator_onnx(model, info, path)
     parity = check_generator_parity(model, path)
-    report = {"model": str(path), "parity": {**asdict(parity), "passed": parity.passed}}
-    write_atomic(report_path, json.dumps(report, indent=2).encode())
-    say(f"wrote {path}\n{parity.format()}")
-    if not parity.passed:
-        raise _reject(path, f"ONNX Runtime disagrees with PyTorch: {parity.format()}")
+    report = record_parity(path, report_path, parity, say)
     say(f"report written to {report_path}")
     return report
