@@ -45,7 +45,7 @@ from cnnkit.models.gan import ConditionalGAN, latent_noise, to_uint8
 from cnnkit.tasks.generate import is_generation_run
 
 # Images per forward pass, fixed so that the bytes do not depend on a batch size (module docstring). Small,
-# so a grid of 16 costs one pass; a 32 px generator of width 64 still fills a CPU's cores at this size.
+# so a grid of 16 costs one pass.
 BLOCK = 16
 SEEDS = next(spec.metadata["range"] for spec in fields(TrainConfig) if spec.name == "seed")  # training's seed range
 INDEX_DIGITS = 5  # file numbers are zero-padded to at least this width, so names sort in generation order
