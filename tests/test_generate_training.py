@@ -227,6 +227,21 @@ def test_generate_resizes_mixed_image_sizes_by_the_cache_rule(tmp_path):
     assert prepared.preprocessing.resize == "crop" and prepared.spec.num_classes == 2
 
 
+@pytest.mark.parametrize(("img_size", "width"), [(8, 64), (32, 32)])
+def test_generate_records_the_width_chosen_for_the_image_side(tmp_path, img_size, width):
+    from cnnkit.config import TrainConfig
+    from cnnkit.models import build
+    from cnnkit.training.generate import prepare_generation
+
+    data = _class_folder(tmp_path / "images", {"a": [(8, 8)] * 4, "b": [(8, 8)] * 4})
+    config = TrainConfig(task="generate", data=str(data), model="dcgan", img_size=img_size, val_split=0, test_split=0)
+    spec = prepare_generation(config, None, lambda *_: None).spec
+    assert spec.kwargs == {"width": width}  # recorded, so a later default cannot change how the run rebuilds
+    assert build(spec).generator.to_image.in_channels == width
+    unrecorded = create_model("dcgan", num_classes=2, in_channels=1, img_size=32)  # checkpoints without a width
+    assert unrecorded.generator.to_image.in_channels == 64
+
+
 def test_translate_shifts_each_image_by_whole_pixels_and_fills_black():
     from cnnkit.training.generate_epoch import translate
 

@@ -48,6 +48,7 @@ from cnnkit.tasks.generate import (
     JUDGE_MODEL,
     SELECTED_BY,
     default_epochs,
+    default_width,
 )
 from cnnkit.training import runlog
 from cnnkit.training.generate_epoch import build_gan_optimizer
@@ -175,7 +176,7 @@ def prepare_generation(config: TrainConfig, saved: SavedState | None, say: Calla
     _, channels, _, _ = splits.train.images.shape
     half = (0.5,) * channels
     preprocessing = Preprocessing(img_size, channels, half, half, config.resize)  # uint8 -> [-1, 1], tanh's range
-    kwargs = saved.spec.kwargs if saved is not None else {}
+    kwargs = saved.spec.kwargs if saved is not None else {"width": default_width(img_size)}
     spec = ModelSpec(config.model, len(splits.classes), channels, img_size, kwargs)
     return GenerationData(splits, preprocessing, spec)
 
