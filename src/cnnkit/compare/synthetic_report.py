@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cnnkit.compare.verdict import _pct, _pp
+from cnnkit.compare.verdict import percent, points
 
 COLOURS = {"real": "tab:blue", "mixed": "tab:green", "synthetic": "tab:purple"}
 TITLE = "Do synthetic images help? `cnnkit compare --synthetic` report"
@@ -29,11 +29,11 @@ def arm_labels(results: dict[str, Any]) -> dict[str, str]:
 def _accuracy(interval: dict[str, float]) -> str:
     """A mean accuracy and its interval, cut to 0-100% (with two or three seeds the t interval can overshoot)."""
     low, high = max(0.0, interval["low"]), min(1.0, interval["high"])
-    return f"{_pct(interval['mean'])} (95% CI {low * 100:.1f} to {high * 100:.1f}%)"
+    return f"{percent(interval['mean'])} (95% CI {low * 100:.1f} to {high * 100:.1f}%)"
 
 
 def _difference(interval: dict[str, float]) -> str:
-    return f"{_pp(interval['mean'])} (95% CI {interval['low'] * 100:+.1f} to {interval['high'] * 100:+.1f} pp)"
+    return f"{points(interval['mean'])} (95% CI {interval['low'] * 100:+.1f} to {interval['high'] * 100:+.1f} pp)"
 
 
 def _sign(interval: dict[str, float]) -> int:
@@ -69,7 +69,8 @@ def synthetic_verdict(results: dict[str, Any]) -> list[str]:
     real, synthetic = results["per_class"], results["synthetic_per_class"]
     seeds = arms["real"]["test_accuracy"]["count"]
     added, change = differences["mixed"], _difference(differences["mixed"])
-    accuracies = f"{_pct(arms['real']['test_accuracy']['mean'])} -> {_pct(arms['mixed']['test_accuracy']['mean'])}"
+    real_mean, mixed_mean = (arms[arm]["test_accuracy"]["mean"] for arm in ("real", "mixed"))
+    accuracies = f"{percent(real_mean)} -> {percent(mixed_mean)}"
     what = f"adding {synthetic:,} generated images per class to {real:,} real ones changed test accuracy by {change}"
     if _sign(added) > 0:
         answer = f"The synthetic images paid off on this data: {what} over {seeds} seeds ({accuracies}); the cost: "
@@ -89,7 +90,8 @@ def synthetic_verdict(results: dict[str, Any]) -> list[str]:
     }[_sign(alone)]
     lines.append(
         f"Train on synthetic, test on real: {synthetic:,} generated images per class alone reached "
-        f"{_accuracy(arms['synthetic']['test_accuracy'])} on the real test images (chance {_pct(results['chance'])}), "
+        f"{_accuracy(arms['synthetic']['test_accuracy'])} on the real test images "
+        f"(chance {percent(results['chance'])}), "
         f"{_difference(alone)} against {real} real images per class: {holds}."
     )
     generator = results["generator"]

@@ -14,11 +14,13 @@ from typing import Any
 MARGIN = 0.01
 
 
-def _pct(value: float) -> str:
+def percent(value: float) -> str:
+    """An accuracy in [0, 1] as every verdict prints it: ``0.953`` -> ``95.3%``."""
     return f"{value:.1%}"
 
 
-def _pp(value: float) -> str:
+def points(value: float) -> str:
+    """A difference of accuracies as signed percentage points: ``-0.019`` -> ``-1.9 pp``."""
     return f"{value * 100:+.1f} pp"
 
 
@@ -33,17 +35,17 @@ def _mean_drop(robustness: dict[str, Any], kinds: tuple[str, ...]) -> float:
 
 def _choice(cnn: dict[str, Any], mlp: dict[str, Any]) -> str:
     gap = cnn["test_accuracy"] - mlp["test_accuracy"]
-    accuracies = f"{_pct(cnn['test_accuracy'])} vs {_pct(mlp['test_accuracy'])} test accuracy"
+    accuracies = f"{percent(cnn['test_accuracy'])} vs {percent(mlp['test_accuracy'])} test accuracy"
     cost = (
         f"it costs {_ratio(cnn['multiply_adds'], mlp['multiply_adds'])} the multiply-adds and "
         f"{_ratio(cnn['train_seconds'], mlp['train_seconds'])} the training time of the MLP"
     )
     if gap > MARGIN:
-        return f"Use the CNN on this data: {accuracies} ({_pp(gap)}); {cost}, which the accuracy gain pays for."
+        return f"Use the CNN on this data: {accuracies} ({points(gap)}); {cost}, which the accuracy gain pays for."
     if gap < -MARGIN:
-        return f"Use the MLP on this data: {accuracies} for the CNN ({_pp(gap)}), although {cost}."
+        return f"Use the MLP on this data: {accuracies} for the CNN ({points(gap)}), although {cost}."
     return (
-        f"Either model will do ({accuracies}, within {_pp(MARGIN)[1:]}); prefer the cheaper MLP unless the "
+        f"Either model will do ({accuracies}, within {points(MARGIN)[1:]}); prefer the cheaper MLP unless the "
         f"robustness findings below matter for your inputs: the CNN {cost}."
     )
 
@@ -71,7 +73,7 @@ def verdict(results: dict[str, Any]) -> list[str]:
         _claim(
             "Translation robustness (CNNs tolerate shifted inputs better)",
             cnn_shift + MARGIN < mlp_shift,
-            f"mean accuracy drop over 1-6 pixel shifts: CNN {_pp(-cnn_shift)}, MLP {_pp(-mlp_shift)}",
+            f"mean accuracy drop over 1-6 pixel shifts: CNN {points(-cnn_shift)}, MLP {points(-mlp_shift)}",
         )
     )
     geometric = ("rotation", "scale")
@@ -81,7 +83,7 @@ def verdict(results: dict[str, Any]) -> list[str]:
         _claim(
             "Rotation and scale robustness",
             cnn_geo + MARGIN < mlp_geo,
-            f"mean drop over 5-30 degree rotations and 0.8-1.2 scaling: CNN {_pp(-cnn_geo)}, MLP {_pp(-mlp_geo)}",
+            f"mean drop over 5-30 degree rotations and 0.8-1.2 scaling: CNN {points(-cnn_geo)}, MLP {points(-mlp_geo)}",
         )
     )
     fewer = cnn["parameters"] < mlp["parameters"]
@@ -90,8 +92,8 @@ def verdict(results: dict[str, Any]) -> list[str]:
         _claim(
             "Parameter efficiency (weight sharing gives more accuracy per parameter)",
             fewer and not_worse,
-            f"CNN {cnn['parameters']:,} parameters for {_pct(cnn['test_accuracy'])}, "
-            f"MLP {mlp['parameters']:,} for {_pct(mlp['test_accuracy'])}; the CNN spends "
+            f"CNN {cnn['parameters']:,} parameters for {percent(cnn['test_accuracy'])}, "
+            f"MLP {mlp['parameters']:,} for {percent(mlp['test_accuracy'])}; the CNN spends "
             f"{_ratio(cnn['multiply_adds'], mlp['multiply_adds'])} the multiply-adds, since each weight is reused "
             "at every position",
         )
@@ -104,7 +106,7 @@ def verdict(results: dict[str, Any]) -> list[str]:
         _claim(
             "Hunger for data (a CNN needs more examples than an MLP)",
             smallest_cnn < smallest_mlp - MARGIN,
-            f"with {share} the CNN reached {_pct(smallest_cnn)} and the MLP {_pct(smallest_mlp)}",
+            f"with {share} the CNN reached {percent(smallest_cnn)} and the MLP {percent(smallest_mlp)}",
         )
     )
     photometric = ("noise", "brightness")
@@ -113,7 +115,7 @@ def verdict(results: dict[str, Any]) -> list[str]:
     sturdier = "CNN" if cnn_photo + MARGIN < mlp_photo else "MLP" if mlp_photo + MARGIN < cnn_photo else "neither model"
     lines.append(
         f"Noise and brightness changes (no usual claim either way): {sturdier} held up better, mean drop "
-        f"CNN {_pp(-cnn_photo)}, MLP {_pp(-mlp_photo)}."
+        f"CNN {points(-cnn_photo)}, MLP {points(-mlp_photo)}."
     )
     for key, label in (("cnn", "CNN"), ("mlp", "MLP")):
         plain, regularised = results["overfitting"][key]["plain"], results["overfitting"][key]["regularised"]
@@ -121,8 +123,8 @@ def verdict(results: dict[str, Any]) -> list[str]:
         effect = "helped" if change > MARGIN else "hurt" if change < -MARGIN else "made no clear difference to"
         lines.append(
             f"Regularisation (shift augmentation, dropout, weight decay) {effect} the {label}: train/validation gap "
-            f"{_pp(plain['gap'])} without and {_pp(regularised['gap'])} with it, validation accuracy "
-            f"{_pct(plain['val_accuracy'])} -> {_pct(regularised['val_accuracy'])}."
+            f"{points(plain['gap'])} without and {points(regularised['gap'])} with it, validation accuracy "
+            f"{percent(plain['val_accuracy'])} -> {percent(regularised['val_accuracy'])}."
         )
     lines.append(_depth(results["depth"], results["depth_match"]))
     return lines
@@ -141,17 +143,17 @@ def _depth(depth: list[dict[str, Any]], match: dict[str, Any]) -> str:
         return f"Depth could not be compared {size}: only {len(depth)} depth could be matched{caveat}."
     best = max(depth, key=lambda row: row["test_accuracy"])
     shallowest = depth[0]
-    by_stages = ", ".join(f"{row['stages']}: {_pct(row['test_accuracy'])}" for row in depth)
+    by_stages = ", ".join(f"{row['stages']}: {percent(row['test_accuracy'])}" for row in depth)
     if best["test_accuracy"] > shallowest["test_accuracy"] + MARGIN:
         return (
             f"Depth paid off {size}: {best['stages']} convolution stage(s) ({best['conv_layers']} layer(s)) reached "
-            f"{_pct(best['test_accuracy'])} against {_pct(shallowest['test_accuracy'])} with "
+            f"{percent(best['test_accuracy'])} against {percent(shallowest['test_accuracy'])} with "
             f"{shallowest['stages']} stage(s); accuracy by stages: {by_stages}{caveat}."
         )
     return (
         f"Depth did not pay off {size}: {shallowest['stages']} stage(s) ({shallowest['conv_layers']} layer(s)) already "
-        f"reached {_pct(shallowest['test_accuracy'])}, and the best depth ({best['stages']} stage(s)) "
-        f"{_pct(best['test_accuracy'])}; a shallower CNN of the same size is enough for this data{caveat}."
+        f"reached {percent(shallowest['test_accuracy'])}, and the best depth ({best['stages']} stage(s)) "
+        f"{percent(best['test_accuracy'])}; a shallower CNN of the same size is enough for this data{caveat}."
     )
 
 
@@ -160,7 +162,7 @@ TEMPLATE_GAP = 0.10  # a fixed-position template within this of the better model
 
 
 def _spread(model: dict[str, Any]) -> str:
-    return f"{_pct(model['test_accuracy'])} ± {model['test_accuracy_std'] * 100:.1f}"
+    return f"{percent(model['test_accuracy'])} ± {model['test_accuracy_std'] * 100:.1f}"
 
 
 def signal_verdict(results: dict[str, Any]) -> list[str]:
@@ -183,11 +185,11 @@ def signal_verdict(results: dict[str, Any]) -> list[str]:
     )
     cost = f"{_ratio(cnn['multiply_adds'], mlp['multiply_adds'])} the multiply-adds of the MLP"
     if gap > margin:
-        lines = [f"Use the CNN on this data: {accuracies}, {_pp(gap)}; it costs {cost}."]
+        lines = [f"Use the CNN on this data: {accuracies}, {points(gap)}; it costs {cost}."]
     elif gap < -margin:
-        lines = [f"Use the MLP on this data: {accuracies}, {_pp(-gap)} for the MLP, and the CNN costs {cost}."]
+        lines = [f"Use the MLP on this data: {accuracies}, {points(-gap)} for the MLP, and the CNN costs {cost}."]
     else:
-        lines = [f"The MLP matches the CNN on this data ({accuracies}, within {_pp(margin)[1:]}): prefer the MLP."]
+        lines = [f"The MLP matches the CNN on this data ({accuracies}, within {points(margin)[1:]}): prefer the MLP."]
     middle = len(shift["shares"]) // 2
     share, steps = shift["shares"][middle], shift["steps"][middle]
     cnn_drop = cnn["test_accuracy"] - shift["cnn"][middle]
@@ -196,12 +198,12 @@ def signal_verdict(results: dict[str, Any]) -> list[str]:
     moves = facts["lag_share"] >= LAG_SHARE
     fixed = template >= max(cnn["test_accuracy"], mlp["test_accuracy"]) - TEMPLATE_GAP
     where = (
-        f"a fixed-position template (the nearest class-mean {item}) reaches {_pct(template)}, and a training {item} "
+        f"a fixed-position template (the nearest class-mean {item}) reaches {percent(template)}, and a training {item} "
         f"sits a median {lag:g} {unit} ({facts['lag_share']:.0%} of the length) from its class's mean shape"
     )
     shifted = (
         f"moving the test {items} by {share:.0%} of the length ({steps} {'samples' if audio else 'steps'}) "
-        f"changes the CNN's accuracy by {_pp(-cnn_drop)} and the MLP's by {_pp(-mlp_drop)}"
+        f"changes the CNN's accuracy by {points(-cnn_drop)} and the MLP's by {points(-mlp_drop)}"
     )
     if gap > margin and moves:
         lines.append(
@@ -235,7 +237,7 @@ def signal_verdict(results: dict[str, Any]) -> list[str]:
         _claim(
             "Time-shift robustness (a CNN tolerates a pattern moved in time better)",
             cnn_drop + MARGIN < mlp_drop,
-            f"accuracy lost at a {share:.0%} shift: CNN {_pp(-cnn_drop)}, MLP {_pp(-mlp_drop)}",
+            f"accuracy lost at a {share:.0%} shift: CNN {points(-cnn_drop)}, MLP {points(-mlp_drop)}",
         )
     )
     fewer = cnn["parameters"] < mlp["parameters"]
@@ -243,13 +245,13 @@ def signal_verdict(results: dict[str, Any]) -> list[str]:
         _claim(
             "Parameter efficiency (weight sharing gives more accuracy per parameter)",
             fewer and cnn["test_accuracy"] >= mlp["test_accuracy"] - margin,
-            f"CNN {cnn['parameters']:,} parameters for {_pct(cnn['test_accuracy'])}, MLP {mlp['parameters']:,} for "
-            f"{_pct(mlp['test_accuracy'])}; the CNN spends {cost}, since each weight is reused at every step",
+            f"CNN {cnn['parameters']:,} parameters for {percent(cnn['test_accuracy'])}, MLP {mlp['parameters']:,} for "
+            f"{percent(mlp['test_accuracy'])}; the CNN spends {cost}, since each weight is reused at every step",
         )
     )
     for model, label in ((cnn, "CNN"), (mlp, "MLP")):
         lines.append(
-            f"Fit ({label}): train accuracy {_pct(model['train_accuracy'])}, test {_pct(model['test_accuracy'])} "
-            f"(gap {_pp(model['train_accuracy'] - model['test_accuracy'])})."
+            f"Fit ({label}): train accuracy {percent(model['train_accuracy'])}, test {percent(model['test_accuracy'])} "
+            f"(gap {points(model['train_accuracy'] - model['test_accuracy'])})."
         )
     return lines
