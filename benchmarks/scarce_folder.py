@@ -10,9 +10,11 @@ images, and compare's check that the generator saw no test image can run (the ru
 ``split.json`` names ``train/...`` files only). Class names are made folder names by the rule of
 ``benchmarks/gan.py::write_folder`` (``T-shirt/top`` becomes ``T-shirt-top``). Pixels are the
 built-in's own, as lossless grayscale (or RGB) PNG files. An OUT that exists and is not empty is
-refused: nothing is overwritten.
+refused: nothing is overwritten. ``--val-per-class N`` keeps a seeded draw of N validation images
+per class instead: the generator measures its quality figures against ``val/`` every epoch, and
+against Fashion-MNIST's 6,000 that made an epoch of 2 steps 3x slower (docs/compare.md).
 
-    python benchmarks/scarce_folder.py --data fashion-mnist --per-class 10 --out fm10
+    python benchmarks/scarce_folder.py --data fashion-mnist --per-class 10 --val-per-class 100 --out fm10
     cnnkit train --task generate --data fm10 --workers 1 --name gan10
     cnnkit compare --synthetic runs/gan10 --data fm10 --train-size 10 --device cpu
     python benchmarks/scarce_folder.py --data digits --per-class 10 --out digits10   # docs/compare.md's digits folders
