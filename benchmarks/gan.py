@@ -56,7 +56,6 @@ import itertools
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -66,6 +65,7 @@ from pathlib import Path
 import torch
 from audio_pipeline import cpu_model
 from PIL import Image
+from scarce_folder import folder_name
 from torch import nn
 
 from cnnkit.checkpoint import load_model, read_checkpoint
@@ -255,7 +255,7 @@ def write_folder(name: str, limit: int, folder: Path) -> Path:
     train = load_data(name).train
     for index in range(min(limit, len(train))):
         label = train.classes[int(train.labels[index])]
-        target = folder / re.sub(r"[^\w.-]+", "-", label)  # "T-shirt/top" is no folder name
+        target = folder / folder_name(label)
         target.mkdir(parents=True, exist_ok=True)
         pixels = train.images[index].numpy()
         image = Image.fromarray(pixels[0]) if len(pixels) == 1 else Image.fromarray(pixels.transpose(1, 2, 0))

@@ -7,8 +7,8 @@
 those splits (``data/folder.py::load_folder``, its "given folders" rule), so the generator and
 ``compare`` both train on exactly those K images per class and measure on the built-in's test
 images, and compare's check that the generator saw no test image can run (the run's
-``split.json`` names ``train/...`` files only). Class names are made folder names by the rule of
-``benchmarks/gan.py::write_folder`` (``T-shirt/top`` becomes ``T-shirt-top``). Pixels are the
+``split.json`` names ``train/...`` files only). Class names are made folder names by :func:`folder_name`
+(``T-shirt/top`` becomes ``T-shirt-top``), the rule ``benchmarks/gan.py`` writes its folders by too. Pixels are the
 built-in's own, as lossless grayscale (or RGB) PNG files. An OUT that exists and is not empty is
 refused: nothing is overwritten. ``--val-per-class N`` keeps a seeded draw of N validation images
 per class instead: the generator measures its quality figures against ``val/`` every epoch, and
@@ -37,7 +37,7 @@ SPLITS = ("train", "val", "test")
 
 
 def folder_name(label: str) -> str:
-    """A class name as a folder name: ``benchmarks/gan.py::write_folder``'s rule (``T-shirt/top`` is no folder name)."""
+    """A class name as a folder name for the benchmarks that write built-ins: ``T-shirt/top`` -> ``T-shirt-top``."""
     return re.sub(r"[^\w.-]+", "-", label)
 
 
