@@ -65,7 +65,7 @@ from pathlib import Path
 import torch
 from audio_pipeline import cpu_model
 from PIL import Image
-from scarce_folder import folder_name
+from scarce_folder import write_split
 from torch import nn
 
 from cnnkit.checkpoint import load_model, read_checkpoint
@@ -253,13 +253,7 @@ def example_epochs(args: argparse.Namespace) -> dict:
 def write_folder(name: str, limit: int, folder: Path) -> Path:
     """The first ``limit`` training images of a built-in as PNG files in class folders (a check on little data)."""
     train = load_data(name).train
-    for index in range(min(limit, len(train))):
-        label = train.classes[int(train.labels[index])]
-        target = folder / folder_name(label)
-        target.mkdir(parents=True, exist_ok=True)
-        pixels = train.images[index].numpy()
-        image = Image.fromarray(pixels[0]) if len(pixels) == 1 else Image.fromarray(pixels.transpose(1, 2, 0))
-        image.save(target / f"{index:05d}.png")
+    write_split(train.slice(0, min(limit, len(train))), folder)
     return folder
 
 
