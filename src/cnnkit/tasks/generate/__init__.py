@@ -44,8 +44,9 @@ def default_epochs(train_images: int, batch_size: int) -> int:
 # The generator's and discriminator's width (channels at full resolution, models/gan.py) by image side, recorded
 # with the run. Where a step is cheap, the wider networks: on the digits (8 px, the defaults above, 1 thread, seed 0)
 # width 64 reached Fréchet 220.7, judge accuracy 99.0%, recall 0.21 in 136 s of epochs, width 32 only 280.7, 97.6%,
-# 0.12 in 105 s. At 32 px a step of width 64 costs 3.7x one of width 32 (1.62 against 0.40 s a batch of 64, two
-# cores of an AVX-512 Xeon, fp32), and on 8,400 Fashion-MNIST images (1 thread, seed 0) width 32 was ahead both
+# 0.12 in 105 s. At 32 px a step of width 64 costs 3.2-4x one of width 32 (1.62 against 0.40 s a batch of 64, two
+# cores of an AVX-512 Xeon, fp32; reruns of benchmarks/gan_step.py vary by up to a quarter), and on 8,400
+# Fashion-MNIST images (1 thread, seed 0) width 32 was ahead both
 # after the same steps (Fréchet 480 against 672 after 3 epochs) and in the same time (418.8 after 10 epochs, 1,235 s,
 # against 672 after 3, 1,330 s). Not measured at 64 or 128 px, where width 32 keeps a step's cost nearest.
 WIDE_UP_TO = 16  # image side up to which the width is 64; 32 beyond
