@@ -22,7 +22,8 @@ from cnnkit import checkpoint
 from cnnkit.errors import CnnkitError
 from cnnkit.safeload import load_tensors
 from cnnkit.tasks.classify import ClassifyTask
-from cnnkit.training.resume import STATE, read_state
+from cnnkit.training.optim import adam_kernel
+from cnnkit.training.resume import STATE, match_parameter_layouts, read_state
 
 # One thread: on a shared 2-core machine torch's thread pool spins and runs 10x slower.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -361,3 +362,25 @@ def test_state_round_trips_the_fp16_grad_scaler(tmp_path):
     optimisation.scaler = torch.amp.GradScaler("cpu", enabled=False)  # fp32 and bf16 keep no scaler state
     save_state(tmp_path, model, None, optimisation, generator.get_state(), generator, Progress(), spec, config)
     assert read_state(tmp_path).values["grad_scaler"] is None
+
+
+def test_restored_moments_take_their_channels_last_parameters_layout_so_the_fused_adam_pairs_them():
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(4, 3, 3, 3).to(memory_format=torch.channels_last))
+    gradient = torch.randn_like(weight)
+
+    def stepped(restore: bool) -> torch.Tensor:
+        parameter = torch.nn.Parameter(weight.detach().clone())  # channels_last, as the model trains
+        optimizer = torch.optim.AdamW([parameter], lr=0.1, **adam_kernel([parameter]))
+        for index in range(2):
+            parameter.grad = gradient * (index + 1)
+            optimizer.step()
+            if restore and index == 0:  # as read back from the state file: contiguous moments
+                saved = optimizer.state_dict()
+                state = {key: {k: v.contiguous() for k, v in kept.items()} for key, kept in saved["state"].items()}
+                optimizer = torch.optim.AdamW([parameter], lr=0.1, **adam_kernel([parameter]))
+                optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+                match_parameter_layouts(optimizer)
+        return parameter.detach()
+
+    assert torch.equal(stepped(restore=True), stepped(restore=False))

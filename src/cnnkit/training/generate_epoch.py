@@ -35,6 +35,7 @@ from cnnkit.modelinfo import Preprocessing
 from cnnkit.models.gan import ConditionalGAN
 from cnnkit.tasks.generate import EMA_DECAY, N_DIS
 from cnnkit.training.loop import NonFiniteStep, StepSettings
+from cnnkit.training.optim import adam_kernel
 from cnnkit.training.resume import EpochTally
 
 
@@ -49,7 +50,7 @@ def build_gan_optimizer(model: ConditionalGAN, lr: float, d_lr: float, betas: tu
         {"params": list(model.generator.parameters()), "lr": lr},
         {"params": list(model.discriminator.parameters()), "lr": d_lr},
     ]
-    return torch.optim.Adam(groups, betas=betas)
+    return torch.optim.Adam(groups, betas=betas, **adam_kernel(list(model.parameters())))
 
 
 def translate(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

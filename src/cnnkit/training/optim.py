@@ -29,11 +29,28 @@ class Optimisation:
     scaler: torch.amp.GradScaler | None = None
 
 
+FUSED_DEVICES = ("cpu", "cuda")  # where PyTorch has a fused Adam(W) kernel for float parameters
+
+
+def adam_kernel(parameters: list[nn.Parameter]) -> dict[str, bool]:
+    """``{"fused": True}`` for Adam(W) where every parameter sits on a device with the fused kernel, else ``{}``.
+
+    The default Adam updates tensor by tensor, about ten small ops each; the fused kernel does
+    one pass. A step of AdamW over bcresnet's 105 tensors (9.2k weights) took 7.6 ms against
+    0.7 ms fused, resnet1d's 37 (0.5M) 3.8 ms against 0.45 ms (one thread of an AMD EPYC,
+    ``benchmarks/optimizer_step.py``): 5-10% of their small training steps. The numbers agree
+    with the default kernel's to rounding, not bit for bit.
+    """
+    fusable = all(p.device.type in FUSED_DEVICES and p.dtype.is_floating_point for p in parameters)
+    return {"fused": True} if parameters and fusable else {}
+
+
 def build_optimizer(
     model: nn.Module, config: TrainConfig, total_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW with a one-cycle schedule peaking at ``config.lr``: fast, and forgiving of the peak chosen."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    parameters = list(model.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, **adam_kernel(parameters))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps)
     return optimizer, scheduler
 
@@ -92,6 +109,7 @@ def finetune_optimizer(
         epochs = config.epochs - freeze
     for group, peak in zip(groups, peaks):
         group["lr"] = peak
-    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    every = [parameter for group in groups for parameter in group["params"]]
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, **adam_kernel(every))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=epochs * steps_per_epoch)
     return optimizer, scheduler

@@ -226,8 +226,25 @@ class SavedState:
             state.setdefault(int(index), {}).update(entries)
         groups = saved["param_groups"] if scheduler is not None else optimizer.state_dict()["param_groups"]
         optimizer.load_state_dict({"state": state, "param_groups": groups})
+        match_parameter_layouts(optimizer)
         if scheduler is not None:
             scheduler.load_state_dict(self.values["scheduler"])
+
+
+def match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each restored moment its parameter's memory layout (channels_last or not), as training made it.
+
+    The file holds them contiguous. The default Adam follows strides, but the fused kernel
+    (``optim.adam_kernel``) pairs elements by memory position: a channels_last weight with a
+    contiguous moment silently updates element i with another element's moment.
+    """
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            entries = optimizer.state.get(parameter, {})
+            for name, value in entries.items():
+                tensor = isinstance(value, torch.Tensor) and value.shape == parameter.shape
+                if tensor and value.stride() != parameter.stride():
+                    entries[name] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)
 
 
 def carry_moments(old: torch.optim.Optimizer, new: torch.optim.Optimizer) -> torch.optim.Optimizer:
