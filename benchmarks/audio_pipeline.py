@@ -4,7 +4,8 @@ A training step here is everything: the data (read, decode, resample, pad or cro
 the log-mel features, forward, backward and the optimizer update. Both sides train the same
 network (cnnkit's default audio model, ``bcresnet``, from the same initial weights) with the
 same optimizer and schedule (``training/optim.build_optimizer`` at the audio defaults: batch
-32, lr 3e-3), on the same training files, with the same augmentation amounts:
+32, lr 3e-3; the tutorial side with PyTorch's default Adam kernel, cnnkit's fused), on the
+same training files, with the same augmentation amounts:
 
 - **tutorial**: the loop of the official PyTorch audio tutorials. A ``Dataset`` reads its WAV
   file in ``__getitem__`` (decoded, resampled and mixed down by cnnkit's own rule,
@@ -144,7 +145,7 @@ def tutorial_epochs(
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=config.batch_size, shuffle=True, num_workers=workers, persistent_workers=workers > 0
     )
-    optimizer, scheduler = build_optimizer(model, config, epochs * len(loader))
+    optimizer, scheduler = build_optimizer(model, config, epochs * len(loader), fused=False)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     model.train()
     rates = []

@@ -94,7 +94,7 @@ def run_tutorial_loop(epochs: int, batch_size: int, target: float, root: Path) -
     # The network `cnnkit train` builds for this training set (with the head's hidden layer).
     model = create_model("convnet", 10, 1, 28, **kwargs_for_data("convnet", len(train)))
     config = TrainConfig(batch_size=batch_size, label_smoothing=0.1, lr=5e-3, weight_decay=0.05)
-    optimizer, scheduler = build_optimizer(model, config, epochs * len(loader))
+    optimizer, scheduler = build_optimizer(model, config, epochs * len(loader), fused=False)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     clock, reached, accuracy = 0.0, None, 0.0
     for epoch in range(1, epochs + 1):

@@ -58,7 +58,8 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 2.0) 
 def hand_written(model, splits, preprocessing, config, epochs, device) -> float:
     """The loop from the PyTorch tutorials, fp32 and default memory format; returns seconds."""
     model.to(device)
-    optimizer, scheduler = build_optimizer(model, config, epochs * math.ceil(len(splits.train) / config.batch_size))
+    total_steps = epochs * math.ceil(len(splits.train) / config.batch_size)
+    optimizer, scheduler = build_optimizer(model, config, total_steps, fused=False)  # PyTorch's default kernel
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     generator = torch.Generator().manual_seed(0)
     model.train()

@@ -46,11 +46,15 @@ def adam_kernel(parameters: list[nn.Parameter]) -> dict[str, bool]:
 
 
 def build_optimizer(
-    model: nn.Module, config: TrainConfig, total_steps: int
+    model: nn.Module, config: TrainConfig, total_steps: int, fused: bool = True
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW with a one-cycle schedule peaking at ``config.lr``: fast, and forgiving of the peak chosen."""
+    """AdamW with a one-cycle schedule peaking at ``config.lr``: fast, and forgiving of the peak chosen.
+
+    ``fused=False`` keeps PyTorch's default kernel, as a hand-written loop has it (the benchmarks' baselines).
+    """
     parameters = list(model.parameters())
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, **adam_kernel(parameters))
+    kernel = adam_kernel(parameters) if fused else {}
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, **kernel)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps)
     return optimizer, scheduler
 
