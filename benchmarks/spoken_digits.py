@@ -28,6 +28,8 @@ validation accuracy. The default augmentation for data without background record
         --augments auto none
     python benchmarks/spoken_digits.py --data-dir ../shared/data/fsdd --select --split-by speaker --fold 0 \\
         --folds 1 --augments auto shift=0.1,gain=6,speed=0.1
+    python benchmarks/spoken_digits.py --data-dir ../shared/data/fsdd --select --split-by speaker --fold 0 \\
+        --folds 2 --model-kwargs '{"clip_mean": "level"}'
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import torch
 import cnnkit
 from cnnkit.config import DEFAULT_MODELS, SPLIT_BY
 from cnnkit.data.speech import FSDD, FSDD_NAME, FSDD_TEST_INDICES, locate_speech
+from cnnkit.models.registry import model_entry, register_model
 
 TARGETS = {"standard": 98.0, "loso_mean": 90.0, "seconds": 180.0}
 
@@ -65,6 +68,21 @@ def settings_for(args: argparse.Namespace, epochs: int | None, lr: float | None,
     """cnnkit's own audio defaults, but for what the command line sets."""
     given = {"model": args.model, "epochs": epochs, "batch_size": args.batch_size, "lr": lr, "augment": augment}
     return dict(data_dir=str(args.data_dir), seed=args.seed) | {k: v for k, v in given.items() if v is not None}
+
+
+def override_builder(name: str, kwargs: dict) -> None:
+    """Registers ``name`` again with ``kwargs`` over whatever arguments it is built with.
+
+    ``cnnkit.train`` takes a model by name, not builder arguments; this compares the arguments
+    in-process. Runs record the arguments training chose, not these.
+    """
+    entry = model_entry(name)
+
+    def builder(num_classes: int, in_channels: int, img_size: int, **given) -> torch.nn.Module:
+        return entry.builder(num_classes=num_classes, in_channels=in_channels, img_size=img_size, **given | kwargs)
+
+    builder.__name__ = name
+    register_model(builder, kwargs_for_data=entry.kwargs_for_data, modality=entry.modality, task=entry.task)
 
 
 def speakers(data_dir: Path) -> list[str]:
@@ -117,7 +135,9 @@ def select(args: argparse.Namespace, out: Path) -> list[dict]:
         outer = speakers(args.data_dir)[args.fold]
         data = link_recordings(args.data_dir, lambda match: match.group(2) != outer, out / "without_test_speaker")
         inner = [dict(split_by="speaker", fold=fold) for fold in range(len(speakers(data)))][: args.folds]
-        print(f"test speaker {outer} left out; validation speakers: {', '.join(speakers(data)[: len(inner)])}")
+        inner = [inner[fold] for fold in args.inner] if args.inner else inner
+        validation = [speakers(data)[split["fold"]] for split in inner]
+        print(f"test speaker {outer} left out; validation speakers: {', '.join(validation)}")
     else:
         data = link_recordings(args.data_dir, lambda match: int(match.group(3)) not in FSDD_TEST_INDICES, out / "train")
         inner = [{}]
@@ -126,7 +146,8 @@ def select(args: argparse.Namespace, out: Path) -> list[dict]:
         settings = settings_for(args, epochs, lr, augment) | dict(data_dir=str(data))
         results = [train(settings | split, args.threads, out / "runs") for split in inner]
         scores = [result["test" if split else "val"] for result, split in zip(results, inner, strict=True)]
-        row = dict(epochs=results[0]["epochs"], lr=lr, augment=augment, val=float(np.mean(scores)))
+        row = dict(epochs=results[0]["epochs"], lr=lr, augment=augment, model_kwargs=args.model_kwargs)
+        row |= dict(val=float(np.mean(scores)))
         row |= dict(val_each=scores, seconds=[result["seconds"] for result in results])
         rows.append(row)
         print(json.dumps(row))
@@ -150,13 +171,21 @@ def main() -> None:
         "--split-by", choices=SPLIT_BY, default="index", help="--select: on the training takes, or by speaker (nested)"
     )
     parser.add_argument("--fold", type=int, default=0, help="--select --split-by speaker: the test speaker left out")
+    parser.add_argument(
+        "--inner", nargs="+", type=int, help="--select --split-by speaker: only these validation speakers (0-based)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--select", action="store_true", help="compare --epochs x --lrs x --augments on validation")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument("--model-kwargs", type=json.loads, default={}, help="builder arguments, a JSON object")
     args = parser.parse_args()
+    if args.model_kwargs:
+        override_builder(args.model or DEFAULT_MODELS["audio"], args.model_kwargs)
     if not 0 <= args.fold < len(speakers(args.data_dir)):
         parser.error(f"--fold {args.fold}: give 0 to {len(speakers(args.data_dir)) - 1} (speakers in name order)")
+    if args.inner and not all(0 <= fold < len(speakers(args.data_dir)) - 1 for fold in args.inner):
+        parser.error(f"--inner {args.inner}: give 0 to {len(speakers(args.data_dir)) - 2} (the others in order)")
     with tempfile.TemporaryDirectory() as scratch:
         result = (select if args.select else measure)(args, Path(scratch))
     if args.json:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,20 @@ def test_logmel_normalises_with_running_statistics_and_keeps_only_them():
     assert quiet.mean() < normalised.mean() - 1
 
 
+@pytest.mark.parametrize("clip_mean", ["level", "bands"])
+def test_logmel_clip_mean_cancels_a_gain_and_ignores_the_padding(clip_mean):
+    waves = torch.zeros(2, 1, 8000)
+    waves[..., 2000:5000] = 0.1 * torch.randn(2, 1, 3000)  # a word in zero padding
+    word = slice(30, 60)  # frames well inside it; the padding's floor (log_offset) cannot follow a gain
+    plain = LogMel(8000, 256, 80, normalize=False)
+    louder = plain(10 * waves) - plain(waves)  # 20 dB: every log-mel of the word + log(100)
+    assert (louder[..., word] - math.log(100)).abs().max() < 0.01
+    frontend = LogMel(8000, 256, 80, normalize=False, clip_mean=clip_mean)
+    assert (frontend(10 * waves) - frontend(waves))[..., word].abs().max() < 0.01
+    # the energy-weighted mean is the word's: a plain mean would count the padding's floor, about -13.8
+    assert frontend(waves)[..., word].mean((-2, -1)).abs().max() < 1.5
+
+
 def test_logmel_computes_in_float32_under_bf16_autocast():
     frontend = LogMel().eval()
     x = torch.randn(2, 1, 8000)
@@ -82,11 +97,13 @@ def test_logmel_computes_in_float32_under_bf16_autocast():
     torch.testing.assert_close(under_autocast, frontend(x))
 
 
-def test_logmel_refuses_filters_beyond_nyquist():
+def test_logmel_refuses_filters_beyond_nyquist_and_unknown_clip_means():
     with pytest.raises(CnnkitError, match="need 0 <= f_min < f_max <= 4000"):
         LogMel(sample_rate=8000, f_max=6000)
     with pytest.raises(CnnkitError, match="n_mels=0"):
         LogMel(n_mels=0)
+    with pytest.raises(CnnkitError, match="clip_mean='max': choose one of none, level, bands"):
+        LogMel(clip_mean="max")
 
 
 def export_taking_waveforms(model: torch.nn.Module, path: Path) -> Path:

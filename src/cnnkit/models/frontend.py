@@ -13,6 +13,12 @@ an ONNX export takes waveforms and no caller has to reproduce the features. Its 
 - The natural log of the mel energies plus ``log_offset``. The log-mels agreed with
   librosa 0.11's ``melspectrogram(htk=True, norm=None, pad_mode="constant")`` to 3e-5 at
   8, 16 and 22.05 kHz (a scratch check; the tests compare with a NumPy reference).
+- Optionally (``clip_mean``), the clip's own mean is subtracted from its log-mels first: one
+  number (``"level"``: a gain cancels, since a gain adds a constant to every log-mel) or one per
+  band (``"bands"``: a fixed microphone response cancels too, as cepstral mean subtraction does).
+  The mean weighs each frame by its energy, so the zero padding of a short word counts for
+  nothing (a plain mean over a 1 s clip holding a 0.4 s word would cancel only half a gain).
+  It subtracts, it does not divide: a quiet window keeps its small spread, unlike speech.
 - Running normalisation: a ``BatchNorm1d`` without learnable parameters over the mel
   bands, so each band is centred and scaled by statistics of the training set, kept in
   the checkpoint. It is not per utterance on purpose: per-utterance normalisation would
@@ -47,6 +53,8 @@ from torch import nn
 
 from cnnkit.errors import CnnkitError
 from cnnkit.models.layers import batch_norm
+
+CLIP_MEANS = ("none", "level", "bands")  # LogMel's clip_mean: what of a clip's own mean it subtracts
 
 
 def hz_to_mel(hz: torch.Tensor) -> torch.Tensor:
@@ -108,6 +116,9 @@ class LogMel(nn.Module):
         f_max: Highest filter edge in Hz. Defaults to None, half the sample rate.
         log_offset: Added to the mel energies before the log, so silence stays finite. Defaults to 1e-6.
         normalize: Normalise each band with running statistics (see the module docstring). Defaults to True.
+        clip_mean: Subtract the clip's energy-weighted mean log-mel before that: ``"none"``, ``"level"`` (one
+            number, a gain) or ``"bands"`` (each band's). Defaults to ``"none"``, which checkpoints without
+            the key were trained with.
 
     Shapes: (B, C, T) waveforms -> (B, C, n_mels, 1 + T // hop_length).
     """
@@ -122,6 +133,7 @@ class LogMel(nn.Module):
         f_max: float | None = None,
         log_offset: float = 1e-6,
         normalize: bool = True,
+        clip_mean: str = "none",
     ) -> None:
         super().__init__()
         f_max = sample_rate / 2 if f_max is None else f_max
@@ -130,10 +142,12 @@ class LogMel(nn.Module):
                 f"mel filters from {f_min} to {f_max} Hz: need 0 <= f_min < f_max <= {sample_rate / 2} "
                 f"(half the {sample_rate} Hz sample rate)"
             )
+        if clip_mean not in CLIP_MEANS:
+            raise CnnkitError(f"log-mel clip_mean={clip_mean!r}: choose one of {', '.join(CLIP_MEANS)}")
         if n_fft < 2 or hop_length < 1 or n_mels < 1:
             raise CnnkitError(f"log-mel n_fft={n_fft}, hop_length={hop_length}, n_mels={n_mels}: each must be >= 1")
         self.sample_rate, self.n_fft, self.hop_length, self.n_mels = sample_rate, n_fft, hop_length, n_mels
-        self.f_min, self.f_max, self.log_offset = f_min, f_max, log_offset
+        self.f_min, self.f_max, self.log_offset, self.clip_mean = f_min, f_max, log_offset, clip_mean
         # buffers, not parameters: fixed, rebuilt from the arguments, so left out of the state dict
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)  # periodic
         self.register_buffer("dft", dft_kernels(n_fft).float(), persistent=False)
@@ -161,12 +175,20 @@ class LogMel(nn.Module):
                     x, self.n_fft, self.hop_length, window=self.window, pad_mode="constant", return_complex=True
                 )
                 power = spectrum.real.square() + spectrum.imag.square()  # (N, n_freq, frames)
-            mel = torch.matmul(self.filters, power)  # (N, n_mels, frames)
-            logmel = self.norm(torch.log(mel + self.log_offset))
+            mel = torch.matmul(self.filters, power) + self.log_offset  # (N, n_mels, frames)
+            logmel = self.norm(self.subtract_clip_mean(torch.log(mel), mel))
         return logmel.reshape(batch, channels, self.n_mels, logmel.shape[-1])  # (B, C, n_mels, frames)
+
+    def subtract_clip_mean(self, logmel: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+        """(N, n_mels, frames) log-mels less their mean over the frames, each frame weighted by its energy."""
+        if self.clip_mean == "none":
+            return logmel
+        energy = mel.sum(1, keepdim=True)  # (N, 1, frames); never 0: each mel carries log_offset
+        mean = (logmel * energy).sum(2, keepdim=True) / energy.sum(2, keepdim=True)  # (N, n_mels, 1)
+        return logmel - (mean.mean(1, keepdim=True) if self.clip_mean == "level" else mean)
 
     def extra_repr(self) -> str:
         return (
             f"sample_rate={self.sample_rate}, n_fft={self.n_fft}, hop_length={self.hop_length}, "
-            f"n_mels={self.n_mels}, f_min={self.f_min}, f_max={self.f_max}"
+            f"n_mels={self.n_mels}, f_min={self.f_min}, f_max={self.f_max}, clip_mean={self.clip_mean}"
         )
