@@ -2,8 +2,8 @@
 
 On the real sets the aeon wheel ships (GunPoint, ItalyPowerDemand, ArrowHead, OSULeaf and the
 multivariate BasicMotions and JapaneseVowels), each set is trained by ``cnnkit.train`` with its
-defaults for series (``config.SERIES_TRAINING``: batch 16, lr 1e-3, about 600 steps, window slicing and
-scaling from ``data/series_augment.py``) and by
+defaults for series (``config.SERIES_TRAINING``: batch ``min(n/10, 16)``, lr 1e-3, the epochs of about 600
+steps of batch 16, no augmentation) and by
 aeon's ``MiniRocketClassifier`` (random convolutional kernels and a ridge classifier: what a
 practitioner would pick instead; a competitor here, never a dependency of cnnkit), on the same
 arrays, and printed side by side with the published accuracy of FCN and ResNet (Wang et al.
@@ -83,8 +83,8 @@ def aeon_data() -> Path:
     return Path(aeon.__file__).parent / "datasets" / "data"
 
 
-def train_cnnkit(data: Path, settings: dict, threads: int, out: Path) -> tuple[float, float, float, int]:
-    """(test accuracy, best val accuracy, training seconds, epochs); the seconds are the epochs' alone.
+def train_cnnkit(data: Path, settings: dict, threads: int, out: Path) -> tuple[float, float, float, cnnkit.TrainConfig]:
+    """(test accuracy, best val accuracy, training seconds, the settings used); the seconds are the epochs' alone.
 
     Data reading and the final test are left out, as MiniRocket's fit leaves out its reading and predicting.
     """
@@ -92,7 +92,7 @@ def train_cnnkit(data: Path, settings: dict, threads: int, out: Path) -> tuple[f
     run = cnnkit.train(data=str(data), out=str(out), verbose=False, **settings)
     seconds = sum(row["seconds"] for row in run.history)
     best_val = run.history[run.best_epoch - 1].get("val_acc", math.nan) if run.best_epoch else math.nan
-    return run.test.accuracy if run.test else math.nan, best_val, seconds, run.config.epochs
+    return run.test.accuracy if run.test else math.nan, best_val, seconds, run.config
 
 
 def train_minirocket(data: Path, threads: int, seed: int, normalize: bool) -> tuple[float, float]:
@@ -132,12 +132,13 @@ def compare(args: argparse.Namespace, root: Path, out: Path) -> list[dict]:
     for name in args.sets:
         data = root / {**SETS, **DEV_SETS}[name]
         settings = settings_for(args, args.models[0], args.lrs[0], args.augments[0], args.batch_sizes[0])
-        accuracy, _, seconds, epochs = train_cnnkit(data, settings, args.threads, out / name)
+        accuracy, _, seconds, used = train_cnnkit(data, settings, args.threads, out / name)
         rocket, rocket_seconds = (math.nan, math.nan)
         if not args.no_minirocket:
             rocket, rocket_seconds = train_minirocket(data, args.threads, args.seed, args.normalize)
         fcn, resnet, inception = PUBLISHED.get(name, (math.nan,) * 3)
-        row = dict(set=name, epochs=epochs, cnnkit=100 * accuracy, cnnkit_seconds=seconds)
+        row = dict(set=name, epochs=used.epochs, batch_size=used.batch_size)
+        row.update(cnnkit=100 * accuracy, cnnkit_seconds=seconds)
         row.update(minirocket=100 * rocket, minirocket_seconds=rocket_seconds, fcn=fcn, resnet=resnet)
         row.update(inception_time=inception, time_ratio=seconds / rocket_seconds if rocket_seconds else math.nan)
         rows.append(row)
@@ -160,9 +161,9 @@ def select(args: argparse.Namespace, root: Path, out: Path) -> list[dict]:
         for index, (model, lr, augment, batch_size, val_split) in enumerate(grid):
             settings = settings_for(args, model, lr, augment, batch_size) | dict(val_split=val_split, test_split=0.3)
             scratch = out / f"{name}-{carve}-{index}"
-            held_out, val, seconds, epochs = train_cnnkit(data, settings, args.threads, scratch)
-            row = dict(set=name, carve=carve, model=model, lr=lr, augment=augment, batch_size=batch_size)
-            row.update(val_split=val_split, epochs=epochs)
+            held_out, val, seconds, used = train_cnnkit(data, settings, args.threads, scratch)
+            row = dict(set=name, carve=carve, model=model, lr=lr, augment=augment, batch_size=used.batch_size)
+            row.update(val_split=val_split, epochs=used.epochs)
             row.update(val=100 * val, held_out=100 * held_out, seconds=seconds)
             rows.append(row)
             print(json.dumps(row))
@@ -174,7 +175,8 @@ def select(args: argparse.Namespace, root: Path, out: Path) -> list[dict]:
 
 def print_row(row: dict) -> None:
     print(
-        f"{row['set']:<17} cnnkit {row['cnnkit']:5.1f}% in {row['cnnkit_seconds']:6.1f}s ({row['epochs']} epochs) | "
+        f"{row['set']:<17} cnnkit {row['cnnkit']:5.1f}% in {row['cnnkit_seconds']:6.1f}s "
+        f"({row['epochs']} epochs of batch {row['batch_size']}) | "
         f"MiniRocket {row['minirocket']:5.1f}% in {row['minirocket_seconds']:5.1f}s | time x{row['time_ratio']:.1f} | "
         f"published FCN {row['fcn']:5.1f} ResNet {row['resnet']:5.1f} InceptionTime {row['inception_time']:5.1f}"
     )

@@ -20,7 +20,7 @@ from cnnkit.data.labelled import labelled_images
 from cnnkit.data.series import load_series
 from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import CheckpointInfo, ModelSpec, Preprocessing, SeriesPreprocessing, read_preprocessing
-from cnnkit.training.prepare import Prepared, data_modality, given_keys, series_training
+from cnnkit.training.prepare import Prepared, data_modality, given_keys, series_batch_size, series_training
 from cnnkit.training.resume import STATE, read_state
 from cnnkit.understand.summary import summarize_model
 
@@ -223,9 +223,10 @@ def test_series_training_fills_only_what_the_run_left_to_cnnkit(waves):
     series = Prepared(splits, SeriesPreprocessing(1, LENGTH), ModelSpec("fcn", 2, 1, LENGTH), False, None, "none")
     config = TrainConfig(data=str(waves))
     chosen = series_training(config, series, None, set())
-    assert (chosen.batch_size, chosen.lr, chosen.epochs) == (16, 1e-3, 200)  # 600 steps, at most 200 epochs
-    chosen = series_training(replace(config, batch_size=4, lr=0.01), series, None, {"batch_size", "lr"})
-    assert (chosen.batch_size, chosen.lr, chosen.epochs) == (4, 0.01, 67)  # 9 steps an epoch: 600 / 9
+    assert (chosen.batch_size, chosen.lr, chosen.epochs) == (4, 1e-3, 200)  # a tenth of 36; batch 16's 600 steps
+    chosen = series_training(replace(config, batch_size=8, lr=0.01), series, None, {"batch_size", "lr"})
+    assert (chosen.batch_size, chosen.lr, chosen.epochs) == (8, 0.01, 200)  # the epochs do not follow the batch
+    assert [series_batch_size(count) for count in (5, 36, 200)] == [2, 4, 16]  # batch norm needs 2; at most 16
     assert series_training(config, series, object(), set()) is config  # a resumed run keeps its own
     image = replace(series, preprocessing=Preprocessing(8, 1, (0.5,), (0.25,)))
     assert series_training(config, image, None, set()) is config

@@ -213,9 +213,19 @@ def series_training(config: TrainConfig, data: Prepared, saved: SavedState | Non
     """
     if saved is not None or data.preprocessing.modality != "series":
         return config
-    batch_size = config.batch_size if "batch_size" in given else SERIES_TRAINING["batch_size"]
-    settled = {**SERIES_TRAINING, "batch_size": batch_size, "epochs": series_epochs(len(data.splits.train), batch_size)}
+    count = len(data.splits.train)
+    # the epochs batch 16 would take, whatever the batch: a smaller batch takes more steps over the same series
+    epochs = series_epochs(count, SERIES_TRAINING["batch_size"])
+    settled = {**SERIES_TRAINING, "batch_size": series_batch_size(count), "epochs": epochs}
     return replace(config, **{key: value for key, value in settled.items() if key not in given})
+
+
+def series_batch_size(train_count: int) -> int:
+    """A tenth of the training series, 2 to ``SERIES_TRAINING['batch_size']`` (Wang et al.'s ``min(n/10, 16)``).
+
+    At least 2: batch norm cannot train on one series (``training.loop.check_batch_size``).
+    """
+    return min(SERIES_TRAINING["batch_size"], max(2, math.ceil(train_count / 10)))
 
 
 def series_epochs(train_count: int, batch_size: int) -> int:
