@@ -74,7 +74,7 @@ def test_logmel_normalises_with_running_statistics_and_keeps_only_them():
     assert quiet.mean() < normalised.mean() - 1
 
 
-@pytest.mark.parametrize("clip_mean", ["level", "bands"])
+@pytest.mark.parametrize("clip_mean", ["level", "gain", "bands"])
 def test_logmel_clip_mean_cancels_a_gain_and_ignores_the_padding(clip_mean):
     waves = torch.zeros(2, 1, 8000)
     waves[..., 2000:5000] = 0.1 * torch.randn(2, 1, 3000)  # a word in zero padding
@@ -86,6 +86,8 @@ def test_logmel_clip_mean_cancels_a_gain_and_ignores_the_padding(clip_mean):
     assert (frontend(10 * waves) - frontend(waves))[..., word].abs().max() < 0.01
     # the energy-weighted mean is the word's: a plain mean would count the padding's floor, about -13.8
     assert frontend(waves)[..., word].mean((-2, -1)).abs().max() < 1.5
+    padding = (frontend(10 * waves) - frontend(waves))[..., :20].abs().max()
+    assert padding < 0.01 if clip_mean == "gain" else padding > 4  # only "gain" moves the floor with the level
 
 
 def test_logmel_computes_in_float32_under_bf16_autocast():
@@ -102,7 +104,7 @@ def test_logmel_refuses_filters_beyond_nyquist_and_unknown_clip_means():
         LogMel(sample_rate=8000, f_max=6000)
     with pytest.raises(CnnkitError, match="n_mels=0"):
         LogMel(n_mels=0)
-    with pytest.raises(CnnkitError, match="clip_mean='max': choose one of none, level, bands"):
+    with pytest.raises(CnnkitError, match="clip_mean='max': choose one of none, level, gain, bands"):
         LogMel(clip_mean="max")
 
 

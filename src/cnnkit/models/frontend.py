@@ -18,7 +18,12 @@ an ONNX export takes waveforms and no caller has to reproduce the features. Its 
   band (``"bands"``: a fixed microphone response cancels too, as cepstral mean subtraction does).
   The mean weighs each frame by its energy, so the zero padding of a short word counts for
   nothing (a plain mean over a 1 s clip holding a 0.4 s word would cancel only half a gain).
+  Neither moves ``log_offset``'s floor, so digital silence shifts with the clip's level;
+  ``"gain"`` is ``"level"`` with the floor scaled by the level too, so a gain cancels everywhere.
   It subtracts, it does not divide: a quiet window keeps its small spread, unlike speech.
+  None of them is a default: on FSDD's held-out training speakers (the outer test speaker
+  absent, seed 0) each lost 13 to 23 points to the running normalisation alone on at least
+  one of the four, while winning on another (``benchmarks/spoken_digits.py --model-kwargs``).
 - Running normalisation: a ``BatchNorm1d`` without learnable parameters over the mel
   bands, so each band is centred and scaled by statistics of the training set, kept in
   the checkpoint. It is not per utterance on purpose: per-utterance normalisation would
@@ -54,7 +59,7 @@ from torch import nn
 from cnnkit.errors import CnnkitError
 from cnnkit.models.layers import batch_norm
 
-CLIP_MEANS = ("none", "level", "bands")  # LogMel's clip_mean: what of a clip's own mean it subtracts
+CLIP_MEANS = ("none", "level", "gain", "bands")  # LogMel's clip_mean: what of a clip's own mean it subtracts
 
 
 def hz_to_mel(hz: torch.Tensor) -> torch.Tensor:
@@ -117,8 +122,8 @@ class LogMel(nn.Module):
         log_offset: Added to the mel energies before the log, so silence stays finite. Defaults to 1e-6.
         normalize: Normalise each band with running statistics (see the module docstring). Defaults to True.
         clip_mean: Subtract the clip's energy-weighted mean log-mel before that: ``"none"``, ``"level"`` (one
-            number, a gain) or ``"bands"`` (each band's). Defaults to ``"none"``, which checkpoints without
-            the key were trained with.
+            number, a gain), ``"gain"`` (that number, ``log_offset`` following it) or ``"bands"`` (each
+            band's). Defaults to ``"none"``, which checkpoints without the key were trained with.
 
     Shapes: (B, C, T) waveforms -> (B, C, n_mels, 1 + T // hop_length).
     """
@@ -185,7 +190,12 @@ class LogMel(nn.Module):
             return logmel
         energy = mel.sum(1, keepdim=True)  # (N, 1, frames); never 0: each mel carries log_offset
         mean = (logmel * energy).sum(2, keepdim=True) / energy.sum(2, keepdim=True)  # (N, n_mels, 1)
-        return logmel - (mean.mean(1, keepdim=True) if self.clip_mean == "level" else mean)
+        if self.clip_mean == "bands":
+            return logmel - mean
+        level = mean.mean(1, keepdim=True)  # (N, 1, 1)
+        if self.clip_mean == "level":
+            return logmel - level
+        return torch.log(mel + self.log_offset * (level.exp() - 1)) - level  # "gain": log_offset scaled by the level
 
     def extra_repr(self) -> str:
         return (
