@@ -167,7 +167,8 @@ class TrainConfig:
     )
     batch_size: int = _option(
         64,
-        f"images per step (default 64; time series {SERIES_TRAINING['batch_size']}; detection {DETECTION_BATCH_SIZE})",
+        f"images per step (default 64; time series a tenth of the series, 2 to {SERIES_TRAINING['batch_size']}; "
+        f"detection {DETECTION_BATCH_SIZE})",
         "optimisation",
         COUNT,
     )
