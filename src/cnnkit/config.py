@@ -86,15 +86,8 @@ def _option(
 # For audio, bcresnet: the most accurate compact keyword spotter per weight and operation (models/kws.py), and
 # a step of 32 one-second 8 kHz clips took 214 ms on one thread against m5's 324 ms (once, a shared machine).
 DEFAULT_MODELS = {"image": "convnet", "series": "resnet1d", "audio": "bcresnet"}
-# How time series train when a run does not set these keys (config.yaml records what was used): Wang
-# et al.'s batch, a tenth of the training series, 2 to SERIES_TRAINING's 16 (prepare.series_batch_size);
-# peak lr 1e-3, which beat 3e-3 on GunPoint's TRAIN-only validation split (10/10 against 9/10; a tie on
-# ItalyPowerDemand); and the epochs that make about SERIES_STEPS steps of batch 16, within SERIES_EPOCHS,
-# whatever the batch (a smaller one takes more steps over the same series), so a set of 30 series and one
-# of 300 both get enough updates. The batch rule against batch 16, on TRAIN alone (`benchmarks/ucr.py
-# --select --carves 3 --threads 1 [--batch-sizes 16]`: the six sets' carves, 600 held-out series): 568
-# right against 560 (ArrowHead 25 of 36 against 23, OSULeaf 171 of 180 against 167, ItalyPowerDemand 56 of
-# 60 against 57); PickupGestureWiimoteZ's own TEST, 45 of 50 with either. AMD EPYC, bf16, 2026-12-02.
+# Series runs without these keys (config.yaml records them): Wang et al.'s batch, a tenth of the series, 2 to
+# 16 (prepare.series_batch_size; docs/benchmarks.md), lr 1e-3, about SERIES_STEPS steps of batch 16's epochs.
 SERIES_TRAINING = {"batch_size": 16, "lr": 1e-3}
 SERIES_STEPS = 600
 SERIES_EPOCHS = (20, 200)
