@@ -103,8 +103,8 @@ def test_signal_verdict_says_which_model_wins_and_why():
 
 
 def test_signal_budget_is_cnnkit_trains_for_the_kind_of_data():
-    series = signal_budget("series", 50, {})  # 4 steps an epoch in batches of 16: 150 epochs make 600 steps
-    assert (series.epochs, series.batch_size, series.lr) == (150, 16, 1e-3)
+    series = signal_budget("series", 50, {})  # batch a tenth of 50; batch 16's 4 steps an epoch: 150 epochs
+    assert (series.epochs, series.batch_size, series.lr) == (150, 5, 1e-3)
     assert signal_budget("series", 50, {"epochs": 3, "seeds": 2}).epochs == 3
     audio = signal_budget("audio", 500, {"lr": 0.01})
     assert (audio.epochs, audio.batch_size, audio.lr, audio.seeds) == (20, 32, 0.01, 3)

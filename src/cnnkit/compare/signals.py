@@ -33,11 +33,11 @@ from torch import nn
 from cnnkit.compare.budget import Budget
 from cnnkit.compare.study import Study, _cap, write_study
 from cnnkit.compute import select_device
-from cnnkit.config import AUDIO_TRAINING, DEFAULT_MODELS, SERIES_TRAINING
+from cnnkit.config import AUDIO_TRAINING, DEFAULT_MODELS
 from cnnkit.data.series import SeriesSet
 from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import AudioPreprocessing, SeriesPreprocessing
-from cnnkit.training.prepare import series_epochs
+from cnnkit.training.prepare import series_settings
 from cnnkit.understand.summary import count_multiply_adds
 
 MLPS = {"series": "mlp1d", "audio": "mlp_logmel"}  # Wang et al.'s MLP baseline, on the series or on log-mels
@@ -48,12 +48,12 @@ ENVELOPE_FRAMES = 100  # an audio clip's loudness profile for the model-free fac
 def signal_budget(modality: str, train_count: int, given: dict[str, Any]) -> Budget:
     """``cnnkit train``'s settings for ``modality`` (``config.SERIES_*``, ``AUDIO_TRAINING``), overridden by ``given``.
 
-    Series get batch 16, lr 1e-3 and the epochs that make about 600 steps (20 to 200); audio
-    20 epochs of batch 32 at lr 3e-3. Both models of the study get the same.
+    Series get ``training.prepare.series_settings`` (batches of a tenth of the series, 2 to 16,
+    lr 1e-3, batch 16's epochs of about 600 steps); audio 20 epochs of batch 32 at lr 3e-3.
+    Both models of the study get the same.
     """
     if modality == "series":
-        batch_size = given.get("batch_size", SERIES_TRAINING["batch_size"])
-        settled = {**SERIES_TRAINING, "epochs": series_epochs(train_count, batch_size)}
+        settled = series_settings(train_count)
     else:
         settled = {key: value for key, value in AUDIO_TRAINING.items() if key in ("epochs", "batch_size", "lr")}
     return Budget(**{**settled, **given})

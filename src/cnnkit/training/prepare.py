@@ -213,11 +213,18 @@ def series_training(config: TrainConfig, data: Prepared, saved: SavedState | Non
     """
     if saved is not None or data.preprocessing.modality != "series":
         return config
-    count = len(data.splits.train)
-    # the epochs batch 16 would take, whatever the batch: a smaller batch takes more steps over the same series
-    epochs = series_epochs(count, SERIES_TRAINING["batch_size"])
-    settled = {**SERIES_TRAINING, "batch_size": series_batch_size(count), "epochs": epochs}
+    settled = series_settings(len(data.splits.train))
     return replace(config, **{key: value for key, value in settled.items() if key not in given})
+
+
+def series_settings(train_count: int) -> dict[str, Any]:
+    """cnnkit's batch size, lr and epochs for ``train_count`` series: what ``train`` and ``compare`` both use.
+
+    The epochs are those batch 16 would take, whatever the batch: a smaller batch takes more
+    steps over the same series.
+    """
+    epochs = series_epochs(train_count, SERIES_TRAINING["batch_size"])
+    return {**SERIES_TRAINING, "batch_size": series_batch_size(train_count), "epochs": epochs}
 
 
 def series_batch_size(train_count: int) -> int:
