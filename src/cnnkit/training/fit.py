@@ -131,7 +131,7 @@ def fit(
     run_dir = Path(world.share(opened and str(opened)))  # rank 0 opens it; the other ranks learn where
     try:
         task = make_task(config, data, device)
-        say(describe(data, model, settings, run_dir))
+        say(describe(data, model, settings, run_dir, config))
         session = start_session(
             config, data, task, model, settings, device, run_dir, saved, say, verbose and world.leader, world
         )
@@ -306,7 +306,8 @@ def make_task(config: TrainConfig, data: Prepared, device: torch.device) -> Task
     return task(splits.classes, weights, config.label_smoothing)
 
 
-def describe(data: Prepared, model: nn.Module, settings: ComputeSettings, run_dir: Path) -> str:
+def describe(data: Prepared, model: nn.Module, settings: ComputeSettings, run_dir: Path, config: TrainConfig) -> str:
+    """The data, the model and how it trains, in two lines: a series run's batch and epochs follow its set's size."""
     parameters = sum(p.numel() for p in model.parameters())
     augment = data.augment.describe() if data.augment else "none"
     if data.preprocessing.modality == "series":
@@ -320,7 +321,8 @@ def describe(data: Prepared, model: nn.Module, settings: ComputeSettings, run_di
     return (
         f"{runlog.describe(splits)}{'; held out of training: ' + ', '.join(splits.test.classes) if held_out else ''}\n"
         f"{data.spec.name}: {parameters / 1e6:.2f}M parameters on {settings.device} "
-        f"({settings.describe()}); augment: {augment}; writing {run_dir}"
+        f"({settings.describe()}); {config.epochs} epochs of batch {config.batch_size} at lr {config.lr:g}; "
+        f"augment: {augment}; writing {run_dir}"
     )
 
 
