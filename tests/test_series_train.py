@@ -73,6 +73,7 @@ def test_train_series_writes_the_run_directory_and_beats_chance(waves_run):
     assert "36 train / 4 val / 20 test series" in printed and "1x64 (z-normalised)" in printed
     assert "augment: none (series; image augmentation is off)" in printed
     assert "3 epochs of batch 8 at lr 0.001;" in printed  # the budget a run trains with, chosen or given
+    assert "warning: validation holds only 4 series, too few to tell epochs apart" in printed
 
 
 @pytest.mark.slow

@@ -31,6 +31,8 @@ from cnnkit.modelinfo import AudioPreprocessing, ModelSpec, Preprocessing, Serie
 from cnnkit.models import kwargs_for_data
 from cnnkit.training.resume import SavedState
 
+FEW_VALIDATION_ITEMS = 10  # below this a validation split is said to be too small to pick the best epoch
+
 
 @dataclass
 class Prepared:
@@ -106,7 +108,11 @@ def prepare_data(config: TrainConfig, say: Callable[[str], None]) -> DataSplits 
 def report_problems(
     splits: DataSplits | SeriesSplits | AudioSplits, say: Callable[[str], None]
 ) -> DataSplits | SeriesSplits | AudioSplits:
-    """Say the warnings and the skipped files of loaded data; refuse data with nothing to train on."""
+    """Say the warnings and the skipped files of loaded data; refuse data with nothing to train on.
+
+    A validation split of a few items is said too: it picks the best epoch, and with 3 of
+    them (ArrowHead's 10%) five seeds of the same run kept epochs that tested at 56-86%.
+    """
     for warning in splits.warnings:
         say(f"warning: {warning}")
     if splits.skipped:
@@ -114,9 +120,14 @@ def report_problems(
             f"warning: skipped {len(splits.skipped)} unreadable file(s); first: {splits.skipped[0].path} "
             f"({splits.skipped[0].reason}); the run folder's skipped.csv lists them all"
         )
+    items = "series" if isinstance(splits, SeriesSplits) else "clips" if isinstance(splits, AudioSplits) else "images"
     if len(splits.train) == 0:
-        items = "clips" if isinstance(splits, AudioSplits) else "images"
         raise CnnkitError(f"{splits.name}: no readable training {items}")
+    if 0 < len(splits.val) < FEW_VALIDATION_ITEMS:
+        say(
+            f"warning: validation holds only {len(splits.val)} {items}, too few to tell epochs apart (another "
+            f"seed may keep a very different one); --val-split 0 trains on all and keeps the lowest training loss"
+        )
     return splits
 
 
