@@ -31,7 +31,7 @@ from cnnkit.modelinfo import AudioPreprocessing, ModelSpec, Preprocessing, Serie
 from cnnkit.models import kwargs_for_data
 from cnnkit.training.resume import SavedState
 
-FEW_VALIDATION_ITEMS = 10  # below this a validation split is said to be too small to pick the best epoch
+FEW_VALIDATION_ITEMS = 10  # below this a series validation carve is said to be too small to pick the best epoch
 
 
 @dataclass
@@ -110,8 +110,8 @@ def report_problems(
 ) -> DataSplits | SeriesSplits | AudioSplits:
     """Say the warnings and the skipped files of loaded data; refuse data with nothing to train on.
 
-    A validation split of a few items is said too: it picks the best epoch, and with 3 of
-    them (ArrowHead's 10%) five seeds of the same run kept epochs that tested at 56-86%.
+    A series set's validation carve of a few series is said too: it picks the best epoch, and
+    with 3 of them (ArrowHead's 10%) five seeds of the same run kept epochs that tested at 56-86%.
     """
     for warning in splits.warnings:
         say(f"warning: {warning}")
@@ -123,7 +123,7 @@ def report_problems(
     items = "series" if isinstance(splits, SeriesSplits) else "clips" if isinstance(splits, AudioSplits) else "images"
     if len(splits.train) == 0:
         raise CnnkitError(f"{splits.name}: no readable training {items}")
-    if 0 < len(splits.val) < FEW_VALIDATION_ITEMS:
+    if isinstance(splits, SeriesSplits) and 0 < len(splits.val) < FEW_VALIDATION_ITEMS:  # carved from TRAIN
         say(
             f"warning: validation holds only {len(splits.val)} {items}, too few to tell epochs apart (another "
             f"seed may keep a very different one); --val-split 0 trains on all and keeps the lowest training loss"
