@@ -20,7 +20,14 @@ from cnnkit.data.labelled import labelled_images
 from cnnkit.data.series import load_series
 from cnnkit.errors import CnnkitError
 from cnnkit.modelinfo import CheckpointInfo, ModelSpec, Preprocessing, SeriesPreprocessing, read_preprocessing
-from cnnkit.training.prepare import Prepared, data_modality, given_keys, series_batch_size, series_training
+from cnnkit.training.prepare import (
+    Prepared,
+    data_modality,
+    given_keys,
+    series_batch_size,
+    series_training,
+    series_validation,
+)
 from cnnkit.training.resume import STATE, read_state
 from cnnkit.understand.summary import summarize_model
 
@@ -70,10 +77,10 @@ def test_train_series_writes_the_run_directory_and_beats_chance(waves_run):
     assert (run_dir / "curves.png").is_file() and (run_dir / "confusion_matrix.png").is_file()
     results = json.loads((run_dir / "results.json").read_text())
     assert results["test"]["count"] == 20 and results["test"]["accuracy"] >= 0.8  # chance is 0.5
-    assert "36 train / 4 val / 20 test series" in printed and "1x64 (z-normalised)" in printed
+    assert "40 train / 0 val / 20 test series" in printed and "1x64 (z-normalised)" in printed
     assert "augment: none (series; image augmentation is off)" in printed
     assert "3 epochs of batch 8 at lr 0.001;" in printed  # the budget a run trains with, chosen or given
-    assert "warning: validation holds only 4 series, too few to tell epochs apart" in printed
+    assert "note: 10% of TRAIN would be 4 validation series, too few to tell epochs apart" in printed
 
 
 @pytest.mark.slow
@@ -251,3 +258,19 @@ def test_preprocessing_records_round_trip_and_image_records_keep_their_keys():
     info = CheckpointInfo(ModelSpec("fcn", 2, 2, 100), ["a", "b"], series, {})
     assert CheckpointInfo.from_dict(info.to_dict()).preprocessing == series
     assert read_preprocessing(image.to_dict()) == image
+
+
+def test_a_validation_carve_too_small_to_pick_an_epoch_is_trained_on_unless_the_run_chose_it(waves):
+    config, said = TrainConfig(data=str(waves)), []
+    carved = load_series(waves)  # 10% of 40 series: 4, too few to tell epochs apart
+    whole = series_validation(carved, config, False, said.append)
+    assert (len(whole.train), len(whole.val)) == (40, 0) and whole.test.sources == carved.test.sources
+    assert said == [
+        "note: 10% of TRAIN would be 4 validation series, too few to tell epochs apart: training on all 40 "
+        "and keeping the epoch of lowest training loss (--val-split sets a share)"
+    ]
+    assert series_validation(carved, config, True, said.append) is carved  # a chosen --val-split is kept...
+    assert said[-1].startswith("warning: validation holds only 4 series")  # ...and said to be small
+    spec = ModelSpec("resnet1d", 2, 1, LENGTH)
+    prepared = Prepared(whole, SeriesPreprocessing(1, LENGTH), spec, False, None, "none")
+    assert series_training(config, prepared, None, set()).val_split == 0.0  # recorded: a resume reads the same split

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Set
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -119,7 +119,7 @@ def fit(
     given = given_keys(config, overrides)
     config, saved = resolve_config(config, resume, world.claim(overrides))
     device = world.start(config)
-    data = prepare(config, saved, say)
+    data = prepare(config, saved, say, given)
     config = series_training(config, data, saved, given)  # small batches, a budget of steps, unless given
     config = audio_training(config, data, saved, given)
     model, settings = build_model(config, data, device)
@@ -168,8 +168,13 @@ def resolve_config(
     return config, saved
 
 
-def prepare(config: TrainConfig, saved: SavedState | None, say: Callable[..., None]) -> Prepared:
-    """Load the data, then fix the preprocessing (pretrained weights bring theirs) and the architecture."""
+def prepare(
+    config: TrainConfig, saved: SavedState | None, say: Callable[..., None], given: Set[str] = frozenset()
+) -> Prepared:
+    """Load the data, then fix the preprocessing (pretrained weights bring theirs) and the architecture.
+
+    ``given``: the settings the caller chose (``prepare.given_keys``); the rest are cnnkit's to choose by the data.
+    """
     model_name, model_kwargs = resolve_model(config.model)
     modality = data_modality(config.data)
     check_trainable(model_name, modality, config.data)
@@ -180,7 +185,7 @@ def prepare(config: TrainConfig, saved: SavedState | None, say: Callable[..., No
         holds = "time series" if modality == "series" else "images"
         raise CnnkitError(f"{flags}: for audio, and --data {config.data} holds {holds}; leave them out")
     if modality == "series":
-        return prepare_series(config, saved, say, model_name, model_kwargs)
+        return prepare_series(config, saved, say, model_name, model_kwargs, "val_split" in given)
     if config.series_normalize:
         raise CnnkitError(f"--series-normalize is for time series, and --data {config.data} holds images; leave it out")
     pretrained = config.pretrained or config.finetune or config.weights is not None
