@@ -3,7 +3,8 @@
 On the real sets the aeon wheel ships (GunPoint, ItalyPowerDemand, ArrowHead, OSULeaf and the
 multivariate BasicMotions and JapaneseVowels), each set is trained by ``cnnkit.train`` with its
 defaults for series (``config.SERIES_TRAINING``: batch ``min(n/10, 16)``, lr 1e-3, the epochs of about 600
-steps of batch 16, no augmentation) and by
+steps of batch 16, no augmentation; validation 10% of TRAIN, or none, with the epoch of lowest training loss kept,
+where that would be under 10 series: GunPoint, ItalyPowerDemand, ArrowHead and BasicMotions) and by
 aeon's ``MiniRocketClassifier`` (random convolutional kernels and a ridge classifier: what a
 practitioner would pick instead; a competitor here, never a dependency of cnnkit), on the same
 arrays, and printed side by side with the published accuracy of FCN and ResNet (Wang et al.
@@ -186,7 +187,7 @@ def select(args: argparse.Namespace, root: Path, out: Path) -> list[dict]:
 
 def print_row(row: dict) -> None:
     runs = row["cnnkit_runs"]
-    spread = f" (runs {', '.join(f'{accuracy:.1f}' for accuracy in runs)}; slowest)" if len(runs) > 1 else ""
+    spread = f" (the slowest of {len(runs)}; runs {', '.join(f'{a:.1f}' for a in runs)})" if len(runs) > 1 else ""
     print(
         f"{row['set']:<17} cnnkit {row['cnnkit']:5.1f}% in {row['cnnkit_seconds']:6.1f}s{spread} "
         f"({row['epochs']} epochs of batch {row['batch_size']}) | "
