@@ -274,3 +274,12 @@ def test_a_validation_carve_too_small_to_pick_an_epoch_is_trained_on_unless_the_
     spec = ModelSpec("resnet1d", 2, 1, LENGTH)
     prepared = Prepared(whole, SeriesPreprocessing(1, LENGTH), spec, False, None, "none")
     assert series_training(config, prepared, None, set()).val_split == 0.0  # recorded: a resume reads the same split
+
+
+@pytest.mark.slow
+def test_a_resumed_run_keeps_the_small_validation_carve_it_recorded(waves, tmp_path):
+    common = dict(data=str(waves), model="fcn", batch_size=8, out=str(tmp_path), verbose=False)
+    run = cnnkit.train(**common, epochs=1, val_split=0.1)  # chosen: 4 validation series kept
+    resumed = cnnkit.train(resume=run.dir, epochs=2, verbose=False)  # the rule must not re-carve a recorded split
+    assert len(json.loads((run.dir / "split.json").read_text())["val"]) == 4
+    assert len(resumed.history) == 2 and all(row["val_acc"] == row["val_acc"] for row in resumed.history)

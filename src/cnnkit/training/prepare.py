@@ -143,7 +143,8 @@ def prepare_series(
     """Time series, read as stored (z-normalised with ``series_normalize``): series augmentation, no image one."""
     _refuse_image_flags(config, "time series", augment_ok=True)
     augment = parse_series_augmentation(config.augment)  # refuses an image list before any file is read
-    splits = series_validation(prepare_data(config, say), config, val_split_given, say)
+    kept = val_split_given or saved is not None  # a resumed run trains on the split it recorded
+    splits = series_validation(prepare_data(config, say), config, kept, say)
     preprocessing = SeriesPreprocessing(splits.channels, splits.length, config.series_normalize)
     model_kwargs = builder_kwargs(saved, model_name, model_kwargs, len(splits.train))
     spec = ModelSpec(model_name, len(splits.classes), splits.channels, splits.length, model_kwargs)
@@ -158,7 +159,7 @@ def series_validation(splits: SeriesSplits, config: TrainConfig, given: bool, sa
     three of five seeds (TEST 56-86% by seed, mean 69.1%). Below :data:`FEW_VALIDATION_ITEMS`
     a run that did not choose ``--val-split`` trains on all of TRAIN and keeps the epoch of
     lowest training loss, as Wang et al. 2017 (the published FCN/ResNet figures) did; one that
-    chose it keeps it, with a warning. A resumed run reads the share it recorded.
+    chose it keeps it, with a warning, and so does a resumed run (``given``): its recorded share.
     """
     carved = len(splits.val)
     if not 0 < carved < FEW_VALIDATION_ITEMS:
