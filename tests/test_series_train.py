@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -282,4 +283,4 @@ def test_a_resumed_run_keeps_the_small_validation_carve_it_recorded(waves, tmp_p
     run = cnnkit.train(**common, epochs=1, val_split=0.1)  # chosen: 4 validation series kept
     resumed = cnnkit.train(resume=run.dir, epochs=2, verbose=False)  # the rule must not re-carve a recorded split
     assert len(json.loads((run.dir / "split.json").read_text())["val"]) == 4
-    assert len(resumed.history) == 2 and all(row["val_acc"] == row["val_acc"] for row in resumed.history)
+    assert len(resumed.history) == 2 and not any(math.isnan(row["val_acc"]) for row in resumed.history)

@@ -45,7 +45,7 @@ from cnnkit.training import runlog
 from cnnkit.training.detect_session import DetectionData, DetectionSession, train_detection_epochs
 from cnnkit.training.loop import StepSettings, check_batch_size
 from cnnkit.training.optim import Optimisation
-from cnnkit.training.prepare import check_bad_share, given_keys
+from cnnkit.training.prepare import check_bad_share, given_keys, silent
 from cnnkit.training.resume import STATE, Progress, SavedState, truncate_logs
 from cnnkit.training.runlog import Run
 from cnnkit.training.session import build_schedule
@@ -80,7 +80,7 @@ def fit_detection(
     ``discard(run_dir)`` removes a new run directory that failed before saving a state.
     """
     started = time.perf_counter()
-    say = print if verbose else _silent
+    say = print if verbose else silent
     if resume is None:  # the task's defaults, which config.yaml records, where the caller left them
         given = given_keys(config, overrides)
         defaults = {"model": DEFAULT_DETECTOR, "batch_size": DEFAULT_BATCH_SIZE}
@@ -105,10 +105,6 @@ def fit_detection(
     run = summarize(session, test, interrupted, time.perf_counter() - started)
     notify("on_fit_end", run=run)
     return run
-
-
-def _silent(*_: Any) -> None:
-    pass
 
 
 def check_detection_config(config: TrainConfig) -> None:

@@ -55,6 +55,7 @@ from cnnkit.training.prepare import (
     prepare_data,
     prepare_series,
     series_training,
+    silent,
 )
 from cnnkit.training.resume import STATE, SavedState, read_state, resume_config
 from cnnkit.training.runlog import Run
@@ -107,7 +108,7 @@ def fit(
     """
     started = time.perf_counter()
     world = World.from_environment()  # one process, or a torchrun worker (training/distributed.py)
-    say = print if verbose and world.leader else _silent
+    say = print if verbose and world.leader else silent
     callbacks = list(callbacks)
     if is_detection(config, resume, overrides):  # boxes, not labels: its own data, epoch, metric
         lent = (partial(call, callbacks), resolve_config, discard_unfinished)
@@ -147,10 +148,6 @@ def fit(
     run = summarize(session, test, interrupted, time.perf_counter() - started)
     call(callbacks, "on_fit_end", run=run)
     return run
-
-
-def _silent(*_: Any) -> None:
-    pass
 
 
 def resolve_config(

@@ -55,7 +55,7 @@ from cnnkit.training.generate_epoch import build_gan_optimizer
 from cnnkit.training.generate_session import GenerationData, GenerationSession, Judge, measure, train_generation_epochs
 from cnnkit.training.loop import StepSettings
 from cnnkit.training.optim import Optimisation
-from cnnkit.training.prepare import data_modality, given_keys, prepare_data
+from cnnkit.training.prepare import data_modality, given_keys, prepare_data, silent
 from cnnkit.training.resume import STATE, Progress, SavedState, truncate_logs
 from cnnkit.training.runlog import Run
 
@@ -101,7 +101,7 @@ def fit_generation(
     the data), and ``fit`` itself trains the judge.
     """
     started = time.perf_counter()
-    say = print if verbose else _silent
+    say = print if verbose else silent
     if resume is None:  # the task's defaults, which config.yaml records, where the caller left them
         given = given_keys(config, overrides)
         overrides = {**{key: value for key, value in DEFAULTS.items() if key not in given}, **overrides}
@@ -130,10 +130,6 @@ def fit_generation(
     run = summarize(session, test, interrupted, time.perf_counter() - started)
     notify("on_fit_end", run=run)
     return run
-
-
-def _silent(*_: Any) -> None:
-    pass
 
 
 def check_generation_config(config: TrainConfig) -> None:

@@ -143,8 +143,9 @@ def prepare_series(
     """Time series, read as stored (z-normalised with ``series_normalize``): series augmentation, no image one."""
     _refuse_image_flags(config, "time series", augment_ok=True)
     augment = parse_series_augmentation(config.augment)  # refuses an image list before any file is read
-    kept = val_split_given or saved is not None  # a resumed run trains on the split it recorded
-    splits = series_validation(prepare_data(config, say), config, kept, say)
+    splits = prepare_data(config, say)
+    if saved is None:  # a resumed run trains on the split it recorded
+        splits = series_validation(splits, config, val_split_given, say)
     preprocessing = SeriesPreprocessing(splits.channels, splits.length, config.series_normalize)
     model_kwargs = builder_kwargs(saved, model_name, model_kwargs, len(splits.train))
     spec = ModelSpec(model_name, len(splits.classes), splits.channels, splits.length, model_kwargs)
@@ -159,7 +160,7 @@ def series_validation(splits: SeriesSplits, config: TrainConfig, given: bool, sa
     three of five seeds (TEST 56-86% by seed, mean 69.1%). Below :data:`FEW_VALIDATION_ITEMS`
     a run that did not choose ``--val-split`` trains on all of TRAIN and keeps the epoch of
     lowest training loss, as Wang et al. 2017 (the published FCN/ResNet figures) did; one that
-    chose it keeps it, with a warning, and so does a resumed run (``given``): its recorded share.
+    chose it keeps it, with a warning.
     """
     carved = len(splits.val)
     if not 0 < carved < FEW_VALIDATION_ITEMS:
@@ -170,7 +171,7 @@ def series_validation(splits: SeriesSplits, config: TrainConfig, given: bool, sa
             f"keep a very different one); --val-split 0 trains on all and keeps the lowest training loss"
         )
         return splits
-    whole = prepare_data(replace(config, val_split=0.0), _silent)  # read again: the same rows in the same order
+    whole = prepare_data(replace(config, val_split=0.0), silent)  # read again: the same rows in the same order
     say(
         f"note: {config.val_split:.0%} of TRAIN would be {carved} validation series, too few to tell epochs apart: "
         f"training on all {len(whole.train)} and keeping the epoch of lowest training loss (--val-split sets a share)"
@@ -178,8 +179,8 @@ def series_validation(splits: SeriesSplits, config: TrainConfig, given: bool, sa
     return whole
 
 
-def _silent(*_: Any) -> None:
-    pass
+def silent(*_: Any) -> None:
+    """A ``say`` that says nothing: quiet runs, and a second read whose findings were already said."""
 
 
 def _refuse_image_flags(config: TrainConfig, kind: str, augment_ok: bool) -> None:
