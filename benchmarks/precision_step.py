@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import time
 
 import torch
+from audio_pipeline import cpu_model
 from torch import nn
 
 from cnnkit import compute
@@ -31,8 +32,7 @@ from cnnkit.training.optim import build_optimizer
 def step_seconds(args: argparse.Namespace, precision: str) -> float:
     """Best seconds per training step of ``args.model`` at ``precision``, from the same initial weights."""
     torch.manual_seed(0)
-    size = args.shape[1] if len(args.shape) > 1 else args.shape[0]
-    model = create_model(args.model, args.classes, args.shape[0], size, **args.model_kwargs)
+    model = create_model(args.model, args.classes, args.shape[0], args.shape[1], **args.model_kwargs)
     settings = compute.resolve(torch.device("cpu"), precision, model=model, input_shape=tuple(args.shape))
     model = compute.prepare_model(model, settings).train()
     optimizer, _ = build_optimizer(model, TrainConfig(lr=1e-3), total_steps=10**6)
@@ -67,8 +67,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    if len(args.shape) not in (2, 3):
+        parser.error("--shape takes C L (series, audio) or C H W (images)")
     torch.set_num_threads(args.threads)
-    print(f"{platform.processor() or platform.machine()}, {torch.backends.cpu.get_cpu_capability()}, "
+    print(f"{cpu_model()}, {os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}, "
           f"{args.threads} threads, torch {torch.__version__}; {args.model} {json.dumps(args.model_kwargs)}, "
           f"batch {args.batch_size} of {tuple(args.shape)}")  # fmt: skip
     fp32, bf16 = (step_seconds(args, precision) for precision in ("fp32", "bf16"))

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from audio_pipeline import cpu_model
 
 import cnnkit
 from cnnkit.data.background import BACKGROUND_CLASS, pink_noise, white_noise
@@ -184,7 +185,7 @@ def measure(args: argparse.Namespace) -> None:
             "x_real_time_one_thread": round(args.noise_minutes * 60 / noise_elapsed, 1),
             "labels": sorted({d.label for d in alarms}),
         },
-        "cpu": cpu_name(),
+        "cpu": cpu_model(),
     }
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
@@ -209,16 +210,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)  # training and spotting alike: the speeds are one core's
     (select if args.select else measure)(args)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":
